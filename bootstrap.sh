@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up everything namespacefs needs on a fresh Debian machine (idempotent), then runs:
+#   bash bootstrap.sh run [NSFS ARGS...]   discover and show this host's namespaces (default: nsfs ls)
+#   bash bootstrap.sh test [PYTEST ARGS...]   the test suite
+# Must run as root: namespaces, FUSE, bind mounts and containers need it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(
+  python3-venv python3-dev gcc pkg-config      # the venv, and building pyfuse3
+  fuse3 libfuse3-dev                           # the FUSE filesystem
+  util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
+  runc bubblewrap systemd-container busybox-static criu  # real containers in the tests
+  chromium                                     # the web page test (headless)
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bootstrap.sh: run as root (namespaces, FUSE and containers need it)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >&2
+  .venv/bin/pip install -q -e '.[test]' >&2
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+cmd=${1:-run}
+shift || true
+case "$cmd" in
+  run) exec .venv/bin/nsfs "${@:-ls}" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+  *) echo "usage: bash bootstrap.sh run|test [ARGS...]" >&2; exit 2 ;;
+esac

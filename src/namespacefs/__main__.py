@@ -1,0 +1,5 @@
+import sys
+
+from namespacefs.cli import main
+
+sys.exit(main())

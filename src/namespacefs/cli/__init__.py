@@ -1,0 +1,69 @@
+"""The `nsfs` command: argument parsing only; each command group lives in its own module and
+calls into the core. Modules are imported only when their command runs, so `nsfs ls` pays for
+nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: command -> (module under namespacefs.cli, one-line help). Each module has
+#: `add_arguments(parser, command)` and `run(args) -> int`; a module may serve several commands
+#: (args.command tells which).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ls": ("ls", "list namespaces (like lsns)"),
+    "tree": ("tree", "show the ownership (or pid) tree of namespaces"),
+    "show": ("show", "show everything known about one namespace"),
+}
+
+
+class UserError(Exception):
+    """Bad input or an impossible request: printed as `nsfs: message`, exit status 1."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nsfs", description="See, name and act on every Linux namespace.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        if argv and not argv[0].startswith("-"):
+            print(f"nsfs: unknown command '{argv[0]}' (see nsfs --help)", file=sys.stderr)
+            return 2
+        if not argv:
+            argv = ["ls"]  # like lsns: no arguments lists the namespaces
+        else:
+            build_parser().parse_args(argv)  # --help / --version
+            return 0
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(f"namespacefs.cli.{module_name}")
+    parser = argparse.ArgumentParser(prog=f"nsfs {name}", description=help_text)
+    module.add_arguments(parser, name)
+    args = parser.parse_args(argv[1:])
+    args.command = name
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"nsfs {name}: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # `nsfs ls | head`: the reader left, not an error
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Output in the util-linux manner (libsmartcols): one table of column definitions per command,
+`-o` to choose, `-n`, `-r`, `-J`, `-l`, tree prefixes, and a truncated last column on a terminal.
+Shared by every command that prints a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from namespacefs.cli import UserError
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class Column(Generic[Row]):
+    name: str
+    help: str
+    value: Callable[[Row], Any]
+    right: bool = False  # numbers are right-aligned
+    wrap: bool = False  # may be truncated to fit the terminal (free text such as COMMAND)
+
+
+def add_table_options(parser: Any, columns: Sequence[Column[Any]], default: Sequence[str]) -> None:
+    parser.add_argument("-o", "--output", metavar="LIST", help=f"columns to print (default: {','.join(default)}); '+LIST' adds to the default")
+    parser.add_argument("--output-all", action="store_true", help="print all columns")
+    parser.add_argument("-J", "--json", action="store_true", help="JSON output")
+    parser.add_argument("-r", "--raw", action="store_true", help="raw output: columns separated by one space, no alignment")
+    parser.add_argument("-n", "--noheadings", action="store_true", help="do not print a header line")
+    parser.add_argument("-u", "--notruncate", action="store_true", help="do not truncate text in columns")
+    parser.add_argument("-H", "--list-columns", action="store_true", help="list the available columns")
+
+
+def pick_columns(args: Any, columns: Sequence[Column[Any]], default: Sequence[str]) -> list[Column[Any]]:
+    table = {c.name: c for c in columns}
+    if args.output_all:
+        return list(columns)
+    names = list(default)
+    if args.output:
+        spec = args.output
+        names = names + spec[1:].split(",") if spec.startswith("+") else spec.split(",")
+    chosen = []
+    for name in names:
+        col = table.get(name.strip().upper())
+        if col is None:
+            raise UserError(f"unknown column: {name} (see --list-columns)")
+        chosen.append(col)
+    return chosen
+
+
+def print_columns_help(columns: Sequence[Column[Any]]) -> None:
+    width = max(len(c.name) for c in columns)
+    for c in columns:
+        print(f"{c.name:>{width}}  {c.help}")
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(cell(v) for v in value)
+    return str(value)
+
+
+def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args: Any, out: Any = None) -> None:
+    """Print rows, each with its tree prefix ('' in a flat list). The first column carries the
+    prefix, as in lsns -T."""
+    out = out or sys.stdout
+    table = [(prefix, [cell(c.value(row)) for c in columns]) for prefix, row in rows]
+    if args.raw:
+        if not args.noheadings:
+            print(" ".join(c.name for c in columns), file=out)
+        for _prefix, cells in table:
+            print(" ".join(_raw(v) for v in cells), file=out)
+        return
+    lines = [[prefix + cells[0], *cells[1:]] for prefix, cells in table]
+    header = [c.name for c in columns]
+    widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(len(columns))]
+    limit = _terminal_width(out) if not args.notruncate else None
+    if limit and columns and columns[-1].wrap:
+        fixed = sum(widths[:-1]) + len(widths) - 1
+        widths[-1] = max(len(header[-1]), min(widths[-1], limit - fixed))
+    if not args.noheadings:
+        print(_line(header, widths, columns), file=out)
+    for line in lines:
+        print(_line(line, widths, columns), file=out)
+
+
+def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column[Any]]) -> str:
+    parts = []
+    for i, (text, width, col) in enumerate(zip(cells, widths, columns, strict=False)):
+        last = i == len(cells) - 1
+        if len(text) > width:
+            text = text[: max(width - 1, 0)] + "…"
+        parts.append(text.rjust(width) if col.right else (text if last else text.ljust(width)))
+    return " ".join(parts).rstrip()
+
+
+def _raw(value: str) -> str:
+    # like libsmartcols raw mode: escape what would break the one-space separation
+    return value.replace("\\", "\\x5c").replace(" ", "\\x20").replace("\n", "\\x0a") if value else '""'
+
+
+def _terminal_width(out: Any) -> int | None:
+    try:
+        if not os.isatty(out.fileno()):
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def tree_rows(roots: Sequence[Row], children: Callable[[Row], Sequence[Row]]) -> list[tuple[str, Row]]:
+    """Depth-first rows with lsns-style prefixes ('├─', '└─', '│ ')."""
+    rows: list[tuple[str, Row]] = []
+
+    def walk(node: Row, lead: str, branch: str) -> None:
+        rows.append((lead + branch, node))
+        kids = children(node)
+        below = lead + ("│ " if branch == "├─" else "  " if branch else "")
+        for i, kid in enumerate(kids):
+            walk(kid, below, "└─" if i == len(kids) - 1 else "├─")
+
+    for root in roots:
+        walk(root, "", "")
+    return rows
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")

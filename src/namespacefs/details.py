@@ -1,0 +1,165 @@
+"""Per-type details, read on demand (never during a scan, so `ls` stays fast).
+
+uts, ipc, net and cgroup namespaces are per thread: a short-lived helper thread setns()es into
+the namespace and reads what the kernel shows the *current thread* (uname, /proc/sys/kernel,
+/proc/sysvipc, sockets), so the caller's own namespaces never change. Everything else comes
+from /proc files of a member process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from namespacefs import kernel, procfs
+from namespacefs.handles import Gone, open_namespace
+from namespacefs.model import Namespace, Snapshot
+
+T = TypeVar("T")
+
+
+def inside(ns: Namespace, func: Callable[[], T], snapshot: Snapshot | None = None) -> T:
+    """Run func in a helper thread that has joined ns (uts, ipc, net, cgroup or time only)."""
+    fd = open_namespace(ns, snapshot)
+    result: list[Any] = []
+
+    def work() -> None:
+        try:
+            kernel.setns(fd, kernel.CLONE_FLAGS[ns.type])
+            result.append(func())
+        except BaseException as e:  # handed to the caller's thread
+            result.append(e)
+
+    try:
+        t = threading.Thread(target=work, name=f"nsfs-{ns.type}")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _member(ns: Namespace) -> int | None:
+    """A pid whose /proc files show this namespace (a thread-only one has none)."""
+    return ns.processes[0] if ns.processes else None
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def uname(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, str]:
+    """sysname, nodename, release, version, machine and domainname of a uts namespace."""
+    def read() -> dict[str, str]:
+        u = os.uname()
+        domain = _read("/proc/sys/kernel/domainname").decode().strip()
+        return {"sysname": u.sysname, "nodename": u.nodename, "release": u.release,
+                "version": u.version, "machine": u.machine, "domainname": domain}
+    return inside(ns, read, snapshot)
+
+
+def interfaces(ns: Namespace, snapshot: Snapshot | None = None) -> list[str]:
+    """The network interfaces of a net namespace, in index order."""
+    return [name for _, name in sorted(inside(ns, socket.if_nameindex, snapshot))]
+
+
+def ipc_objects(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, int]:
+    """How many System V shared memory segments, message queues and semaphore sets it has."""
+    def count() -> dict[str, int]:
+        return {kind: len(_read(f"/proc/sysvipc/{kind}").splitlines()) - 1 for kind in ("shm", "msg", "sem")}
+    return inside(ns, count, snapshot)
+
+
+def cgroup_root(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, str]:
+    """The cgroup each hierarchy's root is at, per controller set ('' is cgroup2): the host path of
+    a member minus the path the member sees from inside."""
+    pid = _member(ns)
+    if pid is None:
+        raise Gone("no process is in this cgroup namespace, so its root cannot be read")
+    outside = procfs.parse_cgroup(_read(f"/proc/{pid}/cgroup"))
+    inner = inside(ns, lambda: procfs.parse_cgroup(_read(f"/proc/{pid}/cgroup")), snapshot)
+    roots = {}
+    for key, host_path in outside.items():
+        seen = inner.get(key, "/")
+        root = host_path[: len(host_path) - len(seen)] if seen != "/" and host_path.endswith(seen) else host_path
+        roots[key] = root or "/"
+    return roots
+
+
+def time_offsets(ns: Namespace) -> dict[str, tuple[int, int]]:
+    """monotonic and boottime offsets (seconds, nanoseconds) of a time namespace."""
+    for pid in (*ns.processes, *(h.pid for h in ns.holders if h.kind == "time_for_children")):
+        try:
+            return procfs.parse_timens_offsets(_read(f"/proc/{pid}/timens_offsets"))
+        except OSError:
+            continue
+    raise Gone("no process shows this time namespace's offsets")
+
+
+def mountinfo(ns: Namespace) -> bytes:
+    """The mountinfo text of a mount namespace, as one of its processes sees it."""
+    for pid in ns.processes:
+        try:
+            return _read(f"/proc/{pid}/mountinfo")
+        except OSError:
+            continue
+    raise Gone("no process is in this mount namespace, so its mounts cannot be read")
+
+
+def id_maps(ns: Namespace) -> tuple[bytes, bytes, bytes]:
+    """uid_map, gid_map and setgroups of a user namespace, as text."""
+    for pid in ns.processes:
+        try:
+            return tuple(_read(f"/proc/{pid}/{f}") for f in ("uid_map", "gid_map", "setgroups"))  # type: ignore[return-value]
+        except OSError:
+            continue
+    raise Gone("no process is in this user namespace, so its maps cannot be read")
+
+
+# --- NETNSID: the id our net namespace's netlink uses for another one (rtnetlink RTM_GETNSID) --
+
+_RTM_GETNSID = 90
+_NETNSA_NSID, _NETNSA_FD = 1, 3
+
+
+def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
+    """The netnsid our net namespace assigned to ns, or None where none is assigned."""
+    try:
+        fd = open_namespace(ns, snapshot)
+    except Gone:
+        return None
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+            attr = struct.pack("=HHI", 8, _NETNSA_FD, fd)
+            body = struct.pack("=Bxxx", socket.AF_UNSPEC) + attr
+            header = struct.pack("=IHHII", 16 + len(body), _RTM_GETNSID, 0x1, 1, 0)  # NLM_F_REQUEST
+            sock.send(header + body)
+            reply = sock.recv(4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return _parse_nsid(reply)
+
+
+def _parse_nsid(reply: bytes) -> int | None:
+    _, msg_type, _, _, _ = struct.unpack_from("=IHHII", reply)
+    if msg_type == 2:  # NLMSG_ERROR
+        return None
+    offset = 16 + 4
+    while offset + 4 <= len(reply):
+        length, kind = struct.unpack_from("=HH", reply, offset)
+        if length < 4:
+            break
+        if kind == _NETNSA_NSID:
+            value = struct.unpack_from("=i", reply, offset + 4)[0]
+            return None if value < 0 else value
+        offset += (length + 3) & ~3
+    return None

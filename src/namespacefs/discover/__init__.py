@@ -1,0 +1,136 @@
+"""Discovery: one scan of the host, made of independent sources that each add to one Scan, frozen
+into an immutable Snapshot at the end.
+
+    snapshot = discover()                       # every source
+    snapshot = discover(sources={"process"})    # only what processes are in
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from namespacefs import kernel, procfs
+from namespacefs.discover import hierarchy, mounts, processes, sockets
+from namespacefs.discover.state import Found, Scan
+from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
+
+#: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
+#: no namespace has an owner, and it is what opens each namespace to read its id.
+SOURCES: tuple[str, ...] = ("process", "task", "for_children", "fd", "socket", "bindmount", "listns")
+
+__all__ = ["SOURCES", "boot_id", "discover"]
+
+
+def boot_id(proc: str = "/proc") -> str:
+    with open(f"{proc}/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
+    """Scan the host and return a snapshot of every namespace the chosen sources can find."""
+    chosen = frozenset(sources)
+    unknown = chosen - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown discovery source(s): {', '.join(sorted(unknown))}")
+    started, clock = time.time(), time.perf_counter()
+    state = Scan(proc=proc)
+    try:
+        processes.scan(state, chosen)
+        if "socket" in chosen:
+            sockets.scan(state)
+        if "bindmount" in chosen:
+            mounts.scan(state)
+        hierarchy.resolve(state)
+        if "listns" in chosen:
+            _cross_check_listns(state)
+        maps = _read_user_maps(state)
+    finally:
+        state.close_fds()
+    namespaces = _freeze(state, maps)
+    return Snapshot(
+        boot_id=boot_id(proc), kernel=os.uname().release, taken_at=started,
+        duration=time.perf_counter() - clock, namespaces=namespaces, processes=dict(state.processes),
+        errors=dict(state.errors), sources=tuple(s for s in SOURCES if s in chosen),
+    )
+
+
+def _cross_check_listns(state: Scan) -> None:
+    """Linux 6.19+: anything listns() knows that the sources missed is added (holder `listns`)."""
+    try:
+        ids = kernel.listns()
+    except OSError as e:
+        state.failed(e)
+        return
+    if ids is None:
+        return  # older kernel: silently nothing
+    known = {ns.id for ns in state.found.values()}
+    for ident in ids:
+        if ident in known:
+            continue
+        try:
+            fd = kernel.open_ns_by_id(ident)
+            inode, nstype = os.fstat(fd).st_ino, kernel.ns_type(fd)
+        except OSError as e:
+            state.failed(e)
+            continue
+        state.add(nstype, inode, Holder("listns"), fd)
+    hierarchy.resolve(state)
+
+
+UserMaps = dict[int, tuple[tuple, tuple, str]]
+
+
+def _read_user_maps(state: Scan) -> UserMaps:
+    """uid_map, gid_map and setgroups of every user namespace a process is in (read once each)."""
+    maps: UserMaps = {}
+    for inode, ns in state.found.items():
+        if ns.type != "user" or not ns.processes:
+            continue
+        for pid in ns.processes:
+            base = f"{state.proc}/{pid}/"
+            try:
+                with open(base + "uid_map", "rb") as u, open(base + "gid_map", "rb") as g, open(base + "setgroups") as s:
+                    maps[inode] = (procfs.parse_id_map(u.read()), procfs.parse_id_map(g.read()), s.read().strip())
+                break
+            except OSError as e:
+                state.failed(e)
+    return maps
+
+
+def _freeze(state: Scan, maps: UserMaps) -> dict[int, Namespace]:
+    found = state.found
+    indirect = _indirect_holders(found)
+    levels: dict[int, int] = {}
+
+    def level(inode: int | None) -> int:
+        if inode is None or inode not in found:
+            return -1
+        if inode not in levels:
+            levels[inode] = 0  # guards against a cycle in a corrupt answer
+            levels[inode] = level(found[inode].parent) + 1
+        return levels[inode]
+
+    namespaces = {}
+    for inode, ns in found.items():
+        holders = ns.holders or indirect.get(inode, [])
+        uid_map, gid_map, setgroups = maps.get(inode, (None, None, None))
+        namespaces[inode] = Namespace(
+            type=ns.type, inode=inode, id=ns.id, dev=ns.dev, owner=ns.owner, parent=ns.parent,
+            holders=tuple(holders), processes=tuple(sorted(ns.processes)), owner_uid=ns.owner_uid,
+            uid_map=uid_map, gid_map=gid_map, setgroups=setgroups,
+            level=level(inode) if ns.type in kernel.HIERARCHICAL else 0, mounts=ns.mounts,
+        )
+    return namespaces
+
+
+def _indirect_holders(found: dict[int, Found]) -> dict[int, list[Holder]]:
+    """For namespaces nothing holds directly: the children that keep them alive."""
+    indirect: dict[int, list[Holder]] = {}
+    for inode, ns in found.items():
+        if ns.owner is not None and ns.owner != ns.parent:
+            indirect.setdefault(ns.owner, []).append(Holder("owner", via=inode))
+        if ns.parent is not None:
+            indirect.setdefault(ns.parent, []).append(Holder("parent", via=inode))
+    return {k: v for k, v in indirect.items() if not any(h.kind in DIRECT_KINDS for h in found[k].holders)} if found else {}

@@ -1,0 +1,78 @@
+"""The hierarchy pass: open every namespace once, read its id, owner and parent, and follow
+NS_GET_USERNS / NS_GET_PARENT to a fixpoint, so namespaces that nothing holds but a child
+(`owner`, `parent`) are found too.
+
+Each namespace is opened once through the first of its openers that still refers to it: the
+inode *and* the type must match (NS_GET_NSTYPE), since a path seen a moment ago may now lead to a
+namespace that reused the inode.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from namespacefs import kernel
+from namespacefs.discover.state import Found, Scan
+
+
+def resolve(state: Scan) -> None:
+    for inode in list(state.found):
+        ns = state.found[inode]
+        if ns.resolved:
+            continue
+        fd = _open(state, inode, ns)
+        if fd is None:
+            del state.found[inode]  # every holder went away mid-scan
+            state.errors["vanished"] += 1
+            continue
+        _resolve_fd(state, inode, ns, fd)
+
+
+def _open(state: Scan, inode: int, ns: Found) -> int | None:
+    for opener in ns.openers:
+        if isinstance(opener, int):
+            fd = os.dup(opener)
+        else:
+            try:
+                fd = os.open(opener, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError as e:
+                state.failed(e)
+                continue
+        try:
+            st = os.fstat(fd)
+            if st.st_ino == inode and stat.S_ISREG(st.st_mode) and kernel.ns_type(fd) == ns.type:
+                return fd
+        except OSError:
+            pass  # not an nsfs file (any more)
+        os.close(fd)
+    return None
+
+
+def _resolve_fd(state: Scan, inode: int, ns: Found, fd: int) -> None:
+    """Fill in ns from its open fd (which this closes), descending into unseen relatives."""
+    ns.resolved = True
+    try:
+        ns.dev = os.fstat(fd).st_dev
+        ns.id = kernel.ns_id(fd)
+        ns.owner = _relative(state, kernel.ns_owner_fd(fd), "user")
+        if ns.type in kernel.HIERARCHICAL:
+            # a user namespace's owner is its parent: no second ioctl
+            ns.parent = ns.owner if ns.type == "user" else _relative(state, kernel.ns_parent_fd(fd), ns.type)
+        if ns.type == "user":
+            ns.owner_uid = kernel.ns_owner_uid(fd)
+    finally:
+        os.close(fd)
+
+
+def _relative(state: Scan, fd: int | None, nstype: str) -> int | None:
+    """The inode behind a relative's fd; an unseen relative is resolved now (fd is consumed)."""
+    if fd is None:
+        return None
+    inode = os.fstat(fd).st_ino
+    ns = state.ensure(nstype, inode)
+    if ns.resolved:
+        os.close(fd)
+    else:
+        _resolve_fd(state, inode, ns, fd)
+    return inode

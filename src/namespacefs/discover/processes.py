@@ -1,0 +1,135 @@
+"""The per-process sources: process, task, pid_for_children/time_for_children and fd.
+
+Each process is read through one O_PATH handle on /proc/PID, so every read refers to the same
+process even if its pid is recycled mid-scan (the handle then answers ESRCH/ENOENT), and each
+file is read exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+
+from namespacefs import procfs
+from namespacefs.discover.state import Scan
+from namespacefs.kernel import FOR_CHILDREN_LINKS, NS_TYPES
+from namespacefs.model import Holder, Process
+
+LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
+_NS_TYPE_SET = frozenset(NS_TYPES)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def read_at(name: str, dir_fd: int | None = None) -> bytes:
+    """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_links(dir_fd: int, prefix: str = "ns/") -> dict[str, int]:
+    """The namespace links of a process or thread: link name -> inode. A link the kernel hides
+    (pid_for_children before the first child) is left out."""
+    links = {}
+    for link in LINKS:
+        try:
+            target = os.readlink(prefix + link, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if link in FOR_CHILDREN_LINKS:
+                continue
+            raise
+        links[link] = int(target[target.index("[") + 1 : -1])
+    return links
+
+
+def pids(proc: str) -> list[int]:
+    return [int(name) for name in os.listdir(proc) if name.isdigit()]
+
+
+def scan(state: Scan, sources: frozenset[str]) -> None:
+    for pid in pids(state.proc):
+        try:
+            dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
+        except OSError as e:
+            state.failed(e)
+            continue
+        try:
+            _scan_process(state, pid, dir_fd, sources)
+        except OSError as e:
+            state.failed(e)
+        finally:
+            os.close(dir_fd)
+
+
+def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
+    status = procfs.parse_status(read_at("status", dir_fd))
+    links = read_links(dir_fd)
+    cmdline = procfs.parse_cmdline(read_at("cmdline", dir_fd))
+    state.processes[pid] = Process(pid, status.ppid, status.name, cmdline, status.uid, status.gid,
+                                   status.nspid, status.threads, links)
+    base = f"{state.proc}/{pid}/ns/"
+    if "process" in sources:
+        holder = Holder("process", pid=pid)
+        for nstype in NS_TYPES:
+            state.add(nstype, links[nstype], holder, base + nstype).processes.append(pid)
+    if "for_children" in sources:
+        for link, nstype in FOR_CHILDREN_LINKS.items():
+            if link in links and links[link] != links[nstype]:
+                state.add(nstype, links[link], Holder(link, pid=pid), base + link)
+    state.mount_readers.setdefault(links["mnt"], pid)
+    if "task" in sources and status.threads > 1:
+        _scan_tasks(state, pid, dir_fd, links)
+    if "fd" in sources or "socket" in sources:
+        _scan_fds(state, pid, dir_fd, sources)
+
+
+def _scan_tasks(state: Scan, pid: int, dir_fd: int, process_links: dict[str, int]) -> None:
+    """Threads can unshare or setns uts, ipc, net, mnt, cgroup on their own: report each thread
+    link that differs from its process's."""
+    try:
+        tids = os.listdir(f"{state.proc}/{pid}/task")
+    except OSError as e:
+        state.failed(e)
+        return
+    for name in tids:
+        tid = int(name)
+        if tid == pid:
+            continue
+        try:
+            links = read_links(dir_fd, f"task/{tid}/ns/")
+        except OSError as e:
+            state.failed(e)
+            continue
+        for link, inode in links.items():
+            if inode == process_links.get(link):
+                continue
+            nstype = FOR_CHILDREN_LINKS.get(link, link)
+            kind = link if link in FOR_CHILDREN_LINKS else "task"
+            state.add(nstype, inode, Holder(kind, pid=pid, tid=tid), f"{state.proc}/{pid}/task/{tid}/ns/{link}")
+
+
+def _scan_fds(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
+    try:
+        fds = os.listdir(f"{state.proc}/{pid}/fd")
+    except OSError as e:
+        state.failed(e)
+        return
+    want_fd, want_socket = "fd" in sources, "socket" in sources
+    sockets = []
+    for name in fds:
+        try:
+            target = os.readlink(f"fd/{name}", dir_fd=dir_fd)
+        except OSError:
+            continue  # closed since listdir: an fd is not a namespace we lose
+        if target.startswith("socket:["):
+            if want_socket:
+                sockets.append((int(name), int(target[8:-1])))
+        elif want_fd and (link := procfs.parse_ns_link(target)) and link[0] in _NS_TYPE_SET:
+            fd = int(name)
+            state.add(link[0], link[1], Holder("fd", pid=pid, fd=fd), f"{state.proc}/{pid}/fd/{fd}")
+    if sockets:
+        state.sockets[pid] = sockets

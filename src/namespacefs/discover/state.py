@@ -1,0 +1,86 @@
+"""What the discovery sources accumulate during one scan, before it is frozen into a Snapshot."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from namespacefs.model import Holder, Process
+
+#: errno values that mean "this process (or fd) is gone": the normal case for a live host.
+GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR})
+#: errno values that mean "not allowed to look".
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+
+#: An opener is how a namespace file can be opened again: a path, or an fd already in hand.
+Opener = str | int
+
+
+@dataclass
+class Found:
+    """One namespace as seen so far."""
+
+    type: str
+    holders: list[Holder] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    openers: list[Opener] = field(default_factory=list)
+    # filled in by the hierarchy pass
+    id: int | None = None
+    dev: int = 0
+    owner: int | None = None
+    parent: int | None = None
+    owner_uid: int | None = None
+    mounts: int | None = None
+    resolved: bool = False
+
+
+@dataclass
+class Scan:
+    """The mutable state of one scan; each source adds to it."""
+
+    proc: str = "/proc"
+    found: dict[int, Found] = field(default_factory=dict)
+    processes: dict[int, Process] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    #: pids whose fds are sockets, for the socket source: pid -> [(fd, socket inode)]
+    sockets: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: one process per mount namespace, whose mountinfo the bindmount source reads
+    mount_readers: dict[int, int] = field(default_factory=dict)
+
+    def add(self, nstype: str, inode: int, holder: Holder, opener: Opener | None = None) -> Found:
+        ns = self.ensure(nstype, inode, opener)
+        ns.holders.append(holder)
+        return ns
+
+    def ensure(self, nstype: str, inode: int, opener: Opener | None = None) -> Found:
+        """The record for a namespace, made on first sight; opener is one more way to open it."""
+        ns = self.found.get(inode)
+        if ns is None:
+            ns = self.found[inode] = Found(nstype)
+        elif ns.type != nstype:
+            # the inode was reused by a namespace of another type during the scan
+            self.errors["changed"] += 1
+            if isinstance(opener, int):
+                os.close(opener)
+            return Found(nstype)  # a throwaway: the stale sighting is dropped
+        if opener is not None:
+            ns.openers.append(opener)
+        return ns
+
+    def failed(self, err: OSError) -> None:
+        """Count an error that a source chose to skip; raise what is not a normal race."""
+        if err.errno in GONE:
+            self.errors["vanished"] += 1
+        elif err.errno in DENIED:
+            self.errors["denied"] += 1
+        else:
+            raise err
+
+    def close_fds(self) -> None:
+        for ns in self.found.values():
+            for opener in ns.openers:
+                if isinstance(opener, int):
+                    os.close(opener)
+            ns.openers = [o for o in ns.openers if not isinstance(o, int)]

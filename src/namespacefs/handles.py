@@ -1,0 +1,79 @@
+"""Reopening a namespace seen in a snapshot, to act on it later.
+
+On Linux 6.18 a namespace reopens from its 64-bit id alone (an nsfs file handle), with no path
+that could have changed meanwhile. Elsewhere, or without CAP_SYS_ADMIN, each holder's path is
+tried. Either way the fd is checked to be the same namespace (inode and type) before it is
+returned.
+"""
+
+from __future__ import annotations
+
+import os
+
+from namespacefs import kernel
+from namespacefs.model import Holder, Namespace, Snapshot
+
+
+class Gone(LookupError):
+    """The namespace no longer exists (or cannot be reached)."""
+
+
+def holder_path(ns: Namespace, h: Holder, proc: str = "/proc") -> str | None:
+    """A path that opens the namespace through this holder, where it has one."""
+    if h.kind == "process":
+        return f"{proc}/{h.pid}/ns/{ns.type}"
+    if h.kind in ("task", "pid_for_children", "time_for_children"):
+        link = ns.type if h.kind == "task" else h.kind
+        return f"{proc}/{h.pid}/task/{h.tid}/ns/{link}" if h.tid else f"{proc}/{h.pid}/ns/{link}"
+    if h.kind == "fd":
+        return f"{proc}/{h.pid}/fd/{h.fd}"
+    if h.kind == "bindmount":
+        return f"{proc}/{h.pid}/root{h.path}"
+    return None
+
+
+def open_namespace(ns: Namespace, snapshot: Snapshot | None = None, proc: str = "/proc") -> int:
+    """An O_RDONLY fd for this very namespace; raises Gone if it is not there any more. With the
+    snapshot, a namespace held only as an owner or parent is reached through its child."""
+    if ns.id is not None:
+        try:
+            fd = kernel.open_ns_by_id(ns.id, ns.type, ns.inode)
+        except OSError:
+            pass  # no file handles here, or not privileged: fall back to paths
+        else:
+            if _is(fd, ns):
+                return fd
+    for h in ns.holders:
+        try:
+            fd = _open_holder(ns, h, snapshot, proc)
+        except (OSError, Gone):
+            continue
+        if fd is not None and _is(fd, ns):
+            return fd
+    raise Gone(f"{ns.type}:[{ns.inode}] is gone or cannot be opened")
+
+
+def _open_holder(ns: Namespace, h: Holder, snapshot: Snapshot | None, proc: str) -> int | None:
+    if h.kind in ("owner", "parent"):
+        child = snapshot.get(h.via) if snapshot and h.via is not None else None
+        if child is None:
+            return None
+        child_fd = open_namespace(child, snapshot, proc)
+        try:
+            return kernel.ns_owner_fd(child_fd) if h.kind == "owner" else kernel.ns_parent_fd(child_fd)
+        finally:
+            os.close(child_fd)
+    path = holder_path(ns, h, proc)
+    if path is None:
+        return None
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+
+
+def _is(fd: int, ns: Namespace) -> bool:
+    try:
+        if os.fstat(fd).st_ino == ns.inode and kernel.ns_type(fd) == ns.type:
+            return True
+    except OSError:
+        pass
+    os.close(fd)
+    return False

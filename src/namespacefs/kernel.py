@@ -1,0 +1,280 @@
+"""The kernel layer: every ioctl, syscall number and struct layout namespacefs uses, in one place.
+
+Sources (x86_64 and generic syscall numbers, uapi headers):
+  include/uapi/linux/sched.h      CLONE_NEW* flags
+  include/uapi/linux/nsfs.h       NSIO ioctls, struct nsfs_file_handle, struct ns_id_req
+  include/uapi/linux/sockios.h    SIOCGSKNS
+  include/uapi/linux/mount.h      open_tree, move_mount, mount_setattr, struct mount_attr
+  include/uapi/linux/fcntl.h      AT_* flags, FD_NSFS_ROOT
+  arch/x86/entry/syscalls/syscall_64.tbl (the numbers below are the unified ones since 4.x
+  for every architecture except the legacy ones, which namespacefs does not support)
+
+Everything here is a thin, typed wrapper that raises OSError with the kernel's errno; policy
+(what to do when a process vanished, when access is denied) lives in the callers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+from typing import Final
+
+# --- namespace types -------------------------------------------------------------------------
+
+#: The eight namespace types, in the order lsns lists them, with their CLONE_NEW* flag.
+CLONE_FLAGS: Final[dict[str, int]] = {
+    "mnt": 0x00020000,
+    "uts": 0x04000000,
+    "ipc": 0x08000000,
+    "user": 0x10000000,
+    "pid": 0x20000000,
+    "net": 0x40000000,
+    "cgroup": 0x02000000,
+    "time": 0x00000080,
+}
+NS_TYPES: Final[tuple[str, ...]] = tuple(CLONE_FLAGS)
+TYPE_OF_FLAG: Final[dict[int, str]] = {flag: name for name, flag in CLONE_FLAGS.items()}
+#: Types that form a tree through NS_GET_PARENT.
+HIERARCHICAL: Final[frozenset[str]] = frozenset({"pid", "user"})
+#: Links in /proc/PID/ns besides the eight: the namespaces a process's children will get.
+FOR_CHILDREN_LINKS: Final[dict[str, str]] = {"pid_for_children": "pid", "time_for_children": "time"}
+
+# --- ioctl encoding (include/uapi/asm-generic/ioctl.h) -----------------------------------------
+
+
+def _io(kind: int, nr: int) -> int:
+    return (kind << 8) | nr
+
+
+def _ior(kind: int, nr: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (kind << 8) | nr
+
+
+NSIO: Final = 0xB7
+NS_GET_USERNS: Final = _io(NSIO, 0x1)
+NS_GET_PARENT: Final = _io(NSIO, 0x2)
+NS_GET_NSTYPE: Final = _io(NSIO, 0x3)
+NS_GET_OWNER_UID: Final = _io(NSIO, 0x4)
+NS_GET_MNTNS_ID: Final = _ior(NSIO, 0x5, 8)
+NS_GET_ID: Final = _ior(NSIO, 13, 8)  # Linux 6.18: a 64-bit id for every namespace type
+SIOCGSKNS: Final = 0x894C  # sockios.h: the net namespace of a socket
+
+# --- syscall numbers ---------------------------------------------------------------------------
+
+SYS_SETNS: Final = 308
+SYS_OPEN_BY_HANDLE_AT: Final = 304
+SYS_PIDFD_SEND_SIGNAL: Final = 424
+SYS_OPEN_TREE: Final = 428
+SYS_MOVE_MOUNT: Final = 429
+SYS_PIDFD_OPEN: Final = 434
+SYS_PIDFD_GETFD: Final = 438
+SYS_MOUNT_SETATTR: Final = 442
+SYS_LISTNS: Final = 470  # Linux 6.19
+
+# fcntl.h / mount.h flags
+AT_EMPTY_PATH: Final = 0x1000
+AT_RECURSIVE: Final = 0x8000
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+OPEN_TREE_CLONE: Final = 1
+OPEN_TREE_CLOEXEC: Final = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH: Final = 0x00000004
+MOUNT_ATTR_RDONLY: Final = 0x00000001
+MOUNT_ATTR_IDMAP: Final = 0x00100000
+MOUNT_ATTR_SIZE_VER0: Final = 32
+FD_NSFS_ROOT: Final = -10003  # fcntl.h, Linux 6.18: the root of nsfs for file handles
+FILEID_NSFS: Final = 0xF1  # exportfs.h
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def syscall(number: int, *args: int | ctypes._SimpleCData | ctypes.Array | ctypes._Pointer | bytes | None) -> int:
+    """Call a raw syscall; return its result or raise OSError(errno)."""
+    return _check(_syscall(ctypes.c_long(number), *args))
+
+
+# --- nsfs ioctls -------------------------------------------------------------------------------
+
+
+def ns_type(fd: int) -> str:
+    """The type of the namespace behind fd (NS_GET_NSTYPE)."""
+    return TYPE_OF_FLAG[fcntl.ioctl(fd, NS_GET_NSTYPE)]
+
+
+def ns_id(fd: int) -> int | None:
+    """The 64-bit namespace id (NS_GET_ID), or None on kernels before 6.18."""
+    buf = bytearray(8)
+    try:
+        fcntl.ioctl(fd, NS_GET_ID, buf)
+    except OSError as e:
+        if e.errno in (errno.ENOTTY, errno.EINVAL):
+            return None
+        raise
+    return struct.unpack("=Q", buf)[0]
+
+
+def mntns_id(fd: int) -> int:
+    """The mount namespace id (NS_GET_MNTNS_ID, Linux 6.8)."""
+    buf = bytearray(8)
+    fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf)
+    return struct.unpack("=Q", buf)[0]
+
+
+def ns_owner_fd(fd: int) -> int | None:
+    """A new fd for the owning user namespace, or None where the caller may not see it."""
+    try:
+        return fcntl.ioctl(fd, NS_GET_USERNS)
+    except PermissionError:
+        return None
+
+
+def ns_parent_fd(fd: int) -> int | None:
+    """A new fd for the parent pid/user namespace; None at the top (or the caller's top)."""
+    try:
+        return fcntl.ioctl(fd, NS_GET_PARENT)
+    except PermissionError:
+        return None
+
+
+def ns_owner_uid(fd: int) -> int:
+    """The uid (in the caller's user namespace) that created a user namespace."""
+    buf = bytearray(4)
+    fcntl.ioctl(fd, NS_GET_OWNER_UID, buf)
+    return struct.unpack("=I", buf)[0]
+
+
+def socket_netns_fd(sock_fd: int) -> int:
+    """A new fd for the net namespace a socket lives in (SIOCGSKNS)."""
+    return fcntl.ioctl(sock_fd, SIOCGSKNS)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Move the calling thread into the namespace (or, with a pidfd, the namespaces) behind fd."""
+    syscall(SYS_SETNS, ctypes.c_int(fd), ctypes.c_int(nstype))
+
+
+# --- pidfds ------------------------------------------------------------------------------------
+
+
+def pidfd_open(pid: int) -> int:
+    return syscall(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """Duplicate another process's fd into ours (needs ptrace access to it)."""
+    return syscall(SYS_PIDFD_GETFD, ctypes.c_int(pidfd), ctypes.c_int(target_fd), ctypes.c_uint(0))
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    """Signal the exact process behind a pidfd: a recycled pid is never hit."""
+    syscall(SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0))
+
+
+# --- nsfs file handles (Linux 6.18) ------------------------------------------------------------
+
+
+class _NsfsHandle(ctypes.Structure):
+    """struct file_handle followed by struct nsfs_file_handle {u64 ns_id; u32 ns_type; u32 ns_inum}."""
+
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint32),
+        ("handle_type", ctypes.c_int32),
+        ("ns_id", ctypes.c_uint64),
+        ("ns_type", ctypes.c_uint32),
+        ("ns_inum", ctypes.c_uint32),
+    ]
+
+
+def open_ns_by_id(ident: int, nstype: str | None = None, inode: int = 0) -> int:
+    """Reopen a live namespace from its 64-bit id, without any path to it (needs CAP_SYS_ADMIN)."""
+    handle = _NsfsHandle(16, FILEID_NSFS, ident, CLONE_FLAGS[nstype] if nstype else 0, inode)
+    return syscall(SYS_OPEN_BY_HANDLE_AT, ctypes.c_int(FD_NSFS_ROOT), ctypes.byref(handle),
+                   ctypes.c_int(os.O_RDONLY | os.O_CLOEXEC))
+
+
+# --- listns (Linux 6.19) -----------------------------------------------------------------------
+
+
+class _NsIdReq(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("spare", ctypes.c_uint32),
+        ("ns_id", ctypes.c_uint64),
+        ("ns_type", ctypes.c_uint32),
+        ("spare2", ctypes.c_uint32),
+        ("user_ns_id", ctypes.c_uint64),
+    ]
+
+
+def listns() -> list[int] | None:
+    """Every namespace id the kernel lists for us, or None where listns() does not exist."""
+    ids: list[int] = []
+    batch = (ctypes.c_uint64 * 1024)()
+    last = 0
+    while True:
+        req = _NsIdReq(ctypes.sizeof(_NsIdReq), 0, last, 0, 0, 0)
+        n = _syscall(ctypes.c_long(SYS_LISTNS), ctypes.byref(req), batch, ctypes.c_size_t(1024), ctypes.c_uint(0))
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOSYS, errno.EINVAL) and not ids:
+                return None
+            raise OSError(err, os.strerror(err))
+        ids.extend(batch[:n])
+        if n < 1024:
+            return ids
+        last = ids[-1]
+
+
+# --- the new mount API (Linux 5.12 for idmapped mounts) --------------------------------------
+
+
+class MountAttr(ctypes.Structure):
+    """struct mount_attr (MOUNT_ATTR_SIZE_VER0)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(path: str, flags: int, dirfd: int = -100) -> int:
+    return syscall(SYS_OPEN_TREE, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags))
+
+
+def mount_setattr(fd: int, attr: MountAttr, flags: int = AT_EMPTY_PATH, path: str = "") -> None:
+    syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint(flags),
+            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def move_mount(from_fd: int, to_path: str, flags: int = MOVE_MOUNT_F_EMPTY_PATH) -> None:
+    syscall(SYS_MOVE_MOUNT, ctypes.c_int(from_fd), b"", ctypes.c_int(-100), os.fsencode(to_path),
+            ctypes.c_uint(flags))
+
+
+# --- mount(2) and umount2(2) from libc ---------------------------------------------------------
+
+MS_BIND: Final = 0x1000
+MS_REC: Final = 0x4000
+MNT_DETACH: Final = 2
+
+
+def mount(source: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(os.fsencode(source), os.fsencode(target), fstype and fstype.encode(),
+                       ctypes.c_ulong(flags), data and data.encode()))
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)))

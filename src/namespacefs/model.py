@@ -1,0 +1,240 @@
+"""The data model: plain, immutable data with no I/O. Discovery produces a Snapshot; every front end
+(CLI, FUSE, HTTP) only reads one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final
+
+from namespacefs.kernel import NS_TYPES
+
+#: Holder kinds, in the order they are reported. A holder is a reason a namespace is alive.
+HOLDER_KINDS: Final[tuple[str, ...]] = (
+    "process",  # a process is in it (/proc/PID/ns/TYPE)
+    "task",  # only some thread of a process is in it (/proc/PID/task/TID/ns/TYPE)
+    "pid_for_children",  # a process's future children will be in it
+    "time_for_children",
+    "fd",  # an open file descriptor refers to it (/proc/PID/fd/N)
+    "bindmount",  # an nsfs file is bind-mounted in some mount namespace
+    "socket",  # a socket (of a process in another net namespace) lives in it
+    "parent",  # nothing holds it directly; it is the parent of a pid/user namespace that is held
+    "owner",  # nothing holds it directly; it owns a namespace that is held
+    "listns",  # found only by the kernel's listns() (Linux 6.19+)
+)
+DIRECT_KINDS: Final[frozenset[str]] = frozenset(HOLDER_KINDS) - {"parent", "owner"}
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """One reason a namespace is alive. Only the fields that fit the kind are set."""
+
+    kind: str
+    pid: int | None = None
+    tid: int | None = None
+    fd: int | None = None
+    mntns: int | None = None  # the mount namespace a bind mount lives in
+    path: str | None = None  # the mountpoint of a bind mount
+    socket: int | None = None  # socket inode
+    via: int | None = None  # parent/owner: the inode of the namespace it is parent/owner of
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    def describe(self) -> str:
+        """A short human form: 'fd pid=12 fd=4', 'bindmount /run/netns/a (mnt 4026532...)'."""
+        extra = " ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
+        return f"{self.kind} {extra}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    pid: int
+    ppid: int
+    comm: str
+    cmdline: tuple[str, ...]
+    uid: int
+    gid: int
+    nspid: tuple[int, ...]  # pid in each pid namespace, outermost (ours) first
+    threads: int
+    namespaces: Mapping[str, int]  # type -> inode, plus pid_for_children/time_for_children
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmdline) if self.cmdline else f"[{self.comm}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid, "ppid": self.ppid, "comm": self.comm, "cmdline": list(self.cmdline),
+            "uid": self.uid, "gid": self.gid, "nspid": list(self.nspid), "threads": self.threads,
+            "namespaces": dict(self.namespaces),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    type: str
+    inode: int
+    id: int | None  # the kernel's 64-bit id (NS_GET_ID); never reused, unlike the inode
+    dev: int
+    owner: int | None  # inode of the owning user namespace; None only for the initial one
+    parent: int | None  # pid and user namespaces: inode of the parent
+    holders: tuple[Holder, ...]
+    processes: tuple[int, ...]  # host pids of the processes in it
+    owner_uid: int | None = None  # user namespaces: the uid that created it
+    uid_map: tuple[tuple[int, int, int], ...] | None = None
+    gid_map: tuple[tuple[int, int, int], ...] | None = None
+    setgroups: str | None = None
+    level: int = 0  # pid/user: depth below the initial namespace
+    mounts: int | None = None  # mnt: number of mounts, where its mountinfo was read
+    name: str | None = None
+    path: str | None = None  # the name path through the owning user namespaces
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What identifies this namespace for life: its id, or (type, inode) without one."""
+        return ("id", self.id) if self.id is not None else (self.type, self.inode)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The distinct holder kinds, in HOLDER_KINDS order."""
+        present = {h.kind for h in self.holders}
+        return tuple(k for k in HOLDER_KINDS if k in present)
+
+    @property
+    def persistent(self) -> bool:
+        """No process is in it (lsns -P)."""
+        return not self.processes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type, "inode": self.inode, "id": self.id, "dev": self.dev,
+            "owner": self.owner, "parent": self.parent, "level": self.level,
+            "name": self.name, "path": self.path,
+            "holders": [h.to_dict() for h in self.holders],
+            "processes": list(self.processes),
+            "owner_uid": self.owner_uid,
+            "uid_map": [list(m) for m in self.uid_map] if self.uid_map is not None else None,
+            "gid_map": [list(m) for m in self.gid_map] if self.gid_map is not None else None,
+            "setgroups": self.setgroups,
+            "mounts": self.mounts,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every namespace and process seen in one scan."""
+
+    boot_id: str
+    kernel: str
+    taken_at: float  # seconds since the epoch
+    duration: float  # seconds the scan took
+    namespaces: Mapping[int, Namespace]  # inode -> namespace (nsfs inodes are unique across types)
+    processes: Mapping[int, Process]
+    errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
+    sources: tuple[str, ...] = ()
+    _by_id: dict[int, Namespace] = field(default_factory=dict, compare=False, repr=False)
+    _owned: dict[int | None, list[Namespace]] = field(default_factory=dict, compare=False, repr=False)
+    _children: dict[int | None, list[Namespace]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for ns in self.namespaces.values():
+            if ns.id is not None:
+                self._by_id[ns.id] = ns
+            self._owned.setdefault(ns.owner, []).append(ns)
+            if ns.type in ("pid", "user"):
+                self._children.setdefault(ns.parent, []).append(ns)
+
+    def __iter__(self) -> Iterator[Namespace]:
+        return iter(self.namespaces.values())
+
+    def __len__(self) -> int:
+        return len(self.namespaces)
+
+    def get(self, inode: int) -> Namespace | None:
+        return self.namespaces.get(inode)
+
+    def by_id(self, ident: int) -> Namespace | None:
+        return self._by_id.get(ident)
+
+    def of_type(self, *types: str) -> list[Namespace]:
+        return [ns for ns in self.namespaces.values() if ns.type in types]
+
+    def owned_by(self, user_ns: int | None) -> list[Namespace]:
+        """The namespaces whose owner is this user namespace (None: those with no visible owner)."""
+        return self._owned.get(user_ns, [])
+
+    def children(self, inode: int | None) -> list[Namespace]:
+        """The pid/user namespaces whose parent is this one."""
+        return self._children.get(inode, [])
+
+    def namespace_of(self, pid: int, nstype: str) -> Namespace | None:
+        proc = self.processes.get(pid)
+        return self.namespaces.get(proc.namespaces.get(nstype, -1)) if proc else None
+
+    @property
+    def initial_user(self) -> Namespace | None:
+        """The top of the visible user-namespace tree."""
+        tops = [ns for ns in self._owned.get(None, []) if ns.type == "user"]
+        return min(tops, key=lambda ns: ns.level) if tops else None
+
+    def with_namespaces(self, namespaces: Iterable[Namespace]) -> Snapshot:
+        """The same snapshot with some namespaces replaced (for example, once names are added)."""
+        table = dict(self.namespaces)
+        table.update((ns.inode, ns) for ns in namespaces)
+        return replace(self, namespaces=table, _by_id={}, _owned={}, _children={})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON contract (see README): stable keys, more may be added, none renamed."""
+        return {
+            "boot_id": self.boot_id,
+            "kernel": self.kernel,
+            "taken_at": self.taken_at,
+            "duration": self.duration,
+            "errors": dict(self.errors),
+            "sources": list(self.sources),
+            "namespaces": [ns.to_dict() for ns in sorted(self.namespaces.values(), key=_order)],
+            "processes": [p.to_dict() for p in sorted(self.processes.values(), key=lambda p: p.pid)],
+        }
+
+
+def _order(ns: Namespace) -> tuple[int, int]:
+    return NS_TYPES.index(ns.type), ns.inode
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What changed between two snapshots, keyed on Namespace.key (the id where there is one)."""
+
+    appeared: tuple[Namespace, ...]
+    vanished: tuple[Namespace, ...]
+    changed: tuple[tuple[Namespace, Namespace], ...]  # (old, new) with different holders or name
+    joined: tuple[tuple[int, Namespace], ...]  # (pid, namespace) a process entered or was born into
+    left: tuple[tuple[int, Namespace], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.appeared or self.vanished or self.changed or self.joined or self.left)
+
+
+def diff(old: Snapshot, new: Snapshot) -> Diff:
+    before = {ns.key: ns for ns in old}
+    after = {ns.key: ns for ns in new}
+    appeared = tuple(ns for k, ns in after.items() if k not in before)
+    vanished = tuple(ns for k, ns in before.items() if k not in after)
+    changed = []
+    joined: list[tuple[int, Namespace]] = []
+    left: list[tuple[int, Namespace]] = []
+    for k, ns in after.items():
+        prev = before.get(k)
+        if prev is None:
+            joined.extend((pid, ns) for pid in ns.processes)
+            continue
+        if prev.holders != ns.holders or prev.name != ns.name:
+            changed.append((prev, ns))
+        if prev.processes != ns.processes:
+            was, now = set(prev.processes), set(ns.processes)
+            joined.extend((pid, ns) for pid in sorted(now - was))
+            left.extend((pid, ns) for pid in sorted(was - now))
+    for ns in vanished:
+        left.extend((pid, ns) for pid in ns.processes)
+    return Diff(appeared, vanished, tuple(changed), tuple(joined), tuple(left))
