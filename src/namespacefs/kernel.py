@@ -19,6 +19,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
 import struct
 from typing import Final
 
@@ -278,3 +279,73 @@ def mount(source: str, target: str, fstype: str | None = None, flags: int = 0, d
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)))
+
+
+# --- accounting and id shifting (issue 6) ------------------------------------------------------
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) from libc (os.unshare exists only from Python 3.12)."""
+    _check(_libc.unshare(ctypes.c_int(flags)))
+
+
+# --- the proc connector (issue 7: the live service) --------------------------------------------
+# include/uapi/linux/netlink.h (struct nlmsghdr), include/uapi/linux/connector.h (struct cn_msg,
+# CN_IDX_PROC, CN_VAL_PROC), include/uapi/linux/cn_proc.h (enum proc_cn_mcast_op, struct proc_event).
+
+NETLINK_CONNECTOR: Final = 11
+CN_IDX_PROC: Final = 1
+CN_VAL_PROC: Final = 1
+NLMSG_DONE: Final = 3
+NLMSG_ERROR: Final = 2
+NLMSG_OVERRUN: Final = 4
+PROC_CN_MCAST_LISTEN: Final = 1
+PROC_CN_MCAST_IGNORE: Final = 2
+SO_RCVBUFFORCE: Final = 33
+#: enum what in struct proc_event
+PROC_EVENT_FORK: Final = 0x00000001
+PROC_EVENT_EXEC: Final = 0x00000002
+PROC_EVENT_EXIT: Final = 0x80000000
+NLMSGHDR: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+CN_MSG: Final = struct.Struct("=IIIIHH")  # id.idx, id.val, seq, ack, len, flags
+PROC_EVENT_HEAD: Final = struct.Struct("=IIQ")  # what, cpu, timestamp_ns (aligned(8): offset 8)
+PROC_EVENT_IDS: Final = struct.Struct("=IIII")  # fork: parent pid/tgid, child pid/tgid; exec/exit: pid, tgid, ...
+
+
+def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
+    """A netlink socket subscribed to the kernel's process events (needs CAP_NET_ADMIN, init netns).
+    Raises OSError when the kernel has no proc connector (CONFIG_PROC_EVENTS=n) or access is denied."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, CN_IDX_PROC))
+        op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+        cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
+    """(what, pid, tgid) for each proc event in one netlink datagram; for fork, the child's pid/tgid."""
+    out = []
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
+            break
+        body = offset + NLMSGHDR.size
+        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= offset + length:
+            idx, val, *_ = CN_MSG.unpack_from(data, body)
+            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
+                event = body + CN_MSG.size
+                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(data, event)
+                a, b, c, d = PROC_EVENT_IDS.unpack_from(data, event + 16)
+                out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
+        offset += (length + 3) & ~3
+    return out

@@ -238,3 +238,46 @@ def diff(old: Snapshot, new: Snapshot) -> Diff:
     for ns in vanished:
         left.extend((pid, ns) for pid in ns.processes)
     return Diff(appeared, vanished, tuple(changed), tuple(joined), tuple(left))
+
+
+# --- the inverse of to_dict (issue 7: snapshots served by the daemon) ----------------------------
+
+
+def _maps(value: Any) -> tuple[tuple[int, int, int], ...] | None:
+    return tuple((int(a), int(b), int(c)) for a, b, c in value) if value is not None else None
+
+
+def holder_from_dict(data: Mapping[str, Any]) -> Holder:
+    return Holder(**{f.name: data[f.name] for f in fields(Holder) if f.name in data})
+
+
+def process_from_dict(data: Mapping[str, Any]) -> Process:
+    return Process(
+        pid=data["pid"], ppid=data["ppid"], comm=data["comm"], cmdline=tuple(data["cmdline"]), uid=data["uid"],
+        gid=data["gid"], nspid=tuple(data["nspid"]), threads=data["threads"], namespaces=dict(data["namespaces"]))
+
+
+def namespace_from_dict(data: Mapping[str, Any]) -> Namespace:
+    """Namespace.to_dict() read back; keys added later by other parts are ignored."""
+    return Namespace(
+        type=data["type"], inode=data["inode"], id=data["id"], dev=data["dev"], owner=data["owner"],
+        parent=data["parent"], holders=tuple(holder_from_dict(h) for h in data["holders"]),
+        processes=tuple(data["processes"]), owner_uid=data.get("owner_uid"), uid_map=_maps(data.get("uid_map")),
+        gid_map=_maps(data.get("gid_map")), setgroups=data.get("setgroups"), level=data.get("level", 0),
+        mounts=data.get("mounts"), name=data.get("name"), path=data.get("path"))
+
+
+def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
+    """Snapshot.to_dict() read back (what the daemon serves)."""
+    namespaces = (namespace_from_dict(n) for n in data["namespaces"])
+    processes = (process_from_dict(p) for p in data["processes"])
+    return Snapshot(
+        boot_id=data["boot_id"], kernel=data["kernel"], taken_at=data["taken_at"], duration=data["duration"],
+        namespaces={ns.inode: ns for ns in namespaces}, processes={p.pid: p for p in processes},
+        errors=dict(data.get("errors", {})), sources=tuple(data.get("sources", ())))
+
+
+Holder.from_dict = staticmethod(holder_from_dict)  # type: ignore[attr-defined]
+Process.from_dict = staticmethod(process_from_dict)  # type: ignore[attr-defined]
+Namespace.from_dict = staticmethod(namespace_from_dict)  # type: ignore[attr-defined]
+Snapshot.from_dict = staticmethod(snapshot_from_dict)  # type: ignore[attr-defined]

@@ -16,6 +16,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ls": ("ls", "list namespaces (like lsns)"),
     "tree": ("tree", "show the ownership (or pid) tree of namespaces"),
     "show": ("show", "show everything known about one namespace"),
+    "rename": ("names", "give a namespace a name that is kept (unique in its owning user namespace)"),
+    "names": ("names", "list names (--history, --prune), export and import them"),
+    "accounting": ("accounting", "processes, limits and shared host ids per user namespace"),
+    "shift": ("accounting", "shift ids of a tree: idmapped mount of SRC at DST (or --chown in place)"),
+    "unshift": ("accounting", "remove an idmapped mount made by shift (or undo a --chown shift)"),
+    "mount": ("mount", "mount the namespaces as a FUSE filesystem (default /run/namespacefs)"),
+    "umount": ("mount", "unmount a namespacefs FUSE filesystem"),
+    "serve": ("serve", "run the live service: HTTP API, events, metrics and a web page"),
+    "watch": ("serve", "print namespace lifecycle events as they happen"),
+    "containers": ("containers", "list containers as a tree, with who runs them (rename with --rename)"),
+    "enter": ("containers", "run a command in a container's or process's namespaces (like nsenter)"),
+    "kill": ("containers", "kill a container and every container nested in it"),
+    "pin": ("containers", "keep a namespace alive with a bind mount of its file"),
+    "unpin": ("containers", "remove a pin made by nsfs pin"),
+    "checkpoint": ("containers", "save a container's namespaces, topology and names (and CRIU images)"),
+    "restore": ("containers", "restore a checkpoint (CRIU where it can run) and re-apply its names"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import sys
@@ -19,6 +20,9 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources", metavar="LIST",
         help=f"discovery sources to use (default: all of {','.join(SOURCES)}); '-LIST' leaves some out")
+    with contextlib.suppress(argparse.ArgumentError):  # (a command may already have its own --db)
+        parser.add_argument("--db", metavar="PATH", default=os.environ.get("NSFS_DB") or None,
+                            help="the names database (default: $NSFS_DB, else /var/lib/namespacefs/names.db)")
 
 
 def chosen_sources(spec: str | None) -> tuple[str, ...]:
@@ -33,7 +37,7 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
 
 
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
-    return core.snapshot(chosen_sources(getattr(args, "sources", None)))
+    return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None))
 
 
 def ns_type(text: str) -> str:

@@ -20,7 +20,7 @@ from namespacefs.cli.output import (
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Process, Snapshot
 
-DEFAULT_COLUMNS = ("NS", "TYPE", "NPROCS", "PID", "USER", "COMMAND")
+DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 
 
 class Row:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from namespacefs.model import Holder, Process
 
 #: errno values that mean "this process (or fd) is gone": the normal case for a live host.
-GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR})
+GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR,
+                  errno.EBADF})  # EBADF: pidfd_getfd of an fd closed since it was listed (issue 7)
 #: errno values that mean "not allowed to look".
 DENIED = frozenset({errno.EACCES, errno.EPERM})
 

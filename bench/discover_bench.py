@@ -1,0 +1,562 @@
+"""Benchmark: cold `nsfs ls --json` against `lsns -J` on a synthetic host (issue 2, "Speed").
+
+For each N (default 250, 1000, 4000) bench/synthetic.py builds N processes in N/10 namespace sets
+(with fds, sockets, nsfs fds, threads and nsfs bind mounts in private mount namespaces), verifies
+them, and then, in the same run, alternates REPEAT cold runs of each command (a fresh process per
+run; one unrecorded warm-up each so both read their binaries from the page cache). Recorded per N:
+median and spread of wall time, the namespaces each one reports, whether each finds the hidden
+namespaces the builder made, and the units discovery has to walk (processes, threads, fds, mounts,
+counted here independently of nsfs). Then:
+
+  linearity   least-squares fit of time against units over all N, and time per unit per N
+  profile     one pyinstrument run of `nsfs ls --json` at the largest N, and a per-phase timing of
+              discover() (the phase functions wrapped with timers in a child process)
+  reads       `strace -f -y -e trace=openat,readlinkat` of one run: is any file opened or any link
+              read twice within one snapshot?
+  imports     `python -X importtime` of `nsfs ls --json`: what the command imports
+
+Everything the bench builds lives in one process group that is killed on exit, Ctrl-C or SIGTERM
+(and if this script dies, the builder's PR_SET_PDEATHSIG kills the group). Results go to
+bench/RESULTS-discover.md.
+
+    .venv/bin/python bench/discover_bench.py [--sizes 250,1000,4000] [--repeat 7] [--no-write]
+    .venv/bin/python bench/discover_bench.py phases     # (internal) one timed discover(), as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from synthetic import SyntheticHost  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+NSFS = [str(VENV_BIN / "nsfs"), "ls", "--json"]
+LSNS = ["lsns", "-J"]
+#: The hand-written analysis at the end of the results file survives a re-run (update it by hand).
+ANALYSIS = "## Analysis (hand-written"
+
+
+# --- measuring -------------------------------------------------------------------------------------
+
+
+#: Runs that failed (command, last line of its stderr), retried and reported in the results.
+FAILURES: list[tuple[str, str]] = []
+
+
+def run_once(argv: list[str], tries: int = 10) -> tuple[float, bytes]:
+    """Wall time and stdout of one run; a failed run is recorded and run again (at most tries)."""
+    for _ in range(tries):
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, check=False)
+        elapsed = time.perf_counter() - start
+        if done.returncode == 0:
+            return elapsed, done.stdout
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
+        FAILURES.append((" ".join([Path(argv[0]).name, *argv[1:]]), last))
+        print(f"  run failed: {argv} -> {last}", flush=True)
+    raise RuntimeError(f"{' '.join(argv)} failed {tries} times in a row")
+
+
+def retried(argv: list[str], tries: int = 10, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run that records a failed run and runs it again (at most tries)."""
+    for _ in range(tries):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+        if done.returncode == 0:
+            return done
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        FAILURES.append((" ".join([Path(argv[0]).name, *argv[1:]]), last))
+        print(f"  run failed: {argv} -> {last}", flush=True)
+    raise RuntimeError(f"{' '.join(argv)} failed {tries} times in a row")
+
+
+def load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def units() -> dict[str, int]:
+    """What discovery has to walk, counted straight from /proc: processes, threads, fds, mounts
+    (mountinfo lines summed over distinct mount namespaces)."""
+    counts = collections.Counter()
+    mntns: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            threads = len(os.listdir(f"/proc/{name}/task"))
+            fds = len(os.listdir(f"/proc/{name}/fd"))
+            ns = os.stat(f"/proc/{name}/ns/mnt").st_ino
+        except OSError:
+            continue
+        counts["processes"] += 1
+        counts["threads"] += threads
+        counts["fds"] += fds
+        mntns.setdefault(ns, int(name))
+    for pid in mntns.values():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/mountinfo", "rb") as f:
+            counts["mounts"] += f.read().count(b"\n")
+    counts["units"] = counts["processes"] + counts["threads"] + counts["fds"] + counts["mounts"]
+    return dict(counts)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def found_hidden(host: SyntheticHost, inodes: set[int]) -> int:
+    return sum(r["inode"] in inodes for r in host.hidden)
+
+
+def holder_check(host: SyntheticHost, report: dict[str, Any]) -> list[str]:
+    """Each hidden namespace must be reported with the holder kind the builder made it with."""
+    by_inode = {ns["inode"]: ns for ns in report["namespaces"]}
+    wrong = []
+    for r in host.hidden:
+        ns = by_inode.get(r["inode"])
+        if ns is None or ns["type"] != r["type"] or r["kind"] not in {h["kind"] for h in ns["holders"]}:
+            wrong.append(f"{r['kind']} {r['type']}:{r['inode']}")
+    return wrong
+
+
+def measure(n: int, repeat: int) -> dict[str, Any]:
+    with SyntheticHost(n) as host:
+        print(f"N={n}: built {n} processes in {host.manifest['sets']} sets in {host.manifest['build_seconds']:.1f}s",
+              flush=True)
+        run_once(NSFS)
+        run_once(LSNS)  # warm-ups, not recorded
+        load_before = load()
+        failed_before = len(FAILURES)
+        nsfs_t, lsns_t, durations = [], [], []
+        nsfs_out = lsns_out = b""
+        for _ in range(repeat):
+            t, nsfs_out = run_once(NSFS)
+            nsfs_t.append(t)
+            durations.append(json.loads(nsfs_out)["duration"])
+            t, lsns_out = run_once(LSNS)
+            lsns_t.append(t)
+        failed = len(FAILURES) - failed_before
+        counted = units()
+        host.verify()  # still all there after the runs
+        report = json.loads(nsfs_out)
+        synthetic = set(host.pids)
+        nsfs_inodes = {ns["inode"] for ns in report["namespaces"]}
+        lsns_rows = json.loads(lsns_out)["namespaces"]
+        lsns_inodes = {int(ns["ns"]) for ns in lsns_rows}
+        only_lsns = [f"{ns['type']}:{ns['ns']} (pid {ns['pid']}{', a zombie' if _zombie(ns['pid']) else ''}, "
+                     f"{'synthetic' if ns['pid'] in synthetic else 'not ours'})"
+                     for ns in lsns_rows if int(ns["ns"]) not in nsfs_inodes]
+        result = {
+            "n": n, "sets": host.manifest["sets"], **counted, "load": f"{load_before} → {load()}", "failed": failed,
+            "nsfs": nsfs_t, "lsns": lsns_t, "discover": durations,
+            "nsfs_found": len(nsfs_inodes), "lsns_found": len(lsns_inodes),
+            "only_lsns": only_lsns, "only_nsfs": len(nsfs_inodes - lsns_inodes),
+            "hidden": len(host.hidden), "hidden_nsfs": found_hidden(host, nsfs_inodes),
+            "hidden_lsns": found_hidden(host, lsns_inodes), "wrong_holders": holder_check(host, report),
+        }
+    print(f"  nsfs {statistics.median(nsfs_t):.3f}s  lsns {statistics.median(lsns_t):.3f}s  "
+          f"found {result['nsfs_found']} vs {result['lsns_found']}  units {counted['units']}", flush=True)
+    return result
+
+
+# --- experiments: candidate fixes tried on a copy (monkeypatched here, src/ untouched) -----------------
+
+
+def _exp_json_onewrite() -> None:
+    """cli/output.print_json: one json.dumps + one write instead of json.dump (which writes every
+    small chunk of the pure-Python indenting encoder to the text stream separately). Same bytes."""
+    from namespacefs.cli import ls, output
+
+    def print_json(data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+    output.print_json = ls.print_json = print_json
+
+
+def _exp_json_compact() -> None:
+    """cli/output.print_json without indent: the C encoder does all the work. Different whitespace."""
+    from namespacefs.cli import ls, output
+
+    def print_json(data: Any) -> None:
+        sys.stdout.write(json.dumps(data) + "\n")
+
+    output.print_json = ls.print_json = print_json
+
+
+def _exp_holder_dict() -> None:
+    """model.Holder.to_dict without dataclasses.fields() per call (a fixed tuple of slot names)."""
+    from namespacefs.model import Holder
+
+    names = Holder.__slots__
+
+    def to_dict(self: Holder) -> dict[str, Any]:
+        return {name: v for name in names if (v := getattr(self, name)) is not None}
+
+    Holder.to_dict = to_dict  # type: ignore[method-assign]
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {
+    "json-onewrite": _exp_json_onewrite, "json-compact": _exp_json_compact, "holder-dict": _exp_holder_dict,
+}
+
+
+def patched(names: list[str]) -> None:
+    """`nsfs ls --json` in this process with the named experiments applied (none: the baseline)."""
+    from namespacefs import cli
+
+    for name in names:
+        EXPERIMENTS[name]()
+    sys.argv = ["nsfs", "ls", "--json"]
+    sys.exit(cli.main())
+
+
+def experiments(n: int, repeat: int) -> dict[str, Any]:
+    """Alternating cold runs of the baseline and each experiment on one host of n processes."""
+    variants = {"baseline (unpatched, same wrapper)": [], "json-onewrite": ["json-onewrite"],
+                "json-onewrite + holder-dict": ["json-onewrite", "holder-dict"], "json-compact": ["json-compact"],
+                "json-compact + holder-dict": ["json-compact", "holder-dict"]}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    same: dict[str, bool] = {}
+    with SyntheticHost(n) as host:
+        print(f"experiments at N={n}", flush=True)
+        hidden = {r["inode"] for r in host.hidden}
+        for _ in range(repeat):
+            for label, names in variants.items():
+                t, out = run_once([sys.executable, __file__, "patched", *names])
+                times[label].append(t)
+                report = json.loads(out)  # still the JSON contract, and still every hidden namespace
+                same[label] = same.get(label, True) and "processes" in report and \
+                    hidden <= {ns["inode"] for ns in report["namespaces"]}
+    return {"n": n, "times": times, "same": same}
+
+
+# --- the per-phase timing (runs in a child process) -----------------------------------------------
+
+
+def phases() -> None:
+    """One `nsfs ls --json` in this process with the discovery phases wrapped in timers; prints JSON."""
+    clock = time.perf_counter
+    t0 = clock()
+    from namespacefs import cli, discover
+    from namespacefs.discover import hierarchy, mounts, processes, sockets
+
+    imported = clock() - t0
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[label] += clock() - start
+        return wrapper
+
+    processes.scan = timed("processes.scan (process, task, for_children, fd)", processes.scan)
+    sockets.scan = timed("sockets.scan", sockets.scan)
+    mounts.scan = timed("mounts.scan", mounts.scan)
+    hierarchy.resolve = timed("hierarchy.resolve (ids, owners, parents)", hierarchy.resolve)
+    discover._cross_check_listns = timed("_cross_check_listns", discover._cross_check_listns)
+    discover._read_user_maps = timed("_read_user_maps", discover._read_user_maps)
+    discover._freeze = timed("_freeze", discover._freeze)
+    from namespacefs import names
+
+    names.apply = timed("names.apply (names database, after discover)", names.apply)
+    discover.discover = timed("discover() total", discover.discover)
+    import namespacefs.core
+
+    namespacefs.core.discover = discover.discover
+    sys.argv = ["nsfs", "ls", "--json"]
+    start = clock()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        cli.main()
+    total = clock() - start
+    print(json.dumps({"import": imported, "command": total, **spent}))
+
+
+def phase_table(n: int, runs: int = 3) -> dict[str, float]:
+    """Median per phase over a few child runs."""
+    samples: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(runs):
+        out = retried([sys.executable, __file__, "phases"]).stdout
+        for k, v in json.loads(out.strip().splitlines()[-1]).items():
+            samples[k].append(v)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def pyinstrument_profile(workdir: str) -> str:
+    out = f"{workdir}/profile.txt"
+    retried([str(VENV_BIN / "pyinstrument"), "-r", "text", "-o", out, str(VENV_BIN / "nsfs"), "ls", "--json"])
+    return Path(out).read_text()
+
+
+# --- reads audit -----------------------------------------------------------------------------------
+
+_CALL = re.compile(r'^(\d+)\s+(openat|readlinkat)\((-?\w+)(?:<([^>]*)>)?, "([^"]*)"')
+
+
+def audit_reads(workdir: str) -> dict[str, Any]:
+    """strace one `nsfs ls --json`; the paths opened or link-read more than once (per syscall)."""
+    log = f"{workdir}/strace.log"
+    retried(["strace", "-f", "-y", "-qq", "-e", "trace=openat,readlinkat", "-o", log, *NSFS])
+    seen: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in Path(log).read_text().splitlines():
+        m = _CALL.match(line)
+        if not m or " = -1 " in line:
+            continue
+        call, dirfd, dirpath, name = m.group(2), m.group(3), m.group(4), m.group(5)
+        path = name if name.startswith("/") or dirfd == "AT_FDCWD" else f"{dirpath}/{name}"
+        if not path.startswith("/proc/"):
+            continue  # interpreter start-up (modules, shared libraries) is not the snapshot
+        seen[call, re.sub(r"/proc/self/", "/proc/self/", path)] += 1
+    twice = {f"{call} {path}": k for (call, path), k in seen.items() if k > 1}
+    patterns: collections.Counter[str] = collections.Counter()
+    for key, k in twice.items():
+        patterns[re.sub(r"/\d+", "/N", key)] += k - 1
+    by_call = collections.Counter(call for call, _ in seen.elements())
+    return {"calls": dict(by_call), "distinct": len(seen), "repeated": len(twice), "patterns": dict(patterns)}
+
+
+def import_times() -> list[tuple[int, str]]:
+    """The slowest top-level imports (cumulative µs) of `nsfs ls --json`."""
+    done = retried([sys.executable, "-X", "importtime", "-m", "namespacefs", "ls", "--json"])
+    rows = []
+    for line in done.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(3)) <= 1:  # top level only
+            rows.append((int(m.group(2)), m.group(4)))
+    return sorted(rows, reverse=True)
+
+
+# --- analysis and the results file -----------------------------------------------------------------
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = a + b x; returns (a, b, r²)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1.0
+    return a, b, 1 - ss_res / ss_tot
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def machine() -> str:
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // 1024
+    lsns = subprocess.run(["lsns", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"- CPU: {os.cpu_count()} × {cpu}; RAM {mem} MiB\n- Kernel: Linux {platform.release()}\n"
+            f"- Python {platform.python_version()} ({sys.executable}); {lsns}\n"
+            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: int) -> str:
+    lines = [
+        "# Discovery benchmark: `nsfs ls --json` vs `lsns -J`", "",
+        "Produced by `bench/discover_bench.py` (synthetic host: `bench/synthetic.py`). Numbers are wall times of a",
+        "fresh process per run (\"cold\": NSFS_NO_DAEMON=1, so always a scan, never a daemon's snapshot; names in a",
+        f"temp NSFS_DB; page cache warm), {repeat} alternating runs of each",
+        "command per N, on the same synthetic host in the same run.",
+        "Re-run (as root, ~7 min): `.venv/bin/python bench/discover_bench.py [--sizes 250,1000,4000] [--repeat 7]",
+        "[--experiments] [--no-profile] [--no-write]`; `.venv/bin/python bench/synthetic.py show N` builds, checks and",
+        "tears down one synthetic host. Other activity on the host adds to the spread; the load average is",
+        "recorded below.", "",
+        "## Machine", "", machine(), "",
+        "## Synthetic host", "",
+        "N processes in N/10 namespace sets. Each set: a leader with a private mount namespace (tmpfs + one",
+        "`ip netns add`-style nsfs bind mount of a net namespace nothing else holds), then a rotating mix of",
+        "user/net/uts/ipc/cgroup/pid/time namespaces; 9 members forked into them. Every process holds ~8 fds",
+        "(/dev/null, a file, a socketpair, a UDP socket, stdio); every 5th member holds an fd to a net namespace",
+        "it is not in, every 5th a socket in one, every 5th fds to its own uts and ipc namespaces; every 4th set",
+        "has a member with 5 threads, one in its own uts namespace. \"hidden\" = those fd-, socket-, thread- and",
+        "bind-mount-held namespaces, which no process is in.", "",
+        "## Results", "",
+        "| N | procs | threads | fds | mounts | nsfs median s (spread) | lsns median s (spread) | nsfs/lsns "
+        "| discover() s | ns found nsfs | ns found lsns | hidden found nsfs / lsns |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        nm, lm = statistics.median(r["nsfs"]), statistics.median(r["lsns"])
+        lines.append(
+            f"| {r['n']} | {r['processes']} | {r['threads']} | {r['fds']} | {r['mounts']} | {nm:.3f} ({spread(r['nsfs'])}) "
+            f"| {lm:.3f} ({spread(r['lsns'])}) | {nm / lm:.2f} | {statistics.median(r['discover']):.3f} "
+            f"| {r['nsfs_found']} | {r['lsns_found']} | {r['hidden_nsfs']} / {r['hidden_lsns']} of {r['hidden']} |")
+    lines += ["", "procs/threads/fds/mounts are counted from /proc by the bench (whole host, not only the synthetic",
+              "processes). `discover()` is the scan time nsfs itself reports (`duration` in its JSON).", "",
+              "Runs that failed and were repeated (see \"Failed runs\" below): "
+              + "; ".join(f"N={r['n']}: {r['failed']} of {r['failed'] + 2 * len(r['nsfs'])}" for r in results) + ".", "",
+              "Load average (1/5/15 min) before → after the timed runs: "
+              + "; ".join(f"N={r['n']}: {r['load']}" for r in results), ""]
+    checks = []
+    for r in results:
+        strictly = r["nsfs_found"] > r["lsns_found"] and not r["only_lsns"]
+        checks.append(f"- N={r['n']}: nsfs finds {r['only_nsfs']} namespaces lsns does not, lsns finds {len(r['only_lsns'])} "
+                      f"nsfs does not ({'strictly more' if strictly else 'NOT strictly more'}"
+                      + (f": {'; '.join(r['only_lsns'][:5])}" if r["only_lsns"] else "") + "); hidden namespaces "
+                      f"with a wrong or missing holder kind in nsfs: {len(r['wrong_holders'])}"
+                      + (f" ({', '.join(r['wrong_holders'][:5])})" if r["wrong_holders"] else ""))
+    lines += ["## Finds strictly more", "", *checks, ""]
+
+    lines += ["## Linearity", "",
+              "Cost per unit (units = processes + threads + fds + mounts, whole host):", "",
+              "| N | units | nsfs µs/unit | discover() µs/unit | lsns µs/unit |", "|---|---|---|---|---|"]
+    for r in results:
+        u = r["units"]
+        lines.append(f"| {r['n']} | {u} | {statistics.median(r['nsfs']) / u * 1e6:.1f} "
+                     f"| {statistics.median(r['discover']) / u * 1e6:.1f} | {statistics.median(r['lsns']) / u * 1e6:.1f} |")
+    if len(results) >= 2:
+        lines += ["", "Least-squares fit over every run (t = a + b·units):", ""]
+        for label, key in (("nsfs ls --json", "nsfs"), ("discover()", "discover"), ("lsns -J", "lsns")):
+            px = [float(r["units"]) for r in results for _ in r[key]]
+            py = [t for r in results for t in r[key]]
+            a, b, r2 = fit(px, py)
+            lines.append(f"- {label}: a = {a * 1e3:.1f} ms, b = {b * 1e6:.2f} µs/unit, r² = {r2:.4f}")
+    lines.append("")
+
+    if "phases" in extra:
+        p = extra["phases"]
+        lines += [f"## Profile (N={extra['profile_n']})", "",
+                  "Per phase of one `nsfs ls --json` (median of 3 child runs; the phase functions wrapped in timers):", "",
+                  "| phase | s | share of command |", "|---|---|---|"]
+        command = p["import"] + p["command"]
+        lines.append(f"| imports (namespacefs.cli, discover) | {p['import']:.3f} | {p['import'] / command:.0%} |")
+        for k, v in p.items():
+            if k not in ("import", "command"):
+                lines.append(f"| {k} | {v:.3f} | {v / command:.0%} |")
+        rest = p["command"] - p.get("discover() total", 0.0) - p.get("names.apply (names database, after discover)", 0.0)
+        lines.append(f"| the rest: CLI, to_dict, JSON rendering, output | {rest:.3f} | {rest / command:.0%} |")
+        lines.append(f"| **command total (in-process)** | {command:.3f} | |")
+        lines += ["", "pyinstrument (library frames folded), top of the call tree:", "", "```", *extra["profile"], "```", ""]
+    if "audit" in extra:
+        a = extra["audit"]
+        lines += [f"## Reads per snapshot (N={extra['audit_n']})", "",
+                  "`strace -f -y -e trace=openat,readlinkat` of one `nsfs ls --json`; /proc paths only, dirfd-relative",
+                  f"names resolved through `-y`. Calls: {a['calls']}; distinct (call, path): {a['distinct']}; "
+                  f"(call, path) pairs seen more than once: {a['repeated']}.", ""]
+        if a["patterns"]:
+            lines += ["Repeats by pattern (extra calls):", "", "| pattern | extra calls |", "|---|---|"]
+            lines += [f"| `{k}` | {v} |" for k, v in sorted(a["patterns"].items(), key=lambda kv: -kv[1])]
+            lines.append("")
+    if "imports" in extra:
+        lines += ["## Imports of `nsfs ls --json`", "", "`python -X importtime`, top-level modules, cumulative:", "",
+                  "| module | ms |", "|---|---|"]
+        lines += [f"| {name} | {us / 1000:.1f} |" for us, name in extra["imports"][:12]]
+        lines.append("")
+    if "experiments" in extra:
+        e = extra["experiments"]
+        base = statistics.median(e["times"]["baseline (unpatched, same wrapper)"])
+        lines += [f"## Experiments (N={e['n']})", "",
+                  "Candidate fixes applied by monkeypatching in `discover_bench.py patched` (src/ untouched), timed as",
+                  "cold runs alternating with the unpatched baseline run through the same wrapper:", "",
+                  "| variant | median s (spread) | gain vs baseline | finds every hidden namespace |", "|---|---|---|---|"]
+        for label, ts in e["times"].items():
+            m = statistics.median(ts)
+            lines.append(f"| {label} | {m:.3f} ({spread(ts)}) | {(base - m) * 1000:+.0f} ms ({(base - m) / base:+.0%}) "
+                         f"| {'yes' if e['same'][label] else 'NO'} |")
+        lines.append("")
+    if FAILURES:
+        lines += ["## Failed runs (retried)", "", *[f"- `{cmd}`: {msg}" for cmd, msg in FAILURES], ""]
+    if extra.get("notes"):
+        lines += ["## Notes", "", *extra["notes"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "phases":
+        phases()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "patched":
+        patched(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="250,1000,4000", help="comma-separated N (default 250,1000,4000)")
+    parser.add_argument("--repeat", type=int, default=7, help="runs of each command per N (default 7)")
+    parser.add_argument("--no-profile", action="store_true", help="skip pyinstrument, phases, strace and importtime")
+    parser.add_argument("--experiments", action="store_true",
+                        help="also time candidate fixes (monkeypatched copies) against the baseline at the largest N")
+    parser.add_argument("--no-write", action="store_true", help="print the results instead of writing the file")
+    args = parser.parse_args()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes: not a list of numbers: {args.sizes}")
+    if not sizes or min(sizes) < 10 or args.repeat < 1:
+        parser.error("every size must be at least 10 and --repeat at least 1")
+    if os.geteuid() != 0:
+        parser.error("must run as root (it creates namespaces and mounts)")
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    results, extra = [], {}
+    with tempfile.TemporaryDirectory(prefix="nsfs-discover-bench-out-") as workdir:
+        # cold means a scan: never a running daemon's snapshot; and names go to a temp database
+        os.environ["NSFS_NO_DAEMON"] = "1"
+        os.environ["NSFS_DB"] = f"{workdir}/names.db"
+        for n in sizes:
+            results.append(measure(n, args.repeat))
+        if not args.no_profile:
+            big, small = max(sizes), min(sizes)
+            with SyntheticHost(big):
+                print(f"profiling at N={big}", flush=True)
+                extra["phases"], extra["profile_n"] = phase_table(big), big
+                extra["profile"] = summarize_profile(pyinstrument_profile(workdir))
+            with SyntheticHost(small):
+                print(f"auditing reads at N={small}", flush=True)
+                extra["audit"], extra["audit_n"] = audit_reads(workdir), small
+            extra["imports"] = import_times()
+        if args.experiments:
+            extra["experiments"] = experiments(max(sizes), max(3, args.repeat - 2))
+    text = write_results(results, extra, args.repeat)
+    if args.no_write:
+        print(text)
+    else:
+        path = HERE / "RESULTS-discover.md"
+        kept = path.read_text().partition(ANALYSIS)[2] if path.exists() else ""
+        path.write_text(text + ("\n" + ANALYSIS + kept if kept else ""))
+        print(f"wrote {HERE / 'RESULTS-discover.md'}")
+
+
+def summarize_profile(text: str, depth: int = 50) -> list[str]:
+    """The first lines of pyinstrument's text tree, without colour codes and the banner."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+    body = [line for line in lines if line.strip() and not set(line.strip()) <= set("_ ")]
+    return body[:depth]
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; everything the bench made is torn down", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,123 @@
+"""`nsfs mount [MOUNTPOINT]` and `nsfs umount [MOUNTPOINT]`: the FUSE filesystem (docs/fs.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from namespacefs.cli import UserError
+from namespacefs.cli.common import add_source_options, chosen_sources
+from namespacefs.fs.mounting import DEFAULT_MOUNTPOINT, MountError, absolute
+
+#: How long `nsfs mount` waits for the background server to report that it has mounted.
+READY_TIMEOUT = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("mountpoint", nargs="?", default=DEFAULT_MOUNTPOINT,
+                        help=f"where to mount (default {DEFAULT_MOUNTPOINT}; created if missing)")
+    if command == "umount":
+        parser.add_argument("-l", "--lazy", action="store_true", help="detach now even if busy (umount -l)")
+        return
+    parser.add_argument("-f", "--foreground", action="store_true", help="serve in the foreground (stop with Ctrl-C)")
+    parser.add_argument("--allow-other", action="store_true",
+                        help="let every user read it; each reader sees only its own user namespace's subtree")
+    parser.add_argument("--db", metavar="PATH", help="the names database (default: the naming core's own)")
+    parser.add_argument("-d", "--debug", action="store_true", help="log every FUSE request (with --foreground)")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: background start-up
+    add_source_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "umount":
+        return _umount(args)
+    if os.geteuid() != 0:
+        raise UserError("mounting namespacefs needs root (it reads every process's namespaces)")
+    sources = chosen_sources(args.sources) if args.sources else None
+    if not args.foreground and args.ready_fd is None:
+        return _background(args)
+    return _foreground(args, sources)
+
+
+def _foreground(args: argparse.Namespace, sources: tuple[str, ...] | None) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="nsfs mount: %(message)s")
+    report = os.fdopen(args.ready_fd, "w", buffering=1) if args.ready_fd is not None else None
+
+    def say(message: str) -> None:
+        if report is not None:
+            report.write(f"note {message}\n")
+        else:
+            print(f"nsfs mount: {message}", file=sys.stderr)
+
+    def ready(mountpoint: str) -> None:
+        if report is not None:
+            report.write(f"ready {mountpoint}\n")
+            report.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+        else:
+            print(f"nsfs mount: serving {mountpoint} (Ctrl-C or nsfs umount to stop)", file=sys.stderr)
+
+    from namespacefs.fs import serve  # pyfuse3 is loaded only by the commands that need it
+    try:
+        serve(args.mountpoint, allow_other=args.allow_other, db=args.db, sources=sources,
+              debug=args.debug, ready=ready, say=say)
+    except MountError as e:
+        if report is not None and not report.closed:
+            report.write(f"error {e}\n")
+            return 1
+        raise UserError(str(e)) from None
+    return 0
+
+
+def _background(args: argparse.Namespace) -> int:
+    """Start the server as a detached process and wait until it has mounted (or failed)."""
+    argv = [sys.executable, "-m", "namespacefs", "mount", absolute(args.mountpoint)]
+    if args.allow_other:
+        argv.append("--allow-other")
+    if args.db:
+        argv += ["--db", os.path.abspath(args.db)]
+    if args.sources:
+        argv += ["--sources", args.sources]
+    read_end, write_end = os.pipe()
+    argv += ["--ready-fd", str(write_end)]
+    try:
+        server = subprocess.Popen(argv, pass_fds=(write_end,), start_new_session=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    deadline = time.monotonic() + READY_TIMEOUT
+    with os.fdopen(read_end) as report:
+        for line in report:
+            kind, _, text = line.rstrip("\n").partition(" ")
+            if kind == "note":
+                print(f"nsfs mount: {text}", file=sys.stderr)
+            elif kind == "ready":
+                print(f"nsfs mount: namespacefs mounted at {text} (server pid {server.pid})", file=sys.stderr)
+                if server.stderr:
+                    server.stderr.close()
+                return 0
+            elif kind == "error":
+                server.wait(timeout=10)
+                raise UserError(text)
+            if time.monotonic() > deadline:
+                break
+    status = server.wait(timeout=10)
+    problem = server.stderr.read().decode(errors="replace").strip() if server.stderr else ""
+    raise UserError(f"the filesystem server stopped before mounting (status {status}){': ' + problem if problem else ''}")
+
+
+def _umount(args: argparse.Namespace) -> int:
+    from namespacefs.fs import unmount
+    try:
+        unmount(args.mountpoint, lazy=args.lazy)
+    except MountError as e:
+        raise UserError(str(e)) from None
+    return 0

@@ -1,0 +1,72 @@
+"""Container renames, kept in their own table (containers_names) of the names database (opened with
+namespacefs.names.open_db). A rename is stored under the container's key: `ENGINE:ENGINE_ID` for
+a container an engine runs (it survives a restart of the container), else the 64-bit ids of its
+namespaces in this boot."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS containers_names (
+    key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    set_at REAL NOT NULL
+)"""
+
+
+class NamesUnavailable(RuntimeError):
+    """The names database cannot be opened (its module is missing or the file is unusable)."""
+
+
+def _names() -> ModuleType:
+    try:
+        from namespacefs import names  # the naming core owns the database file
+    except ImportError as e:
+        raise NamesUnavailable(f"the names database is not available in this build ({e})") from None
+    return names
+
+
+@contextmanager
+def connect(path: str | None, create: bool = True) -> Iterator[sqlite3.Connection]:
+    names = _names()
+    try:
+        conn = names.open_db(path)
+    except (OSError, sqlite3.Error, names.NameError) as e:
+        raise NamesUnavailable(f"cannot open the names database {path or ''}: {e}") from None
+    try:
+        if create:
+            conn.execute(SCHEMA)
+        yield conn
+        conn.commit()
+    except sqlite3.Error as e:
+        raise NamesUnavailable(f"the names database {path or ''} failed: {e}") from None
+    finally:
+        conn.close()
+
+
+def load(path: str | None) -> dict[str, str]:
+    """key -> name for every rename. Reading creates nothing: no database or no table, no renames."""
+    if not os.path.exists(_names().db_path(path)):
+        return {}
+    with connect(path, create=False) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'containers_names'").fetchone():
+            return {}
+        return {k: n for k, n in conn.execute("SELECT key, name FROM containers_names")}
+
+
+def rename(path: str | None, key: str, name: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"'{name}' cannot be a container name (no '/', not empty)")
+    with connect(path) as conn:
+        conn.execute("INSERT OR REPLACE INTO containers_names (key, name, set_at) VALUES (?, ?, ?)",
+                     (key, name, time.time()))
+
+
+def forget(path: str | None, key: str) -> bool:
+    with connect(path) as conn:
+        return conn.execute("DELETE FROM containers_names WHERE key = ?", (key,)).rowcount > 0

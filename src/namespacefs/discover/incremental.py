@@ -1,0 +1,105 @@
+"""A cheap partial rescan: the previous snapshot with a few processes read again.
+
+    new = refresh(old, {pid, ...})
+
+Used by the live service on process events (fork, exec, exit): each touched process is read again
+with the per-process sources (process, task, for_children, fd) exactly as the full scan reads it;
+a process that is gone is removed with everything it held; namespaces nothing holds any more
+vanish, and new ones are opened for their id, owner and parent. What a process cannot tell (bind
+mounts, sockets, things held by untouched processes that changed without an event) stays as the
+last full scan saw it: the full scan remains the reference and runs periodically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, processes
+from namespacefs.discover.state import Scan
+from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
+
+#: Holder kinds a process gives (and takes away when it goes).
+PER_PROCESS = frozenset({"process", "task", "pid_for_children", "time_for_children", "fd"})
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
+    """`old` with the processes in `pids` read again (those that are gone removed)."""
+    clock = time.perf_counter()
+    touched = frozenset(pids)
+    chosen = frozenset(sources) & {"process", "task", "for_children", "fd"}
+    state = Scan(proc=proc)
+    try:
+        for pid in sorted(touched):
+            try:
+                dir_fd = os.open(f"{proc}/{pid}", _DIR_FLAGS)
+            except OSError as e:
+                state.failed(e)
+                continue
+            try:
+                processes._scan_process(state, pid, dir_fd, chosen)
+            except OSError as e:
+                state.failed(e)
+                state.processes.pop(pid, None)
+            finally:
+                os.close(dir_fd)
+        hierarchy.resolve(state)
+        maps = _read_user_maps(state)
+    finally:
+        state.close_fds()
+    fresh = _freeze(state, maps)
+
+    namespaces: dict[int, Namespace] = {}
+    for inode, ns in old.namespaces.items():
+        holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and not (h.kind in PER_PROCESS and h.pid in touched))
+        procs = tuple(p for p in ns.processes if p not in touched)
+        # unchanged namespaces stay the same objects (front ends cache per object)
+        same = holders == ns.holders and procs == ns.processes
+        namespaces[inode] = ns if same else replace(ns, holders=holders, processes=procs)
+    for inode, ns in fresh.items():
+        prev = namespaces.get(inode)
+        direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
+        if prev is not None and prev.type == ns.type and prev.id == ns.id:
+            namespaces[inode] = replace(
+                prev, holders=prev.holders + direct, processes=tuple(sorted({*prev.processes, *ns.processes})),
+                uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
+                setgroups=ns.setgroups or prev.setgroups)
+        else:  # new (or an inode reused by a new namespace)
+            namespaces[inode] = replace(ns, holders=direct)
+    _drop_unheld(namespaces, old.namespaces)
+
+    procs = {pid: p for pid, p in old.processes.items() if pid not in touched}
+    procs.update(state.processes)
+    errors = Counter(old.errors)
+    errors.update(state.errors)
+    return replace(old, taken_at=time.time(), duration=time.perf_counter() - clock, namespaces=namespaces,
+                   processes=procs, errors=dict(errors), _by_id={}, _owned={}, _children={})
+
+
+def _drop_unheld(namespaces: dict[int, Namespace], before: Mapping[int, Namespace]) -> None:
+    """Remove namespaces with no direct holder that no kept namespace needs as owner or parent;
+    give those that are kept only by a child their `owner`/`parent` holders back."""
+    while True:
+        needed = {r for ns in namespaces.values() for r in (ns.owner, ns.parent) if r is not None}
+        drop = [i for i, ns in namespaces.items() if not ns.holders and i not in needed]
+        if not drop:
+            break
+        for inode in drop:
+            del namespaces[inode]
+    indirect: dict[int, list[Holder]] = {}
+    for inode, ns in namespaces.items():
+        if ns.owner is not None and ns.owner != ns.parent:
+            indirect.setdefault(ns.owner, []).append(Holder("owner", via=inode))
+        if ns.parent is not None:
+            indirect.setdefault(ns.parent, []).append(Holder("parent", via=inode))
+    for inode, ns in list(namespaces.items()):
+        if not ns.holders and inode in indirect:
+            namespaces[inode] = replace(ns, holders=tuple(indirect[inode]))
+    for inode, ns in list(namespaces.items()):  # keep the object where nothing changed after all
+        prev = before.get(inode)
+        if prev is not None and prev is not ns and prev == ns:
+            namespaces[inode] = prev

@@ -1,0 +1,204 @@
+"""Mounting and unmounting the filesystem: stale-mount detection, the server loop, clean shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from namespacefs import kernel, procfs
+from namespacefs.fs.operations import NamespaceFS
+from namespacefs.fs.source import Source, snapshot_taker
+
+log = logging.getLogger("namespacefs.fs")
+
+DEFAULT_MOUNTPOINT = "/run/namespacefs"
+FSNAME = "namespacefs"
+FSTYPE = f"fuse.{FSNAME}"
+
+
+class MountError(Exception):
+    """A mount or unmount that cannot be done; str() says why, for the user."""
+
+
+def absolute(path: str) -> str:
+    """The absolute path of a mountpoint without touching the mountpoint itself (it may be stale)."""
+    path = os.path.abspath(path)
+    head, tail = os.path.split(path)
+    return os.path.join(os.path.realpath(head), tail) if tail else path
+
+
+def mounts_at(path: str) -> list[procfs.Mount]:
+    """The mounts (ours or not) on this path in our mount namespace, oldest first."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return [m for m in procfs.parse_mountinfo(f.read()) if m.mountpoint == path]
+
+
+def is_stale(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def prepare(mountpoint: str, say: Callable[[str], None]) -> bool:
+    """Make the mountpoint ready: clear a stale namespacefs mount left by a crashed server, refuse a
+    live one. Returns whether the directory was created (and so should be removed afterwards)."""
+    mounts = mounts_at(mountpoint)
+    if mounts and mounts[-1].fstype == FSTYPE:
+        if not is_stale(mountpoint):
+            raise MountError(f"namespacefs is already mounted at {mountpoint} (nsfs umount {mountpoint} first)")
+        result = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise MountError(f"a stale namespacefs mount at {mountpoint} could not be cleared: {result.stderr.strip()}")
+        say(f"cleared a stale namespacefs mount at {mountpoint} (its server had stopped)")
+    elif mounts and is_stale(mountpoint):
+        raise MountError(f"{mountpoint} is a dead mount of another filesystem ({mounts[-1].fstype}); unmount it first")
+    if os.path.isdir(mountpoint):
+        return False
+    if os.path.lexists(mountpoint):
+        raise MountError(f"{mountpoint} is not a directory")
+    try:
+        os.mkdir(mountpoint, 0o755)
+    except OSError as e:
+        raise MountError(f"cannot create {mountpoint}: {e.strerror}") from None
+    return True
+
+
+def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
+          sources: tuple[str, ...] | None = None, debug: bool = False,
+          ready: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None) -> None:
+    """Mount namespacefs on mountpoint and serve it until it is unmounted or SIGINT/SIGTERM/SIGHUP
+    arrives; then unmount and remove the mountpoint if this call created it."""
+    say = say or (lambda message: log.warning("%s", message))
+    mountpoint = absolute(mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    try:
+        take = snapshot_taker(sources, db)
+    except ValueError as e:
+        raise MountError(str(e)) from None
+    _Stop.install()
+    created = prepare(mountpoint, say)
+    try:
+        try:
+            source = Source(take)
+        except OSError as e:
+            raise MountError(f"cannot scan the namespaces: {e}") from None
+        operations = NamespaceFS(source, filtered=allow_other, db=db)
+        options = {f"fsname={FSNAME}", f"subtype={FSNAME}", "noatime"}
+        if allow_other:
+            options.add("allow_other")
+        if debug:
+            options.add("debug")
+        try:
+            pyfuse3.init(operations, mountpoint, options)
+        except RuntimeError as e:
+            raise MountError(f"cannot mount on {mountpoint}: {e}") from None
+        try:
+            if ready is not None:
+                ready(mountpoint)
+            if not _Stop.requested:
+                trio.run(_main, source)
+        finally:
+            pyfuse3.close(unmount=True)
+    finally:
+        if created:
+            try:
+                os.rmdir(mountpoint)
+            except OSError as e:
+                log.warning("could not remove %s: %s", mountpoint, e.strerror)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stop:
+    """Remembers a stop signal that arrives before the event loop listens for them (so that trio
+    never turns an early Ctrl-C into KeyboardInterrupt in the middle of a request)."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, cls.handle)
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.requested = True
+
+
+async def _main(source: Source) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(source.run)
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if not _Stop.requested:
+            async for _ in signals:
+                break
+        pyfuse3.terminate()
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount a namespacefs mount (its server then exits by itself)."""
+    mountpoint = absolute(mountpoint)
+    mounts = mounts_at(mountpoint)
+    if not mounts or mounts[-1].fstype != FSTYPE:
+        raise MountError(f"{mountpoint} is not a namespacefs mount")
+    try:
+        dev: int | None = os.stat(mountpoint).st_dev
+    except OSError:
+        dev = None  # stale: its server is gone already
+    try:
+        kernel.umount(mountpoint, kernel.MNT_DETACH if lazy else 0)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise MountError(f"{mountpoint} is busy (a process has a file open or its working directory there); "
+                             "close it or use --lazy") from None
+        if e.errno == errno.EPERM:
+            raise MountError(f"not allowed to unmount {mountpoint} (run as root)") from None
+        raise MountError(f"cannot unmount {mountpoint}: {e.strerror}") from None
+    if dev is not None:
+        abort_connection(dev)
+
+
+def abort_connection(dev: int) -> None:
+    """End the FUSE connection of a filesystem we just unmounted, so that its server exits even if a
+    copy of the mount lives on in another mount namespace (a container made while it was mounted
+    copies it): those copies then fail with ENOTCONN instead of keeping the server alive. Uses the
+    fusectl filesystem, mounted for the moment on a private temporary directory."""
+    name = str((os.major(dev) << 20) | os.minor(dev))  # the kernel's dev_t, as fusectl names it
+    with tempfile.TemporaryDirectory(prefix="nsfs-fusectl-") as where:
+        try:
+            kernel.mount("fusectl", where, "fusectl")
+        except OSError as e:
+            log.info("cannot mount fusectl (%s); a copy of the mount elsewhere keeps the server alive", e.strerror)
+            return
+        try:
+            _abort(os.path.join(where, name))
+        finally:
+            kernel.umount(where, kernel.MNT_DETACH)
+
+
+def _abort(connection: str) -> None:
+    try:
+        with open(os.path.join(connection, "abort"), "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass  # the connection ended with the unmount: nothing held a copy
+    except OSError as e:
+        log.info("cannot abort FUSE connection %s: %s", connection, e.strerror)

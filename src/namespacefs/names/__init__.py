@@ -1,0 +1,267 @@
+"""Names for namespaces: stable defaults, names from the world, persistent renames, paths.
+
+The API the other parts code against:
+  open_db(path=None) -> sqlite3.Connection   the names database (WAL, busy timeout; other parts
+                                              may keep their own tables in it)
+  apply(snapshot, db=None) -> Snapshot       the snapshot with Namespace.name and .path filled
+  rename(snapshot, ns, new_name, db=None)    store an explicit name (NameError if invalid or taken)
+  validate(name, nstype)                     NameError unless it is an acceptable name
+  NameError                                  every naming failure, with a message for the user
+
+See docs/names.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from namespacefs import kernel
+from namespacefs.model import Namespace, Snapshot
+from namespacefs.names.defaults import (
+    DEFAULT,
+    ENGINE,
+    NETNS,
+    RENAME,
+    assign,
+    default_name,
+    ns_key,
+    parent_path,
+    paths,
+    scope_key,
+    validate,
+)
+from namespacefs.names.store import (
+    DEFAULT_DB,
+    NameError,
+    Row,
+    conn_path,
+    db_path,
+    open_db,
+    open_for_reading,
+    retire,
+    rows,
+    transaction,
+    translate_errors,
+)
+
+__all__ = [
+    "DEFAULT", "DEFAULT_DB", "ENGINE", "NETNS", "RENAME", "Assigned", "NameError", "apply", "assigned", "db_path",
+    "default_name", "history", "ns_key", "open_db", "parent_path", "prune", "rename", "reset", "validate",
+]
+
+log = logging.getLogger("namespacefs.names")
+
+#: last_seen of a live rename is refreshed at most this often (one UPDATE, not one per snapshot).
+REFRESH_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """The names of one snapshot, with where each came from."""
+
+    names: Mapping[int, tuple[str, str]]  # inode -> (name, origin: rename|engine|netns|default)
+    paths: Mapping[int, str]
+
+
+def engine_names(snapshot: Snapshot) -> dict[int, str]:
+    """inode -> container name from the containers part, where it exists; {} otherwise."""
+    try:
+        from namespacefs.containers import engine_names as find_names
+    except ImportError:
+        return {}
+    try:
+        return dict(find_names(snapshot))
+    except Exception as e:  # a container runtime's state we cannot parse must not cost us the names
+        log.debug("container names unavailable: %s", e)
+        return {}
+
+
+def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> Assigned:
+    """Compute every name (one read of the database). With strict=False a database that cannot be
+    read is reported through the log and only default and world names are used."""
+    stored: list[Row] = []
+    earlier: list[Row] = []  # renames from earlier boots, to be moved to the history
+    conn = None
+    try:
+        conn = open_for_reading(db)
+        if conn is not None:
+            for r in rows(conn, None):
+                (stored if r.boot_id == snapshot.boot_id else earlier).append(r)
+    except NameError as e:
+        if strict:
+            raise
+        log.warning("nsfs: %s; showing default names", e)
+    try:
+        names = assign(snapshot, stored, engine_names(snapshot))
+        result = Assigned(names, paths(snapshot, names))
+        if conn is not None:
+            _maintain(conn, snapshot, stored, earlier, names)
+        return result
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> Snapshot:
+    """The snapshot with Namespace.name and Namespace.path filled in."""
+    got = assigned(snapshot, db, strict)
+    return snapshot.with_namespaces(
+        Namespace(**{f: getattr(ns, f) for f in _KEEP}, name=got.names[ns.inode][0], path=got.paths[ns.inode])
+        for ns in snapshot)
+
+
+#: Namespace fields copied as they are (the constructor is twice as fast as dataclasses.replace).
+_KEEP = tuple(f.name for f in fields(Namespace) if f.name not in ("name", "path"))
+
+
+def _alive_elsewhere(row: Row) -> bool | None:
+    """Is a namespace that is not in the snapshot still alive? By id through the kernel (True/False);
+    None where that cannot be asked (no id, or not allowed)."""
+    if row.ns_id is None:
+        return None
+    try:
+        fd = kernel.open_ns_by_id(row.ns_id, row.type, row.inode)
+    except OSError as e:
+        if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH):
+            return False
+        return None
+    os.close(fd)
+    return True
+
+
+def _complete(snapshot: Snapshot) -> bool:
+    from namespacefs.discover import SOURCES
+
+    return set(SOURCES) <= set(snapshot.sources) and os.geteuid() == 0 and not snapshot.errors.get("denied")
+
+
+def _dead(snapshot: Snapshot, stored: list[Row]) -> list[Row]:
+    """Stored renames whose namespace is gone (checked, never guessed)."""
+    live = {ns_key(ns): ns for ns in snapshot}
+    dead = []
+    for r in stored:
+        ns = live.get(r.key)
+        if ns is not None:
+            if r.ns_id is None and (ns.type != r.type or scope_key(ns, snapshot) != r.scope):
+                dead.append(r)  # an inode reused by another namespace
+            continue
+        alive = _alive_elsewhere(r)
+        if alive is False or (alive is None and r.ns_id is None and _complete(snapshot)):
+            dead.append(r)
+    return dead
+
+
+def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[Row], earlier: list[Row],
+              names: Mapping[int, tuple[str, str]]) -> None:
+    """Best effort, and rare: move renames of dead namespaces (and of earlier boots) to the history;
+    refresh last_seen of live ones at most once a minute. Skipped silently if the database is busy
+    or read-only (the next snapshot will do it)."""
+    now = snapshot.taken_at or time.time()
+    try:
+        dead = _dead(snapshot, stored)
+        live_keys = {ns_key(ns) for ns in snapshot if names.get(ns.inode, ("", ""))[1] == RENAME}
+        stale = [r.key for r in stored if r.key in live_keys and r.last_seen < now - REFRESH_EVERY]
+        if not (dead or earlier or stale):
+            return
+        conn.execute("PRAGMA busy_timeout = 200")
+        with transaction(conn):
+            if dead:
+                retire(conn, dead, now, "gone")
+            if earlier:
+                retire(conn, earlier, now, "reboot")
+            conn.executemany("UPDATE names SET last_seen = ? WHERE boot_id = ? AND key = ?",
+                             [(now, snapshot.boot_id, k) for k in stale])
+    except (NameError, sqlite3.Error) as e:
+        log.debug("names maintenance skipped: %s", e)
+
+
+def _check_alive(ns: Namespace) -> None:
+    if ns.id is not None:
+        row = Row("", "", ns.type, ns.id, ns.inode, ns.dev, "", "", 0.0, 0.0)
+        if _alive_elsewhere(row) is False:
+            raise NameError(f"the {ns.type} namespace {ns.inode} is gone")
+
+
+def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = None) -> None:
+    """Give `ns` the explicit name `new_name`, unique among the namespaces owned by the same user
+    namespace. Atomic; safe against concurrent renames. Raises NameError."""
+    validate(new_name, ns.type)
+    if snapshot.get(ns.inode) is None:
+        raise NameError(f"the {ns.type} namespace {ns.inode} is not in this snapshot")
+    _check_alive(ns)
+    key, scope, now = ns_key(ns), scope_key(ns, snapshot), time.time()
+    conn = open_db(db)
+    try:
+        with transaction(conn):
+            stored = rows(conn, snapshot.boot_id)
+            for r in stored:
+                if r.scope == scope and r.name == new_name and r.key != key:
+                    other = next((o for o in snapshot if ns_key(o) == r.key), None)
+                    if other is not None or _alive_elsewhere(r) is not False:
+                        where = f" ({other.path})" if other is not None and other.path else ""
+                        raise NameError(f"'{new_name}' is already the name of the {r.type} namespace {r.inode}{where}"
+                                        " in the same user namespace")
+                    retire(conn, [r], now, "gone")  # a dead namespace's name never blocks a new one
+            names = assign(snapshot, [r for r in stored if r.key != key], engine_names(snapshot))
+            for other in snapshot:
+                if other.inode != ns.inode and names[other.inode][0] == new_name and scope_key(other, snapshot) == scope:
+                    raise NameError(f"'{new_name}' is already the name of the {other.type} namespace {other.inode}"
+                                    f" ({names[other.inode][1]} name) in the same user namespace")
+            old = next((r for r in stored if r.key == key), None)
+            first = old.first_seen if old is not None and old.name == new_name else now
+            conn.execute(
+                "INSERT OR REPLACE INTO names (boot_id, key, type, ns_id, inode, dev, scope, name, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (snapshot.boot_id, key, ns.type, ns.id, ns.inode, ns.dev, scope, new_name, first, now))
+    except sqlite3.IntegrityError:
+        raise NameError(f"'{new_name}' was just given to another namespace in the same user namespace") from None
+    finally:
+        conn.close()
+
+
+def reset(snapshot: Snapshot, ns: Namespace, db: str | None = None) -> bool:
+    """Drop the explicit name of `ns` (it gets its world or default name back). False if it had none."""
+    conn = open_db(db)
+    try:
+        with transaction(conn):
+            cur = conn.execute("DELETE FROM names WHERE boot_id = ? AND key = ?", (snapshot.boot_id, ns_key(ns)))
+            return cur.rowcount > 0
+    finally:
+        conn.close()
+
+
+def history(db: str | None = None) -> list[dict[str, Any]]:
+    """The names of namespaces that are gone, oldest first."""
+    conn = open_for_reading(db)
+    if conn is None:
+        return []
+    try:
+        conn.row_factory = sqlite3.Row
+        with translate_errors(conn_path(conn)):
+            return [dict(r) for r in conn.execute(
+                "SELECT name, type, ns_id AS id, inode, dev, boot_id, scope, first_seen, last_seen, ended, reason"
+                " FROM history ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def prune(db: str | None = None, older_than: float | None = None) -> int:
+    """Delete history entries (all, or those that ended more than `older_than` seconds ago)."""
+    conn = open_for_reading(db)
+    if conn is None:
+        return 0
+    try:
+        with transaction(conn):
+            if older_than is None:
+                return conn.execute("DELETE FROM history").rowcount
+            return conn.execute("DELETE FROM history WHERE ended < ?", (time.time() - older_than,)).rowcount
+    finally:
+        conn.close()
+

@@ -1,0 +1,205 @@
+"""Default names, names from the world, validation, and the assignment of one name to every
+namespace of a snapshot. Pure: no I/O (the stored renames are passed in).
+
+Precedence, within each scope (the namespaces owned by one user namespace):
+  1. an explicit rename (`nsfs rename`), used as given;
+  2. a name from the world, as TYPE-NAME: the container engine's name, else the `ip netns` name
+     (a bind mount under /run/netns);
+  3. TYPE-HASH: a keyed digest (HMAC-SHA256, the boot id as key) of the type and the 64-bit id (the
+     inode where the kernel has no id), 6 hex digits, lengthened only where two would collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from namespacefs.kernel import NS_TYPES
+from namespacefs.model import Namespace, Snapshot
+from namespacefs.names.store import NameError, Row
+
+SHORT: Final = 6  # hex digits of a default name
+MAX_BYTES: Final = 255
+NETNS_DIR: Final = "/run/netns/"
+_DEFAULT_RE: Final = re.compile(rf"^({'|'.join(NS_TYPES)})-[0-9a-f]{{{SHORT},64}}$")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+# where a name came from
+RENAME, ENGINE, NETNS, DEFAULT = "rename", "engine", "netns", "default"
+
+
+def validate(name: str, nstype: str) -> None:
+    """Raise NameError unless `name` can name a namespace of type `nstype`: names are path
+    components, and must not pass for another type's default name."""
+    if nstype not in NS_TYPES:
+        raise NameError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
+    if not isinstance(name, str) or name == "":
+        raise NameError("a name cannot be empty")
+    if name in (".", ".."):
+        raise NameError(f"'{name}' cannot be a name (it means a directory in a path)")
+    if "/" in name:
+        raise NameError(f"a name cannot contain '/' (names are path components): {name!r}")
+    if "\0" in name:
+        raise NameError(f"a name cannot contain a NUL character: {name!r}")
+    if _CONTROL.search(name):
+        raise NameError(f"a name cannot contain control characters: {name!r}")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_BYTES:
+        raise NameError(f"a name can be at most {MAX_BYTES} bytes long (this one is {len(name.encode())})")
+    if name != name.strip():
+        raise NameError(f"a name cannot start or end with white space: {name!r}")
+    if name.isdigit():
+        raise NameError(f"a name cannot be a number ({name} would be read as an inode or id)")
+    m = _DEFAULT_RE.match(name)
+    if m and m.group(1) != nstype:
+        raise NameError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "
+                        f"it cannot name a {nstype} namespace")
+
+
+def ns_key(ns: Namespace) -> str:
+    """What a rename is stored under: the 64-bit id, never reused; else type, device and inode."""
+    return f"id:{ns.id}" if ns.id is not None else f"ino:{ns.type}:{ns.dev}:{ns.inode}"
+
+
+def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
+    """The key of the owning user namespace: names are unique within it ('' for the initial one)."""
+    if ns.owner is None:
+        return ""
+    owner = snapshot.get(ns.owner)
+    return ns_key(owner) if owner is not None else f"ino:user:0:{ns.owner}"
+
+
+def digest(nstype: str, ident: int | None, inode: int, seed: str) -> str:
+    """The full hex digest behind a default name."""
+    what = f"{nstype}:id:{ident}" if ident is not None else f"{nstype}:ino:{inode}"
+    return hmac.new(seed.encode(), what.encode(), hashlib.sha256).hexdigest()
+
+
+def default_name(ns: Namespace, seed: str, length: int = SHORT) -> str:
+    return f"{ns.type}-{digest(ns.type, ns.id, ns.inode, seed)[:length]}"
+
+
+def netns_names(ns: Namespace) -> list[str]:
+    """The `ip netns` names of a net namespace (its bind mounts under /run/netns), sorted."""
+    if ns.type != "net":
+        return []
+    return sorted({h.path[len(NETNS_DIR):] for h in ns.holders
+                   if h.kind == "bindmount" and h.path and h.path.startswith(NETNS_DIR) and "/" not in h.path[len(NETNS_DIR):]})
+
+
+def world_name(ns: Namespace, engine: Mapping[int, str]) -> tuple[str, str] | None:
+    """(TYPE-NAME, origin) from the container engine, else from ip netns; None if neither applies."""
+    for origin, candidates in ((ENGINE, [engine[ns.inode]] if ns.inode in engine else []), (NETNS, netns_names(ns))):
+        for raw in candidates:
+            name = f"{ns.type}-{raw}"
+            try:
+                validate(name, ns.type)
+            except NameError:
+                continue
+            return name, origin
+    return None
+
+
+def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] | None = None,
+           seed: str | None = None) -> dict[int, tuple[str, str]]:
+    """inode -> (name, origin) for every namespace in the snapshot. `stored` are the renames for
+    this boot; a stored rename applies only to the live namespace it was made for (same key, type,
+    device, inode and scope)."""
+    seed = seed if seed is not None else snapshot.boot_id
+    engine = engine or {}
+    by_key = {r.key: r for r in stored}
+    scopes: dict[str, list[Namespace]] = {}
+    for ns in snapshot:
+        scopes.setdefault(scope_key(ns, snapshot), []).append(ns)
+    result: dict[int, tuple[str, str]] = {}
+    for scope, members in scopes.items():
+        members.sort(key=lambda ns: (NS_TYPES.index(ns.type), ns.inode))
+        taken: set[str] = set()
+        rest: list[Namespace] = []
+        for ns in members:
+            r = by_key.get(ns_key(ns))
+            if r is not None and matches(r, ns, scope) and r.name not in taken:
+                result[ns.inode] = (r.name, RENAME)
+                taken.add(r.name)
+            else:
+                rest.append(ns)
+        worldly: dict[str, list[tuple[Namespace, str]]] = {}
+        for ns in rest:
+            found = world_name(ns, engine)
+            if found is not None:
+                worldly.setdefault(found[0], []).append((ns, found[1]))
+        for name, claimants in worldly.items():
+            if len(claimants) == 1 and name not in taken:  # two claim it: neither gets it (no guessing)
+                ns, origin = claimants[0]
+                result[ns.inode] = (name, origin)
+                taken.add(name)
+        _defaults([ns for ns in rest if ns.inode not in result], taken, seed, result)
+    return result
+
+
+def matches(row: Row, ns: Namespace, scope: str) -> bool:
+    """The liveness check: the stored rename was made for this very namespace."""
+    return row.type == ns.type and row.inode == ns.inode and row.dev == ns.dev and row.scope == scope and (
+        row.ns_id == ns.id)
+
+
+def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict[int, tuple[str, str]]) -> None:
+    """TYPE-HASH for each, 6 hex digits, lengthened (by 2) for those that would collide with each
+    other or with a name already taken in the scope."""
+    full = {ns.inode: digest(ns.type, ns.id, ns.inode, seed) for ns in members}
+    pending = members
+    length = SHORT
+    while pending:
+        names: dict[str, list[Namespace]] = {}
+        for ns in pending:
+            names.setdefault(f"{ns.type}-{full[ns.inode][:length]}", []).append(ns)
+        pending = []
+        for name, group in names.items():
+            if (len(group) == 1 and name not in taken) or length >= 64:
+                for ns in group:  # (64 digits: a SHA-256 collision; not reached)
+                    result[ns.inode] = (name, DEFAULT)
+                taken.add(name)
+            else:
+                pending.extend(group)
+        length += 2
+
+
+def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int, str]:
+    """inode -> the path through the owning user namespaces: '/user-3f9a1c/net-web'. The top user
+    namespace is '/'. An owner that is not in the snapshot shows as 'user:[INODE]'."""
+    out: dict[int, str] = {}
+
+    def path_of(ns: Namespace, depth: int = 0) -> str:
+        if ns.inode in out:
+            return out[ns.inode]
+        name = names[ns.inode][0]
+        if ns.owner is None:
+            p = "/" if ns.type == "user" else f"/{name}"
+        elif (owner := snapshot.get(ns.owner)) is None or depth > 64:
+            p = f"/user:[{ns.owner}]/{name}"
+        else:
+            base = path_of(owner, depth + 1)
+            p = f"{base.rstrip('/')}/{name}"
+        out[ns.inode] = p
+        return p
+
+    for ns in snapshot:
+        path_of(ns)
+    return out
+
+
+def parent_path(ns: Namespace, snapshot: Snapshot) -> str | None:
+    """Pid and user namespaces: the path along the parent chain ('/pid-1a2b3c/pid-4d5e6f'), from the
+    names already in the snapshot; None for other types."""
+    if ns.type not in ("pid", "user"):
+        return None
+    chain: list[str] = []
+    cur: Namespace | None = ns
+    while cur is not None and cur.parent is not None and len(chain) < 64:
+        chain.append(cur.name or f"{cur.type}:[{cur.inode}]")
+        cur = snapshot.get(cur.parent)
+    if cur is not None and cur.parent is not None:
+        chain.append(f"{cur.type}:[{cur.parent}]")
+    return "/" + "/".join(reversed(chain))

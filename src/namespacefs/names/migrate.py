@@ -1,0 +1,147 @@
+"""`nsfs names export` / `import`: carry renames over a checkpoint/restore, a reboot or a move to
+another host, where ids and inodes all change.
+
+An export records, for each explicitly renamed namespace, what can find it again: its member
+processes (pid, command line), its container (engine name), its `ip netns` names, and its id (which
+still matches on the same boot). Import matches each entry, in this order:
+  1. --pid-map OLD:NEW: the namespace of that type of the new pid of one of its old processes;
+  2. the container of the same name (the same type of namespace of it);
+  3. an `ip netns` bind mount of the same name (net namespaces);
+  4. the same 64-bit id, on the same boot (nothing was restored: the namespace is still there);
+  5. the one namespace of that type whose processes include one with the same command line
+     (only if exactly one namespace fits: never a guess);
+and renames it; what matches nothing, or cannot take its name, is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from namespacefs.kernel import NS_TYPES
+from namespacefs.model import Namespace, Snapshot
+from namespacefs.names import RENAME, NameError, assigned, engine_names, rename
+from namespacefs.names.defaults import netns_names
+
+FORMAT: Final = "namespacefs-names"
+VERSION: Final = 1
+MAX_PROCESSES: Final = 16  # member processes recorded per namespace
+
+
+def export(snapshot: Snapshot, db: str | None = None) -> dict[str, Any]:
+    """The explicit renames of the live namespaces, with the context to find them again."""
+    got = assigned(snapshot, db)
+    engine = engine_names(snapshot)
+    entries = []
+    for ns in sorted(snapshot, key=lambda n: (n.level, NS_TYPES.index(n.type), n.inode)):
+        name, origin = got.names[ns.inode]
+        if origin != RENAME:
+            continue
+        procs = [snapshot.processes[p] for p in ns.processes[:MAX_PROCESSES] if p in snapshot.processes]
+        entries.append({
+            "name": name, "type": ns.type, "path": got.paths[ns.inode], "id": ns.id, "inode": ns.inode,
+            "owner_path": got.paths.get(ns.owner) if ns.owner is not None else None,
+            "processes": [{"pid": p.pid, "comm": p.comm, "cmdline": list(p.cmdline)} for p in procs],
+            "container": engine.get(ns.inode),
+            "netns": netns_names(ns),
+        })
+    return {"format": FORMAT, "version": VERSION, "boot_id": snapshot.boot_id, "exported_at": time.time(),
+            "names": entries}
+
+
+@dataclass
+class ImportResult:
+    applied: list[tuple[dict[str, Any], Namespace, str]] = field(default_factory=list)  # entry, ns, how matched
+    unmatched: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # entry, why
+
+
+def check(data: Any) -> list[dict[str, Any]]:
+    """The entries of an export, or NameError saying what is wrong with the file."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise NameError(f"not a namespacefs names export (no \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise NameError(f"unsupported export version {data.get('version')!r} (this namespacefs reads {VERSION})")
+    entries = data.get("names")
+    if not isinstance(entries, list):
+        raise NameError("the export has no \"names\" list")
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("type") in NS_TYPES):
+            raise NameError(f"entry {i} of the export needs a \"name\" and a valid \"type\"")
+    return entries
+
+
+def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, int], engine: Mapping[int, str],
+          same_boot: bool) -> tuple[Namespace | None, str]:
+    """(namespace, how) or (None, why not)."""
+    nstype = entry["type"]
+    processes = [p for p in entry.get("processes") or [] if isinstance(p, dict)]
+    for p in processes:
+        new = pid_map.get(p.get("pid"))  # type: ignore[arg-type]
+        if new is not None and (ns := snapshot.namespace_of(new, nstype)) is not None:
+            return ns, f"pid {p.get('pid')} -> {new}"
+    if entry.get("container"):
+        found = [snapshot.namespaces[i] for i, n in engine.items()
+                 if n == entry["container"] and i in snapshot.namespaces and snapshot.namespaces[i].type == nstype]
+        if len(found) == 1:
+            return found[0], f"container {entry['container']}"
+    for netns in entry.get("netns") or []:
+        found = [ns for ns in snapshot.of_type("net") if netns in netns_names(ns)]
+        if nstype == "net" and len(found) == 1:
+            return found[0], f"ip netns {netns}"
+    if same_boot and isinstance(entry.get("id"), int) and (ns := snapshot.by_id(entry["id"])) and ns.type == nstype:
+        return ns, f"id {entry['id']}"
+    cmdlines = {tuple(p["cmdline"]) for p in processes if isinstance(p.get("cmdline"), list) and p["cmdline"]}
+    if cmdlines:
+        found_ns: dict[int, Namespace] = {}
+        for proc in snapshot.processes.values():
+            if proc.cmdline in cmdlines and (ns := snapshot.namespace_of(proc.pid, nstype)) is not None:
+                found_ns[ns.inode] = ns
+        if len(found_ns) == 1:
+            return next(iter(found_ns.values())), "command line"
+        if len(found_ns) > 1:
+            return None, f"its command line matches {len(found_ns)} {nstype} namespaces; give a --pid-map"
+    return None, "no process, container, ip netns name or id of it was found"
+
+
+def import_names(data: Any, snapshot: Snapshot, db: str | None = None, pid_map: Mapping[int, int] | None = None,
+                 dry_run: bool = False) -> ImportResult:
+    """Apply an export to the namespaces of this snapshot (outer user namespaces first, so their
+    names are in place for the paths of the rest)."""
+    entries = check(data)
+    engine = engine_names(snapshot)
+    same_boot = data.get("boot_id") == snapshot.boot_id
+    result = ImportResult()
+    used: set[int] = set()
+    for entry in entries:
+        ns, how = match(entry, snapshot, pid_map or {}, engine, same_boot)
+        if ns is None:
+            result.unmatched.append((entry, how))
+            continue
+        if ns.inode in used:
+            result.unmatched.append((entry, f"matched the {ns.type} namespace {ns.inode}, already named by another entry"))
+            continue
+        try:
+            if not dry_run:
+                rename(snapshot, ns, entry["name"], db)
+        except NameError as e:
+            result.unmatched.append((entry, str(e)))
+            continue
+        used.add(ns.inode)
+        result.applied.append((entry, ns, how))
+    return result
+
+
+def parse_pid_map(text: str) -> dict[int, int]:
+    """'OLD:NEW,OLD:NEW' (or one pair a line, as in a file) -> {old: new}."""
+    out: dict[int, int] = {}
+    for part in text.replace("\n", ",").split(","):
+        part = part.strip()
+        if not part or part.startswith("#"):
+            continue
+        old, sep, new = part.replace(" ", ":").partition(":")
+        if not (sep and old.strip().isdigit() and new.strip().isdigit()):
+            raise NameError(f"bad pid map entry '{part}' (expected OLD:NEW, for example 1234:5678)")
+        out[int(old)] = int(new)
+    return out

@@ -1,0 +1,257 @@
+"""The SQLite store of renames and their history.
+
+One file (default /var/lib/namespacefs/names.db, else $NSFS_DB, else --db) in WAL mode, so readers
+never wait for a writer and writers queue behind a short busy timeout. A locked database is
+reported with the processes that hold it; a database that is not one (corrupt, truncated, some
+other file) is never replaced: the error says how to recover and the file is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_DB: Final = "/var/lib/namespacefs/names.db"
+#: How long a writer waits for another writer before giving up (seconds).
+BUSY_TIMEOUT: Final = 3.0
+SCHEMA_VERSION: Final = 1
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS names (
+    boot_id    TEXT    NOT NULL,
+    key        TEXT    NOT NULL,   -- 'id:N' (the 64-bit namespace id) or 'ino:TYPE:DEV:INODE'
+    type       TEXT    NOT NULL,
+    ns_id      INTEGER,
+    inode      INTEGER NOT NULL,
+    dev        INTEGER NOT NULL,
+    scope      TEXT    NOT NULL,   -- key of the owning user namespace ('' for the initial one)
+    name       TEXT    NOT NULL,
+    first_seen REAL    NOT NULL,
+    last_seen  REAL    NOT NULL,
+    PRIMARY KEY (boot_id, key),
+    UNIQUE (boot_id, scope, name)
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT    NOT NULL,
+    type       TEXT    NOT NULL,
+    ns_id      INTEGER,
+    inode      INTEGER NOT NULL,
+    dev        INTEGER NOT NULL,
+    boot_id    TEXT    NOT NULL,
+    scope      TEXT    NOT NULL,
+    first_seen REAL    NOT NULL,
+    last_seen  REAL    NOT NULL,
+    ended      REAL    NOT NULL,   -- when namespacefs noticed it was gone
+    reason     TEXT    NOT NULL    -- 'gone' (the namespace died) or 'reboot'
+);
+CREATE INDEX IF NOT EXISTS history_name ON history (name);
+"""
+
+
+class NameError(Exception):  # the public name the other parts code against (shadows the builtin on purpose)
+    """A naming problem, with a message fit for the user (bad name, collision, locked or broken database)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored rename."""
+
+    boot_id: str
+    key: str
+    type: str
+    ns_id: int | None
+    inode: int
+    dev: int
+    scope: str
+    name: str
+    first_seen: float
+    last_seen: float
+
+
+ROW_COLUMNS: Final = "boot_id, key, type, ns_id, inode, dev, scope, name, first_seen, last_seen"
+
+
+def db_path(path: str | None = None) -> str:
+    """The database path: the argument, else $NSFS_DB, else the default."""
+    return os.path.abspath(path or os.environ.get("NSFS_DB") or DEFAULT_DB)
+
+
+def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """Open (creating it and its directory if needed) the names database, in WAL mode with a busy
+    timeout. Raises NameError for a locked, unreadable or corrupt database. Other parts may add
+    their own tables through this connection (prefix them with the part's name)."""
+    path = db_path(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise NameError(f"cannot create the directory of the names database {path}: {e.strerror}") from None
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise NameError(f"cannot open the names database {path}: {e}") from None
+    try:
+        with translate_errors(path):
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:  # (idempotent: two first users may both get here)
+                conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            elif version > SCHEMA_VERSION:
+                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_for_reading(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection | None:
+    """The database for a lookup, or None when it does not exist yet (no renames: nothing to read,
+    and nothing is created just by listing)."""
+    full = db_path(path)
+    if not os.path.exists(full):
+        return None
+    if os.access(full, os.W_OK) and os.access(os.path.dirname(full), os.W_OK):
+        return open_db(full, timeout)
+    # someone else's database (root's, read by a user): read-only, no schema change, no WAL switch.
+    # A WAL database can be read so only while its -shm exists; with no -wal (every writer closed and
+    # checkpointed) the main file is the whole truth and is read as immutable.
+    try:
+        return _read_only(full, "mode=ro", timeout)
+    except sqlite3.OperationalError:
+        if os.path.exists(full + "-wal"):
+            raise NameError(f"the names database {full} cannot be read by this user while it is being written;"
+                            " try again, or use --db") from None
+    except sqlite3.DatabaseError as e:
+        raise _corrupt(full, str(e)) from None
+    try:
+        return _read_only(full, "mode=ro&immutable=1", timeout)
+    except sqlite3.Error as e:
+        raise NameError(f"cannot read the names database {full}: {e}") from None
+
+
+def _read_only(path: str, flags: str, timeout: float) -> sqlite3.Connection | None:
+    conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.close()
+            return None  # not set up yet (or by another version): nothing to read
+        conn.execute("SELECT 1 FROM names LIMIT 1").fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, path: str | None = None) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so two renames serialise
+    instead of both reading and one failing at commit."""
+    with translate_errors(path or conn_path(conn)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def translate_errors(path: str) -> Iterator[None]:
+    """sqlite3 errors -> NameError with what to do about them."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            who = holders(path)
+            by = f"; held by {who}" if who else ""
+            raise NameError(f"the names database {path} is locked{by}; try again when it is released") from None
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            raise NameError(f"the names database {path} cannot be written ({text}); run as its owner or use --db") from None
+        if "malformed" in text or "not a database" in text:
+            raise _corrupt(path, text) from None
+        raise NameError(f"the names database {path}: {text}") from None
+    except sqlite3.DatabaseError as e:
+        raise _corrupt(path, str(e)) from None
+
+
+def _corrupt(path: str, reason: str) -> NameError:
+    return NameError(
+        f"the names database {path} is damaged ({reason}); it was left untouched. To recover: "
+        f"sqlite3 {path} .recover | sqlite3 {path}.recovered, check it, then mv {path}.recovered {path} "
+        f"(or move {path} aside and re-apply an `nsfs names export` file with `nsfs names import`)")
+
+
+def conn_path(conn: sqlite3.Connection) -> str:
+    for _seq, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return str(file)
+    return "?"
+
+
+def holders(path: str) -> str:
+    """Which processes have the database (or its -wal/-shm) open, fuser-like: 'pid 12 (python3), ...'."""
+    inodes: set[tuple[int, int]] = set()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            st = os.stat(path + suffix)
+        except OSError:
+            continue
+        inodes.add((st.st_dev, st.st_ino))
+    me = os.getpid()
+    found: dict[int, str] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return ""
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to see
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in inodes:
+                found[pid] = _comm(pid)
+                break
+    return ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(found.items()))
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def rows(conn: sqlite3.Connection, boot_id: str | None) -> list[Row]:
+    """Every rename stored for this boot (None: for every boot; the one read a snapshot costs)."""
+    with translate_errors(conn_path(conn)):
+        if boot_id is None:
+            return [Row(*r) for r in conn.execute(f"SELECT {ROW_COLUMNS} FROM names")]
+        return [Row(*r) for r in conn.execute(f"SELECT {ROW_COLUMNS} FROM names WHERE boot_id = ?", (boot_id,))]
+
+
+def retire(conn: sqlite3.Connection, dead: list[Row], now: float, reason: str) -> None:
+    """Move renames of namespaces that are gone into the history (inside a transaction)."""
+    for r in dead:
+        conn.execute(
+            "INSERT INTO history (name, type, ns_id, inode, dev, boot_id, scope, first_seen, last_seen, ended, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.name, r.type, r.ns_id, r.inode, r.dev, r.boot_id, r.scope, r.first_seen, r.last_seen, now, reason))
+        conn.execute("DELETE FROM names WHERE boot_id = ? AND key = ?", (r.boot_id, r.key))

@@ -1,0 +1,1 @@
+"""Operations that change the system: enter, kill, pin, shift, checkpoint."""

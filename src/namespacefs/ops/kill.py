@@ -1,0 +1,263 @@
+"""Killing a container together with every container nested in it, race-free.
+
+1. Every process of the tree is opened as a pidfd and checked to still be in one of the tree's
+   namespace combinations (so a recycled pid is never hit, and nothing outside is ever touched).
+2. The tree is frozen: its cgroup freezer (v1 `freezer`, or cgroup2 `cgroup.freeze`) where the
+   container has a cgroup of its own that holds nothing but the tree's processes; every process
+   the freezer does not hold gets SIGSTOP. /proc is rescanned for members forked meanwhile until
+   no new one turns up.
+3. The signal goes to every pidfd; then the tree is thawed (and SIGCONTed).
+4. For SIGKILL we wait until every pidfd reports its process gone and say what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from namespacefs import kernel
+from namespacefs.containers import Container, ContainerTree
+from namespacefs.containers.candidate import read_cgroups
+from namespacefs.kernel import NS_TYPES
+
+Combo = tuple[int, ...]
+FREEZER_V1 = "/sys/fs/cgroup/freezer"
+
+
+@dataclass
+class KillReport:
+    containers: list[str]  # the paths of the containers killed (the target first)
+    pids: list[int]  # the processes signalled
+    signal: int
+    frozen_with: list[str] = field(default_factory=list)  # "freezer:/path", "cgroup2:/path", "SIGSTOP N"
+    late: list[int] = field(default_factory=list)  # members found after the first pass (forked meanwhile)
+    gone: list[int] = field(default_factory=list)  # exited before we could signal them
+    left: list[int] = field(default_factory=list)  # still alive after the timeout
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"containers": self.containers, "pids": self.pids, "signal": signal.Signals(self.signal).name,
+                "frozen_with": self.frozen_with, "late": self.late, "gone": self.gone, "left": self.left,
+                "dry_run": self.dry_run}
+
+
+class KillError(RuntimeError):
+    pass
+
+
+def subtree(tree: ContainerTree, target: Container) -> list[Container]:
+    return list(target.walk())
+
+
+FREEZERS: tuple[str, ...] = ("freezer", "cgroup2")  # tried in this order
+
+
+def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_run: bool = False,
+         timeout: float = 5.0, proc: str = "/proc", freezers: tuple[str, ...] = FREEZERS) -> KillReport:
+    """Kill target and every container nested in it (see the module's docstring). freezers: which
+    cgroup freezers may be used ('freezer' = v1, 'cgroup2'); () stops every process instead."""
+    if target.engine == "host" or target.path == "/":
+        raise KillError("refusing to kill the host ('/'); name a container")
+    members = subtree(tree, target)
+    combos = {tuple(c.namespaces[t] for t in NS_TYPES) for c in members}
+    report = KillReport([c.path for c in members], sorted(target.all_pids), sig, dry_run=dry_run)
+    if dry_run:
+        return report
+    fds: dict[int, int] = {}
+    stopped: list[int] = []
+    frozen: list[str] = []
+    try:
+        _open_members(report.pids, combos, fds, report.gone, proc)
+        frozen_pids = _freeze(tree, target, set(report.pids), frozen, report, proc, freezers)
+        for pid, fd in fds.items():
+            if pid not in frozen_pids and _signal(fd, signal.SIGSTOP):
+                stopped.append(pid)
+        for _ in range(20):  # members forked before they were stopped
+            new = _find_new(combos, set(fds) | set(report.gone), proc)
+            if not new:
+                break
+            before = set(fds)
+            _open_members(new, combos, fds, report.gone, proc)
+            for pid in set(fds) - before:
+                report.late.append(pid)
+                if _signal(fds[pid], signal.SIGSTOP):
+                    stopped.append(pid)
+        if stopped:
+            report.frozen_with.append(f"SIGSTOP {len(stopped)}")
+        report.pids = sorted(fds)
+        for pid, fd in fds.items():
+            if not _signal(fd, sig):
+                report.gone.append(pid)
+    finally:
+        _thaw(frozen)
+        if sig != signal.SIGSTOP:
+            for pid in stopped:
+                _signal(fds[pid], signal.SIGCONT)
+        try:
+            report.left = _wait_gone(fds, timeout if sig == signal.SIGKILL else min(timeout, 1.0))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    return report
+
+
+def _combo_of(pid: int, proc: str) -> Combo | None:
+    try:
+        return tuple(os.stat(f"{proc}/{pid}/ns/{t}").st_ino for t in NS_TYPES)
+    except OSError:
+        return None
+
+
+def _open_members(pids: Iterable[int], combos: set[Combo], fds: dict[int, int], gone: list[int], proc: str) -> None:
+    """pidfds for the pids that are (still) in the tree; the check runs after the pidfd pins the process."""
+    for pid in pids:
+        if pid in fds:
+            continue
+        try:
+            fd = kernel.pidfd_open(pid)
+        except OSError:
+            gone.append(pid)
+            continue
+        if _combo_of(pid, proc) in combos and _alive(fd):
+            fds[pid] = fd
+        else:
+            os.close(fd)
+            gone.append(pid)  # exited, or the pid now belongs to another process: never touch it
+
+
+def _alive(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return not poller.poll(0)
+
+
+def _signal(fd: int, sig: int) -> bool:
+    try:
+        kernel.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _find_new(combos: set[Combo], known: set[int], proc: str) -> list[int]:
+    """Pids in /proc that are in the tree's combinations and not yet known (one stat each to sift)."""
+    pid_inodes = {c[NS_TYPES.index("pid")] for c in combos}
+    found = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) in known:
+            continue
+        try:
+            if os.stat(f"{proc}/{entry}/ns/pid").st_ino not in pid_inodes:
+                continue
+        except OSError:
+            continue
+        if _combo_of(int(entry), proc) in combos:
+            found.append(int(entry))
+    return found
+
+
+# --- cgroup freezers -------------------------------------------------------------------------
+
+
+def _cgroup2_mount() -> str | None:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.startswith("cgroup2 "):
+                    return left.split(" ")[4]
+    except OSError:
+        pass
+    return None
+
+
+def _procs_below(directory: str) -> set[int] | None:
+    pids: set[int] = set()
+    try:
+        for root, _dirs, files in os.walk(directory):
+            if "cgroup.procs" in files:
+                with open(os.path.join(root, "cgroup.procs")) as f:
+                    pids.update(int(x) for x in f.read().split())
+    except OSError:
+        return None
+    return pids
+
+
+def _freeze(tree: ContainerTree, target: Container, pids: set[int], frozen: list[str],
+            report: KillReport, proc: str, freezers: tuple[str, ...]) -> set[int]:
+    """Freeze the target's own cgroup if it has one holding only tree processes; returns the pids it holds."""
+    mine = read_cgroups(target.init, proc)
+    parent = tree.parent(target)
+    theirs = read_cgroups(parent.init, proc) if parent else {}
+    choices = []
+    for kind in freezers:
+        if kind == "freezer":
+            choices.append(("freezer", FREEZER_V1, "freezer.state", "FROZEN"))
+        elif kind == "cgroup2" and (v2 := _cgroup2_mount()) is not None:
+            choices.append(("", v2, "cgroup.freeze", "1"))
+    for key, mount, control, value in choices:
+        path = mine.get(key)
+        if not path or path == "/" or path == theirs.get(key) or not os.path.isdir(mount):
+            continue
+        directory = mount + path
+        held = _procs_below(directory)
+        if not held or not held <= pids or not os.path.exists(os.path.join(directory, control)):
+            continue  # shared with processes outside the tree: freezing it would touch them
+        try:
+            with open(os.path.join(directory, control), "w") as f:
+                f.write(value)
+        except OSError:
+            continue
+        frozen.append(f"{key or 'cgroup2'}:{directory}")
+        report.frozen_with.append(f"{'freezer' if key else 'cgroup2'}:{path}")
+        _wait_frozen(directory, key)
+        return held
+    return set()
+
+
+def _wait_frozen(directory: str, key: str, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if key == "freezer":
+                with open(os.path.join(directory, "freezer.state")) as f:
+                    if f.read().strip() == "FROZEN":
+                        return
+            else:
+                with open(os.path.join(directory, "cgroup.events")) as f:
+                    if "frozen 1" in f.read():
+                        return
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
+def _thaw(frozen: list[str]) -> None:
+    for item in frozen:
+        kind, _, directory = item.partition(":")
+        control, value = ("freezer.state", "THAWED") if kind == "freezer" else ("cgroup.freeze", "0")
+        try:
+            with open(os.path.join(directory, control), "w") as f:
+                f.write(value)
+        except OSError:
+            pass
+
+
+def _wait_gone(fds: dict[int, int], timeout: float) -> list[int]:
+    """The pids whose pidfd has not reported an exit within timeout."""
+    waiting = dict(fds)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        poller = select.poll()  # poll, not select: a tree may have more than 1024 processes
+        for fd in waiting.values():
+            poller.register(fd, select.POLLIN)
+        done = {fd for fd, _ in poller.poll(remaining * 1000)}
+        waiting = {p: fd for p, fd in waiting.items() if fd not in done}
+    return sorted(waiting)

@@ -1,0 +1,114 @@
+"""Pinning: a bind mount of a namespace file keeps the namespace alive after its last process
+(what `ip netns add` does for net namespaces), for every type.
+
+A mount namespace can only be pinned in a mount that does not propagate: a bind mount of an mnt
+namespace file on a shared mount could propagate into that very namespace and make a loop that
+could never be freed, so the kernel refuses it (EINVAL). We check first and say what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from namespacefs import kernel, procfs
+
+
+class PinError(RuntimeError):
+    """str() says, for the user, why pinning or unpinning failed."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    path: str
+    type: str
+    inode: int
+    created: bool  # we created the file the namespace is mounted on
+
+
+def _mount_of(path: str) -> tuple[procfs.Mount, list[str]] | None:
+    """The mount that contains path, with its optional fields (shared:N, master:N ...)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read()
+    best: tuple[procfs.Mount, list[str]] | None = None
+    lines = data.decode(errors="surrogateescape").splitlines()
+    for m, line in zip(procfs.parse_mountinfo(data), lines, strict=False):
+        mp = m.mountpoint
+        inside = path == mp or path.startswith(mp.rstrip("/") + "/")
+        if inside and (best is None or len(mp) >= len(best[0].mountpoint)):
+            best = (m, line.partition(" - ")[0].split(" ")[6:])
+    return best
+
+
+def propagation(path: str) -> str:
+    """'shared', 'slave' or 'private' for the mount that holds path."""
+    found = _mount_of(os.path.realpath(path))
+    if found is None:
+        return "private"
+    optional = found[1]
+    if any(o.startswith("shared:") for o in optional):
+        return "shared"
+    if any(o.startswith("master:") for o in optional):
+        return "slave"
+    return "private"
+
+
+def pin(ns_fd: int, dest: str) -> Pin:
+    """Bind-mount the namespace behind ns_fd on dest (a file, created if missing)."""
+    nstype = kernel.ns_type(ns_fd)
+    inode = os.fstat(ns_fd).st_ino
+    dest = os.path.abspath(dest)
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise PinError(f"{parent} is not a directory")
+    if os.path.isdir(dest):
+        raise PinError(f"{dest} is a directory; a namespace is pinned on a file")
+    if nstype == "mnt" and propagation(parent) == "shared":
+        raise PinError(
+            f"{parent} is on a shared mount: a mount namespace pinned there could propagate into itself "
+            f"(a loop the kernel refuses). Pin it under a private mount, for example: "
+            f"mount --bind {parent} {parent} && mount --make-private {parent}")
+    created = False
+    if not os.path.exists(dest):
+        fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+        created = True
+    try:
+        kernel.mount(f"/proc/self/fd/{ns_fd}", dest, None, kernel.MS_BIND)
+    except OSError as e:
+        if created:
+            os.unlink(dest)
+        if e.errno == errno.EINVAL and nstype == "mnt":
+            raise PinError(f"the kernel refused to pin this mount namespace on {dest} (EINVAL): it would make "
+                           f"a loop, since the namespace is not newer than the one {dest} lives in, or "
+                           f"the mount there propagates") from None
+        raise PinError(f"cannot bind-mount the {nstype} namespace on {dest}: {e.strerror}") from None
+    return Pin(dest, nstype, inode, created)
+
+
+def pinned(path: str) -> tuple[str, int] | None:
+    """(type, inode) if path is a namespace bind mount, else None."""
+    found = _mount_of(os.path.realpath(path))
+    if found is None or found[0].mountpoint != os.path.realpath(path) or found[0].fstype != "nsfs":
+        return None
+    return procfs.parse_ns_link(found[0].root)
+
+
+def unpin(path: str, remove: bool = True) -> tuple[str, int]:
+    """Unmount a pinned namespace (and remove the empty file it was on); returns (type, inode)."""
+    path = os.path.abspath(path)
+    what = pinned(path)
+    if what is None:
+        raise PinError(f"{path} is not a pinned namespace (no nsfs bind mount there)")
+    try:
+        kernel.umount(path)
+    except OSError as e:
+        raise PinError(f"cannot unmount {path}: {e.strerror}") from None
+    if remove:
+        try:
+            if os.path.isfile(path) and os.path.getsize(path) == 0 and pinned(path) is None:
+                os.unlink(path)
+        except OSError:
+            pass
+    return what

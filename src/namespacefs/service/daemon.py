@@ -1,0 +1,165 @@
+"""Running the service: the live model plus the HTTP app on a Unix socket (mode 0600 in a 0700
+directory) and, optionally, a loopback TCP port that requires a bearer token."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import stat
+import sys
+from dataclasses import dataclass
+
+from namespacefs.service.live import Live
+
+log = logging.getLogger("namespacefs.service")
+
+
+class ServeError(Exception):
+    """The service cannot start as asked (message for the user)."""
+
+
+@dataclass
+class Options:
+    socket_path: str
+    tcp: tuple[str, int] | None = None
+    token_file: str | None = None
+    interval: float = 2.0
+    debounce: float = 0.01
+    settle: float = 0.25
+    netlink: bool = True
+    rcvbuf: int = 8 << 20
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (or PORT) on a loopback address."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ServeError(f"--listen wants [HOST:]PORT with a loopback HOST, not '{text}'") from None
+    if not addr.is_loopback:
+        raise ServeError(f"--listen: {host} is not a loopback address (the API is for this host; use a proxy to export it)")
+    if not 0 < number < 65536:
+        raise ServeError(f"--listen: bad port {port}")
+    return host, number
+
+
+def unix_listener(path: str) -> socket.socket:
+    """Bind the API socket, root only. A stale socket file is replaced; a live one is an error."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServeError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise ServeError(f"a daemon is already listening on {path}")
+        except OSError:
+            os.unlink(path)  # stale: nobody is listening
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def load_token(path: str) -> str:
+    """The bearer token in `path`; a new random one is written there (0600) when it does not exist."""
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if not token:
+            raise ServeError(f"token file {path} is empty")
+        return token
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.warning("wrote a new API token to %s", path)
+        return token
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the process
+        before the socket is removed; here the signal just ends serve() and the caller cleans up."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            from namespacefs.service.app import end_streams
+
+            end_streams(self.config.app)
+            await super().shutdown(sockets)
+            self._captured_signals.clear()
+
+    return Server
+
+
+def serve(opts: Options) -> None:
+    """Run until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from namespacefs.service.app import make_app
+
+    _Server = _server_class()
+
+    token = None
+    tcp_sock = None
+    if opts.tcp is not None:
+        token = load_token(opts.token_file or os.path.join(os.path.dirname(os.path.abspath(opts.socket_path)), "token"))
+        tcp_sock = tcp_listener(*opts.tcp)
+    unix_sock = unix_listener(opts.socket_path)
+    # the full scan runs in a thread of this process: hand the GIL over more often than every 5 ms,
+    # so requests are not queued behind it
+    sys.setswitchinterval(0.001)
+    live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
+                rcvbuf=opts.rcvbuf)
+    try:
+        live.start()
+        config = uvicorn.Config(make_app(live, token), log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2)
+        server = _Server(config)
+        log.warning("serving on %s%s (%d namespaces)", opts.socket_path,
+                    f" and http://{opts.tcp[0]}:{opts.tcp[1]}" if opts.tcp else "", len(live.current()))
+        server.run(sockets=[s for s in (unix_sock, tcp_sock) if s is not None])
+    finally:
+        live.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(opts.socket_path)
+        unix_sock.close()
+        if tcp_sock is not None:
+            tcp_sock.close()

@@ -1,0 +1,131 @@
+"""Lifecycle events: what changed between two snapshots, one small JSON-able record per change, and
+the bus that hands them to every subscriber (SSE clients, `nsfs watch`, metrics)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from namespacefs.model import Namespace, Snapshot, diff
+
+#: Every event kind, in the order they are reported for one change.
+KINDS: Final[tuple[str, ...]] = ("created", "renamed", "joined", "left", "destroyed")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # one of KINDS
+    time: float  # when the change was seen (seconds since the epoch)
+    type: str
+    inode: int
+    id: int | None  # the 64-bit namespace id: the serial number that is never reused
+    name: str | None
+    pid: int | None = None  # joined/left: the process; created: the creating process where known
+    comm: str | None = None
+    command: str | None = None
+    old_name: str | None = None  # renamed
+    seq: int = 0  # position in the daemon's stream (SSE id)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"event": self.kind, "seq": self.seq, "time": self.time, "type": self.type,
+                             "inode": self.inode, "id": self.id, "name": self.name}
+        if self.pid is not None:
+            d.update(pid=self.pid, comm=self.comm, command=self.command)
+        if self.kind == "renamed":
+            d["old_name"] = self.old_name
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Event:
+        return Event(d["event"], d["time"], d["type"], d["inode"], d["id"], d.get("name"), d.get("pid"),
+                     d.get("comm"), d.get("command"), d.get("old_name"), d.get("seq", 0))
+
+    def describe(self) -> str:
+        """One line for `nsfs watch`."""
+        from datetime import datetime
+
+        stamp = datetime.fromtimestamp(self.time).isoformat(timespec="milliseconds")
+        ident = f"id={self.id}" if self.id is not None else "id=-"
+        parts = [stamp, f"{self.kind:9}", f"{self.type}:[{self.inode}]", ident]
+        if self.name:
+            parts.append(f"name={self.name}" if self.kind != "renamed" else f"name={self.old_name}->{self.name}")
+        if self.pid is not None:
+            parts.append(f"pid={self.pid} comm={self.comm}")
+        return " ".join(parts)
+
+
+def _event(kind: str, now: float, ns: Namespace, snap: Snapshot, pid: int | None = None, **extra: Any) -> Event:
+    proc = snap.processes.get(pid) if pid is not None else None
+    return Event(kind, now, ns.type, ns.inode, ns.id, ns.name, pid, proc.comm if proc else None,
+                 proc.command if proc else None, **extra)
+
+
+def creator(ns: Namespace, snap: Snapshot) -> int | None:
+    """The process that most likely made the namespace: the oldest (lowest pid) of those found in
+    it or holding it when it first appeared; None for namespaces nothing but a mount or fd of an
+    unknown process holds."""
+    pids = set(ns.processes) or {h.pid for h in ns.holders if h.pid is not None}
+    return min(pids) if pids else None
+
+
+def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
+    """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one)."""
+    d = diff(old, new)
+    out = [_event("created", now, ns, new, creator(ns, new)) for ns in d.appeared]
+    out += [_event("renamed", now, b, new, old_name=a.name) for a, b in d.changed if a.name != b.name]
+    out += [_event("joined", now, ns, new, pid) for pid, ns in d.joined]
+    out += [_event("left", now, ns, old, pid) for pid, ns in d.left]
+    out += [_event("destroyed", now, ns, old) for ns in d.vanished]
+    return out
+
+
+class Bus:
+    """Fan-out of events to subscribers. A subscriber is a callable taking a list of events; it runs
+    in the publisher's thread and must not block (it hands the events over to its own queue).
+    The last `keep` events are kept so a client can resume (SSE Last-Event-ID)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[int, Callable[[list[Event]], None]] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self.recent: deque[Event] = deque(maxlen=keep)
+        self.counts: Counter[tuple[str, str]] = Counter()  # (kind, type) -> events published
+
+    def subscribe(self, callback: Callable[[list[Event]], None]) -> int:
+        with self._lock:
+            token = next(self._ids)
+            self._subscribers[token] = callback
+            return token
+
+    def unsubscribe(self, token: int) -> None:
+        with self._lock:
+            self._subscribers.pop(token, None)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, events: Iterable[Event]) -> list[Event]:
+        with self._lock:
+            numbered = [_numbered(e, next(self._seq)) for e in events]
+            if not numbered:
+                return numbered
+            self.recent.extend(numbered)
+            self.counts.update((e.kind, e.type) for e in numbered)
+            callbacks = list(self._subscribers.values())
+        for callback in callbacks:
+            callback(numbered)
+        return numbered
+
+    def since(self, seq: int) -> list[Event]:
+        with self._lock:
+            return [e for e in self.recent if e.seq > seq]
+
+
+def _numbered(e: Event, seq: int) -> Event:
+    return Event(e.kind, e.time, e.type, e.inode, e.id, e.name, e.pid, e.comm, e.command, e.old_name, seq)

@@ -1,0 +1,272 @@
+"""Discovery finds every hard-to-find namespace shape, each with the right holder, owner and parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from conftest import nsfs
+
+from namespacefs.discover import SOURCES, discover
+from namespacefs.model import Namespace, Snapshot, diff
+
+INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
+
+
+def holders_of(ns: Namespace, kind: str) -> list:
+    return [h for h in ns.holders if h.kind == kind]
+
+
+def test_a_thread_only_uts_namespace_is_found_with_its_task_holder(holder):
+    made = holder("thread-uts")
+    ns = discover().get(made["uts"])
+    assert ns is not None and ns.type == "uts"
+    assert made["pid"] not in ns.processes
+    assert [(h.pid, h.tid) for h in holders_of(ns, "task")] == [(made["pid"], made["tid"])]
+    assert ns.owner == INITIAL_USER
+
+
+def test_a_thread_only_namespace_is_missed_without_the_task_source(holder):
+    made = holder("thread-uts")
+    assert discover(set(SOURCES) - {"task"}).get(made["uts"]) is None
+
+
+def test_an_fd_only_net_namespace_is_found_with_its_fd_holder(holder):
+    made = holder("fd-net")
+    ns = discover().get(made["net"])
+    assert ns is not None and ns.type == "net" and ns.processes == ()
+    assert [(h.kind, h.pid, h.fd) for h in ns.holders] == [("fd", made["pid"], made["fd"])]
+    assert ns.owner == INITIAL_USER and ns.id is not None
+
+
+def test_a_socket_only_net_namespace_is_found_with_its_socket_holder(holder):
+    made = holder("socket-net")
+    snap = discover()
+    ns = snap.get(made["net"])
+    assert ns is not None and ns.type == "net"
+    assert [(h.kind, h.pid, h.fd, h.socket) for h in ns.holders] == [("socket", made["pid"], made["fd"], made["socket"])]
+    assert discover(set(SOURCES) - {"socket"}).get(made["net"]) is None
+
+
+def test_a_bind_mount_in_a_private_mount_namespace_is_found_and_its_holder_reported(holder, tmp_path: Path):
+    target = tmp_path / "netns-file"
+    target.touch()
+    made = holder("private-bindmount", str(target))
+    # the host cannot see that mount: only its own mount namespace can
+    assert str(target) not in Path("/proc/self/mountinfo").read_text()
+    ns = discover().get(made["net"])
+    assert ns is not None and ns.type == "net" and ns.processes == ()
+    mounts = holders_of(ns, "bindmount")
+    assert [(h.mntns, h.path) for h in mounts] == [(made["mnt"], str(target))]
+
+
+def test_a_user_namespace_chain_whose_middle_link_has_no_process(holder):
+    made = holder("userns-chain")
+    snap = discover()
+    u1, u2 = snap.get(made["u1"]), snap.get(made["u2"])
+    assert u1 is not None and u2 is not None
+    assert u2.parent == u1.inode and u2.owner == u1.inode and made["leaf"] in u2.processes
+    assert u1.parent == INITIAL_USER and u1.processes == ()
+    assert [(h.kind, h.via) for h in u1.holders] == [("parent", u2.inode)]
+    assert (u1.level, u2.level) == (1, 2)
+
+
+def test_a_user_namespace_known_only_as_the_owner_of_an_fd_held_net_namespace(holder):
+    made = holder("owner-only-userns")
+    snap = discover()
+    net, user = snap.get(made["net"]), snap.get(made["user"])
+    assert net is not None and user is not None
+    assert net.owner == user.inode and user.type == "user"
+    assert [(h.kind, h.via) for h in user.holders] == [("owner", net.inode)]
+    assert user.owner == INITIAL_USER and user.owner_uid == 0
+
+
+def test_nested_pid_namespaces_have_parents_levels_and_inner_pids(spawn):
+    outer = spawn(["unshare", "--pid", "--fork", "--kill-child", "--",
+                   "unshare", "--pid", "--fork", "--kill-child", "--", "sleep", "600"])
+    leaf = _wait_for_leaf(outer.pid, "sleep")
+    snap = discover()
+    inner = snap.namespace_of(leaf, "pid")
+    assert inner is not None and inner.level == 2
+    middle = snap.get(inner.parent)
+    assert middle is not None and middle.level == 1 and middle.type == "pid"
+    assert snap.get(middle.parent).level == 0
+    assert snap.processes[leaf].nspid[-1] == 1  # the sleep is init of the innermost namespace
+    assert len(snap.processes[leaf].nspid) == 3
+
+
+def test_a_time_namespace_held_only_as_time_for_children(holder):
+    made = holder("time-for-children")
+    ns = discover().get(made["time"])
+    assert ns is not None and ns.type == "time" and ns.processes == ()
+    assert [(h.kind, h.pid) for h in ns.holders] == [("time_for_children", made["pid"])]
+    assert made["time"] != made["own"]
+
+
+def test_ip_netns_bind_mounts_are_found(spawn):
+    name = f"nsfs-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ns = next(ns for ns in discover().of_type("net") if any(h.path == f"/run/netns/{name}" for h in ns.holders))
+        assert ns.processes == ()
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def test_every_process_namespace_is_in_the_snapshot_with_consistent_types():
+    snap = discover()
+    assert len(snap.of_type("user")) >= 1
+    for proc in snap.processes.values():
+        for link, inode in proc.namespaces.items():
+            ns = snap.get(inode)
+            if ns is not None:  # it may have died between reading the link and opening it
+                assert ns.type == link.replace("_for_children", "")
+    _check_owners(snap)
+
+
+def _check_owners(snap: Snapshot) -> None:
+    for ns in snap:
+        if ns.owner is not None:
+            owner = snap.get(ns.owner)
+            assert owner is not None and owner.type == "user", ns
+        if ns.parent is not None:
+            assert snap.get(ns.parent).type == ns.type
+
+
+def test_churn_never_crashes_nor_misreports_type_or_owner(spawn, holder):
+    """Scans while namespaces are made and destroyed many times a second."""
+    stable = holder("owner-only-userns")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            procs = [subprocess.Popen(["unshare", "-U", "-n", "-u", "-i", "true"]),
+                     subprocess.Popen(["unshare", "-m", "-p", "-f", "true"])]
+            for p in procs:
+                p.wait()
+
+    workers = [threading.Thread(target=churn) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        deadline, scans = time.monotonic() + 8, 0
+        while time.monotonic() < deadline:
+            snap = discover()
+            scans += 1
+            _check_owners(snap)
+            net = snap.get(stable["net"])
+            assert net is not None and net.type == "net" and net.owner == stable["user"]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert scans >= 5
+
+
+def test_diff_reports_appeared_and_vanished_namespaces(holder, spawn):
+    before = discover()
+    made = holder("fd-net")
+    after = discover()
+    d = diff(before, after)
+    assert made["net"] in {ns.inode for ns in d.appeared}
+    assert not diff(after, after)
+
+
+def test_nsfs_ls_json_follows_the_contract(holder):
+    made = holder("fd-net")
+    data = json.loads(nsfs("ls", "--json").stdout)
+    assert {"boot_id", "kernel", "taken_at", "namespaces"} <= set(data)
+    types = {ns["type"] for ns in data["namespaces"]}
+    assert types == {"mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"}
+    for ns in data["namespaces"]:
+        assert {"type", "inode", "id", "owner", "parent", "holders", "processes", "name"} <= set(ns)
+        assert all("kind" in h for h in ns["holders"])
+    net = next(ns for ns in data["namespaces"] if ns["inode"] == made["net"])
+    assert net["holders"] == [{"kind": "fd", "pid": made["pid"], "fd": made["fd"]}]
+    assert net["owner"] == INITIAL_USER and isinstance(net["id"], int)
+
+
+def test_nsfs_ls_table_filters_and_columns(holder):
+    made = holder("fd-net")
+    out = nsfs("ls", "-t", "net", "-P", "-o", "NS,TYPE,HOLDERS,ID", "-n", "-r").stdout
+    rows = [line.split(" ") for line in out.splitlines()]
+    assert [str(made["net"]), "net", "fd"] in [r[:3] for r in rows]
+    assert all(r[1] == "net" for r in rows)
+    assert "kthreadd" in nsfs("ls", "-p", "2").stdout
+    listing = nsfs("ls", "-H").stdout
+    for column in ("NS", "TYPE", "PATH", "NPROCS", "PID", "PPID", "COMMAND", "UID", "USER", "NETNSID", "NSFS", "PNS",
+                   "ONS", "ID", "HOLDERS"):
+        assert f" {column}  " in f" {listing}" or listing.lstrip().startswith(column)
+
+
+def test_nsfs_ls_tree_nests_owned_namespaces_under_their_user_namespace(holder):
+    made = holder("owner-only-userns")
+    out = nsfs("ls", "-T", "-o", "NS,TYPE").stdout
+    lines = out.splitlines()
+    user_line = next(i for i, line in enumerate(lines) if line.strip().endswith(f"{made['user']} user"))
+    net_line = next(i for i, line in enumerate(lines) if f"{made['net']} net" in line)
+    assert net_line == user_line + 1 and "└─" in lines[net_line]
+
+
+def test_a_namespace_can_be_named_in_every_documented_way(holder):
+    made = holder("fd-net")
+    net, pid = made["net"], made["pid"]
+    ident = json.loads(nsfs("show", str(net), "-J").stdout)["id"]
+    for spec in (str(net), f"net:[{net}]", f"/proc/{pid}/fd/{made['fd']}", str(ident), f"id:{ident}"):
+        shown = json.loads(nsfs("show", spec, "-J").stdout)
+        assert shown["inode"] == net, spec
+    assert json.loads(nsfs("show", f"{pid}:uts", "-J").stdout)["type"] == "uts"
+
+
+def test_show_reads_per_type_details(holder):
+    made = holder("thread-uts")
+    uts = json.loads(nsfs("show", str(made["uts"]), "-J").stdout)
+    assert uts["nodename"] == "thread-only" and uts["sysname"] == "Linux"
+    fd_net = holder("fd-net")
+    assert json.loads(nsfs("show", str(fd_net["net"]), "-J").stdout)["interfaces"] == ["lo"]
+
+
+def test_bad_input_gets_a_clear_error_and_no_traceback():
+    for args, message in ((["show", "net:[1]"], "no namespace"), (["show", "99999999:net"], "no process"),
+                          (["show", "1:bogus"], "not a namespace type"), (["ls", "-o", "NOPE"], "unknown column"),
+                          (["ls", "--sources", "nope"], "unknown source"), (["show", "no-such-name"], "no namespace")):
+        result = nsfs(*args, check=False)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+    result = nsfs("ls", "-t", "bogus", check=False)
+    assert result.returncode == 2 and "unknown namespace type" in result.stderr
+
+
+def test_an_unprivileged_user_gets_a_clean_partial_answer():
+    result = nsfs("ls", "--json", user="65534")
+    data = json.loads(result.stdout)
+    assert data["namespaces"], "an unprivileged user still sees its own namespaces"
+    assert "could not be read" in result.stderr
+    assert nsfs("ls", user="65534").stdout.startswith("        NS TYPE")
+
+
+def _wait_for_leaf(root: int, comm: str, timeout: float = 5) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _descendants(root):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise TimeoutError(f"no {comm} under {root}")
+
+
+def _descendants(root: int) -> list[int]:
+    children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+    found = [int(c) for c in children]
+    for c in list(found):
+        try:
+            found += _descendants(c)
+        except OSError:
+            pass
+    return found

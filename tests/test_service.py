@@ -1,0 +1,413 @@
+"""The live service, driven for real: the daemon runs as a subprocess (own process group, temp
+socket, loopback port), namespaces are made by processes the tests start and kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import kill_group
+from namespacefs import core, kernel
+from namespacefs.discover import discover
+from namespacefs.discover.incremental import refresh
+from namespacefs.model import Snapshot, diff
+from namespacefs.service import client
+from namespacefs.service.events import Event
+from namespacefs.service.live import Live
+
+STARTUP = 120.0  # the first full scan of a busy host can take a while
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.socket = str(tmp / "api.sock")
+        self.token_file = str(tmp / "token")
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "namespacefs", "serve", "--socket", self.socket, "--interval", "1",
+             "--listen", f"127.0.0.1:{self.port}", "--token-file", self.token_file],
+            start_new_session=True, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "NSFS_DB": str(tmp / "names.db")})  # never the host's names database
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://nsfs", timeout=30)
+        deadline = time.monotonic() + STARTUP
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else "daemon died"
+            try:
+                if self.http.get("/api/status").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.2)
+        self.token = Path(self.token_file).read_text().strip()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        return self.http.get("/api/status").json()
+
+    def wait_for(self, check: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.1)
+
+    def has(self, inode: int) -> bool:
+        return self.http.get(f"/api/namespaces/{inode}").status_code == 200
+
+    def stop(self) -> None:
+        self.http.close()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        kill_group(self.proc)
+        assert "Traceback" not in (self.proc.stderr.read() if self.proc.stderr else "")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("nsfs-service"))
+    yield d
+    d.stop()
+    assert not os.path.exists(d.socket), "the daemon removes its socket on exit"
+
+
+class Holder:
+    """A process of ours in fresh namespaces (unshare(1)), in its own process group."""
+
+    def __init__(self, *flags: str) -> None:
+        self.proc = subprocess.Popen(["unshare", *flags, "sleep", "600"], start_new_session=True)
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{self.proc.pid}/exe").endswith("unshare"):  # until it exec'd sleep
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        self.pid = self.proc.pid
+
+    def ns(self, nstype: str) -> tuple[int, int]:
+        """(inode, 64-bit id) of its namespace, asked of the kernel directly."""
+        fd = os.open(f"/proc/{self.pid}/ns/{nstype}", os.O_RDONLY)
+        try:
+            id_ = kernel.ns_id(fd)
+            assert id_ is not None
+            return os.fstat(fd).st_ino, id_
+        finally:
+            os.close(fd)
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+
+
+@pytest.fixture
+def holders() -> Iterator[Callable[..., Holder]]:
+    made: list[Holder] = []
+
+    def make(*flags: str) -> Holder:
+        h = Holder(*flags)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.kill()
+
+
+def collect(stream: Iterator[Event]) -> queue.Queue[Event]:
+    q: queue.Queue[Event] = queue.Queue()
+
+    def pump() -> None:
+        for e in stream:
+            q.put(e)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def wait_event(q: queue.Queue[Event], match: Callable[[Event], bool], timeout: float = 60.0) -> Event:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "event not seen"
+        try:
+            e = q.get(timeout=left)
+        except queue.Empty:
+            continue
+        if match(e):
+            return e
+
+
+def scan(sources: tuple[str, ...] | None = None) -> Snapshot:
+    """A fresh scan of our own. Discovery can trip over a process that dies mid-read on a busy host
+    (EINVAL from /proc/PID/mountinfo, reported to its owners): try again, a few times."""
+    for attempt in range(3):
+        try:
+            return discover(sources) if sources else discover()
+        except OSError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+def test_a_snapshot_survives_the_json_round_trip() -> None:
+    snap = scan()
+    again = Snapshot.from_dict(json.loads(json.dumps(snap.to_dict())))  # type: ignore[attr-defined]
+    assert again.to_dict() == snap.to_dict()
+    assert again.by_id(next(ns.id for ns in snap if ns.id is not None)) is not None
+
+
+def test_a_partial_rescan_sees_a_new_process_namespaces_come_and_go(holders: Callable[..., Holder]) -> None:
+    before = scan(("process",))
+    h = holders("--uts", "--ipc")
+    uts, uts_id = h.ns("uts")
+    after = refresh(before, {h.pid})
+    appeared = {(ns.type, ns.inode, ns.id) for ns in diff(before, after).appeared}
+    assert ("uts", uts, uts_id) in appeared
+    assert ("ipc", *h.ns("ipc")) in appeared
+    assert after.get(uts) is not None and after.get(uts).processes == (h.pid,)  # type: ignore[union-attr]
+    h.kill()
+    gone = refresh(after, {h.pid})
+    assert gone.get(uts) is None and h.pid not in gone.processes
+    assert ("uts", uts) in {(ns.type, ns.inode) for ns in diff(after, gone).vanished}
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+def test_events_for_a_namespace_created_and_destroyed(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    stream = client.stream_events(daemon.socket, kinds="created,destroyed", types="uts,net")
+    assert stream is not None
+    q = collect(stream)
+    time.sleep(0.3)  # the subscription is in place once the stream answered; a little slack for the thread
+    h = holders("--uts", "--net")
+    uts, uts_id = h.ns("uts")
+    net, net_id = h.ns("net")
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    assert (made.type, made.id, made.pid, made.comm) == ("uts", uts_id, h.pid, "sleep")
+    assert wait_event(q, lambda e: e.kind == "created" and e.inode == net).id == net_id
+    h.kill()
+    gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts)
+    assert gone.id == uts_id and gone.time >= made.time
+
+
+def test_the_api_agrees_with_a_fresh_scan(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    h = holders("--user", "--map-root-user", "--uts", "--ipc")
+    mine = {t: h.ns(t) for t in ("user", "uts", "ipc")}
+    first = scan()
+    # wait for a full scan that started after ours ended: the daemon's model must contain all we saw
+    daemon.wait_for(lambda: daemon.status()["full_taken_at"] > first.taken_at + first.duration, timeout=90)
+    served = Snapshot.from_dict(daemon.http.get("/api/snapshot").json())  # type: ignore[attr-defined]
+    second = scan()
+    for nstype, (inode, ident) in mine.items():
+        ns, fresh = served.get(inode), second.get(inode)
+        assert ns is not None and fresh is not None
+        assert (ns.type, ns.id, ns.owner, ns.parent, ns.processes) == (nstype, ident, fresh.owner, fresh.parent, (h.pid,))
+    assert served.get(mine["user"][0]).uid_map == second.get(mine["user"][0]).uid_map  # type: ignore[union-attr]
+    stable = {ns.key: ns for ns in first if second.get(ns.inode) and second.get(ns.inode).key == ns.key}  # type: ignore[union-attr]
+    missing = [k for k in stable if served.by_id(k[1]) is None] if stable else []
+    assert not missing, f"namespaces alive throughout, missing from the daemon: {missing[:5]}"
+    for key, ns in stable.items():
+        got = served.by_id(key[1])
+        assert got is not None and (got.type, got.inode, got.owner, got.parent) == (ns.type, ns.inode, ns.owner, ns.parent)
+    one = daemon.http.get(f"/api/namespaces/{mine['uts'][0]}").json()
+    assert one["id"] == mine["uts"][1] and one["process_details"][0]["pid"] == h.pid
+
+
+def test_the_client_and_core_use_a_running_daemon(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = daemon.status()["taken_at"]
+    via_client = client.fetch_snapshot(daemon.socket)
+    monkeypatch.setenv("NSFS_SOCKET", daemon.socket)
+    via_core = core.snapshot()
+    after = daemon.status()["taken_at"]
+    assert via_client is not None
+    for snap in (via_client, via_core):
+        assert before <= snap.taken_at <= after  # the daemon's snapshot, not a scan of our own
+    clock = time.monotonic()
+    assert client.fetch_snapshot(str(Path(daemon.socket).parent / "no-such.sock")) is None
+    assert time.monotonic() - clock < 0.5
+
+
+def test_tcp_needs_the_token_and_the_socket_is_root_only(daemon: Daemon) -> None:
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    assert daemon.http.get("/api/status").status_code == 200  # the Unix socket: the file mode is the check
+    with httpx.Client(base_url=daemon.url, timeout=30) as tcp:
+        assert tcp.get("/api/status").status_code == 401
+        assert tcp.get("/api/snapshot", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert tcp.get("/metrics", params={"token": daemon.token + "x"}).status_code == 401
+        ok = tcp.get("/api/status", headers={"Authorization": f"Bearer {daemon.token}"})
+        assert ok.status_code == 200 and ok.json()["namespaces"] > 0
+        assert tcp.get("/openapi.json", params={"token": daemon.token}).json()["info"]["title"] == "namespacefs"
+
+
+def test_malformed_requests_get_a_4xx_and_the_daemon_lives_on(daemon: Daemon) -> None:
+    assert daemon.http.get("/api/namespaces/no-such-namespace").status_code == 404
+    assert daemon.http.get("/api/namespaces/uts:[1]").status_code == 404
+    assert daemon.http.get("/api/namespaces", params={"type": "bogus"}).status_code == 400
+    assert daemon.http.get("/api/events", params={"kinds": "exploded"}).status_code == 400
+    assert daemon.http.get("/api/events", params={"since": "-4"}).status_code == 422
+    assert daemon.http.post("/api/snapshot").status_code == 405
+    assert daemon.http.get("/nothing-here").status_code == 404
+    tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 5
+    for garbage in (tls_hello, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(daemon.socket)
+            s.sendall(garbage)
+            answer = s.recv(200)
+        assert answer.startswith(b"HTTP/1.1 4"), answer
+    assert daemon.proc.poll() is None and daemon.http.get("/api/status").status_code == 200
+
+
+def test_metrics_count_what_the_test_made(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    h = holders("--user", "--map-root-user")
+    inode, ident = h.ns("user")
+    daemon.wait_for(lambda: daemon.has(inode))
+    text = daemon.http.get("/metrics").text
+    prefix = f'nsfs_user_namespace_processes{{id="{ident}",inode="{inode}",name="'
+    mine = [x for x in text.splitlines() if x.startswith(prefix)]
+    assert len(mine) == 1 and mine[0].endswith("} 1.0"), mine
+    for name in ("nsfs_namespaces{type=\"uts\"}", "nsfs_discovery_duration_seconds_count", "nsfs_uid_map_overlaps",
+                 "nsfs_proc_events_total{event=\"fork\"}", "nsfs_netlink_overruns_total"):
+        assert name in text
+
+
+def test_a_client_that_leaves_mid_stream_is_forgotten(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    before = daemon.status()["subscribers"]  # other tests' streams may still be open
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(daemon.socket)
+        s.sendall(b"GET /api/events HTTP/1.1\r\nHost: nsfs\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        daemon.wait_for(lambda: daemon.status()["subscribers"] == before + 1, timeout=10)
+    holders("--uts")  # an event makes the daemon write to the closed stream
+    daemon.wait_for(lambda: daemon.status()["subscribers"] == before, timeout=30)
+    assert daemon.http.get("/api/status").status_code == 200
+
+
+def test_nsfs_watch_prints_events_from_the_daemon(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    before = daemon.status()["subscribers"]  # other tests' streams may still be open
+    watch = subprocess.Popen([sys.executable, "-m", "namespacefs", "watch", "-J", "--socket", daemon.socket, "-t", "ipc"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        daemon.wait_for(lambda: daemon.status()["subscribers"] == before + 1, timeout=30)
+        h = holders("--ipc")
+        inode, ident = h.ns("ipc")
+        assert watch.stdout is not None
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "no event from nsfs watch"
+            ready, _, _ = select.select([watch.stdout], [], [], 1.0)
+            if not ready:
+                continue
+            e = json.loads(watch.stdout.readline())
+            assert e["type"] == "ipc"
+            if e["event"] == "created" and e["inode"] == inode:
+                assert e["id"] == ident and e["pid"] == h.pid
+                break
+    finally:
+        kill_group(watch)
+
+
+def test_nsfs_watch_rejects_unknown_filters() -> None:
+    result = subprocess.run([sys.executable, "-m", "namespacefs", "watch", "-e", "exploded"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "unknown event: exploded" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_web_page_shows_a_namespace_the_test_made(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("Debian's chromium is not installed")
+    h = holders("--uts")
+    inode, ident = h.ns("uts")
+    daemon.wait_for(lambda: daemon.has(inode))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{daemon.url}/?token={daemon.token}")
+            node = page.locator(f'[data-inode="{inode}"]')
+            node.wait_for(timeout=60_000)
+            assert f"uts:[{inode}]" in node.text_content()  # type: ignore[operator]
+            page.fill("#search", str(inode))
+            page.locator(f'[data-inode="{inode}"].match').wait_for(timeout=10_000)
+            page.locator(f'[data-inode="{inode}"]').click()
+            page.locator("#details", has_text=str(ident)).wait_for(timeout=10_000)
+            assert str(h.pid) in page.locator("#details").inner_text()
+            later = holders("--uts")  # live: a namespace made after the page loaded appears without a reload
+            page.locator(f'[data-inode="{later.ns("uts")[0]}"]').wait_for(timeout=60_000)
+        finally:
+            browser.close()
+
+
+def test_nsfs_watch_without_a_daemon_runs_its_own_event_loop(holders: Callable[..., Holder], tmp_path: Path) -> None:
+    watch = subprocess.Popen([sys.executable, "-m", "namespacefs", "watch", "-J", "--no-daemon", "-e", "created", "-t", "uts"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env={**os.environ, "NSFS_DB": str(tmp_path / "names.db")})
+    try:
+        assert watch.stdout is not None
+        made: dict[int, int] = {}
+        deadline = time.monotonic() + 90
+        while True:  # it announces nothing when ready: make namespaces until one is reported
+            assert time.monotonic() < deadline and watch.poll() is None, "no event from nsfs watch --no-daemon"
+            h = holders("--uts")
+            inode, ident = h.ns("uts")
+            made[inode] = ident
+            ready, _, _ = select.select([watch.stdout], [], [], 2.0)
+            if ready:
+                e = json.loads(watch.stdout.readline())
+                assert e["event"] == "created" and e["type"] == "uts"
+                if e["inode"] in made:
+                    assert e["id"] == made[e["inode"]]
+                    break
+    finally:
+        kill_group(watch)
+
+
+def test_containers_and_accounting_endpoints_see_what_the_test_made(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    h = holders("--user", "--map-root-user", "--uts", "--net")
+    inode, _ident = h.ns("user")
+    daemon.wait_for(lambda: daemon.has(inode))
+    found = daemon.http.get("/api/containers").json()
+    assert found["available"] is True
+    mine = [c for c in found["containers"] if h.pid in c["pids"]]
+    assert len(mine) == 1 and mine[0]["namespaces"]["uts"] == h.ns("uts")[0]
+    acct = daemon.http.get("/api/accounting").json()
+    users = {u["inode"]: u for u in acct["user_namespaces"]}
+    assert users[inode]["processes"] == 1 and users[inode]["uid_map"] == [[0, 0, 1]]
+
+
+def test_the_served_json_is_to_dict_also_after_a_partial_update(holders: Callable[..., Holder]) -> None:
+    live = Live(scan=scan, interval=600, settle=0, netlink=False)  # only the updates this test asks for
+    live.start()
+    try:
+        assert json.loads(live.snapshot_json()) == json.loads(json.dumps(live.current().to_dict()))
+        h = holders("--uts")
+        generation = live.generation
+        live.touch([h.pid])
+        assert live.wait_scan(generation, 30)
+        assert live.current().get(h.ns("uts")[0]) is not None
+        assert json.loads(live.snapshot_json()) == json.loads(json.dumps(live.current().to_dict()))
+    finally:
+        live.stop()
