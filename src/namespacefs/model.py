@@ -39,7 +39,7 @@ class Holder:
     via: int | None = None  # parent/owner: the inode of the namespace it is parent/owner of
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        return {name: v for name in self.__slots__ if (v := getattr(self, name)) is not None}
 
     def describe(self) -> str:
         """A short human form: 'fd pid=12 fd=4', 'bindmount /run/netns/a (mnt 4026532...)'."""

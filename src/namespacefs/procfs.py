@@ -16,13 +16,18 @@ class Status(NamedTuple):
     gid: int
     threads: int
     nspid: tuple[int, ...]  # the pid in each pid namespace from ours down to the process's own
+    zombie: bool = False  # exited, not yet reaped: only its pid and user links are left
+
+
+_STATUS_KEYS = frozenset({b"Name", b"State", b"PPid", b"Uid", b"Gid", b"Threads", b"NSpid"})
 
 
 def parse_status(data: bytes) -> Status:
     fields: dict[bytes, bytes] = {}
     for line in data.split(b"\n"):
         key, _, value = line.partition(b":")
-        fields[key] = value
+        if key in _STATUS_KEYS:
+            fields[key] = value
     uids = fields.get(b"Uid", b"-1 -1").split()
     nspid = fields.get(b"NSpid", b"").split()
     return Status(
@@ -33,6 +38,7 @@ def parse_status(data: bytes) -> Status:
         gid=int(fields.get(b"Gid", b"-1").split()[0]),
         threads=int(fields.get(b"Threads", b"1")),
         nspid=tuple(int(p) for p in nspid),
+        zombie=fields.get(b"State", b"").strip().startswith(b"Z"),
     )
 
 

@@ -132,5 +132,20 @@ def tree_rows(roots: Sequence[Row], children: Callable[[Row], Sequence[Row]]) ->
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """JSON laid out for both people and speed: each top-level key on its own line, each item of a
+    top-level list on its own line, compact inside. Only indent=None uses the C encoder; the
+    indenting one is pure Python and was 60% of `nsfs ls --json` at 4,000 processes."""
+    if not isinstance(data, dict):
+        return json.dumps(data) + "\n"
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = ",\n    ".join(map(json.dumps, value))
+            lines.append(f"  {json.dumps(key)}: [\n    {items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"

@@ -7,6 +7,8 @@ The same read gives each mount namespace's mount count for free.
 
 from __future__ import annotations
 
+import errno
+
 from namespacefs import procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.discover.state import Scan
@@ -14,15 +16,28 @@ from namespacefs.model import Holder
 
 
 def scan(state: Scan) -> None:
-    for mntns, pid in state.mount_readers.items():
-        try:
-            data = read_at(f"{state.proc}/{pid}/mountinfo")
-        except OSError as e:
-            state.failed(e)
+    for mntns, readers in state.mount_readers.items():
+        read = _first_readable(state, readers)
+        if read is None:
             continue
+        pid, data = read
         if mntns in state.found:
             state.found[mntns].mounts = data.count(b"\n")
         for nstype, inode, mountpoint in procfs.nsfs_mounts(data):
             holder = Holder("bindmount", pid=pid, mntns=mntns, path=mountpoint)
             state.add(nstype, inode, holder, f"{state.proc}/{pid}/root{mountpoint}")
 
+
+
+def _first_readable(state: Scan, readers: list[int]) -> tuple[int, bytes] | None:
+    """The mountinfo of the first reader still alive: a process that exits between the process
+    scan and here answers ENOENT, or EINVAL while it is tearing down its mount namespace."""
+    for pid in readers:
+        try:
+            return pid, read_at(f"{state.proc}/{pid}/mountinfo")
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                state.errors["vanished"] += 1
+            else:
+                state.failed(e)
+    return None

@@ -17,31 +17,38 @@ from namespacefs.model import Holder, Process
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
 _NS_TYPE_SET = frozenset(NS_TYPES)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_CHUNK = 65536
 
 
 def read_at(name: str, dir_fd: int | None = None) -> bytes:
     """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        chunks = [os.read(fd, _CHUNK)]
+        # /proc answers a read in full when the buffer is large enough: a short read is the end,
+        # which saves the read that would return b"" (one syscall per file, two per process)
+        while len(chunks[-1]) == _CHUNK:
+            chunks.append(os.read(fd, _CHUNK))
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def read_links(dir_fd: int, prefix: str = "ns/") -> dict[str, int]:
+def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = False) -> dict[str, int]:
     """The namespace links of a process or thread: link name -> inode. A link the kernel hides
-    (pid_for_children before the first child) is left out."""
+    (pid_for_children before the first child; all but pid and user of a zombie) is left out, and
+    so is one we may not read (counted): the others still show where the process is."""
     links = {}
     for link in LINKS:
         try:
             target = os.readlink(prefix + link, dir_fd=dir_fd)
         except FileNotFoundError:
-            if link in FOR_CHILDREN_LINKS:
+            if zombie or link in FOR_CHILDREN_LINKS:
                 continue
             raise
+        except PermissionError:
+            state.errors["denied"] += 1  # e.g. a ptrace-protected init of a sandbox
+            continue
         links[link] = int(target[target.index("[") + 1 : -1])
     return links
 
@@ -67,7 +74,7 @@ def scan(state: Scan, sources: frozenset[str]) -> None:
 
 def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
     status = procfs.parse_status(read_at("status", dir_fd))
-    links = read_links(dir_fd)
+    links = read_links(state, dir_fd, zombie=status.zombie)
     cmdline = procfs.parse_cmdline(read_at("cmdline", dir_fd))
     state.processes[pid] = Process(pid, status.ppid, status.name, cmdline, status.uid, status.gid,
                                    status.nspid, status.threads, links)
@@ -75,13 +82,15 @@ def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -
     if "process" in sources:
         holder = Holder("process", pid=pid)
         for nstype in NS_TYPES:
-            state.add(nstype, links[nstype], holder, base + nstype).processes.append(pid)
+            if nstype in links:  # a zombie still pins its user namespace (lsns lists it too)
+                state.add(nstype, links[nstype], holder, base + nstype).processes.append(pid)
     if "for_children" in sources:
         for link, nstype in FOR_CHILDREN_LINKS.items():
-            if link in links and links[link] != links[nstype]:
+            if link in links and links[link] != links.get(nstype):
                 state.add(nstype, links[link], Holder(link, pid=pid), base + link)
-    state.mount_readers.setdefault(links["mnt"], pid)
-    if "task" in sources and status.threads > 1:
+    if "mnt" in links:
+        state.mount_readers.setdefault(links["mnt"], []).append(pid)
+    if "task" in sources and status.threads > 1 and links:
         _scan_tasks(state, pid, dir_fd, links)
     if "fd" in sources or "socket" in sources:
         _scan_fds(state, pid, dir_fd, sources)
@@ -100,7 +109,7 @@ def _scan_tasks(state: Scan, pid: int, dir_fd: int, process_links: dict[str, int
         if tid == pid:
             continue
         try:
-            links = read_links(dir_fd, f"task/{tid}/ns/")
+            links = read_links(state, dir_fd, f"task/{tid}/ns/")
         except OSError as e:
             state.failed(e)
             continue

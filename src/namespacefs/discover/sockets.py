@@ -34,7 +34,7 @@ def scan(state: Scan) -> None:
                     if netns is None:
                         continue
                     netns_of_socket[sock_inode] = netns
-                if netns != proc.namespaces["net"]:
+                if netns != proc.namespaces.get("net"):
                     state.add("net", netns, Holder("socket", pid=pid, fd=fd, socket=sock_inode))
         finally:
             os.close(pidfd)
@@ -57,8 +57,11 @@ def _probe(state: Scan, pidfd: int, fd: int, sock_inode: int) -> int | None:
     finally:
         os.close(sock)
     inode = os.fstat(nsfd).st_ino
-    if inode in state.found:
-        os.close(nsfd)
+    known = state.found.get(inode)
+    if known is not None and known.openers and isinstance(known.openers[0], int):
+        os.close(nsfd)  # already open in hand: one fd per namespace is enough
     else:
+        # keep it even when the namespace was seen before: its earlier openers may be paths
+        # that are gone by the hierarchy pass, while this socket still holds it
         state.ensure("net", inode, nsfd)
     return inode

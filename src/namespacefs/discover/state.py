@@ -47,8 +47,9 @@ class Scan:
     errors: Counter[str] = field(default_factory=Counter)
     #: pids whose fds are sockets, for the socket source: pid -> [(fd, socket inode)]
     sockets: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    #: one process per mount namespace, whose mountinfo the bindmount source reads
-    mount_readers: dict[int, int] = field(default_factory=dict)
+    #: the processes of each mount namespace, in scan order: the bindmount source reads the
+    #: mountinfo of the first one still alive
+    mount_readers: dict[int, list[int]] = field(default_factory=dict)
 
     def add(self, nstype: str, inode: int, holder: Holder, opener: Opener | None = None) -> Found:
         ns = self.ensure(nstype, inode, opener)
@@ -66,7 +67,9 @@ class Scan:
             if isinstance(opener, int):
                 os.close(opener)
             return Found(nstype)  # a throwaway: the stale sighting is dropped
-        if opener is not None:
+        if isinstance(opener, int):
+            ns.openers.insert(0, opener)  # an fd in hand is the surest opener: tried first
+        elif opener is not None:
             ns.openers.append(opener)
         return ns
 
