@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,10 +20,8 @@ NSHOLDER = HERE / "nsholder.py"
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:
     """Kill the process group we created for proc (and only that), then reap proc."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
 

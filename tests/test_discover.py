@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 from conftest import nsfs
-
 from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Namespace, Snapshot, diff
 
@@ -207,9 +207,15 @@ def test_nsfs_ls_tree_nests_owned_namespaces_under_their_user_namespace(holder):
     made = holder("owner-only-userns")
     out = nsfs("ls", "-T", "-o", "NS,TYPE").stdout
     lines = out.splitlines()
-    user_line = next(i for i, line in enumerate(lines) if line.strip().endswith(f"{made['user']} user"))
-    net_line = next(i for i, line in enumerate(lines) if f"{made['net']} net" in line)
+
+    def row(inode: int, nstype: str) -> int:  # the line of that namespace, whatever its tree prefix
+        return next(i for i, line in enumerate(lines) if line.split()[-1] == nstype and line.split()[-2].endswith(str(inode)))
+
+    user_line, net_line = row(made["user"], "user"), row(made["net"], "net")
     assert net_line == user_line + 1 and "└─" in lines[net_line]
+    # the tree column is left-aligned, so each branch starts where its parent's inode does
+    assert lines[net_line].index("└─") == lines[user_line].index(str(made["user"]))
+    assert all(not line.startswith(" ") for line in lines[1:]), out
 
 
 def test_a_namespace_can_be_named_in_every_documented_way(holder):
@@ -265,8 +271,6 @@ def _descendants(root: int) -> list[int]:
     children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
     found = [int(c) for c in children]
     for c in list(found):
-        try:
+        with contextlib.suppress(OSError):
             found += _descendants(c)
-        except OSError:
-            pass
     return found

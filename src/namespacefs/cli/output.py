@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from namespacefs.cli import UserError
@@ -27,7 +27,8 @@ class Column(Generic[Row]):
 
 
 def add_table_options(parser: Any, columns: Sequence[Column[Any]], default: Sequence[str]) -> None:
-    parser.add_argument("-o", "--output", metavar="LIST", help=f"columns to print (default: {','.join(default)}); '+LIST' adds to the default")
+    parser.add_argument("-o", "--output", metavar="LIST",
+                        help=f"columns to print (default: {','.join(default)}); '+LIST' adds to the default")
     parser.add_argument("--output-all", action="store_true", help="print all columns")
     parser.add_argument("-J", "--json", action="store_true", help="JSON output")
     parser.add_argument("-r", "--raw", action="store_true", help="raw output: columns separated by one space, no alignment")
@@ -79,6 +80,9 @@ def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args
             print(" ".join(_raw(v) for v in cells), file=out)
         return
     lines = [[prefix + cells[0], *cells[1:]] for prefix, cells in table]
+    if any(prefix for prefix, _cells in table):
+        # the tree column is left-aligned (as in lsns -T), or the branches would not line up
+        columns = [replace(columns[0], right=False), *columns[1:]]
     header = [c.name for c in columns]
     widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(len(columns))]
     limit = _terminal_width(out) if not args.notruncate else None
