@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -49,6 +50,9 @@ from synthetic import SyntheticHost  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 NSFS = [str(VENV_BIN / "nsfs"), "ls", "--json"]
+#: nsfs limited to what util-linux 2.38's lsns looks at (processes, its own mount table): the
+#: like-for-like comparison of the two engines; NSFS is the whole job (every source).
+NSFS_LIKE_LSNS = [*NSFS, "--sources", "process,bindmount"]
 LSNS = ["lsns", "-J"]
 #: The hand-written analysis at the end of the results file survives a re-run (update it by hand).
 ANALYSIS = "## Analysis (hand-written"
@@ -61,14 +65,18 @@ ANALYSIS = "## Analysis (hand-written"
 FAILURES: list[tuple[str, str]] = []
 
 
-def run_once(argv: list[str], tries: int = 10) -> tuple[float, bytes]:
-    """Wall time and stdout of one run; a failed run is recorded and run again (at most tries)."""
+def run_once(argv: list[str], tries: int = 10) -> tuple[float, float, bytes]:
+    """Wall time, CPU time (user + system: less sensitive to other load on the host than wall time)
+    and stdout of one run; a failed run is recorded and run again (at most tries)."""
     for _ in range(tries):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, check=False)
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         if done.returncode == 0:
-            return elapsed, done.stdout
+            return elapsed, cpu, done.stdout
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
         FAILURES.append((" ".join([Path(argv[0]).name, *argv[1:]]), last))
         print(f"  run failed: {argv} -> {last}", flush=True)
@@ -144,18 +152,24 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
     with SyntheticHost(n) as host:
         print(f"N={n}: built {n} processes in {host.manifest['sets']} sets in {host.manifest['build_seconds']:.1f}s",
               flush=True)
-        run_once(NSFS)
-        run_once(LSNS)  # warm-ups, not recorded
+        for argv in (NSFS, NSFS_LIKE_LSNS, LSNS):
+            run_once(argv)  # warm-ups, not recorded
         load_before = load()
         failed_before = len(FAILURES)
-        nsfs_t, lsns_t, durations = [], [], []
+        nsfs_t, like_t, lsns_t, durations = [], [], [], []
+        nsfs_cpu, like_cpu, lsns_cpu = [], [], []
         nsfs_out = lsns_out = b""
         for _ in range(repeat):
-            t, nsfs_out = run_once(NSFS)
+            t, cpu, nsfs_out = run_once(NSFS)
             nsfs_t.append(t)
+            nsfs_cpu.append(cpu)
             durations.append(json.loads(nsfs_out)["duration"])
-            t, lsns_out = run_once(LSNS)
+            t, cpu, _ = run_once(NSFS_LIKE_LSNS)
+            like_t.append(t)
+            like_cpu.append(cpu)
+            t, cpu, lsns_out = run_once(LSNS)
             lsns_t.append(t)
+            lsns_cpu.append(cpu)
         failed = len(FAILURES) - failed_before
         counted = units()
         host.verify()  # still all there after the runs
@@ -169,7 +183,8 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
                      for ns in lsns_rows if int(ns["ns"]) not in nsfs_inodes]
         result = {
             "n": n, "sets": host.manifest["sets"], **counted, "load": f"{load_before} → {load()}", "failed": failed,
-            "nsfs": nsfs_t, "lsns": lsns_t, "discover": durations,
+            "nsfs": nsfs_t, "like": like_t, "lsns": lsns_t, "discover": durations,
+            "nsfs_cpu": nsfs_cpu, "like_cpu": like_cpu, "lsns_cpu": lsns_cpu,
             "nsfs_found": len(nsfs_inodes), "lsns_found": len(lsns_inodes),
             "only_lsns": only_lsns, "only_nsfs": len(nsfs_inodes - lsns_inodes),
             "hidden": len(host.hidden), "hidden_nsfs": found_hidden(host, nsfs_inodes),
@@ -178,77 +193,6 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
     print(f"  nsfs {statistics.median(nsfs_t):.3f}s  lsns {statistics.median(lsns_t):.3f}s  "
           f"found {result['nsfs_found']} vs {result['lsns_found']}  units {counted['units']}", flush=True)
     return result
-
-
-# --- experiments: candidate fixes tried on a copy (monkeypatched here, src/ untouched) -----------------
-
-
-def _exp_json_onewrite() -> None:
-    """cli/output.print_json: one json.dumps + one write instead of json.dump (which writes every
-    small chunk of the pure-Python indenting encoder to the text stream separately). Same bytes."""
-    from namespacefs.cli import ls, output
-
-    def print_json(data: Any) -> None:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-    output.print_json = ls.print_json = print_json
-
-
-def _exp_json_compact() -> None:
-    """cli/output.print_json without indent: the C encoder does all the work. Different whitespace."""
-    from namespacefs.cli import ls, output
-
-    def print_json(data: Any) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-
-    output.print_json = ls.print_json = print_json
-
-
-def _exp_holder_dict() -> None:
-    """model.Holder.to_dict without dataclasses.fields() per call (a fixed tuple of slot names)."""
-    from namespacefs.model import Holder
-
-    names = Holder.__slots__
-
-    def to_dict(self: Holder) -> dict[str, Any]:
-        return {name: v for name in names if (v := getattr(self, name)) is not None}
-
-    Holder.to_dict = to_dict  # type: ignore[method-assign]
-
-
-EXPERIMENTS: dict[str, Callable[[], None]] = {
-    "json-onewrite": _exp_json_onewrite, "json-compact": _exp_json_compact, "holder-dict": _exp_holder_dict,
-}
-
-
-def patched(names: list[str]) -> None:
-    """`nsfs ls --json` in this process with the named experiments applied (none: the baseline)."""
-    from namespacefs import cli
-
-    for name in names:
-        EXPERIMENTS[name]()
-    sys.argv = ["nsfs", "ls", "--json"]
-    sys.exit(cli.main())
-
-
-def experiments(n: int, repeat: int) -> dict[str, Any]:
-    """Alternating cold runs of the baseline and each experiment on one host of n processes."""
-    variants = {"baseline (unpatched, same wrapper)": [], "json-onewrite": ["json-onewrite"],
-                "json-onewrite + holder-dict": ["json-onewrite", "holder-dict"], "json-compact": ["json-compact"],
-                "json-compact + holder-dict": ["json-compact", "holder-dict"]}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    same: dict[str, bool] = {}
-    with SyntheticHost(n) as host:
-        print(f"experiments at N={n}", flush=True)
-        hidden = {r["inode"] for r in host.hidden}
-        for _ in range(repeat):
-            for label, names in variants.items():
-                t, out = run_once([sys.executable, __file__, "patched", *names])
-                times[label].append(t)
-                report = json.loads(out)  # still the JSON contract, and still every hidden namespace
-                same[label] = same.get(label, True) and "processes" in report and \
-                    hidden <= {ns["inode"] for ns in report["namespaces"]}
-    return {"n": n, "times": times, "same": same}
 
 
 # --- the per-phase timing (runs in a child process) -----------------------------------------------
@@ -386,7 +330,7 @@ def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: 
         f"temp NSFS_DB; page cache warm), {repeat} alternating runs of each",
         "command per N, on the same synthetic host in the same run.",
         "Re-run (as root, ~7 min): `.venv/bin/python bench/discover_bench.py [--sizes 250,1000,4000] [--repeat 7]",
-        "[--experiments] [--no-profile] [--no-write]`; `.venv/bin/python bench/synthetic.py show N` builds, checks and",
+        "[--no-profile] [--no-write]`; `.venv/bin/python bench/synthetic.py show N` builds, checks and",
         "tears down one synthetic host. Other activity on the host adds to the spread; the load average is",
         "recorded below.", "",
         "## Machine", "", machine(), "",
@@ -412,9 +356,20 @@ def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: 
     lines += ["", "procs/threads/fds/mounts are counted from /proc by the bench (whole host, not only the synthetic",
               "processes). `discover()` is the scan time nsfs itself reports (`duration` in its JSON).", "",
               "Runs that failed and were repeated (see \"Failed runs\" below): "
-              + "; ".join(f"N={r['n']}: {r['failed']} of {r['failed'] + 2 * len(r['nsfs'])}" for r in results) + ".", "",
+              + "; ".join(f"N={r['n']}: {r['failed']} of {r['failed'] + 3 * len(r['nsfs'])}" for r in results) + ".", "",
               "Load average (1/5/15 min) before → after the timed runs: "
               + "; ".join(f"N={r['n']}: {r['load']}" for r in results), ""]
+    lines += ["Like for like and CPU time: `nsfs (lsns's sources)` is `nsfs ls --json --sources process,bindmount`,",
+              "what util-linux 2.38's lsns looks at (no threads, fds or sockets); CPU = user + system seconds of the",
+              "command, which other load on the host disturbs less than wall time.", "",
+              "| N | nsfs (lsns's sources) wall s | ratio to lsns | nsfs CPU s | nsfs (lsns's sources) CPU s | lsns CPU s "
+              "| CPU ratio nsfs / lsns | CPU ratio like for like |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        med = {k: statistics.median(r[k]) for k in ("like", "lsns", "nsfs_cpu", "like_cpu", "lsns_cpu")}
+        lines.append(f"| {r['n']} | {med['like']:.3f} ({spread(r['like'])}) | {med['like'] / med['lsns']:.2f} "
+                     f"| {med['nsfs_cpu']:.3f} | {med['like_cpu']:.3f} | {med['lsns_cpu']:.3f} "
+                     f"| {med['nsfs_cpu'] / med['lsns_cpu']:.2f} | {med['like_cpu'] / med['lsns_cpu']:.2f} |")
+    lines.append("")
     checks = []
     for r in results:
         strictly = r["nsfs_found"] > r["lsns_found"] and not r["only_lsns"]
@@ -470,18 +425,6 @@ def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: 
                   "| module | ms |", "|---|---|"]
         lines += [f"| {name} | {us / 1000:.1f} |" for us, name in extra["imports"][:12]]
         lines.append("")
-    if "experiments" in extra:
-        e = extra["experiments"]
-        base = statistics.median(e["times"]["baseline (unpatched, same wrapper)"])
-        lines += [f"## Experiments (N={e['n']})", "",
-                  "Candidate fixes applied by monkeypatching in `discover_bench.py patched` (src/ untouched), timed as",
-                  "cold runs alternating with the unpatched baseline run through the same wrapper:", "",
-                  "| variant | median s (spread) | gain vs baseline | finds every hidden namespace |", "|---|---|---|---|"]
-        for label, ts in e["times"].items():
-            m = statistics.median(ts)
-            lines.append(f"| {label} | {m:.3f} ({spread(ts)}) | {(base - m) * 1000:+.0f} ms ({(base - m) / base:+.0%}) "
-                         f"| {'yes' if e['same'][label] else 'NO'} |")
-        lines.append("")
     if FAILURES:
         lines += ["## Failed runs (retried)", "", *[f"- `{cmd}`: {msg}" for cmd, msg in FAILURES], ""]
     if extra.get("notes"):
@@ -493,15 +436,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "phases":
         phases()
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "patched":
-        patched(sys.argv[2:])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="250,1000,4000", help="comma-separated N (default 250,1000,4000)")
     parser.add_argument("--repeat", type=int, default=7, help="runs of each command per N (default 7)")
     parser.add_argument("--no-profile", action="store_true", help="skip pyinstrument, phases, strace and importtime")
-    parser.add_argument("--experiments", action="store_true",
-                        help="also time candidate fixes (monkeypatched copies) against the baseline at the largest N")
     parser.add_argument("--no-write", action="store_true", help="print the results instead of writing the file")
     args = parser.parse_args()
     try:
@@ -535,8 +473,6 @@ def main() -> None:
                 print(f"auditing reads at N={small}", flush=True)
                 extra["audit"], extra["audit_n"] = audit_reads(workdir), small
             extra["imports"] = import_times()
-        if args.experiments:
-            extra["experiments"] = experiments(max(sizes), max(3, args.repeat - 2))
     text = write_results(results, extra, args.repeat)
     if args.no_write:
         print(text)

@@ -2,18 +2,20 @@
 NS_GET_USERNS / NS_GET_PARENT to a fixpoint, so namespaces that nothing holds but a child
 (`owner`, `parent`) are found too.
 
-Each namespace is opened once through the first of its openers that still refers to it: the
-inode *and* the type must match (NS_GET_NSTYPE), since a path seen a moment ago may now lead to a
-namespace that reused the inode.
+Each namespace is opened once, through an fd in hand or else the first holder whose /proc path
+still refers to it: the inode *and* the type must match (NS_GET_NSTYPE), since a path seen a
+moment ago may now lead to a namespace that reused the inode.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 
 from namespacefs import kernel
 from namespacefs.discover.state import Found, Scan
+from namespacefs.model import Holder
 
 
 def resolve(state: Scan) -> None:
@@ -29,16 +31,37 @@ def resolve(state: Scan) -> None:
         _resolve_fd(state, inode, ns, fd)
 
 
+def holder_path(proc: str, holder: Holder, nstype: str) -> str | None:
+    """The /proc path through which a holder reaches its namespace (None: only an fd does)."""
+    base = f"{proc}/{holder.pid}/" + (f"task/{holder.tid}/" if holder.tid is not None else "")
+    kind = holder.kind
+    if kind in ("process", "task"):
+        return f"{base}ns/{nstype}"
+    if kind in ("pid_for_children", "time_for_children"):
+        return f"{base}ns/{kind}"
+    if kind == "fd":
+        return f"{proc}/{holder.pid}/fd/{holder.fd}"
+    if kind == "bindmount":
+        return f"{proc}/{holder.pid}/root{holder.path}"
+    return None  # socket, listns: reached through the fd the scan keeps; parent, owner: never opened
+
+
+def _candidates(state: Scan, ns: Found) -> Iterator[int]:
+    """Open fds that may be the namespace: the fds in hand first (surest), then the holders' paths."""
+    for fd in ns.fds:
+        yield os.dup(fd)
+    for holder in ns.holders:
+        path = holder_path(state.proc, holder, ns.type)
+        if path is None:
+            continue
+        try:
+            yield os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as e:
+            state.failed(e)
+
+
 def _open(state: Scan, inode: int, ns: Found) -> int | None:
-    for opener in ns.openers:
-        if isinstance(opener, int):
-            fd = os.dup(opener)
-        else:
-            try:
-                fd = os.open(opener, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-            except OSError as e:
-                state.failed(e)
-                continue
+    for fd in _candidates(state, ns):
         try:
             st = os.fstat(fd)
             if st.st_ino == inode and stat.S_ISREG(st.st_mode) and kernel.ns_type(fd) == ns.type:

@@ -25,7 +25,7 @@ def scan(state: Scan) -> None:
             state.found[mntns].mounts = data.count(b"\n")
         for nstype, inode, mountpoint in procfs.nsfs_mounts(data):
             holder = Holder("bindmount", pid=pid, mntns=mntns, path=mountpoint)
-            state.add(nstype, inode, holder, f"{state.proc}/{pid}/root{mountpoint}")
+            state.add(nstype, inode, holder)
 
 
 

@@ -78,16 +78,15 @@ def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -
     cmdline = procfs.parse_cmdline(read_at("cmdline", dir_fd))
     state.processes[pid] = Process(pid, status.ppid, status.name, cmdline, status.uid, status.gid,
                                    status.nspid, status.threads, links)
-    base = f"{state.proc}/{pid}/ns/"
     if "process" in sources:
         holder = Holder("process", pid=pid)
         for nstype in NS_TYPES:
             if nstype in links:  # a zombie still pins its user namespace (lsns lists it too)
-                state.add(nstype, links[nstype], holder, base + nstype).processes.append(pid)
+                state.add(nstype, links[nstype], holder).processes.append(pid)
     if "for_children" in sources:
         for link, nstype in FOR_CHILDREN_LINKS.items():
             if link in links and links[link] != links.get(nstype):
-                state.add(nstype, links[link], Holder(link, pid=pid), base + link)
+                state.add(nstype, links[link], Holder(link, pid=pid))
     if "mnt" in links:
         state.mount_readers.setdefault(links["mnt"], []).append(pid)
     if "task" in sources and status.threads > 1 and links:
@@ -118,7 +117,7 @@ def _scan_tasks(state: Scan, pid: int, dir_fd: int, process_links: dict[str, int
                 continue
             nstype = FOR_CHILDREN_LINKS.get(link, link)
             kind = link if link in FOR_CHILDREN_LINKS else "task"
-            state.add(nstype, inode, Holder(kind, pid=pid, tid=tid), f"{state.proc}/{pid}/task/{tid}/ns/{link}")
+            state.add(nstype, inode, Holder(kind, pid=pid, tid=tid))
 
 
 def _scan_fds(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
@@ -139,6 +138,6 @@ def _scan_fds(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> No
                 sockets.append((int(name), int(target[8:-1])))
         elif want_fd and (link := procfs.parse_ns_link(target)) and link[0] in _NS_TYPE_SET:
             fd = int(name)
-            state.add(link[0], link[1], Holder("fd", pid=pid, fd=fd), f"{state.proc}/{pid}/fd/{fd}")
+            state.add(link[0], link[1], Holder("fd", pid=pid, fd=fd))
     if sockets:
         state.sockets[pid] = sockets

@@ -58,10 +58,10 @@ def _probe(state: Scan, pidfd: int, fd: int, sock_inode: int) -> int | None:
         os.close(sock)
     inode = os.fstat(nsfd).st_ino
     known = state.found.get(inode)
-    if known is not None and known.openers and isinstance(known.openers[0], int):
+    if known is not None and known.fds:
         os.close(nsfd)  # already open in hand: one fd per namespace is enough
     else:
-        # keep it even when the namespace was seen before: its earlier openers may be paths
-        # that are gone by the hierarchy pass, while this socket still holds it
+        # keep it even when the namespace was seen before: the paths of its other holders may
+        # be gone by the hierarchy pass, while this socket still holds it
         state.ensure("net", inode, nsfd)
     return inode

@@ -15,18 +15,15 @@ GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR,
 #: errno values that mean "not allowed to look".
 DENIED = frozenset({errno.EACCES, errno.EPERM})
 
-#: An opener is how a namespace file can be opened again: a path, or an fd already in hand.
-Opener = str | int
-
-
 @dataclass
 class Found:
-    """One namespace as seen so far."""
+    """One namespace as seen so far. It is opened again (by the hierarchy pass) through an fd in
+    hand, else through the /proc path each holder implies: no path is stored per sighting."""
 
     type: str
     holders: list[Holder] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
-    openers: list[Opener] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)  # nsfs fds in hand (a socket's net namespace, listns)
     # filled in by the hierarchy pass
     id: int | None = None
     dev: int = 0
@@ -51,26 +48,25 @@ class Scan:
     #: mountinfo of the first one still alive
     mount_readers: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, nstype: str, inode: int, holder: Holder, opener: Opener | None = None) -> Found:
-        ns = self.ensure(nstype, inode, opener)
+    def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
+        ns = self.ensure(nstype, inode, fd)
         ns.holders.append(holder)
         return ns
 
-    def ensure(self, nstype: str, inode: int, opener: Opener | None = None) -> Found:
-        """The record for a namespace, made on first sight; opener is one more way to open it."""
+    def ensure(self, nstype: str, inode: int, fd: int | None = None) -> Found:
+        """The record for a namespace, made on first sight; fd (an open nsfs file, which the scan
+        now owns) is one more way to open it."""
         ns = self.found.get(inode)
         if ns is None:
             ns = self.found[inode] = Found(nstype)
         elif ns.type != nstype:
             # the inode was reused by a namespace of another type during the scan
             self.errors["changed"] += 1
-            if isinstance(opener, int):
-                os.close(opener)
+            if fd is not None:
+                os.close(fd)
             return Found(nstype)  # a throwaway: the stale sighting is dropped
-        if isinstance(opener, int):
-            ns.openers.insert(0, opener)  # an fd in hand is the surest opener: tried first
-        elif opener is not None:
-            ns.openers.append(opener)
+        if fd is not None:
+            ns.fds.append(fd)
         return ns
 
     def failed(self, err: OSError) -> None:
@@ -84,7 +80,6 @@ class Scan:
 
     def close_fds(self) -> None:
         for ns in self.found.values():
-            for opener in ns.openers:
-                if isinstance(opener, int):
-                    os.close(opener)
-            ns.openers = [o for o in ns.openers if not isinstance(o, int)]
+            for fd in ns.fds:
+                os.close(fd)
+            ns.fds.clear()
