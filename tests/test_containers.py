@@ -15,7 +15,7 @@ import pytest
 
 from conftest import nsfs
 from namespacefs import containers, core
-from namespacefs.containers import ContainerTree, browser, bwrap, nspawn, oci
+from namespacefs.containers import ContainerTree, Identity, browser, bwrap, nspawn, oci, systemd
 from namespacefs.containers.candidate import Candidate
 from namespacefs.model import Snapshot
 from runtimes import Started, nsfs_env, start_bwrap, start_nspawn, start_runc, stop, wait_for
@@ -166,8 +166,12 @@ def test_containers_command_rejects_bad_input_clearly(world: World, tmp_path: Pa
     assert missing.returncode == 1 and "no container" in missing.stderr
     host = nsfs("kill", "/", "--dry-run", check=False, env=env)
     assert host.returncode == 1 and "host" in host.stderr
-    slash = nsfs("containers", "--rename", f"/{world.runc_id}", "a/b", check=False, env=env)
-    assert slash.returncode == 1 and "cannot be a container name" in slash.stderr
+    for bad_name in ("a/b", "a b", "", "x" * 81):  # a name is stored exactly as it is shown
+        refused = nsfs("containers", "--rename", f"/{world.runc_id}", bad_name, check=False, env=env)
+        assert refused.returncode == 1 and "cannot be a container name" in refused.stderr, bad_name
+    empty = nsfs("containers", "--rename", "", "x", check=False, env=env)
+    assert empty.returncode == 1 and "empty container name" in empty.stderr  # not the host
+    assert not (tmp_path / "names.db").exists()
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"this is not sqlite" * 100)
     damaged = nsfs("containers", "--db", str(broken), check=False, env=env)
@@ -242,6 +246,17 @@ def test_cgroup_paths_name_their_engines(path: str, engine: str, name: str) -> N
     assert ident is not None and (ident.engine, ident.name) == (engine, name)
     if "pod" in path and "kubepods" in path:
         assert ident.labels["io.kubernetes.pod.uid"] == "0c8b8a4e-1f2a-4b3c-9d8e-123456789abc"
+
+
+def test_a_container_a_services_script_started_is_not_the_service() -> None:
+    snap = core.snapshot(("process",))
+    unit = "/system.slice/ci-runner.service"
+    by_systemd = _candidate(snap, {"": unit}, starter=("/usr/lib/systemd/systemd", "--user"))
+    assert systemd.identify(by_systemd) == Identity("systemd", "ci-runner.service", "ci-runner.service",
+                                                    {"cgroup": unit})
+    by_script = _candidate(snap, {"": unit}, starter=("/bin/sh", "build.sh"))
+    by_script.starter = replace(by_script.starter, pid=os.getpid())  # type: ignore[arg-type]  # never pid 1
+    assert systemd.identify(by_script) is None  # `unshare -n` in a build step is no PrivateNetwork=
 
 
 def test_nothing_is_claimed_for_a_plain_process() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -70,6 +71,19 @@ def test_enter_returns_the_commands_exit_status_and_takes_a_subset(tmp_path: Pat
     assert missing.returncode == 1 and "nope" in missing.stderr
     no_cmd = nsfs("enter", str(runc.pid), "--", "/no/such/command", check=False, env=env)
     assert no_cmd.returncode == 1 and "/no/such/command" in no_cmd.stderr
+
+
+def test_enter_rejects_garbage_with_one_clear_message(tmp_path: Path, started: Started) -> None:
+    runc = start_runc(tmp_path, started, "garbage", ["sleep", "1000"])
+    env = nsfs_env(runc.state, tmp_path / "names.db")
+    empty = nsfs("enter", "", "--", "true", check=False, env=env)
+    assert empty.returncode == 1 and "empty target" in empty.stderr  # not the host, whose name is ""
+    for bad, says in ((["-S", "abc"], "invalid int value"), (["-x"], "unknown options")):
+        result = nsfs("enter", f"/{runc.id}", *bad, "--", "true", check=False, env=env)
+        assert result.returncode == 1 and says in result.stderr
+        assert "usage:" not in result.stderr and result.stderr.count("nsfs enter:") == 1
+    wrong_type = nsfs("enter", f"{runc.pid}:bogus", "--", "true", check=False, env=env)
+    assert wrong_type.returncode == 1 and "not a namespace type" in wrong_type.stderr
 
 
 def test_enter_a_user_namespace_as_its_root(started: Started, tmp_path: Path) -> None:
@@ -157,6 +171,29 @@ def test_kill_catches_processes_forked_while_it_works(started: Started, tmp_path
     assert sentinel.poll() is None
 
 
+def test_kill_takes_a_container_nested_after_the_snapshot(started: Started, tmp_path: Path) -> None:
+    """No pid namespace, so the kernel would not take the newcomer with the sandbox's init: kill
+    must find it as a member's child in namespaces that no container had at the snapshot."""
+    trigger = tmp_path / "go"
+    script = f"while [ ! -e {trigger} ]; do sleep 0.05; done; unshare --uts sleep 1000 & exec sleep 1000"
+    outer = start_group(started, ["bwrap", "--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts",
+                                  "--hostname", "late", "--ro-bind", "/", "/", "--bind", str(tmp_path), str(tmp_path),
+                                  "--dev", "/dev", "--proc", "/proc", "sh", "-c", script])
+    init = wait_for(lambda: next((k for k in _kids(outer.pid) if _kids(k)), None), what="the sandboxed shell")
+    snap = core.snapshot(("process",))
+    tree = containers.find(snap)
+    target = tree.of_pid(init)
+    assert target is not None and target.name == "late" and not target.children
+    sentinel = start_group(started, ["sleep", "1000"])
+    trigger.touch()
+    newcomer = wait_for(lambda: next((k for k in _kids(init) if _inode(k, "uts") != _inode(init, "uts")), None),
+                        what="the container nested after the snapshot")
+    report = ops_kill.kill(tree, target, freezers=())
+    assert newcomer in report.late and newcomer in report.pids and report.left == []
+    assert gone(init) and gone(newcomer)
+    assert sentinel.poll() is None and outer.pid not in report.pids
+
+
 def test_kill_with_another_signal_reaches_a_process_that_handles_it(started: Started, tmp_path: Path) -> None:
     marker = tmp_path / "got-term"
     script = f"trap 'echo term > {marker}; exit 0' TERM; while true; do sleep 0.1; done"
@@ -170,6 +207,23 @@ def test_kill_with_another_signal_reaches_a_process_that_handles_it(started: Sta
     wait_for(lambda: gone(init), what="the handler's exit")
     bad = nsfs("kill", "/", "-s", "NOSUCH", check=False, env=env)
     assert bad.returncode == 1 and "unknown signal" in bad.stderr
+
+
+def test_kill_takes_signals_as_kill_does_and_rejects_garbage(started: Started, tmp_path: Path) -> None:
+    _, init = start_bwrap(started, "signals", ["sleep", "1000"])
+    env = nsfs_env(tmp_path / "no-runc", tmp_path / "names.db")
+    for given, name in (("RTMIN+2", "SIGRTMIN+2"), ("sigterm", "SIGTERM"), ("9", "SIGKILL"), ("40", "SIGRTMIN+6")):
+        report = json.loads(nsfs("kill", "signals", "--dry-run", "-J", "-s", given, env=env).stdout)
+        assert report["signal"] == name and init in report["pids"]
+    for given in ("0", "65", "RTMIN+99", "-9", ""):
+        result = nsfs("kill", "signals", "--dry-run", "-s", given, check=False, env=env)
+        assert result.returncode == 1 and "signal" in result.stderr, given
+    for timeout in ("-1", "abc", "nan"):
+        result = nsfs("kill", "signals", "--dry-run", "--timeout", timeout, check=False, env=env)
+        assert result.returncode == 2 and "number of seconds" in result.stderr, timeout
+    empty = nsfs("kill", "", "--dry-run", check=False, env=env)
+    assert empty.returncode == 1 and "empty container name" in empty.stderr
+    assert not gone(init)  # dry runs and refusals kill nothing
 
 
 # --- pin ---------------------------------------------------------------------------------------
@@ -244,6 +298,30 @@ def test_pin_explains_a_shared_mount_and_bad_paths(started: Started, tmp_path: P
     assert no_dir.returncode == 1 and "not a directory" in no_dir.stderr
 
 
+def test_pin_never_stacks_on_a_pin_or_hides_a_file(started: Started, tmp_path: Path) -> None:
+    proc = start_group(started, ["unshare", "-n", "sleep", "1000"])
+    wait_for(lambda: _inode(proc.pid, "net") != _inode(os.getpid(), "net"), what="the new net namespace")
+    pin, other = tmp_path / "pin", tmp_path / "data"
+    other.write_text("keep me\n")
+    try:
+        nsfs("pin", f"{proc.pid}:net", str(pin))
+        again = nsfs("pin", f"{proc.pid}:net", str(pin), check=False)
+        assert again.returncode == 1 and "already pins net:" in again.stderr
+        uts = nsfs("pin", f"{proc.pid}:uts", str(pin), check=False)
+        assert uts.returncode == 1 and "unpin it first" in uts.stderr
+        hidden = nsfs("pin", f"{proc.pid}:net", str(other), check=False)
+        assert hidden.returncode == 1 and "not an empty file" in hidden.stderr
+        assert other.read_text() == "keep me\n" and not _is_nsfs(other)
+        nsfs("unpin", str(pin))
+        assert not pin.exists() and not _is_nsfs(pin)  # one unpin: nothing was stacked
+    finally:
+        _unmount_left([pin, other])
+    for argv, says in ((["pin", f"{proc.pid}:net", "/proc/nsfs-test-pin"], "cannot create"),
+                       (["pin", f"{proc.pid}:net", ""], "empty path"), (["unpin", ""], "empty path")):
+        result = nsfs(*argv, check=False)
+        assert result.returncode == 1 and says in result.stderr, argv
+
+
 # --- checkpoint / restore ----------------------------------------------------------------------
 
 
@@ -280,10 +358,35 @@ def test_checkpoint_writes_topology_and_names_and_reports_criu_honestly(tmp_path
         assert "cannot checkpoint" in criu["message"] and "criu check" in criu["message"]
         text = nsfs("checkpoint", f"/{runc.id}", str(tmp_path / "again"), env=env).stdout
         assert "CRIU" in text and "no process images were written" in text
-    # restore re-applies the saved names (here to the same, still running, containers)
+    # restore re-applies the saved names (here to the same, still running, containers): a rename
+    # made after the checkpoint is undone, and a name that is still right is not stored again
+    nsfs("containers", "--rename", f"/{runc.id}", "renamed", env=env)
     restored = nsfs("restore", str(out_dir), env=env)
-    assert f"re-applied to runc:{runc.id}" in restored.stdout
+    assert f"name {runc.id} re-applied to runc:{runc.id}" in restored.stdout
+    assert "/renamed/inner still has its saved name" in restored.stdout
     if not passes:
         assert "no processes were restored" in restored.stdout
+    paths = {c["path"] for c in json.loads(nsfs("containers", "-J", env=env).stdout)["containers"]}
+    assert {f"/{runc.id}", f"/{runc.id}/inner"} <= paths and "/renamed" not in paths
     bad = nsfs("restore", str(tmp_path / "nothing-here"), check=False, env=env)
     assert bad.returncode == 1 and "not a namespacefs checkpoint" in bad.stderr
+    (out_dir / "names.json").write_text("[1, 2]\n")  # damaged by hand: refused before the database
+    damaged = nsfs("restore", str(out_dir), check=False, env=env)
+    assert damaged.returncode == 1 and "names.json is damaged" in damaged.stderr
+
+
+def test_checkpoint_without_criu_says_so_and_still_writes_topology(tmp_path: Path, started: Started) -> None:
+    path = "/usr/bin:/bin"  # a PATH without /usr/sbin, where Debian installs criu
+    if shutil.which("criu", path=path):
+        pytest.skip("criu is installed in /usr/bin here")
+    runc = start_runc(tmp_path, started, "nocriu", ["sleep", "1000"])
+    env = dict(nsfs_env(runc.state, tmp_path / "names.db"), PATH=path)
+    out_dir = tmp_path / "ckpt"
+    report = json.loads(nsfs("checkpoint", f"/{runc.id}", str(out_dir), "-J", env=env).stdout)
+    assert report["criu"] == {"installed": False, "version": None, "check_ok": False,
+                              "message": "CRIU is not installed (Debian package 'criu')"}
+    assert report["dumped"] is False and not (out_dir / "images").exists()
+    topo = json.loads((out_dir / "topology.json").read_text())
+    assert topo["container"]["init"] == runc.pid and topo["container"]["engine"] == "runc"
+    restored = nsfs("restore", str(out_dir), env=env)
+    assert "CRIU is not installed" in restored.stdout and "no processes were restored" in restored.stdout

@@ -7,7 +7,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from namespacefs import containers, core
 from namespacefs.cli import UserError
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("target", help="a container (path, name or engine id) or a pid in it")
         parser.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
         parser.add_argument("--dry-run", action="store_true", help="list what would be killed, kill nothing")
-        parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for every process to go")
+        parser.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for every process to go")
         parser.add_argument("-J", "--json", action="store_true", help="JSON report")
     elif command == "pin":
         parser.add_argument("ns", metavar="NS", help="the namespace (inode, TYPE:[INODE], PID:TYPE, path, id or name)")
@@ -109,6 +109,24 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-root", action="store_true", help="keep our root directory in the mount namespace")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (0 or more)")
+    return value
+
+
+class _OptionsAfterTarget(argparse.ArgumentParser):
+    """Parses the options that follow TARGET; reports a mistake once, as a UserError, instead of
+    printing a second usage text and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"bad options before --: {message}")
+
+
 def _split_enter(args: argparse.Namespace) -> list[str]:
     """Options may also follow TARGET (`nsfs enter web -u -- hostname`): those before `--` are
     parsed here; what follows `--` is the command."""
@@ -117,12 +135,12 @@ def _split_enter(args: argparse.Namespace) -> list[str]:
         return words
     cut = words.index("--")
     if cut:
-        extra = argparse.ArgumentParser(prog="nsfs enter", add_help=False)
+        extra = _OptionsAfterTarget(prog="nsfs enter", add_help=False, exit_on_error=False)
         _enter_options(extra)
         try:
             more, unknown = extra.parse_known_args(words[:cut])
-        except SystemExit:
-            raise UserError(f"bad options: {' '.join(words[:cut])}") from None
+        except argparse.ArgumentError as e:
+            raise UserError(f"bad options before --: {e}") from None
         if unknown:
             raise UserError(f"unknown options before --: {' '.join(unknown)}")
         for key, value in vars(more).items():
@@ -163,6 +181,8 @@ def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
 
 
 def _container(tree: ContainerTree, snap: Snapshot, spec: str, allow_pid: bool = True) -> Container:
+    if not spec.strip():  # "" would otherwise match the host, whose name is empty
+        raise UserError("an empty container name; give a path, a name, an engine id or a pid")
     if allow_pid and spec.isdigit() and int(spec) in snap.processes:
         c = tree.of_pid(int(spec))
         if c is not None:
@@ -223,6 +243,8 @@ def _enter(args: argparse.Namespace) -> int:
     pid: int | None = None
     fds: dict[str, int] = {}
     spec = args.target
+    if not spec.strip():
+        raise UserError("an empty target; give a container, a pid or a namespace")
     if spec.isdigit() and int(spec) in snap.processes:
         pid = int(spec)
     elif found := tree.lookup(spec):
@@ -251,7 +273,7 @@ def _enter(args: argparse.Namespace) -> int:
         if not types:
             raise UserError(f"{spec} is in all of our own namespaces: nothing to enter")
         plan = ops_enter.Plan(types, pid, fds, args.setuid, args.setgid, args.wd, not args.keep_root)
-        argv = cmd or ops_enter.default_shell(pid)
+        argv = cmd or ops_enter.default_shell(pid, in_its_root="mnt" in types and not args.keep_root)
         sys.stdout.flush()
         return ops_enter.run(plan, argv)
     except ops_enter.EnterError as e:
@@ -265,18 +287,11 @@ def _enter(args: argparse.Namespace) -> int:
 
 
 def _signal(text: str) -> int:
-    name = text.upper()
-    if name.isdigit():
-        number = int(name)
-    else:
-        name = name if name.startswith("SIG") else "SIG" + name
-        try:
-            number = int(signal.Signals[name])
-        except KeyError:
-            raise UserError(f"unknown signal '{text}'") from None
-    if number not in {int(s) for s in signal.Signals}:
-        raise UserError(f"unknown signal '{text}'")
-    return number
+    """A signal as kill(1) takes it: KILL, SIGKILL, 9, RTMIN+3, RTMAX-1."""
+    try:
+        return ops_kill.parse_signal(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _kill(args: argparse.Namespace) -> int:
@@ -290,7 +305,7 @@ def _kill(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
     elif args.dry_run:
-        print(f"would send {signal.Signals(sig).name} to {len(report.pids)} processes in {len(report.containers)} containers:")
+        print(f"would send {ops_kill.signal_name(sig)} to {len(report.pids)} processes in {len(report.containers)} containers:")
         for c in target.walk():
             print(f"  {c.path} ({c.engine})")
             for pid in c.pids:
@@ -298,7 +313,7 @@ def _kill(args: argparse.Namespace) -> int:
                 print(f"    {pid} {p.command if p else ''}")
     else:
         how = ", ".join(report.frozen_with) or "nothing to freeze"
-        print(f"sent {signal.Signals(sig).name} to {len(report.pids)} processes in "
+        print(f"sent {ops_kill.signal_name(sig)} to {len(report.pids)} processes in "
               f"{', '.join(report.containers)} (frozen with {how})")
         if report.late:
             print(f"  {len(report.late)} of them appeared while it was being frozen")
@@ -384,6 +399,8 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"CRIU: {criu.message}; no processes were restored")
     for key, name in matched.renamed:
         print(f"name {name} re-applied to {key}")
+    for path in matched.unchanged:
+        print(f"{path} still has its saved name")
     for path in matched.unmatched:
         print(f"{path}: no running container to give its name back to", file=sys.stderr)
-    return 0 if matched.renamed or not matched.unmatched else 1
+    return 0 if matched.renamed or matched.unchanged or not matched.unmatched else 1

@@ -6,11 +6,15 @@ namespaces in this boot."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+
+#: what containers.find turns into '_' in any name
+_UNSAFE = re.compile(r"[/\s\x00-\x1f]")
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS containers_names (
     key TEXT PRIMARY KEY,
@@ -60,8 +64,10 @@ def load(path: str | None) -> dict[str, str]:
 
 
 def rename(path: str | None, key: str, name: str) -> None:
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"'{name}' cannot be a container name (no '/', not empty)")
+    # the same rule containers.find applies to every name, so the name stored is the name shown
+    if not name or name in (".", "..") or name != name.strip("._") or _UNSAFE.search(name) or len(name) > 80:
+        raise ValueError(f"'{name}' cannot be a container name (no '/', whitespace or control characters, "
+                         f"not empty, no leading or trailing '.' or '_', at most 80 characters)")
     with connect(path) as conn:
         conn.execute("INSERT OR REPLACE INTO containers_names (key, name, set_at) VALUES (?, ?, ?)",
                      (key, name, time.time()))

@@ -1,5 +1,6 @@
 """systemd services with private namespaces (PrivateTmp=, PrivateNetwork=, ProtectHostname= …):
-the unit from the init's cgroup path (`…/NAME.service`)."""
+the unit from the init's cgroup path (`…/NAME.service`), when systemd (pid 1 or a user manager)
+started the init; a container that a process of the unit started is not the unit itself."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ UNIT = re.compile(r"/([^/]+\.service)(?:/|$)")
 
 
 def identify(c: Candidate) -> Identity | None:
+    if c.starter is not None and c.starter.pid != 1 and c.starter.comm != "systemd":
+        return None  # started by a process of the unit (a script's `unshare`): not the unit's own namespaces
     for path in c.cgroup_paths():
         if m := UNIT.search(path):
             unit = m.group(1).replace("\\x2d", "-")

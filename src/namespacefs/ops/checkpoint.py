@@ -135,10 +135,7 @@ def checkpoint(snapshot: Snapshot, tree: ContainerTree, target: Container, direc
                 "--file-locks", "--ext-unix-sk", "--manage-cgroups", "-o", "dump.log"]
         if leave_running:
             argv.append("--leave-running")
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        report.dumped = done.returncode == 0
-        report.criu.message = ("criu dump succeeded" if report.dumped else
-                               f"criu dump failed (status {done.returncode}); see {images}/dump.log")
+        report.dumped, report.criu.message = _run_criu(argv, "dump", images)
     _write(directory, "criu.json", {**report.criu.to_dict(), "dumped": report.dumped, "init": target.init}, report)
     return report
 
@@ -164,9 +161,21 @@ def load(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError(f"{directory} is not a namespacefs checkpoint (no {os.path.basename(e.filename)})") from None
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the checkpoint in {directory}: {e}") from None
-    if topo.get("format") != FORMAT:
-        raise ValueError(f"{directory}: unknown checkpoint format {topo.get('format')!r}")
+    if not isinstance(topo, dict) or topo.get("format") != FORMAT:
+        found = topo.get("format") if isinstance(topo, dict) else type(topo).__name__
+        raise ValueError(f"{directory}: unknown checkpoint format {found!r}")
+    if not _names_ok(names):
+        raise ValueError(f"{directory}/names.json is damaged: it does not list containers with a name and key")
     return topo, names
+
+
+def _names_ok(names: Any) -> bool:
+    """names.json as checkpoint() writes it: a list of containers, each with a string name and key
+    (a hand-edited or truncated file must not reach the names database)."""
+    if not isinstance(names, dict) or not isinstance(names.get("containers", []), list):
+        return False
+    return all(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("key"), str)
+               for c in names.get("containers", []))
 
 
 @dataclass
@@ -175,6 +184,7 @@ class RestoreReport:
     restored_pid: int | None = None
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (key, name) re-applied
     unmatched: list[str] = field(default_factory=list)  # saved paths with no container to name
+    unchanged: list[str] = field(default_factory=list)  # live paths that already carry their saved name
 
 
 def criu_restore(directory: str, criu: CriuState) -> int | None:
@@ -183,15 +193,28 @@ def criu_restore(directory: str, criu: CriuState) -> int | None:
     if not criu.check_ok or not os.path.isdir(images):
         return None
     pidfile = os.path.join(directory, "restore.pid")
-    done = subprocess.run(["criu", "restore", "-D", images, "--restore-detached", "--shell-job",
-                           "--tcp-established", "--file-locks", "--ext-unix-sk", "--manage-cgroups",
-                           "--pidfile", pidfile, "-o", "restore.log"], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        criu.message = f"criu restore failed (status {done.returncode}); see {images}/restore.log"
+    ok, criu.message = _run_criu(["criu", "restore", "-D", images, "--restore-detached", "--shell-job",
+                                  "--tcp-established", "--file-locks", "--ext-unix-sk", "--manage-cgroups",
+                                  "--pidfile", pidfile, "-o", "restore.log"], "restore", images)
+    if not ok:
         return None
-    criu.message = "criu restore succeeded"
-    with open(pidfile) as f:
-        return int(f.read().strip())
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError) as e:
+        criu.message = f"criu restore ran but left no usable pid file {pidfile}: {e}"
+        return None
+
+
+def _run_criu(argv: list[str], what: str, images: str, timeout: float = 600.0) -> tuple[bool, str]:
+    """(succeeded, what to tell the user) for one criu run; CRIU hanging or vanishing is reported, not raised."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"criu {what} could not run: {e}"
+    if done.returncode != 0:
+        return False, f"criu {what} failed (status {done.returncode}); see {images}/{what}.log"
+    return True, f"criu {what} succeeded"
 
 
 def match_names(names: dict[str, Any], tree: ContainerTree, restored_pid: int | None) -> RestoreReport:
@@ -206,6 +229,9 @@ def match_names(names: dict[str, Any], tree: ContainerTree, restored_pid: int | 
             live = by_init.get(saved.get("init"))
         if live is None:
             report.unmatched.append(saved.get("path", "?"))
+            continue
+        if live.name == saved["name"]:  # already called that: storing it would only pin today's default
+            report.unchanged.append(live.path)
             continue
         report.renamed.append((live.key, saved["name"]))
     return report

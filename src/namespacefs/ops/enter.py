@@ -55,14 +55,16 @@ def needed_types(pid: int, types: Sequence[str], proc: str = "/proc") -> tuple[s
     return tuple(wanted)
 
 
-def default_shell(pid: int | None, proc: str = "/proc") -> list[str]:
-    """The target's $SHELL where its root has it, else /bin/sh."""
+def default_shell(pid: int | None, proc: str = "/proc", in_its_root: bool = True) -> list[str]:
+    """The target's $SHELL where the command will find it, else /bin/sh. in_its_root: the command
+    runs under the target's root (its mount namespace is entered); else under ours."""
     if pid is not None:
         try:
             with open(f"{proc}/{pid}/environ", "rb") as f:
                 env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            shell = env.get(b"SHELL", b"").decode()
-            if shell.startswith("/") and os.path.exists(f"{proc}/{pid}/root{shell}"):
+            shell = env.get(b"SHELL", b"").decode(errors="replace")
+            root = f"{proc}/{pid}/root" if in_its_root else ""
+            if shell.startswith("/") and os.path.exists(root + shell):
                 return [shell]
         except OSError:
             pass

@@ -5,7 +5,8 @@
 2. The tree is frozen: its cgroup freezer (v1 `freezer`, or cgroup2 `cgroup.freeze`) where the
    container has a cgroup of its own that holds nothing but the tree's processes; every process
    the freezer does not hold gets SIGSTOP. /proc is rescanned for members forked meanwhile until
-   no new one turns up.
+   no new one turns up; a child of a member in namespaces no container had at the snapshot is a
+   container nested meanwhile and is taken too.
 3. The signal goes to every pidfd; then the tree is thawed (and SIGCONTed).
 4. For SIGKILL we wait until every pidfd reports its process gone and say what is left.
 """
@@ -40,13 +41,44 @@ class KillReport:
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"containers": self.containers, "pids": self.pids, "signal": signal.Signals(self.signal).name,
+        return {"containers": self.containers, "pids": self.pids, "signal": signal_name(self.signal),
                 "frozen_with": self.frozen_with, "late": self.late, "gone": self.gone, "left": self.left,
                 "dry_run": self.dry_run}
 
 
 class KillError(RuntimeError):
     pass
+
+
+def signal_name(sig: int) -> str:
+    """SIGKILL, or SIGRTMIN+N for the real-time signals Python has no names for."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+
+
+def parse_signal(text: str) -> int:
+    """A signal as kill(1) takes it (KILL, SIGKILL, 9, RTMIN+3, RTMAX-1); ValueError says why not.
+    0 is refused: it only tests for existence and would kill nothing."""
+    name = text.strip().upper()
+    name = name[3:] if name.startswith("SIG") else name
+    base, sign, offset = name.partition("+") if "+" in name else name.partition("-")
+    if name.isdigit():
+        number = int(name)
+    elif base in ("RTMIN", "RTMAX") and (not sign or offset.isdigit()):
+        step = int(offset or 0) * (1 if sign == "+" else -1)
+        number = (signal.SIGRTMIN if base == "RTMIN" else signal.SIGRTMAX) + step
+        if not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            span = signal.SIGRTMAX - signal.SIGRTMIN
+            raise ValueError(f"unknown signal '{text}': real-time signals are RTMIN+0..RTMIN+{span}")
+    elif name and f"SIG{name}" in signal.Signals.__members__:
+        number = int(signal.Signals[f"SIG{name}"])
+    else:
+        raise ValueError(f"unknown signal '{text}'")
+    if number not in signal.valid_signals():
+        raise ValueError(f"unknown signal '{text}'")
+    return number
 
 
 def subtree(tree: ContainerTree, target: Container) -> list[Container]:
@@ -63,7 +95,8 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
     if target.engine == "host" or target.path == "/":
         raise KillError("refusing to kill the host ('/'); name a container")
     members = subtree(tree, target)
-    combos = {tuple(c.namespaces[t] for t in NS_TYPES) for c in members}
+    combos = {_combo(c) for c in members}
+    outside = {_combo(c) for c in tree} - combos
     report = KillReport([c.path for c in members], sorted(target.all_pids), sig, dry_run=dry_run)
     if dry_run:
         return report
@@ -71,17 +104,17 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
     stopped: list[int] = []
     frozen: list[str] = []
     try:
-        _open_members(report.pids, combos, fds, report.gone, proc)
+        _open_members(report.pids, combos, outside, fds, report.gone, proc)
         frozen_pids = _freeze(tree, target, set(report.pids), frozen, report, proc, freezers)
         for pid, fd in fds.items():
             if pid not in frozen_pids and _signal(fd, signal.SIGSTOP):
                 stopped.append(pid)
         for _ in range(20):  # members forked before they were stopped
-            new = _find_new(combos, set(fds) | set(report.gone), proc)
+            new = _find_new(combos, set(fds), set(fds) | set(report.gone), proc)
             if not new:
                 break
             before = set(fds)
-            _open_members(new, combos, fds, report.gone, proc)
+            _open_members(new, combos, outside, fds, report.gone, proc)
             for pid in set(fds) - before:
                 report.late.append(pid)
                 if _signal(fds[pid], signal.SIGSTOP):
@@ -105,6 +138,18 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
     return report
 
 
+def _combo(c: Container) -> Combo:
+    return tuple(c.namespaces[t] for t in NS_TYPES)
+
+
+def _ppid(pid: int, proc: str) -> int | None:
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _combo_of(pid: int, proc: str) -> Combo | None:
     try:
         return tuple(os.stat(f"{proc}/{pid}/ns/{t}").st_ino for t in NS_TYPES)
@@ -112,8 +157,10 @@ def _combo_of(pid: int, proc: str) -> Combo | None:
         return None
 
 
-def _open_members(pids: Iterable[int], combos: set[Combo], fds: dict[int, int], gone: list[int], proc: str) -> None:
-    """pidfds for the pids that are (still) in the tree; the check runs after the pidfd pins the process."""
+def _open_members(pids: Iterable[int], combos: set[Combo], outside: set[Combo], fds: dict[int, int],
+                  gone: list[int], proc: str) -> None:
+    """pidfds for the pids that are (still) in the tree; the check runs after the pidfd pins the
+    process, and _alive() after the check proves the pid was not reused in between."""
     for pid in pids:
         if pid in fds:
             continue
@@ -122,11 +169,26 @@ def _open_members(pids: Iterable[int], combos: set[Combo], fds: dict[int, int], 
         except OSError:
             gone.append(pid)
             continue
-        if _combo_of(pid, proc) in combos and _alive(fd):
+        if _in_tree(pid, combos, outside, fds, proc) and _alive(fd):
             fds[pid] = fd
         else:
             os.close(fd)
             gone.append(pid)  # exited, or the pid now belongs to another process: never touch it
+
+
+def _in_tree(pid: int, combos: set[Combo], outside: set[Combo], members: dict[int, int], proc: str) -> bool:
+    """In one of the tree's combinations, or a member's child in a combination that belonged to no
+    container at the snapshot: a container nested since (containers nest by ancestry). Its combination
+    joins the tree so that its own children are found as well."""
+    combo = _combo_of(pid, proc)
+    if combo is None or combo in outside:
+        return False
+    if combo in combos:
+        return True
+    if _ppid(pid, proc) in members:
+        combos.add(combo)
+        return True
+    return False
 
 
 def _alive(fd: int) -> bool:
@@ -143,20 +205,21 @@ def _signal(fd: int, sig: int) -> bool:
         return False
 
 
-def _find_new(combos: set[Combo], known: set[int], proc: str) -> list[int]:
-    """Pids in /proc that are in the tree's combinations and not yet known (one stat each to sift)."""
+def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str) -> list[int]:
+    """Pids in /proc not yet known that are in the tree's combinations (one stat each to sift) or
+    are children of members (candidates for a container nested meanwhile; _in_tree decides)."""
     pid_inodes = {c[NS_TYPES.index("pid")] for c in combos}
     found = []
     for entry in os.listdir(proc):
         if not entry.isdigit() or int(entry) in known:
             continue
+        pid = int(entry)
         try:
-            if os.stat(f"{proc}/{entry}/ns/pid").st_ino not in pid_inodes:
-                continue
+            same_pid_ns = os.stat(f"{proc}/{entry}/ns/pid").st_ino in pid_inodes
         except OSError:
             continue
-        if _combo_of(int(entry), proc) in combos:
-            found.append(int(entry))
+        if (same_pid_ns and _combo_of(pid, proc) in combos) or _ppid(pid, proc) in members:
+            found.append(pid)
     return found
 
 

@@ -58,12 +58,13 @@ def pin(ns_fd: int, dest: str) -> Pin:
     """Bind-mount the namespace behind ns_fd on dest (a file, created if missing)."""
     nstype = kernel.ns_type(ns_fd)
     inode = os.fstat(ns_fd).st_ino
+    if not dest:
+        raise PinError("an empty path; give the file to pin the namespace on")
     dest = os.path.abspath(dest)
     parent = os.path.dirname(dest)
     if not os.path.isdir(parent):
         raise PinError(f"{parent} is not a directory")
-    if os.path.isdir(dest):
-        raise PinError(f"{dest} is a directory; a namespace is pinned on a file")
+    _check_dest(dest, nstype, inode)
     if nstype == "mnt" and propagation(parent) == "shared":
         raise PinError(
             f"{parent} is on a shared mount: a mount namespace pinned there could propagate into itself "
@@ -71,8 +72,10 @@ def pin(ns_fd: int, dest: str) -> Pin:
             f"mount --bind {parent} {parent} && mount --make-private {parent}")
     created = False
     if not os.path.exists(dest):
-        fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444)
-        os.close(fd)
+        try:
+            os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+        except OSError as e:
+            raise PinError(f"cannot create {dest}: {e.strerror}") from None
         created = True
     try:
         kernel.mount(f"/proc/self/fd/{ns_fd}", dest, None, kernel.MS_BIND)
@@ -87,6 +90,24 @@ def pin(ns_fd: int, dest: str) -> Pin:
     return Pin(dest, nstype, inode, created)
 
 
+def _check_dest(dest: str, nstype: str, inode: int) -> None:
+    """Refuse what would stack a second mount on a pin or hide a file's contents under one."""
+    if os.path.isdir(dest):
+        raise PinError(f"{dest} is a directory; a namespace is pinned on a file")
+    if (held := pinned(dest)) is not None:
+        same = held == (nstype, inode)
+        raise PinError(f"{dest} already pins {held[0]}:[{held[1]}]" +
+                       ("" if same else "; unpin it first or choose another file"))
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PinError(f"{dest}: {e.strerror}") from None
+    if not os.path.isfile(dest) or st.st_size > 0:  # a bind mount would hide it until unpinned
+        raise PinError(f"{dest} exists and is not an empty file; pin on a new or empty file")
+
+
 def pinned(path: str) -> tuple[str, int] | None:
     """(type, inode) if path is a namespace bind mount, else None."""
     found = _mount_of(os.path.realpath(path))
@@ -97,6 +118,8 @@ def pinned(path: str) -> tuple[str, int] | None:
 
 def unpin(path: str, remove: bool = True) -> tuple[str, int]:
     """Unmount a pinned namespace (and remove the empty file it was on); returns (type, inode)."""
+    if not path:
+        raise PinError("an empty path; give a pinned namespace file")
     path = os.path.abspath(path)
     what = pinned(path)
     if what is None:
