@@ -61,6 +61,12 @@ def test_enter_returns_the_commands_exit_status_and_takes_a_subset(tmp_path: Pat
     # only the uts namespace (-u): the host's /proc and mount namespace, the container's hostname
     out = nsfs("enter", str(runc.pid), "-u", "--", "sh", "-c", "hostname; readlink /proc/self/ns/mnt", env=env).stdout
     assert out.split() == ["subset", os.readlink("/proc/self/ns/mnt")]
+    # nsenter's habit: -t PID, the namespace letters, then the command (with or without --)
+    out = nsfs("enter", "-t", str(runc.pid), "-u", "hostname", env=env).stdout
+    assert out.strip() == "subset"
+    out = nsfs("enter", "-u", "-t", str(runc.pid), "--", "sh", "-c", "hostname -- 2>/dev/null; echo ok", env=env).stdout
+    assert out.split() == ["subset", "ok"]
+    assert "no target" in nsfs("enter", "-u", check=False, env=env).stderr
     # a namespace given as PID:TYPE enters just that one
     out = nsfs("enter", f"{runc.pid}:net", "--", "readlink", "/proc/self/ns/net", env=env).stdout
     assert out.strip() == f"net:[{_inode(runc.pid, 'net')}]"

@@ -73,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         add_table_options(parser, COLUMNS, DEFAULT)
     elif command == "enter":
         _enter_options(parser)
-        parser.add_argument("target", help="a container (path, name or engine id), a pid, or a namespace")
+        parser.add_argument("-t", "--target", dest="target_pid", type=int, metavar="PID",
+                            help="the target process, as nsenter takes it (instead of TARGET)")
+        parser.add_argument("target", nargs="?", help="a container (path, name or engine id), a pid, or a namespace")
         parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="[OPTIONS] -- CMD",
                             help="the command, after -- (default: the target's shell or /bin/sh)")
     elif command == "kill":
@@ -236,7 +238,15 @@ def _containers(args: argparse.Namespace) -> int:
 
 
 def _enter(args: argparse.Namespace) -> int:
-    cmd = _split_enter(args)
+    if args.target_pid is not None:
+        # nsenter's form: every option precedes -t PID's command, which argparse has split into
+        # TARGET and the rest (a `--` before it is consumed)
+        cmd = [args.target, *args.cmd] if args.target is not None else list(args.cmd)
+        args.target = str(args.target_pid)
+    elif args.target is None:
+        raise UserError("no target; give a container, a pid or a namespace (or -t PID)")
+    else:
+        cmd = _split_enter(args)
     chosen = tuple(t for t in NS_TYPES if getattr(args, f"ns_{t}"))
     snap = core.snapshot(chosen_sources(args.sources), db=args.db)
     tree = containers.find(snap, names=_names(args), oci_roots=_roots(args))
