@@ -4,6 +4,7 @@ them; RLIMIT_NPROC and /proc/sys/user values set in them."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -141,6 +142,75 @@ def test_rlimit_nproc_in_force_and_at_limit(userns: Callable[..., dict[str, Any]
     assert row.nproc_limit == 6 and not row.at_limit
 
 
+# A user namespace holder that, as uid 1 inside, makes a nested user namespace with NESTED processes
+# in it, says 'ok', then tries a fork for each line it reads and answers 'forked' or the errno.
+NESTING_HOLDER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    sys.exit("unshare failed")
+print("ready", flush=True)
+nested = int(sys.stdin.readline())
+os.setgroups([])
+os.setresgid(1, 1, 1)
+os.setresuid(1, 1, 1)
+r, w = os.pipe()
+if os.fork() == 0:
+    if libc.unshare(0x10000000) != 0:
+        os._exit(1)
+    for _ in range(nested - 1):
+        if os.fork() == 0:
+            while True:
+                time.sleep(60)
+    os.write(w, b"x")
+    while True:
+        time.sleep(60)
+os.read(r, 1)
+print("ok", flush=True)
+for _line in sys.stdin:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print(e.errno, flush=True)
+        continue
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("forked", flush=True)
+"""
+
+
+def test_the_nproc_counter_holds_the_tasks_of_namespaces_created_below(
+        spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    """Since 5.14 a task is also charged to its namespace creator's counter in the parent namespace:
+    a uid with 1 task of its own and 4 in a user namespace it made may not fork under NPROC 5."""
+    proc = spawn([sys.executable, "-c", NESTING_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout and proc.stdin
+    assert proc.stdout.readline().strip() == "ready"
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{proc.pid}/{name}", "w") as f:
+            f.write(f"0 {BASE + 43_000} 10")
+    proc.stdin.write("4\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "ok"
+    outer = os.stat(f"/proc/{proc.pid}/ns/user").st_ino
+
+    def row_and_fork(limit: int) -> tuple[accounting.UidCount, str]:
+        resource.prlimit(proc.pid, resource.RLIMIT_NPROC, (limit, 100))
+        (row,) = accounting.compute(core.snapshot(), limits=False).get(outer).uids  # type: ignore[union-attr]
+        proc.stdin.write("fork\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        return row, proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+    row, forked = row_and_fork(5)
+    assert (row.uid, row.host_uid, row.threads, row.charged) == (1, BASE + 43_001, 1, 5)
+    assert row.at_limit and forked == str(errno.EAGAIN)  # the kernel agrees: the counter is full
+    row, forked = row_and_fork(6)
+    assert not row.at_limit and forked == "forked"
+    nested = [u for u in accounting.compute(core.snapshot(), limits=False).users if u.namespace.parent == outer]
+    assert [(u.processes, [c.charged for c in u.uids]) for u in nested] == [(4, [4])]
+
+
 def test_user_sysctls_are_read_inside_each_namespace(userns: Callable[..., dict[str, Any]]) -> None:
     ns = userns(f"0 {BASE + 42_000} 10", sysctl="max_mnt_namespaces=4321")
     acct = accounting.compute(core.snapshot(), limits=True)
@@ -177,14 +247,15 @@ def test_cli_json_table_tree_and_bad_input(userns: Callable[..., dict[str, Any]]
                for o in data["overlaps"])
     ours = next(u for u in data["user_namespaces"] if u["inode"] == a["inode"])
     assert ours["limits"]["max_user_namespaces"] > 0 and ours["uids"][0]["host_uid"] == BASE + 60_000
+    assert ours["uids"][0]["charged"] == ours["uids"][0]["threads"] == 1
 
     table = nsfs("accounting").stdout
     line = next(line for line in table.splitlines() if line.strip().startswith(str(a["inode"])))
     assert "shared-uids" in line and "shared-gids" in line
     assert f"user:[{min(a['inode'], b['inode'])}] and user:[{max(a['inode'], b['inode'])}] share host uids" in table
 
-    by_uid = nsfs("accounting", "--by", "uid", "-r", "-o", "NS,UID,HOSTUID").stdout.splitlines()
-    assert f"{a['inode']} 0 {BASE + 60_000}" in by_uid
+    by_uid = nsfs("accounting", "--by", "uid", "-r", "-o", "NS,UID,HOSTUID,CHARGED").stdout.splitlines()
+    assert f"{a['inode']} 0 {BASE + 60_000} 1" in by_uid
 
     tree = nsfs("accounting", "--tree", "-o", "NS").stdout
     assert f"─{a['inode']}" in tree

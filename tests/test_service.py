@@ -39,6 +39,7 @@ class Daemon:
     def __init__(self, tmp: Path) -> None:
         self.socket = str(tmp / "api.sock")
         self.token_file = str(tmp / "token")
+        self.db = str(tmp / "names.db")
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -47,7 +48,7 @@ class Daemon:
             [sys.executable, "-m", "namespacefs", "serve", "--socket", self.socket, "--interval", "1",
              "--listen", f"127.0.0.1:{self.port}", "--token-file", self.token_file],
             start_new_session=True, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "NSFS_DB": str(tmp / "names.db")})  # never the host's names database
+            env={**os.environ, "NSFS_DB": self.db})  # never the host's names database
         self.http = httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://nsfs", timeout=30)
         deadline = time.monotonic() + STARTUP
         while True:
@@ -205,11 +206,37 @@ def test_events_for_a_namespace_created_and_destroyed(daemon: Daemon, holders: C
     uts, uts_id = h.ns("uts")
     net, net_id = h.ns("net")
     made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
-    assert (made.type, made.id, made.pid, made.comm) == ("uts", uts_id, h.pid, "sleep")
+    assert (made.type, made.id, made.pid) == ("uts", uts_id, h.pid)
+    assert made.comm in ("unshare", "sleep")  # seen before or after its exec of sleep, on a busy host
     assert wait_event(q, lambda e: e.kind == "created" and e.inode == net).id == net_id
     h.kill()
     gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts)
     assert gone.id == uts_id and gone.time >= made.time
+
+
+def test_events_for_a_process_joining_and_leaving_and_a_rename(daemon: Daemon, holders: Callable[..., Holder]) -> None:
+    stream = client.stream_events(daemon.socket, kinds="created,joined,left,renamed", types="uts")
+    assert stream is not None
+    q = collect(stream)
+    time.sleep(0.3)
+    h = holders("--uts")
+    uts, uts_id = h.ns("uts")
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    # a second process enters the namespace (setns, then exec: no fork of its own) and leaves again
+    joiner = subprocess.Popen(["nsenter", "-t", str(h.pid), "-u", "sleep", "600"], start_new_session=True)
+    try:
+        joined = wait_event(q, lambda e: e.kind == "joined" and e.inode == uts and e.pid == joiner.pid)
+        assert joined.id == uts_id and joined.comm in ("nsenter", "sleep")  # read before or after its exec
+    finally:
+        kill_group(joiner)
+    left = wait_event(q, lambda e: e.kind == "left" and e.inode == uts and e.pid == joiner.pid)
+    assert left.id == uts_id and left.seq > joined.seq
+    # a rename in the names database the daemon reads: the next full scan reports it
+    renamed = subprocess.run([sys.executable, "-m", "namespacefs", "rename", f"uts:[{uts}]", "audited-uts"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "NSFS_DB": daemon.db})
+    assert renamed.returncode == 0, renamed.stderr
+    event = wait_event(q, lambda e: e.kind == "renamed" and e.inode == uts)
+    assert (event.id, event.name, event.old_name) == (uts_id, "audited-uts", made.name)
 
 
 def test_the_api_agrees_with_a_fresh_scan(daemon: Daemon, holders: Callable[..., Holder]) -> None:
@@ -329,6 +356,25 @@ def test_nsfs_watch_prints_events_from_the_daemon(daemon: Daemon, holders: Calla
         kill_group(watch)
 
 
+def test_nsfs_serve_rejects_bad_options_without_a_traceback(tmp_path: Path) -> None:
+    too_long = str(tmp_path / ("s" * 120 + ".sock"))  # longer than sun_path
+    for args, expect in (
+        (["--interval", "nan"], "must be a number of seconds > 0"),
+        (["--interval", "0"], "must be a number of seconds > 0"),
+        (["--netlink-rcvbuf", str(1 << 40)], "between 1 and"),
+        (["--listen", "192.0.2.1:9713"], "not a loopback address"),
+        (["--listen", "9713", "--token-file", str(tmp_path)], "Is a directory"),
+        (["--listen", "9713", "--token-file", str(tmp_path / "no" / "token")], "No such file or directory"),
+        (["--socket", too_long], "path too long"),
+        (["--socket", "/etc/passwd"], "is not a socket"),
+    ):
+        result = subprocess.run([sys.executable, "-m", "namespacefs", "serve", *args], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode in (1, 2) and expect in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not os.path.exists(too_long)
+
+
 def test_nsfs_watch_rejects_unknown_filters() -> None:
     result = subprocess.run([sys.executable, "-m", "namespacefs", "watch", "-e", "exploded"], capture_output=True, text=True,
                             timeout=60)
@@ -389,10 +435,16 @@ def test_containers_and_accounting_endpoints_see_what_the_test_made(daemon: Daem
     h = holders("--user", "--map-root-user", "--uts", "--net")
     inode, _ident = h.ns("user")
     daemon.wait_for(lambda: daemon.has(inode))
-    found = daemon.http.get("/api/containers").json()
-    assert found["available"] is True
-    mine = [c for c in found["containers"] if h.pid in c["pids"]]
-    assert len(mine) == 1 and mine[0]["namespaces"]["uts"] == h.ns("uts")[0]
+
+    def mine() -> list[dict[str, Any]]:
+        found = daemon.http.get("/api/containers").json()
+        assert found["available"] is True
+        return [c for c in found["containers"] if h.pid in c["pids"]]
+
+    # the model may have read the process between its unshare() and its exec of sleep (then it
+    # looks like the starter of a container, not its init); the re-read after the exec settles it
+    daemon.wait_for(lambda: len(mine()) == 1, timeout=30)
+    assert mine()[0]["namespaces"]["uts"] == h.ns("uts")[0]
     acct = daemon.http.get("/api/accounting").json()
     users = {u["inode"]: u for u in acct["user_namespaces"]}
     assert users[inode]["processes"] == 1 and users[inode]["uid_map"] == [[0, 0, 1]]
@@ -409,5 +461,34 @@ def test_the_served_json_is_to_dict_also_after_a_partial_update(holders: Callabl
         assert live.wait_scan(generation, 30)
         assert live.current().get(h.ns("uts")[0]) is not None
         assert json.loads(live.snapshot_json()) == json.loads(json.dumps(live.current().to_dict()))
+    finally:
+        live.stop()
+
+
+def test_a_full_scan_keeps_its_own_start_and_duration_under_a_partial_update(holders: Callable[..., Holder]) -> None:
+    """The discovery-duration metric and /api/status full_taken_at describe the full scan, also when
+    processes touched while it ran are re-read on top of its result (a re-read takes milliseconds)."""
+    h = holders("--uts")
+    scans: list[Snapshot] = []
+    live: Live | None = None
+
+    def scan_and_touch() -> Snapshot:
+        snap = scan(("process",))
+        scans.append(snap)
+        if live is not None and len(scans) > 1:  # a process event arrives while the full scan runs
+            live.touch([h.pid])
+            time.sleep(0.2)
+        return snap
+
+    live = Live(scan=scan_and_touch, interval=0.3, settle=0, netlink=False)
+    live.start()
+    try:
+        deadline = time.monotonic() + 30
+        while live.scans["full"] < 2:
+            assert time.monotonic() < deadline, "no full scan"
+            time.sleep(0.05)
+        durations = live.take_durations()
+        assert durations and all(any(d == s.duration for s in scans) for d in durations), (durations, scans)
+        assert any(live.full_taken_at == s.taken_at for s in scans)
     finally:
         live.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -97,16 +98,20 @@ class UidCount:
     nproc_limit: int | None  # the lowest soft RLIMIT_NPROC among these processes; None: unlimited
     nproc_unknown: int  # processes whose limits could not be read (vanished, denied)
     host_threads: int  # tasks with this real uid on the whole host, in every namespace
+    # what the kernel compares with RLIMIT_NPROC on fork: the (namespace, host uid) counter, which
+    # also holds the tasks of user namespaces this uid created below (before 5.14: host_threads)
+    charged: int = 0
 
     @property
     def at_limit(self) -> bool:
-        """The namespace's own counter has reached the lowest soft limit among its processes."""
-        return self.nproc_limit is not None and self.threads >= self.nproc_limit
+        """The kernel's counter has reached the lowest soft limit among these processes: their next
+        fork or clone fails with EAGAIN (unless they have CAP_SYS_RESOURCE/CAP_SYS_ADMIN on the host)."""
+        return self.nproc_limit is not None and self.charged >= self.nproc_limit
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "host_uid": self.host_uid, "processes": self.processes, "threads": self.threads,
                 "nproc_limit": self.nproc_limit, "nproc_unknown": self.nproc_unknown,
-                "host_threads": self.host_threads, "at_limit": self.at_limit}
+                "host_threads": self.host_threads, "charged": self.charged, "at_limit": self.at_limit}
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,32 @@ def _in_child(userns_fd: int, func: Callable[[], dict[str, int]]) -> dict[str, i
 # --- the computation ---------------------------------------------------------------------------
 
 
+def charged_tasks(snapshot: Snapshot) -> Counter[tuple[int, int]]:
+    """The kernel's RLIMIT_NPROC counters since 5.14 (kernel/ucount.c), by (user namespace inode,
+    host uid): a task is charged to (its user namespace, its uid) and, at every level above, to
+    (that ancestor, the uid that created the namespace below it), as inc_rlimit_ucounts() walks up."""
+    up: dict[int, list[tuple[int, int]]] = {}
+    for ns in snapshot.of_type("user"):
+        chain, cur = [], ns
+        while cur.parent is not None and cur.owner_uid is not None and len(chain) < 64:  # 32 levels at most
+            chain.append((cur.parent, cur.owner_uid))
+            parent = snapshot.get(cur.parent)
+            if parent is None:
+                break
+            cur = parent
+        up[ns.inode] = chain
+    charged: Counter[tuple[int, int]] = Counter()
+    for ns in snapshot.of_type("user"):
+        for pid in ns.processes:
+            p = snapshot.processes.get(pid)
+            if p is None:
+                continue
+            charged[(ns.inode, p.uid)] += p.threads
+            for key in up[ns.inode]:
+                charged[key] += p.threads
+    return charged
+
+
 def compute(snapshot: Snapshot, limits: bool = True,
             nproc: Callable[[int], tuple[int | None, int | None] | None] = read_nproc_limit) -> Accounting:
     """Accounting for every user namespace in the snapshot. limits=False skips the per-namespace
@@ -245,6 +276,8 @@ def compute(snapshot: Snapshot, limits: bool = True,
     for p in snapshot.processes.values():
         host_threads[p.uid] = host_threads.get(p.uid, 0) + p.threads
     limit_cache: dict[int, tuple[int | None, int | None] | None] = {}
+    per_userns = kernel_release(snapshot.kernel) >= PER_USERNS_NPROC
+    charged = charged_tasks(snapshot) if per_userns else None
     users = []
     warnings: list[str] = []
     for ns in sorted(snapshot.of_type("user"), key=lambda n: (n.level, n.inode)):
@@ -262,7 +295,8 @@ def compute(snapshot: Snapshot, limits: bool = True,
             elif lim[0] is not None:
                 entry[2] = lim[0] if entry[2] is None else min(entry[2], lim[0])
         uids = tuple(
-            UidCount(to_inside(ns.uid_map, host_uid), host_uid, e[0], e[1], e[2], e[3], host_threads.get(host_uid, 0))
+            UidCount(to_inside(ns.uid_map, host_uid), host_uid, e[0], e[1], e[2], e[3], host_threads.get(host_uid, 0),
+                     charged[(ns.inode, host_uid)] if charged is not None else host_threads.get(host_uid, 0))
             for host_uid, e in sorted(per_uid.items()))
         initial = ns.owner is None and ns.parent is None
         root = tuple(kind for kind, m in (("uid", ns.uid_map), ("gid", ns.gid_map))

@@ -78,10 +78,12 @@ UID_COLUMNS: list[Column[UidRow]] = [
     Column("PROCS", "processes", lambda r: r[1].processes, right=True),
     Column("THREADS", "tasks (what RLIMIT_NPROC counts)", lambda r: r[1].threads, right=True),
     Column("NPROC", "lowest soft RLIMIT_NPROC among them (empty: unlimited)", lambda r: r[1].nproc_limit, right=True),
+    Column("CHARGED", "tasks the kernel checks NPROC against: these, and those of the user namespaces this uid "
+           "created below (before Linux 5.14: HOSTTASKS)", lambda r: r[1].charged, right=True),
     Column("HOSTTASKS", "tasks with this host uid in every namespace", lambda r: r[1].host_threads, right=True),
-    Column("FLAGS", "at-limit: the namespace's count reached NPROC", lambda r: "at-limit" if r[1].at_limit else ""),
+    Column("FLAGS", "at-limit: CHARGED reached NPROC (the next fork fails)", lambda r: "at-limit" if r[1].at_limit else ""),
 ]
-UID_DEFAULT = ("NS", "UID", "HOSTUID", "USER", "PROCS", "THREADS", "NPROC", "HOSTTASKS", "FLAGS")
+UID_DEFAULT = ("NS", "UID", "HOSTUID", "USER", "PROCS", "THREADS", "NPROC", "CHARGED", "HOSTTASKS", "FLAGS")
 
 
 def _range(r: tuple[int, int]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import queue
 import sys
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from namespacefs.service.events import KINDS, Event
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--socket", metavar="PATH", default=None,
                         help=f"the API's Unix socket (default $NSFS_SOCKET or {DEFAULT_SOCKET})")
-    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS",
                         help="full rescan at least this often (default 2; unshare/setns make no process event)")
     if command == "serve":
         parser.add_argument("--listen", metavar="[HOST:]PORT",
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="the bearer token for --listen (created with a random token if missing; "
                                  "default: token next to the socket)")
         parser.add_argument("--no-netlink", action="store_true", help="do not use the proc connector (rescan only)")
-        parser.add_argument("--netlink-rcvbuf", type=int, default=8 << 20, metavar="BYTES",
+        parser.add_argument("--netlink-rcvbuf", type=_rcvbuf, default=8 << 20, metavar="BYTES",
                             help="receive buffer of the proc-connector socket (default 8 MiB)")
         parser.add_argument("-v", "--verbose", action="store_true", help="log scans and requests")
     else:
@@ -35,6 +37,28 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("-e", "--events", metavar="LIST", help=f"only these events ({','.join(KINDS)})")
         parser.add_argument("-t", "--type", metavar="LIST", help="only namespaces of these types")
         parser.add_argument("--no-daemon", action="store_true", help="watch with an own event loop, even if a daemon runs")
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0 ('nan' and 'inf' parse as floats but make no interval)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
+    return value
+
+
+def _rcvbuf(text: str) -> int:
+    """A socket buffer size the kernel takes (an int for setsockopt; it clamps it further)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text}") from None
+    if not 0 < value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {2**31 - 1} bytes")
+    return value
 
 
 def _check_list(text: str | None, known: tuple[str, ...], what: str) -> str | None:
@@ -47,8 +71,6 @@ def _check_list(text: str | None, known: tuple[str, ...], what: str) -> str | No
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.interval <= 0:
-        raise UserError("--interval must be > 0")
     return serve(args) if args.command == "serve" else watch(args)
 
 
@@ -65,6 +87,9 @@ def serve(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     except PermissionError as e:
         raise UserError(f"{e.filename or ''}: {e.strerror} (the service runs as root)") from None
+    except OSError as e:  # creating the socket's directory, and the like
+        where = f"{os.fsdecode(e.filename)}: " if isinstance(e.filename, (str, bytes)) else ""
+        raise UserError(f"{where}{e.strerror or e}") from None
     return 0
 
 

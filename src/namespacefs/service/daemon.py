@@ -75,6 +75,9 @@ def unix_listener(path: str) -> socket.socket:
     old = os.umask(0o177)
     try:
         sock.bind(path)
+    except OSError as e:  # e.g. a path longer than sun_path (108 bytes) or a read-only directory
+        sock.close()
+        raise ServeError(f"cannot listen on {path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
@@ -98,18 +101,25 @@ def tcp_listener(host: str, port: int) -> socket.socket:
 def load_token(path: str) -> str:
     """The bearer token in `path`; a new random one is written there (0600) when it does not exist."""
     try:
-        with open(path) as f:
-            token = f.read().strip()
-        if not token:
-            raise ServeError(f"token file {path} is empty")
-        return token
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        log.warning("wrote a new API token to %s", path)
-        return token
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+        except FileNotFoundError:
+            return _new_token(path)
+    except (OSError, UnicodeDecodeError) as e:  # a directory, no such directory, not readable, binary
+        raise ServeError(f"token file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not token:
+        raise ServeError(f"token file {path} is empty")
+    return token
+
+
+def _new_token(path: str) -> str:
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.warning("wrote a new API token to %s", path)
+    return token
 
 
 def _server_class() -> type:

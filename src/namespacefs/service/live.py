@@ -148,7 +148,7 @@ class Live:
                     raise
                 log.warning("first scan failed: %s; retrying", e)
         self.last_full_duration = time.monotonic() - clock
-        self._commit(first, "initial")
+        self._commit(first, "initial", first)
         if self._sock is not None:
             self._threads.append(threading.Thread(target=self._listen, name="nsfs-netlink", daemon=True))
         self._threads.append(threading.Thread(target=self._update, name="nsfs-updater", daemon=True))
@@ -291,13 +291,14 @@ class Live:
                     pids |= self._touched_since_full
                 self._touched_since_full |= pids
             try:
+                scanned = full[0] if full is not None else None
                 if full is not None:
                     base, kind = full[0], full[1]
                 else:
                     base = self.current()
                 new = self.refresh_func(base, pids) if pids and self.refresh_func is not None else base
                 if self.refresh_func is None and pids and full is None:
-                    new = self.scan_func()  # no partial rescan: a full one
+                    new = scanned = self.scan_func()  # no partial rescan: a full one
             except OSError as e:
                 self.scan_errors += 1
                 log.warning("update failed: %s; the next full scan will catch up", e)
@@ -306,16 +307,19 @@ class Live:
                 self.scan_errors += 1
                 log.exception("update failed")
                 continue
-            self._commit(new, kind)
+            self._commit(new, kind, scanned)
 
-    def _commit(self, new: Snapshot, kind: str) -> None:
+    def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
+        """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
+        any: its start and duration are the full scan's own, not those of the re-read of touched
+        processes that `new` may carry on top of it."""
         old = self.snapshot
         events = events_between(old, new, time.time()) if old is not None else []
         with self._lock:
             self.snapshot, self._json = new, None
-            if kind in ("initial", "full", "overrun", "request"):
-                self.full_taken_at = new.taken_at
-                self.durations.append(new.duration)
+            if scanned is not None:
+                self.full_taken_at = scanned.taken_at
+                self.durations.append(scanned.duration)
                 del self.durations[:-1000]
         self.bus.publish(events)
         self.scans[kind] += 1
