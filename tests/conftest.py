@@ -25,6 +25,19 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
     proc.wait(timeout=10)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_names_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test touches the host's names database: whatever a test runs without --db (in this
+    process or as `nsfs`) uses one of the session's own."""
+    before = os.environ.get("NSFS_DB")
+    os.environ["NSFS_DB"] = str(tmp_path_factory.mktemp("names") / "names.db")
+    yield
+    if before is None:
+        os.environ.pop("NSFS_DB", None)
+    else:
+        os.environ["NSFS_DB"] = before
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start a command in a process group of its own; every group is killed at teardown."""

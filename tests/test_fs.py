@@ -233,6 +233,7 @@ def test_a_bubblewrap_container_is_shown_by_type_with_its_files(mnt: Path, bwrap
     assert read(d / "type") == "uts\n"
     assert read(d / "inode") == f"{uts}\n"
     assert read(d / "hostname") == "nsfs-bw-layout\n"
+    assert read(d / "domainname") == "(none)\n"  # bwrap leaves the NIS domain name unset
     uname = read(d / "uname").split()
     real = os.uname()
     assert uname[:3] == [real.sysname, "nsfs-bw-layout", real.release]
@@ -278,6 +279,15 @@ def test_files_are_read_only_and_bad_paths_fail_cleanly(mnt: Path) -> None:
     assert not (mnt / "uts" / "12345").exists()
     assert not (mnt / "uts" / "not-a-number").exists()
     assert not (mnt / "net" / str(ns_inode(os.getpid(), "uts"))).exists()  # right inode, wrong type
+    # namespaces come and go with the kernel, not with rm, mkdir, ln or chmod: "Operation not permitted"
+    tree = mnt / "tree" / os.listdir(mnt / "tree")[0]
+    entry = next(tree.iterdir())
+    for change in (lambda: (tree / "new").mkdir(), lambda: (tree / "new").touch(), lambda: entry.unlink(),
+                   lambda: (tree / "link").symlink_to("x"), lambda: os.link(host_uts / "type", tree / "hard"),
+                   lambda: os.chmod(host_uts / "type", 0o666), lambda: (host_uts / "type").unlink()):
+        with pytest.raises(PermissionError) as e:
+            change()
+        assert e.value.errno == errno.EPERM, e.value
 
 
 def test_cgroup_and_time_namespaces_show_their_root_and_offsets(mnt: Path, spawn: Callable[..., Any]) -> None:
@@ -319,7 +329,10 @@ def test_the_proposal_script_finds_runc_and_bubblewrap_containers(
                 f"nsfs-nobody-box -> pids: [{nobody_pid[0]}] user: nobody"]
 
     def run_script() -> list[str]:
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        for _ in range(3):  # the script itself races with processes of the host's other pid namespaces
+            out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+            if not ("FileNotFoundError" in out.stderr and "'/proc/" in out.stderr):
+                break
         assert out.returncode == 0, out.stderr
         return out.stdout.splitlines()
 
@@ -358,6 +371,22 @@ def test_a_namespace_appears_at_once_and_vanishes_within_a_second(mnt: Path, spa
     assert wait_for(lambda: str(uts) not in os.listdir(mnt / "uts") and not (mnt / "uts" / str(uts)).exists(),
                     timeout=bound)
     assert time.monotonic() - started < bound
+
+
+def test_tasks_lists_only_processes_still_in_the_namespace_when_it_is_read(
+        mnt: Path, spawn: Callable[..., Any]) -> None:
+    proc = spawn(["unshare", "--uts", "sh", "-c", "sleep 1000 & exec sleep 1001"], stdin=subprocess.DEVNULL)
+    helper = wait_for(lambda: children(proc.pid))
+    assert helper
+    tasks = mnt / "uts" / str(ns_inode(proc.pid, "uts")) / "tasks"
+    assert wait_for(lambda: read(tasks) == f"{min(proc.pid, helper[0])}\n{max(proc.pid, helper[0])}\n",
+                    timeout=live_bound())
+    os.kill(helper[0], signal.SIGKILL)  # (a zombie: its parent, exec'd to sleep, never reaps it)
+    assert wait_for(lambda: not running(helper[0]))
+    assert read(tasks) == f"{proc.pid}\n"  # at once, not after the next rescan
+    # nor in its pid namespace's, where a zombie still is (its /proc/PID/ns/pid link outlives it)
+    host_pid_tasks = read(mnt / "pid" / str(ns_inode(os.getpid(), "pid")) / "tasks").split()
+    assert str(proc.pid) in host_pid_tasks and str(helper[0]) not in host_pid_tasks
 
 
 def test_without_allow_other_cached_entries_of_a_dead_namespace_are_dropped_within_a_second(
@@ -479,16 +508,30 @@ def test_mv_in_tree_renames_a_namespace_through_the_naming_core(mnt: Path, bwrap
     assert read(host_dir / "bw-rename-box" / "frontend" / "hostname") == "nsfs-bw-rename\n"
     box_dir, net_entry = host_dir / "bw-rename-box", host_dir / "bw-rename-box" / net_entry.name
 
-    # refused: a name the naming core rejects, a name taken in the same user namespace, another directory
-    for target in (box_dir / "1234", box_dir / "frontend", host_dir / "moved-out"):
+    # refused, each with its own error: a name the naming core rejects, one too long, a name taken
+    # in the same user namespace, another directory (a namespace cannot change owner)
+    for target, code in ((box_dir / "1234", errno.EINVAL), (box_dir / ("x" * 256), errno.ENAMETOOLONG),
+                         (box_dir / "frontend", errno.EEXIST), (host_dir / "moved-out", errno.EPERM)):
         with pytest.raises(OSError) as e:
             os.rename(net_entry, target)
-        assert e.value.errno in (errno.EINVAL, errno.EEXIST, errno.EPERM)
+        assert e.value.errno == code, (target.name[:20], e.value)
     assert read(mnt / "uts" / str(uts) / "name") == "frontend\n"
     assert read(mnt / "net" / str(net) / "name").strip() == net_entry.name
     # the type directories are named by inode and cannot be renamed
     with pytest.raises(OSError):
         os.rename(mnt / "uts" / str(uts), mnt / "uts" / "web")
+    # a user who is not root over the owning user namespace may not rename (nobody, in the initial
+    # user namespace, sees everything with --allow-other but owns none of it)
+    # (the directory is passed open: nobody cannot walk down to the mountpoint through tmp_path)
+    fd = os.open(box_dir, os.O_RDONLY | os.O_DIRECTORY)
+    code = f"import os; os.rename('frontend', 'by-nobody', src_dir_fd={fd}, dst_dir_fd={fd})"
+    try:
+        nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                                 code], capture_output=True, text=True, pass_fds=(fd,), stdin=subprocess.DEVNULL)
+    finally:
+        os.close(fd)
+    assert nobody.returncode != 0 and "PermissionError: [Errno 1]" in nobody.stderr, nobody.stderr
+    assert read(mnt / "uts" / str(uts) / "name") == "frontend\n"
 
 
 # --- mount, umount, stale mounts ----------------------------------------------------------------
@@ -528,6 +571,12 @@ def test_umount_of_something_else_and_mount_by_a_user_are_clear_errors(tmp_path:
     assert result.returncode == 1
     assert "needs root" in result.stderr
     assert not (tmp_path / "m").exists()
+    # an empty path is never taken for the working directory (or the default database)
+    for args, message in ((("mount", ""), "mountpoint is empty"), (("umount", ""), "mountpoint is empty"),
+                          (("mount", str(tmp_path / "m"), "--db", ""), "database path is empty")):
+        result = nsfs(*args, check=False, cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+    assert not is_mounted(tmp_path) and not (tmp_path / "m").exists()
 
 
 def test_sigint_unmounts_cleanly(tmp_path: Path) -> None:

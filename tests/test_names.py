@@ -133,12 +133,39 @@ def test_default_names_lengthen_only_where_siblings_collide() -> None:
     got = defaults.assign(s, [], seed=seed)
     assigned = [got[ns.inode][0] for ns in s.of_type("net")]
     assert len(set(assigned)) == len(assigned)
-    clash = {name for name in short.values() if list(short.values()).count(name) > 1}
+    oldest: dict[str, int] = {}  # short name -> id of the oldest namespace that has it
     for ns in s.of_type("net"):
-        if short[ns.inode] in clash:
-            assert len(got[ns.inode][0]) == len("net-") + 8
-        else:
+        oldest[short[ns.inode]] = min(oldest.get(short[ns.inode], ns.id), ns.id)  # type: ignore[type-var]
+    lengthened = 0
+    for ns in s.of_type("net"):
+        if oldest[short[ns.inode]] == ns.id:  # alone, or the oldest of those that collide: short
             assert got[ns.inode][0] == short[ns.inode]
+        else:
+            assert got[ns.inode][0] == f"net-{defaults.digest('net', ns.id, ns.inode, seed)[:8]}"
+            lengthened += 1
+    assert lengthened >= 1
+
+
+def test_a_colliding_newcomer_does_not_change_the_name_an_older_sibling_shows() -> None:
+    s = _synthetic(3000)  # (model data, as above: which namespaces collide is up to the digest)
+    seed, older, newer = _a_collision(s)
+    alone = Snapshot("b", "k", 0.0, 0.0, {i: ns for i, ns in s.namespaces.items() if i != newer.inode}, {})
+    before = defaults.assign(alone, [], seed=seed)[older.inode][0]
+    after = defaults.assign(s, [], seed=seed)
+    assert after[older.inode][0] == before and len(before) == len("net-") + 6
+    assert len(after[newer.inode][0]) == len("net-") + 8
+
+
+def _a_collision(s: Snapshot) -> tuple[str, Namespace, Namespace]:
+    """A seed under which two net namespaces of s share a 6-digit default name: (seed, older, newer)."""
+    for n in range(1000):
+        seen: dict[str, Namespace] = {}
+        for ns in sorted(s.of_type("net"), key=lambda ns: ns.id or 0):
+            name = defaults.default_name(ns, f"seed-{n}")
+            if name in seen:
+                return f"seed-{n}", seen[name], ns
+            seen[name] = ns
+    raise AssertionError("no 6-digit collision among 3000 names in 1000 seeds")
 
 
 # --- world names ---------------------------------------------------------------------------------
@@ -249,20 +276,90 @@ def test_names_are_unique_per_owning_user_namespace(spawn: Spawn, db: str) -> No
     assert r.returncode == 1 and "already the name of the net namespace" in r.stderr
 
 
-def test_a_reused_inode_does_not_inherit_a_dead_namespaces_name(spawn: Spawn, db: str) -> None:
+def _name_then_reuse(spawn: Spawn, db: str) -> int | None:
+    """Name a new uts namespace 'doomed', end it, and make new ones until one gets its inode (the
+    kernel hands out the lowest free inode: fill the holes below it, keeping those alive). Returns
+    the inode, or None if a namespace made by someone else on this host took it first."""
     proc, pid = start(spawn, "--uts")
     old = inode_of(pid, "uts")
     s = snap()
     names.rename(s, s.namespaces[old], "doomed", db)
     kill_group(proc)
-    # the kernel hands out the lowest free inode: fill the holes below ours (keeping those alive)
-    # until a new namespace gets it
     for _ in range(300):
-        proc, pid = start(spawn, "--uts")
+        _, pid = start(spawn, "--uts")
         if inode_of(pid, "uts") == old:
+            return old
+        if inode_of(pid, "uts") > old:
+            return None  # ours are past it: another process's namespace has it now
+    return None
+
+
+def test_nested_user_and_pid_namespaces_have_a_path_along_their_parent_chain(spawn: Spawn, db: str) -> None:
+    proc = spawn(["unshare", "--user", "--map-root-user", "--pid", "--fork", "--",
+                  "unshare", "--user", "--map-root-user", "--pid", "--fork", "--", "sleep", "3600"])
+    deadline, inner = time.time() + 5, None
+    while inner is None and time.time() < deadline:
+        for pid in _descendants(proc.pid):
+            if os.readlink(f"/proc/{pid}/exe").endswith("sleep"):
+                inner = pid
+        time.sleep(0.01)
+    assert inner is not None, "the nested namespaces did not start"
+    run_nsfs("rename", "--db", db, f"{inner}:user", "inner-user")
+    run_nsfs("rename", "--db", db, f"{inner}:pid", "inner-pid")
+    s = names.apply(snap(), db)
+    user, pidns = s.namespace_of(inner, "user"), s.namespace_of(inner, "pid")
+    assert user is not None and pidns is not None
+    middle_user, middle_pid = s.namespaces[user.parent], s.namespaces[pidns.parent]  # type: ignore[index]
+    assert names.parent_path(user, s) == f"/{middle_user.name}/inner-user"
+    assert names.parent_path(pidns, s) == f"/{middle_pid.name}/inner-pid"
+    out = run_nsfs("names", "--db", db, "-r", "-n", "-o", "NAME,PARENTPATH", "-t", "pid").stdout.splitlines()
+    assert f"inner-pid /{middle_pid.name}/inner-pid" in out
+    data = json.loads(run_nsfs("names", "--db", db, "-J", "-t", "user").stdout)
+    assert {"name": "inner-user", "parent_path": f"/{middle_user.name}/inner-user"}.items() <= \
+        next(e for e in data["names"] if e["name"] == "inner-user").items()
+    assert names.parent_path(s.namespace_of(inner, "net"), s) is None  # type: ignore[arg-type]
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        out += kids
+        todo += kids
+    return out
+
+
+def test_a_stored_name_keyed_by_inode_needs_the_same_type_and_owner() -> None:
+    # (model data: a 6.18 kernel gives every namespace an id; older ones key names by inode, and a
+    # reused inode must not inherit the name unless type, device and owning scope still match)
+    user = Namespace("user", 1, None, 7, None, None, (), ())
+    uts = Namespace("uts", 50, None, 7, 1, None, (), ())
+    s = Snapshot("b", "k", 0.0, 0.0, {1: user, 50: uts}, {})
+    row = names.store.Row("b", defaults.ns_key(uts), "uts", None, 50, 7, defaults.scope_key(uts, s), "kept", 0, 0)
+    assert defaults.assign(s, [row])[50] == ("kept", names.RENAME)
+    for stale in (row.__class__(**{**_fields(row), "type": "ipc"}), row.__class__(**{**_fields(row), "scope": "x"}),
+                  row.__class__(**{**_fields(row), "dev": 8})):
+        assert defaults.assign(s, [stale])[50][1] == names.DEFAULT
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in row.__slots__}
+
+
+def test_a_reused_inode_does_not_inherit_a_dead_namespaces_name(spawn: Spawn, db: str) -> None:
+    for attempt in range(5):  # (other tests running on the host compete for the freed inode)
+        db_now = f"{db}.{attempt}"
+        old = _name_then_reuse(spawn, db_now)
+        if old is not None:
             break
     else:
-        pytest.fail(f"inode {old} was not reused by 300 new namespaces (busy host?)")
+        pytest.fail("a freed inode was taken by another process's namespace 5 times running (busy host?)")
+    db = db_now
     s = names.apply(snap(), db)
     new = s.namespaces[old]
     assert new.name != "doomed" and new.name.startswith("uts-")  # type: ignore[union-attr]
@@ -437,18 +534,33 @@ def test_bad_input_on_the_command_line_gets_a_message_not_a_traceback(spawn: Spa
         (("names", "import", str(tmp_path / "missing.json")), "cannot read"),
         (("names", "--older-than", "3"), "goes with --prune"),
         (("names", "import", "-", "--pid-map", "12:x"), "bad pid map entry"),
+        (("names", "--prune", "--older-than", "nan"), "number of days >= 0"),
     ]:
         r = run_nsfs(*args, "--db", db, check=False, input="{}")
         assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
     bad = tmp_path / "bad.json"
     for text, message in [("not json", "is not JSON"), ('{"format": "other"}', "not a namespacefs names export"),
                           ('{"format": "namespacefs-names", "version": 99, "names": []}', "unsupported export version"),
-                          ('{"format": "namespacefs-names", "version": 1, "names": [{"name": 1}]}', "entry 0")]:
+                          ('{"format": "namespacefs-names", "version": 1, "names": [{"name": 1}]}', "entry 0"),
+                          (_export_entry(processes=5), '"processes" must be a list'),
+                          (_export_entry(processes=[{"pid": [1]}]), '"pid" must be a number'),
+                          (_export_entry(processes=[{"pid": 1, "cmdline": [[1]]}]), '"cmdline" must be a list'),
+                          (_export_entry(netns=5), '"netns" must be a list'),
+                          (_export_entry(container=["a"]), '"container" must be a string'),
+                          (_export_entry(id=True), '"id" must be a number')]:
         bad.write_text(text)
         r = run_nsfs("names", "--db", db, "import", str(bad), check=False)
         assert r.returncode == 1 and message in r.stderr, (text, r.stderr)
     with pytest.raises(names.NameError, match="pid map"):
         migrate.parse_pid_map("1:2,three")
+    # an empty --db is refused, never read as "the default database"
+    r = run_nsfs("rename", "--db", "", f"{pid}:uts", "x", check=False)
+    assert r.returncode == 1 and "database path is empty" in r.stderr
+
+
+def _export_entry(**fields: Any) -> str:
+    """An export file with one entry whose optional fields are `fields` (hand-edited, maybe wrong)."""
+    return json.dumps({"format": "namespacefs-names", "version": 1, "names": [{"name": "x", "type": "net", **fields}]})
 
 
 def test_a_user_reads_the_names_in_roots_database(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from namespacefs.cli import UserError
 from namespacefs.cli.common import add_source_options, chosen_sources
@@ -33,8 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # an empty path would be the working directory (abspath('')): never mount over it by accident
+    if not args.mountpoint.strip():
+        raise UserError("the mountpoint is empty (give a directory, or leave it out for the default)")
     if args.command == "umount":
         return _umount(args)
+    if args.db is not None and not args.db.strip():
+        raise UserError("the names database path is empty (give --db a file name)")
     if os.geteuid() != 0:
         raise UserError("mounting namespacefs needs root (it reads every process's namespaces)")
     sources = chosen_sources(args.sources) if args.sources else None
@@ -93,10 +100,9 @@ def _background(args: argparse.Namespace) -> int:
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     finally:
         os.close(write_end)
-    deadline = time.monotonic() + READY_TIMEOUT
-    with os.fdopen(read_end) as report:
-        for line in report:
-            kind, _, text = line.rstrip("\n").partition(" ")
+    try:
+        for line in _reports(read_end, time.monotonic() + READY_TIMEOUT):
+            kind, _, text = line.partition(" ")
             if kind == "note":
                 print(f"nsfs mount: {text}", file=sys.stderr)
             elif kind == "ready":
@@ -107,11 +113,28 @@ def _background(args: argparse.Namespace) -> int:
             elif kind == "error":
                 server.wait(timeout=10)
                 raise UserError(text)
-            if time.monotonic() > deadline:
-                break
+    finally:
+        os.close(read_end)
+    if server.poll() is None:  # no word within READY_TIMEOUT: stop the server we started
+        server.terminate()
+        raise UserError(f"the filesystem server did not mount within {READY_TIMEOUT:.0f} s (stopped it)")
     status = server.wait(timeout=10)
     problem = server.stderr.read().decode(errors="replace").strip() if server.stderr else ""
     raise UserError(f"the filesystem server stopped before mounting (status {status}){': ' + problem if problem else ''}")
+
+
+def _reports(fd: int, deadline: float) -> Iterator[str]:
+    """The lines the background server reports on fd, until it closes it or the deadline passes
+    (select with a timeout, reading raw bytes: a server that hangs before its first report must
+    not hang `nsfs mount` too, and no line may sit unseen in a read buffer)."""
+    pending = b""
+    while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return  # the server closed the pipe: it stopped
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line.decode(errors="replace") for line in lines)
 
 
 def _umount(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 from typing import Any
 
@@ -121,7 +122,7 @@ def _names(args: argparse.Namespace) -> int:
     if args.older_than is not None and not args.prune:
         raise UserError("--older-than goes with --prune")
     if args.prune:
-        if args.older_than is not None and args.older_than < 0:
+        if args.older_than is not None and not 0 <= args.older_than < math.inf:  # (also nan)
             raise UserError("--older-than needs a number of days >= 0")
         gone = names.prune(args.db, None if args.older_than is None else args.older_than * 86400)
         print(f"pruned {gone} history entr{'y' if gone == 1 else 'ies'}")

@@ -3,6 +3,7 @@ directory listings and file contents, for the reader each request comes from."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -18,7 +19,7 @@ import trio
 
 from namespacefs import kernel
 from namespacefs.fs import layout
-from namespacefs.fs.source import Source
+from namespacefs.fs.source import Source, still_members
 from namespacefs.handles import Gone
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot, diff
@@ -40,6 +41,8 @@ READER_TTL = 0.25
 #: How long the tree/ name of a namespace that vanished is remembered (a lookup of it then fails
 #: at once instead of waiting for a rescan).
 GONE_MEMORY = 30.0
+#: Files listing processes: only those still in the namespace when the file is opened are listed.
+MEMBER_FILES = frozenset({"tasks", "nspids", "init"})
 
 
 def NoEntry() -> pyfuse3.FUSEError:
@@ -191,7 +194,7 @@ class NamespaceFS(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | 0o444
         else:
             a.st_mode = stat.S_IFLNK | 0o777
-            a.st_size = len(self.link(view, node))
+            a.st_size = len(self.link_text(view, node))
         uid = owner_uid(view.snapshot, ns) if ns is not None else 0
         a.st_uid = uid
         a.st_gid = 0
@@ -200,7 +203,7 @@ class NamespaceFS(pyfuse3.Operations):
         a.st_blksize = 4096
         return a
 
-    def link(self, view: layout.View, node: Node) -> str:
+    def link_text(self, view: layout.View, node: Node) -> str:
         ns = node.ns
         assert ns is not None
         if node.key[0] == "link":
@@ -277,7 +280,7 @@ class NamespaceFS(pyfuse3.Operations):
         node = self.node(view, inode)
         if node.key[0] not in ("link", "tlink"):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return os.fsencode(self.link(view, node))
+        return os.fsencode(self.link_text(view, node))
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -320,6 +323,8 @@ class NamespaceFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def content(self, snapshot: Snapshot, ns: Namespace, name: str) -> bytes:
+        if name in MEMBER_FILES:
+            ns = dataclasses.replace(ns, processes=still_members(ns))
         text = layout.simple_content(snapshot, ns, name)
         if text is None:
             try:
@@ -386,6 +391,35 @@ class NamespaceFS(pyfuse3.Operations):
             log.warning("rename of %s to %s refused: %s", old, new, e)
             raise pyfuse3.FUSEError(getattr(e, "errno", None) or errno.EINVAL) from None
         await self.source.refresh(newer_than=time.time())
+
+    # Namespaces are made and ended by the kernel, not by this filesystem: every other change is
+    # refused with EPERM ("Operation not permitted"), which says more to `rm` or `mkdir` users
+    # than pyfuse3's default ENOSYS ("Function not implemented").
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         pass  # inode numbers live as long as the mount (a few bytes each)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,12 +50,14 @@ class Source:
     def __init__(self, take: Callable[[], Snapshot]) -> None:
         self._take = take
         self._on_change: Callable[[Snapshot, Snapshot], None] | None = None
+        started = time.monotonic()
         self.current: Snapshot = _first(take)
+        # (timed too: the first lookups after mounting wait for a rescan as long as scans take here)
+        self.took = time.monotonic() - started  # seconds the last scan took
         self._wanted = trio.Event()  # someone asked for a scan now
         self._scanned = trio.Event()  # set (and replaced) after every scan
         self._details: dict[tuple[Any, str], tuple[float, Any]] = {}
         self.scans = 1
-        self.took = 0.0  # seconds the last scan took
 
     def set_on_change(self, callback: Callable[[Snapshot, Snapshot], None]) -> None:
         """callback(old, new) runs after every rescan."""
@@ -115,6 +118,24 @@ class Source:
         if isinstance(value, Exception):
             raise value
         return _format_detail(name, value)
+
+
+def still_members(ns: Namespace) -> tuple[int, ...]:
+    """The processes of the snapshot's ns that are still in it now (a snapshot can be a second old;
+    a pid listed in `tasks` must not be gone when a script opens /proc/PID/ns/... next). One stat
+    of /proc/PID/ns/TYPE each, a few microseconds; a pid reused by another process is dropped too,
+    and so is a zombie (it has exited: its uts link is gone, though its pid and user links stay)."""
+    members = []
+    for pid in ns.processes:
+        try:
+            if os.stat(f"/proc/{pid}/ns/{ns.type}").st_ino != ns.inode:
+                continue
+            if ns.type in ("pid", "user"):
+                os.stat(f"/proc/{pid}/ns/uts")  # (the links of an exited task's nsproxy fail: ENOENT)
+        except OSError:
+            continue  # gone
+        members.append(pid)
+    return tuple(members)
 
 
 def _first(take: Callable[[], Snapshot], attempts: int = 5) -> Snapshot:

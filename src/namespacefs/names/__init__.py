@@ -186,7 +186,7 @@ def _check_alive(ns: Namespace) -> None:
     if ns.id is not None:
         row = Row("", "", ns.type, ns.id, ns.inode, ns.dev, "", "", 0.0, 0.0)
         if _alive_elsewhere(row) is False:
-            raise NameError(f"the {ns.type} namespace {ns.inode} is gone")
+            raise NameError(f"the {ns.type} namespace {ns.inode} is gone", errno.ENOENT)
 
 
 def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = None) -> None:
@@ -207,13 +207,13 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                     if other is not None or _alive_elsewhere(r) is not False:
                         where = f" ({other.path})" if other is not None and other.path else ""
                         raise NameError(f"'{new_name}' is already the name of the {r.type} namespace {r.inode}{where}"
-                                        " in the same user namespace")
+                                        " in the same user namespace", errno.EEXIST)
                     retire(conn, [r], now, "gone")  # a dead namespace's name never blocks a new one
             names = assign(snapshot, [r for r in stored if r.key != key], engine_names(snapshot))
             for other in snapshot:
                 if other.inode != ns.inode and names[other.inode][0] == new_name and scope_key(other, snapshot) == scope:
                     raise NameError(f"'{new_name}' is already the name of the {other.type} namespace {other.inode}"
-                                    f" ({names[other.inode][1]} name) in the same user namespace")
+                                    f" ({names[other.inode][1]} name) in the same user namespace", errno.EEXIST)
             old = next((r for r in stored if r.key == key), None)
             first = old.first_seen if old is not None and old.name == new_name else now
             conn.execute(
@@ -221,7 +221,8 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (snapshot.boot_id, key, ns.type, ns.id, ns.inode, ns.dev, scope, new_name, first, now))
     except sqlite3.IntegrityError:
-        raise NameError(f"'{new_name}' was just given to another namespace in the same user namespace") from None
+        raise NameError(f"'{new_name}' was just given to another namespace in the same user namespace",
+                        errno.EEXIST) from None
     finally:
         conn.close()
 

@@ -11,6 +11,7 @@ Precedence, within each scope (the namespaces owned by one user namespace):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import re
@@ -47,7 +48,8 @@ def validate(name: str, nstype: str) -> None:
     if _CONTROL.search(name):
         raise NameError(f"a name cannot contain control characters: {name!r}")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_BYTES:
-        raise NameError(f"a name can be at most {MAX_BYTES} bytes long (this one is {len(name.encode())})")
+        raise NameError(f"a name can be at most {MAX_BYTES} bytes long (this one is {len(name.encode())})",
+                        errno.ENAMETOOLONG)
     if name != name.strip():
         raise NameError(f"a name cannot start or end with white space: {name!r}")
     if name.isdigit():
@@ -145,9 +147,17 @@ def matches(row: Row, ns: Namespace, scope: str) -> bool:
         row.ns_id == ns.id)
 
 
+def _age(ns: Namespace) -> tuple[int, int]:
+    """Older first: the kernel hands out 64-bit ids in increasing order (the inode, where there is
+    no id, is only a stable tie-break)."""
+    return (ns.id if ns.id is not None else ns.inode, ns.inode)
+
+
 def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict[int, tuple[str, str]]) -> None:
-    """TYPE-HASH for each, 6 hex digits, lengthened (by 2) for those that would collide with each
-    other or with a name already taken in the scope."""
+    """TYPE-HASH for each, 6 hex digits, lengthened (by 2) where two would collide. Of siblings that
+    collide the oldest keeps the shorter name and only the newer ones are lengthened, so a name that
+    is already shown does not change when a colliding namespace appears. A name taken by a rename
+    or a world name lengthens every default that would collide with it."""
     full = {ns.inode: digest(ns.type, ns.id, ns.inode, seed) for ns in members}
     pending = members
     length = SHORT
@@ -157,12 +167,16 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
             names.setdefault(f"{ns.type}-{full[ns.inode][:length]}", []).append(ns)
         pending = []
         for name, group in names.items():
-            if (len(group) == 1 and name not in taken) or length >= 64:
-                for ns in group:  # (64 digits: a SHA-256 collision; not reached)
-                    result[ns.inode] = (name, DEFAULT)
-                taken.add(name)
-            else:
+            if length >= 64:  # (64 digits: a SHA-256 collision; not reached)
+                result.update((ns.inode, (name, DEFAULT)) for ns in group)
+                continue
+            if name in taken:
                 pending.extend(group)
+                continue
+            oldest, *newer = sorted(group, key=_age)
+            result[oldest.inode] = (name, DEFAULT)
+            taken.add(name)
+            pending.extend(newer)
         length += 2
 
 

@@ -69,14 +69,47 @@ def check(data: Any) -> list[dict[str, Any]]:
     for i, e in enumerate(entries):
         if not (isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("type") in NS_TYPES):
             raise NameError(f"entry {i} of the export needs a \"name\" and a valid \"type\"")
+        problem = _bad_field(e)
+        if problem:
+            raise NameError(f"entry {i} ('{e['name']}') of the export: {problem}")
     return entries
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # (JSON true is not an id)
+
+
+def _bad_field(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with the optional fields of an entry (a hand-edited file must get a message,
+    not a crash in the matching), or None."""
+    if entry.get("id") is not None and not _is_int(entry["id"]):
+        return "\"id\" must be a number"
+    if entry.get("container") is not None and not isinstance(entry["container"], str):
+        return "\"container\" must be a string"
+    netns = entry.get("netns")
+    if netns is not None and not (isinstance(netns, list) and all(isinstance(n, str) for n in netns)):
+        return "\"netns\" must be a list of strings"
+    processes = entry.get("processes")
+    if processes is None:
+        return None
+    if not isinstance(processes, list):
+        return "\"processes\" must be a list"
+    for p in processes:
+        if not isinstance(p, dict):
+            return "each of \"processes\" must be an object"
+        if p.get("pid") is not None and not _is_int(p["pid"]):
+            return "a process's \"pid\" must be a number"
+        cmdline = p.get("cmdline")
+        if cmdline is not None and not (isinstance(cmdline, list) and all(isinstance(a, str) for a in cmdline)):
+            return "a process's \"cmdline\" must be a list of strings"
+    return None
 
 
 def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, int], engine: Mapping[int, str],
           same_boot: bool) -> tuple[Namespace | None, str]:
     """(namespace, how) or (None, why not)."""
     nstype = entry["type"]
-    processes = [p for p in entry.get("processes") or [] if isinstance(p, dict)]
+    processes = entry.get("processes") or []  # (shapes checked by check())
     for p in processes:
         new = pid_map.get(p.get("pid"))  # type: ignore[arg-type]
         if new is not None and (ns := snapshot.namespace_of(new, nstype)) is not None:
@@ -90,9 +123,9 @@ def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, in
         found = [ns for ns in snapshot.of_type("net") if netns in netns_names(ns)]
         if nstype == "net" and len(found) == 1:
             return found[0], f"ip netns {netns}"
-    if same_boot and isinstance(entry.get("id"), int) and (ns := snapshot.by_id(entry["id"])) and ns.type == nstype:
+    if same_boot and _is_int(entry.get("id")) and (ns := snapshot.by_id(entry["id"])) and ns.type == nstype:
         return ns, f"id {entry['id']}"
-    cmdlines = {tuple(p["cmdline"]) for p in processes if isinstance(p.get("cmdline"), list) and p["cmdline"]}
+    cmdlines = {tuple(p["cmdline"]) for p in processes if p.get("cmdline")}
     if cmdlines:
         found_ns: dict[int, Namespace] = {}
         for proc in snapshot.processes.values():

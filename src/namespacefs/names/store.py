@@ -9,6 +9,7 @@ other file) is never replaced: the error says how to recover and the file is lef
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -54,7 +55,12 @@ CREATE INDEX IF NOT EXISTS history_name ON history (name);
 
 
 class NameError(Exception):  # the public name the other parts code against (shadows the builtin on purpose)
-    """A naming problem, with a message fit for the user (bad name, collision, locked or broken database)."""
+    """A naming problem, with a message fit for the user (bad name, collision, locked or broken database).
+    `errno` is what a filesystem front end answers a rename with (EINVAL when nothing fits better)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +87,19 @@ def db_path(path: str | None = None) -> str:
     return os.path.abspath(path or os.environ.get("NSFS_DB") or DEFAULT_DB)
 
 
+def _checked_path(path: str | None) -> str:
+    """db_path, but an empty argument (`--db ''`) is an error, never a silent fall-back to the
+    shared default database."""
+    if path is not None and not path.strip():
+        raise NameError("the names database path is empty (give --db a file name)")
+    return db_path(path)
+
+
 def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """Open (creating it and its directory if needed) the names database, in WAL mode with a busy
     timeout. Raises NameError for a locked, unreadable or corrupt database. Other parts may add
     their own tables through this connection (prefix them with the part's name)."""
-    path = db_path(path)
+    path = _checked_path(path)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:
@@ -114,7 +128,7 @@ def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.C
 def open_for_reading(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection | None:
     """The database for a lookup, or None when it does not exist yet (no renames: nothing to read,
     and nothing is created just by listing)."""
-    full = db_path(path)
+    full = _checked_path(path)
     if not os.path.exists(full):
         return None
     if os.access(full, os.W_OK) and os.access(os.path.dirname(full), os.W_OK):
@@ -174,9 +188,11 @@ def translate_errors(path: str) -> Iterator[None]:
         if "locked" in text or "busy" in text:
             who = holders(path)
             by = f"; held by {who}" if who else ""
-            raise NameError(f"the names database {path} is locked{by}; try again when it is released") from None
+            raise NameError(f"the names database {path} is locked{by}; try again when it is released",
+                            errno.EBUSY) from None
         if "readonly" in text or "read-only" in text or "unable to open" in text:
-            raise NameError(f"the names database {path} cannot be written ({text}); run as its owner or use --db") from None
+            raise NameError(f"the names database {path} cannot be written ({text}); run as its owner or use --db",
+                            errno.EROFS) from None
         if "malformed" in text or "not a database" in text:
             raise _corrupt(path, text) from None
         raise NameError(f"the names database {path}: {text}") from None
