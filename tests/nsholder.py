@@ -153,6 +153,28 @@ def owner_only_userns() -> int:
     return fd
 
 
+def state_of(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def zombie_userns() -> None:
+    """A user namespace that only a zombie pins: a child made it and exited; nobody reaps it."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            unshare(CLONE_NEWUSER)
+            os.write(w, str(inode("/proc/self/ns/user")).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    user = int(os.read(r, 64))
+    while state_of(child) != "Z":
+        time.sleep(0.01)
+    ready(user=user, zombie=child)
+
+
 def time_for_children() -> None:
     """A time namespace that only this process's future children will be in."""
     unshare(CLONE_NEWTIME)
@@ -162,6 +184,7 @@ def time_for_children() -> None:
 SHAPES = {
     "thread-uts": thread_uts, "fd-net": fd_net, "socket-net": socket_net, "private-bindmount": private_bindmount,
     "userns-chain": userns_chain, "owner-only-userns": owner_only_userns, "time-for-children": time_for_children,
+    "zombie-userns": zombie_userns,
 }
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import nsfs
 from namespacefs.discover import SOURCES, discover
-from namespacefs.model import Namespace, Snapshot, diff
+from namespacefs.model import Holder, Namespace, Snapshot, diff
 
 INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
 
@@ -105,6 +105,14 @@ def test_a_time_namespace_held_only_as_time_for_children(holder):
     assert ns is not None and ns.type == "time" and ns.processes == ()
     assert [(h.kind, h.pid) for h in ns.holders] == [("time_for_children", made["pid"])]
     assert made["time"] != made["own"]
+
+
+def test_a_user_namespace_pinned_only_by_a_zombie_is_found_with_its_zombie_holder(holder):
+    made = holder("zombie-userns")
+    ns = discover().get(made["user"])
+    assert ns is not None and ns.type == "user"
+    assert Holder("zombie", pid=made["zombie"]) in ns.holders
+    assert made["zombie"] not in ns.processes  # a zombie is in nothing any more
 
 
 def test_ip_netns_bind_mounts_are_found(spawn):

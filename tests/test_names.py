@@ -3,7 +3,6 @@ Every database lives under tmp_path; every process is killed by its own process 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -30,35 +29,17 @@ ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}  # scan here, not a daemon another t
 
 
 def snap() -> Snapshot:
-    """A fresh scan. Retried (up to 3 times) when discovery itself trips over a process that died
-    mid-scan (EINVAL from /proc/PID/mountinfo, EBADF from pidfd_getfd: discovery's races, reported
-    to its owner, not what these tests are about)."""
-    for _ in range(2):
-        try:
-            return discover()
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EBADF):
-                raise
     return discover()
 
 
 def run_nsfs(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """The real nsfs; retried like snap() when a scan trips over a dying process. Scans only
-    processes and bind mounts (what these namespaces are found by; the full scan is discovery's
-    business, and slow on a host busy with other tests): renames of namespaces that a partial scan
-    does not see must survive it, which the kernel is asked about by id."""
+    """The real nsfs. Scans only processes and bind mounts (what these namespaces are found by;
+    the full scan is discovery's business, and slow on a host busy with other tests): renames of
+    namespaces that a partial scan does not see must survive it, which the kernel is asked about
+    by id."""
     if "--sources" not in args and args[0] in ("ls", "show", "rename", "names"):
         args = (*args, "--sources", "process,bindmount")
-    for _ in range(2):
-        r = nsfs(*args, check=False, env=ENV, **kw)
-        if "Traceback" not in r.stderr or "namespacefs/discover/" not in r.stderr:
-            break
-    else:
-        r = nsfs(*args, check=False, env=ENV, **kw)
-    assert "Traceback" not in r.stderr, r.stderr
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
+    return nsfs(*args, check=check, env=ENV, **kw)
 
 
 def start(spawn: Spawn, *unshare: str, marker: str = "") -> tuple[subprocess.Popen[str], int]:

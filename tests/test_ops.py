@@ -257,9 +257,11 @@ def test_pinned_namespaces_survive_their_last_process_and_go_after_unpin(started
         for t in NS_TYPES:
             out = nsfs("pin", f"{pid}:{t}", str(pins[t])).stdout
             assert f"{t}:[{inodes[t]}]" in out
-        os.killpg(proc.pid, 9)
+        # the inner process first, so that unshare reaps it: an orphaned zombie would still pin
+        # the user and pid namespaces (and nsfs rightly reports it as their `zombie` holder)
+        os.kill(pid, 9)
         proc.wait(timeout=10)
-        wait_for(lambda: gone(pid), what="the last process to exit")
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the last process to be reaped")
         snap = core.snapshot(("process", "bindmount"))
         ids = {}
         for t in NS_TYPES:

@@ -18,12 +18,11 @@ class Gone(LookupError):
     """The namespace no longer exists (or cannot be reached)."""
 
 
-def holder_path(ns: Namespace, h: Holder, proc: str = "/proc") -> str | None:
-    """A path that opens the namespace through this holder, where it has one."""
-    if h.kind == "process":
-        return f"{proc}/{h.pid}/ns/{ns.type}"
-    if h.kind in ("task", "pid_for_children", "time_for_children"):
-        link = ns.type if h.kind == "task" else h.kind
+def holder_path(nstype: str, h: Holder, proc: str = "/proc") -> str | None:
+    """The /proc path through which a holder reaches its namespace of type nstype (None for a
+    socket or listns holder, which only an fd in hand reaches, and for parent and owner)."""
+    if h.kind in ("process", "zombie", "task", "pid_for_children", "time_for_children"):
+        link = h.kind if h.kind.endswith("_for_children") else nstype
         return f"{proc}/{h.pid}/task/{h.tid}/ns/{link}" if h.tid else f"{proc}/{h.pid}/ns/{link}"
     if h.kind == "fd":
         return f"{proc}/{h.pid}/fd/{h.fd}"
@@ -63,7 +62,7 @@ def _open_holder(ns: Namespace, h: Holder, snapshot: Snapshot | None, proc: str)
             return kernel.ns_owner_fd(child_fd) if h.kind == "owner" else kernel.ns_parent_fd(child_fd)
         finally:
             os.close(child_fd)
-    path = holder_path(ns, h, proc)
+    path = holder_path(ns.type, h, proc)
     if path is None:
         return None
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)

@@ -12,6 +12,7 @@ from namespacefs.kernel import NS_TYPES
 #: Holder kinds, in the order they are reported. A holder is a reason a namespace is alive.
 HOLDER_KINDS: Final[tuple[str, ...]] = (
     "process",  # a process is in it (/proc/PID/ns/TYPE)
+    "zombie",  # an exited, unreaped process still pins it (user and pid namespaces)
     "task",  # only some thread of a process is in it (/proc/PID/task/TID/ns/TYPE)
     "pid_for_children",  # a process's future children will be in it
     "time_for_children",

@@ -17,6 +17,7 @@ from namespacefs.cli.output import (
     render,
     tree_rows,
 )
+from namespacefs.handles import holder_path
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Process, Snapshot
 
@@ -48,16 +49,10 @@ class Row:
     @property
     def path(self) -> str | None:
         for h in self.ns.holders:
-            if h.kind == "process":
-                return f"/proc/{h.pid}/ns/{self.ns.type}"
-            if h.kind == "task":
-                return f"/proc/{h.pid}/task/{h.tid}/ns/{self.ns.type}"
-            if h.kind in ("pid_for_children", "time_for_children"):
-                return f"/proc/{h.pid}/ns/{h.kind}"
-            if h.kind == "fd":
-                return f"/proc/{h.pid}/fd/{h.fd}"
             if h.kind == "bindmount":
-                return h.path
+                return h.path  # the mountpoint, as lsns shows it
+            if path := holder_path(self.ns.type, h):
+                return path
         return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from namespacefs import kernel
 from namespacefs.discover.state import Found, Scan
-from namespacefs.model import Holder
+from namespacefs.handles import holder_path
 
 
 def resolve(state: Scan) -> None:
@@ -31,27 +31,12 @@ def resolve(state: Scan) -> None:
         _resolve_fd(state, inode, ns, fd)
 
 
-def holder_path(proc: str, holder: Holder, nstype: str) -> str | None:
-    """The /proc path through which a holder reaches its namespace (None: only an fd does)."""
-    base = f"{proc}/{holder.pid}/" + (f"task/{holder.tid}/" if holder.tid is not None else "")
-    kind = holder.kind
-    if kind in ("process", "task"):
-        return f"{base}ns/{nstype}"
-    if kind in ("pid_for_children", "time_for_children"):
-        return f"{base}ns/{kind}"
-    if kind == "fd":
-        return f"{proc}/{holder.pid}/fd/{holder.fd}"
-    if kind == "bindmount":
-        return f"{proc}/{holder.pid}/root{holder.path}"
-    return None  # socket, listns: reached through the fd the scan keeps; parent, owner: never opened
-
-
 def _candidates(state: Scan, ns: Found) -> Iterator[int]:
     """Open fds that may be the namespace: the fds in hand first (surest), then the holders' paths."""
     for fd in ns.fds:
         yield os.dup(fd)
     for holder in ns.holders:
-        path = holder_path(state.proc, holder, ns.type)
+        path = holder_path(ns.type, holder, state.proc)
         if path is None:
             continue
         try:

@@ -23,7 +23,7 @@ from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
 
 #: Holder kinds a process gives (and takes away when it goes).
-PER_PROCESS = frozenset({"process", "task", "pid_for_children", "time_for_children", "fd"})
+PER_PROCESS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children", "fd"})
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 

@@ -79,10 +79,14 @@ def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -
     state.processes[pid] = Process(pid, status.ppid, status.name, cmdline, status.uid, status.gid,
                                    status.nspid, status.threads, links)
     if "process" in sources:
-        holder = Holder("process", pid=pid)
+        # an exited, unreaped process is in nothing any more, yet still pins its user and pid
+        # namespaces (lsns counts it as a process): a holder of its own kind
+        holder = Holder("zombie" if status.zombie else "process", pid=pid)
         for nstype in NS_TYPES:
-            if nstype in links:  # a zombie still pins its user namespace (lsns lists it too)
-                state.add(nstype, links[nstype], holder).processes.append(pid)
+            if nstype in links:
+                ns = state.add(nstype, links[nstype], holder)
+                if not status.zombie:
+                    ns.processes.append(pid)
     if "for_children" in sources:
         for link, nstype in FOR_CHILDREN_LINKS.items():
             if link in links and links[link] != links.get(nstype):
