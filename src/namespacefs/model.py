@@ -48,6 +48,19 @@ class Holder:
         return f"{self.kind} {extra}".strip()
 
 
+def indirect_holders(relations: Iterable[tuple[int, int | None, int | None]]) -> dict[int, list[Holder]]:
+    """From (inode, owner, parent) of each namespace: the `owner` and `parent` holders each owner
+    and parent gets from the namespaces that name it (a user namespace's owner is its parent:
+    counted once)."""
+    indirect: dict[int, list[Holder]] = {}
+    for inode, owner, parent in relations:
+        if owner is not None and owner != parent:
+            indirect.setdefault(owner, []).append(Holder("owner", via=inode))
+        if parent is not None:
+            indirect.setdefault(parent, []).append(Holder("parent", via=inode))
+    return indirect
+
+
 @dataclass(frozen=True, slots=True)
 class Process:
     pid: int

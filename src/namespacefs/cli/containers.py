@@ -10,7 +10,7 @@ import sys
 from typing import Any, NoReturn
 
 from namespacefs import containers, core
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, duration
 from namespacefs.cli.common import chosen_sources, find, report_errors
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("target", help="a container (path, name or engine id) or a pid in it")
         parser.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
         parser.add_argument("--dry-run", action="store_true", help="list what would be killed, kill nothing")
-        parser.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for every process to go")
+        parser.add_argument("--timeout", type=duration, default=5.0, help="seconds to wait for every process to go")
         parser.add_argument("-J", "--json", action="store_true", help="JSON report")
     elif command == "pin":
         parser.add_argument("ns", metavar="NS", help="the namespace (inode, TYPE:[INODE], PID:TYPE, path, id or name)")
@@ -109,16 +109,6 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-G", "--setgid", type=int, metavar="GID", help="run as this gid")
     parser.add_argument("--wd", metavar="DIR", help="working directory (default: the target's)")
     parser.add_argument("--keep-root", action="store_true", help="keep our root directory in the mount namespace")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (0 or more)")
-    return value
 
 
 class _OptionsAfterTarget(argparse.ArgumentParser):

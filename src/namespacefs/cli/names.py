@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import sys
 from typing import Any
 
 from namespacefs import names
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, duration
 from namespacefs.cli.common import add_source_options, find, ns_type, take_snapshot
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render
 from namespacefs.kernel import NS_TYPES
@@ -80,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="export: where to write (default: stdout); import: the export to read ('-': stdin)")
     parser.add_argument("--history", action="store_true", help="list the names of namespaces that are gone")
     parser.add_argument("--prune", action="store_true", help="delete the history (see --older-than)")
-    parser.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: only entries older than this")
+    parser.add_argument("--older-than", type=duration, metavar="DAYS", help="with --prune: only entries older than this")
     parser.add_argument("--pid-map", action="append", default=[], metavar="OLD:NEW[,...]",
                         help="import: old pid -> new pid (repeatable); finds each namespace through its processes")
     parser.add_argument("--pid-map-file", metavar="FILE", help="import: pid map, one 'OLD NEW' or 'OLD:NEW' a line")
@@ -122,8 +121,6 @@ def _names(args: argparse.Namespace) -> int:
     if args.older_than is not None and not args.prune:
         raise UserError("--older-than goes with --prune")
     if args.prune:
-        if args.older_than is not None and not 0 <= args.older_than < math.inf:  # (also nan)
-            raise UserError("--older-than needs a number of days >= 0")
         gone = names.prune(args.db, None if args.older_than is None else args.older_than * 86400)
         print(f"pruned {gone} history entr{'y' if gone == 1 else 'ies'}")
         return 0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import queue
 import sys
 from collections.abc import Callable
 
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, interval
 from namespacefs.kernel import NS_TYPES
 from namespacefs.service import DEFAULT_SOCKET
 from namespacefs.service.events import KINDS, Event
@@ -20,7 +19,7 @@ from namespacefs.service.events import KINDS, Event
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--socket", metavar="PATH", default=None,
                         help=f"the API's Unix socket (default $NSFS_SOCKET or {DEFAULT_SOCKET})")
-    parser.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=interval, default=2.0, metavar="SECONDS",
                         help="full rescan at least this often (default 2; unshare/setns make no process event)")
     if command == "serve":
         parser.add_argument("--listen", metavar="[HOST:]PORT",
@@ -37,17 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("-e", "--events", metavar="LIST", help=f"only these events ({','.join(KINDS)})")
         parser.add_argument("-t", "--type", metavar="LIST", help="only namespaces of these types")
         parser.add_argument("--no-daemon", action="store_true", help="watch with an own event loop, even if a daemon runs")
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds > 0 ('nan' and 'inf' parse as floats but make no interval)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
-    return value
 
 
 def _rcvbuf(text: str) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from namespacefs import kernel, procfs
 from namespacefs.discover import hierarchy, mounts, processes, sockets
 from namespacefs.discover.state import Found, Scan
-from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
+from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
 
 #: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
 #: no namespace has an owner, and it is what opens each namespace to read its id.
@@ -127,10 +127,5 @@ def _freeze(state: Scan, maps: UserMaps) -> dict[int, Namespace]:
 
 def _indirect_holders(found: dict[int, Found]) -> dict[int, list[Holder]]:
     """For namespaces nothing holds directly: the children that keep them alive."""
-    indirect: dict[int, list[Holder]] = {}
-    for inode, ns in found.items():
-        if ns.owner is not None and ns.owner != ns.parent:
-            indirect.setdefault(ns.owner, []).append(Holder("owner", via=inode))
-        if ns.parent is not None:
-            indirect.setdefault(ns.parent, []).append(Holder("parent", via=inode))
+    indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in found.items())
     return {k: v for k, v in indirect.items() if not any(h.kind in DIRECT_KINDS for h in found[k].holders)} if found else {}

@@ -12,7 +12,6 @@ last full scan saw it: the full scan remains the reference and runs periodically
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -20,11 +19,10 @@ from dataclasses import replace
 
 from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, processes
 from namespacefs.discover.state import Scan
-from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
+from namespacefs.model import DIRECT_KINDS, Namespace, Snapshot, indirect_holders
 
 #: Holder kinds a process gives (and takes away when it goes).
 PER_PROCESS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children", "fd"})
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
@@ -34,19 +32,7 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     chosen = frozenset(sources) & {"process", "task", "for_children", "fd"}
     state = Scan(proc=proc)
     try:
-        for pid in sorted(touched):
-            try:
-                dir_fd = os.open(f"{proc}/{pid}", _DIR_FLAGS)
-            except OSError as e:
-                state.failed(e)
-                continue
-            try:
-                processes._scan_process(state, pid, dir_fd, chosen)
-            except OSError as e:
-                state.failed(e)
-                state.processes.pop(pid, None)
-            finally:
-                os.close(dir_fd)
+        processes.scan(state, chosen, sorted(touched))
         hierarchy.resolve(state)
         maps = _read_user_maps(state)
     finally:
@@ -90,12 +76,7 @@ def _drop_unheld(namespaces: dict[int, Namespace], before: Mapping[int, Namespac
             break
         for inode in drop:
             del namespaces[inode]
-    indirect: dict[int, list[Holder]] = {}
-    for inode, ns in namespaces.items():
-        if ns.owner is not None and ns.owner != ns.parent:
-            indirect.setdefault(ns.owner, []).append(Holder("owner", via=inode))
-        if ns.parent is not None:
-            indirect.setdefault(ns.parent, []).append(Holder("parent", via=inode))
+    indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in namespaces.items())
     for inode, ns in list(namespaces.items()):
         if not ns.holders and inode in indirect:
             namespaces[inode] = replace(ns, holders=tuple(indirect[inode]))

@@ -8,6 +8,7 @@ file is read exactly once.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from namespacefs import procfs
 from namespacefs.discover.state import Scan
@@ -57,8 +58,9 @@ def pids(proc: str) -> list[int]:
     return [int(name) for name in os.listdir(proc) if name.isdigit()]
 
 
-def scan(state: Scan, sources: frozenset[str]) -> None:
-    for pid in pids(state.proc):
+def scan(state: Scan, sources: frozenset[str], only: Iterable[int] | None = None) -> None:
+    """Read every process (or only those pids: the live service's partial re-read)."""
+    for pid in pids(state.proc) if only is None else only:
         try:
             dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
         except OSError as e:
@@ -68,6 +70,7 @@ def scan(state: Scan, sources: frozenset[str]) -> None:
             _scan_process(state, pid, dir_fd, sources)
         except OSError as e:
             state.failed(e)
+            state.processes.pop(pid, None)  # half read: as good as gone
         finally:
             os.close(dir_fd)
 
