@@ -240,6 +240,7 @@ def test_nested_namespaces_are_not_reported_as_overlapping(spawn: Callable[..., 
 def test_cli_json_table_tree_and_bad_input(userns: Callable[..., dict[str, Any]]) -> None:
     a = userns(f"0 {BASE + 60_000} 10")
     b = userns(f"0 {BASE + 60_000} 10")
+    c = userns(f"0 {BASE + 60_000} 10")
     data = json.loads(nsfs("accounting", "-J").stdout)
     inodes = {u["inode"] for u in data["user_namespaces"]}
     assert {a["inode"], b["inode"]} <= inodes
@@ -252,7 +253,10 @@ def test_cli_json_table_tree_and_bad_input(userns: Callable[..., dict[str, Any]]
     table = nsfs("accounting").stdout
     line = next(line for line in table.splitlines() if line.strip().startswith(str(a["inode"])))
     assert "shared-uids" in line and "shared-gids" in line
-    assert f"user:[{min(a['inode'], b['inode'])}] and user:[{max(a['inode'], b['inode'])}] share host uids" in table
+    # the JSON has every pair; the text joins the three namespaces with one map into one line
+    assert sum({o["a"], o["b"]} <= {a["inode"], b["inode"], c["inode"]} for o in data["overlaps"] if o["kind"] == "uid") == 3
+    first, second, third = sorted((a["inode"], b["inode"], c["inode"]))
+    assert f"user:[{first}], user:[{second}] and user:[{third}] share host uids {BASE + 60_000}-" in table
 
     by_uid = nsfs("accounting", "--by", "uid", "-r", "-o", "NS,UID,HOSTUID,CHARGED").stdout.splitlines()
     assert f"{a['inode']} 0 {BASE + 60_000} 1" in by_uid

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from namespacefs import accounting, handles
@@ -125,15 +126,27 @@ def run_accounting(args: argparse.Namespace) -> int:
     notes = sys.stderr if args.raw else sys.stdout  # raw output stays one table for scripts
     if acct.overlaps:
         print("\nUser namespaces sharing host ids:", file=notes)
-        for o in acct.overlaps:
-            ranges = ", ".join(_range(r) for r in o.ranges)
-            print(f"  user:[{o.a}] and user:[{o.b}] share host {o.kind}s {ranges}: {o.meaning}", file=notes)
+        for (kind, ranges, meaning), members in _shared_groups(acct.overlaps):
+            who = " and ".join(", ".join(f"user:[{m}]" for m in members).rsplit(", ", 1))
+            print(f"  {who} share host {kind}s {', '.join(_range(r) for r in ranges)}: {meaning}", file=notes)
     if acct.warnings:
         print("\nHost root mapped into a user namespace:", file=notes)
         for w in acct.warnings:
             print(f"  {w}", file=notes)
     report_errors(snap)
     return 0
+
+
+def _shared_groups(overlaps: Sequence[accounting.Overlap]) -> list[tuple[tuple[str, Any, str], list[int]]]:
+    """Pairs that share the same host ids, joined into groups (connected pairs): forty containers
+    with one map are one line, not 780 pairs. The JSON keeps every pair."""
+    groups: dict[tuple[str, Any, str], list[set[int]]] = {}
+    for o in overlaps:
+        sets = groups.setdefault((o.kind, o.ranges, o.meaning), [])
+        touching = [s for s in sets if o.a in s or o.b in s]
+        merged = {o.a, o.b}.union(*touching)
+        sets[:] = [s for s in sets if s not in touching] + [merged]
+    return [(key, sorted(members)) for key, sets in groups.items() for members in sets]
 
 
 # --- nsfs shift / unshift ----------------------------------------------------------------------
