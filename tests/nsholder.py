@@ -79,14 +79,32 @@ def fd_net() -> int:
     return fd
 
 
-def socket_net() -> socket.socket:
-    """A net namespace held only by a socket created inside it."""
+def socket_net(family: str = "udp") -> list[socket.socket]:
+    """A net namespace held only by a socket created inside it (UDP, or "untabled": AF_XDP or
+    AF_VSOCK, families no /proc/net table lists); the process also keeps sockets in its own net
+    namespace."""
     def make() -> tuple[socket.socket, int]:
         unshare(CLONE_NEWNET)
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM), inode("/proc/thread-self/ns/net")
+        return _socket(family), inode("/proc/thread-self/ns/net")
     sock, net = in_thread(make)
-    ready(net=net, socket=os.fstat(sock.fileno()).st_ino, fd=sock.fileno())
-    return sock
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    own = [listener, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), *socket.socketpair()]
+    ready(net=net, socket=os.fstat(sock.fileno()).st_ino, fd=sock.fileno(),
+          own=[os.fstat(s.fileno()).st_ino for s in own])
+    return [sock, *own]
+
+
+def _socket(family: str) -> socket.socket:
+    if family == "udp":
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for args in ((44, socket.SOCK_RAW), (socket.AF_VSOCK, socket.SOCK_STREAM)):  # AF_XDP, AF_VSOCK
+        try:
+            return socket.socket(*args)
+        except OSError:
+            continue
+    sys.exit("untabled: this kernel has neither AF_XDP nor AF_VSOCK sockets")
 
 
 def private_bindmount(target: str) -> None:

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import nsfs
 from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Holder, Namespace, Snapshot, diff
@@ -43,12 +45,16 @@ def test_an_fd_only_net_namespace_is_found_with_its_fd_holder(holder):
     assert ns.owner == INITIAL_USER and ns.id is not None
 
 
-def test_a_socket_only_net_namespace_is_found_with_its_socket_holder(holder):
-    made = holder("socket-net")
+@pytest.mark.parametrize("family", ["udp", "untabled"])
+def test_a_socket_only_net_namespace_is_found_with_its_socket_holder(holder, family):
+    made = holder("socket-net", family)
     snap = discover()
     ns = snap.get(made["net"])
     assert ns is not None and ns.type == "net"
     assert [(h.kind, h.pid, h.fd, h.socket) for h in ns.holders] == [("socket", made["pid"], made["fd"], made["socket"])]
+    # its sockets in its own net namespace (tcp, udp, unix) hold nothing more
+    own = snap.namespace_of(made["pid"], "net")
+    assert own is not None and not [h for h in own.holders if h.kind == "socket" and h.pid == made["pid"]]
     assert discover(set(SOURCES) - {"socket"}).get(made["net"]) is None
 
 
