@@ -151,7 +151,7 @@ def main() -> int:
         f"pyfuse3 FUSE server. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"Extra namespaces made for the run: {args.namespaces} (uts+ipc pairs held by fds), plus one uts namespace "
         f"with {args.processes} processes. The host then had {total} namespaces and {procs} processes in all "
-        "(other work was running on it too). One discovery scan took "
+        f"(load average {os.getloadavg()[0]:.2f} at the end). One discovery scan took "
         f"{scan * 1000:.0f} ms (median); the filesystem rescans in the background at most every 0.5 s.", "",
         f"Median of {args.runs} warm runs (after one warm-up run). Targets: find and ls -R under 1 s, cat tasks under 50 ms.", "",
         "| mode | namespaces shown (uts+ipc) | entries (find) | find MNT \\| wc -l | ls -R MNT | cat tasks (process) | "

@@ -152,8 +152,8 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `bench/names_bench.py --extra {args.extra}"
         f" --renames {args.renames} --repeat {args.repeat}`.", "",
         f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. The host"
-        f" had {len(snap)} namespaces ({len(snap.processes)} processes) at the time, other engineers' tests running"
-        " alongside (numbers are medians; the spread is max - min).", "",
+        f" had {len(snap)} namespaces ({len(snap.processes)} processes) at the time; load average"
+        f" {os.getloadavg()[0]:.2f} (numbers are medians; the spread is max - min).", "",
         "| what | time |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in rows], "",
     ]

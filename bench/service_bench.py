@@ -320,8 +320,7 @@ def write(path: str, r: dict[str, Any], args: argparse.Namespace) -> None:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `bench/service_bench.py "
         f"--namespaces {args.namespaces} --seconds {args.seconds:g}`.", "",
         f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Python {platform.python_version()}. "
-        f"Load average before/after: {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} (other engineers' tests "
-        "and benchmarks share the host).", "",
+        f"Load average before/after: {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}.", "",
         "## Event latency", "",
         "Namespace created (time taken in the child right after unshare(CLONE_NEWUTS)) -> `created` event received by an",
         "SSE client over the Unix socket; destroyed: SIGKILL of the only process -> `destroyed` received. Each namespace",
