@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import nsfs
-from namespacefs.discover import SOURCES, discover
+from namespacefs.discover import SOURCES, discover, processes
+from namespacefs.discover.state import Scan
 from namespacefs.model import Holder, Namespace, Snapshot, diff
 
 INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
@@ -288,3 +289,39 @@ def _descendants(root: int) -> list[int]:
         with contextlib.suppress(OSError):
             found += _descendants(c)
     return found
+
+
+def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder, monkeypatch):
+    """From SPLIT_FROM processes on, a forked child reads every other process; lowered here so that
+    this host counts as large. Whatever half a process falls in, its namespaces are found the same."""
+    made = {shape: holder(shape) for shape in ("thread-uts", "fd-net", "socket-net", "owner-only-userns")}
+    splits = []
+    real_split = processes._scan_split
+    monkeypatch.setattr(processes, "SPLIT_FROM", 2)
+    monkeypatch.setattr(processes, "_scan_split", lambda *a: (splits.append(1), real_split(*a)))
+    split = discover()
+    assert splits, "the split reader did not run (another thread alive in the test process?)"
+    monkeypatch.setattr(processes, "SPLIT_FROM", 10**9)
+    whole = discover()
+    kinds = {"thread-uts": ("uts", "task"), "fd-net": ("net", "fd"), "socket-net": ("net", "socket"),
+             "owner-only-userns": ("user", "owner")}
+    for shape, info in made.items():
+        nstype, kind = kinds[shape]
+        inode = info["uts" if nstype == "uts" else "user" if nstype == "user" else "net"]
+        for snap in (split, whole):
+            ns = snap.get(inode)
+            assert ns is not None and ns.type == nstype and kind in ns.kinds, (shape, ns)
+    assert split.processes.keys() & whole.processes.keys() >= {info["pid"] for info in made.values()}
+    # every process of the host is read once, by one of the two readers
+    assert abs(len(split.processes) - len(whole.processes)) < 10
+
+
+def test_a_failed_split_reader_costs_nothing(holder, monkeypatch):
+    made = holder("fd-net")
+    monkeypatch.setattr(processes, "SPLIT_FROM", 2)
+    monkeypatch.setattr(Scan, "portable", lambda self: 1 / 0)  # the child dies before sending its half
+    snap = discover()
+    assert snap.get(made["net"]) is not None and "fd" in snap.get(made["net"]).kinds
+    assert made["pid"] in snap.processes
+    monkeypatch.setattr(processes, "SPLIT_FROM", 10**9)
+    assert abs(len(snap.processes) - len(discover().processes)) < 10  # the child's half was read here

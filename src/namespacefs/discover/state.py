@@ -34,6 +34,10 @@ class Found:
     resolved: bool = False
 
 
+#: Scan.portable(): found, processes, errors, sockets, mount_readers
+Portable = tuple[dict[int, Found], dict[int, Process], Counter[str], dict[int, list[tuple[int, int]]], dict[int, list[int]]]
+
+
 @dataclass
 class Scan:
     """The mutable state of one scan; each source adds to it."""
@@ -68,6 +72,23 @@ class Scan:
         if fd is not None:
             ns.fds.append(fd)
         return ns
+
+    def portable(self) -> Portable:
+        """What the process scan found, for a forked reader to send back (it holds no fds)."""
+        return self.found, self.processes, self.errors, self.sockets, self.mount_readers
+
+    def merge(self, part: Portable) -> None:
+        """Add what another reader found (Scan.portable()) for other processes."""
+        found, processes, errors, sockets, mount_readers = part
+        for inode, ns in found.items():
+            mine = self.ensure(ns.type, inode)
+            mine.holders += ns.holders
+            mine.processes += ns.processes
+        self.processes.update(processes)
+        self.errors.update(errors)
+        self.sockets.update(sockets)
+        for mntns, readers in mount_readers.items():
+            self.mount_readers.setdefault(mntns, []).extend(readers)
 
     def failed(self, err: OSError) -> None:
         """Count an error that a source chose to skip; raise what is not a normal race."""
