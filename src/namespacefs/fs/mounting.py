@@ -14,6 +14,7 @@ import pyfuse3
 import trio
 
 from namespacefs import kernel, procfs
+from namespacefs.discover import SOURCES
 from namespacefs.fs.operations import NamespaceFS
 from namespacefs.fs.source import Source, snapshot_taker
 
@@ -82,10 +83,7 @@ def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
     mountpoint = absolute(mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
-    try:
-        take = snapshot_taker(sources, db)
-    except ValueError as e:
-        raise MountError(str(e)) from None
+    take = snapshot_taker(sources or SOURCES, db)
     _Stop.install()
     created = prepare(mountpoint, say)
     try:

@@ -4,7 +4,6 @@ a rescan; only a lookup of something unknown asks for a fresh one (and shares it
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ from typing import Any
 import trio
 
 from namespacefs import core, details
+from namespacefs.discover import SOURCES
 from namespacefs.handles import Gone
 from namespacefs.model import Namespace, Snapshot
 
@@ -29,19 +29,9 @@ LOOKUP_WAIT = 2.0
 LOOKUP_WAIT_MAX = 10.0
 
 
-def snapshot_taker(sources: tuple[str, ...] | None = None, db: str | None = None) -> Callable[[], Snapshot]:
-    """core.snapshot with the options this core accepts (db= once the naming core takes one)."""
-    kwargs: dict[str, Any] = {}
-    accepted = inspect.signature(core.snapshot).parameters
-    if "fresh" in accepted:
-        kwargs["fresh"] = True  # our own scans, on our own schedule (not a daemon's snapshot)
-    if sources is not None:
-        kwargs["sources"] = sources
-    if db is not None:
-        if "db" not in accepted:
-            raise ValueError("this build's core does not take a names database (--db)")
-        kwargs["db"] = db
-    return lambda: core.snapshot(**kwargs)
+def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Callable[[], Snapshot]:
+    """Our own scans (fresh: on our own schedule, not a daemon's snapshot), named from db."""
+    return lambda: core.snapshot(sources, fresh=True, db=db)
 
 
 class Source:
