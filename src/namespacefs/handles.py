@@ -76,3 +76,21 @@ def _is(fd: int, ns: Namespace) -> bool:
         pass
     os.close(fd)
     return False
+
+
+def still_members(ns: Namespace, proc: str = "/proc") -> tuple[int, ...]:
+    """The processes of the snapshot's ns that are still in it now (a snapshot can be a second old;
+    a pid listed in `tasks` must not be gone when a script opens /proc/PID/ns/... next). One stat
+    of /proc/PID/ns/TYPE each, a few microseconds; a pid reused by another process is dropped too,
+    and so is a zombie (it has exited: its uts link is gone, though its pid and user links stay)."""
+    members = []
+    for pid in ns.processes:
+        try:
+            if os.stat(f"{proc}/{pid}/ns/{ns.type}").st_ino != ns.inode:
+                continue
+            if ns.type in ("pid", "user"):
+                os.stat(f"{proc}/{pid}/ns/uts")  # (the links of an exited task's nsproxy fail: ENOENT)
+        except OSError:
+            continue  # gone
+        members.append(pid)
+    return tuple(members)

@@ -19,8 +19,8 @@ import trio
 
 from namespacefs import kernel
 from namespacefs.fs import layout
-from namespacefs.fs.source import Source, still_members
-from namespacefs.handles import Gone
+from namespacefs.fs.source import Source
+from namespacefs.handles import Gone, still_members
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot, diff
 

@@ -5,7 +5,6 @@ a rescan; only a lookup of something unknown asks for a fresh one (and shares it
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -108,24 +107,6 @@ class Source:
         if isinstance(value, Exception):
             raise value
         return _format_detail(name, value)
-
-
-def still_members(ns: Namespace) -> tuple[int, ...]:
-    """The processes of the snapshot's ns that are still in it now (a snapshot can be a second old;
-    a pid listed in `tasks` must not be gone when a script opens /proc/PID/ns/... next). One stat
-    of /proc/PID/ns/TYPE each, a few microseconds; a pid reused by another process is dropped too,
-    and so is a zombie (it has exited: its uts link is gone, though its pid and user links stay)."""
-    members = []
-    for pid in ns.processes:
-        try:
-            if os.stat(f"/proc/{pid}/ns/{ns.type}").st_ino != ns.inode:
-                continue
-            if ns.type in ("pid", "user"):
-                os.stat(f"/proc/{pid}/ns/uts")  # (the links of an exited task's nsproxy fail: ENOENT)
-        except OSError:
-            continue  # gone
-        members.append(pid)
-    return tuple(members)
 
 
 def _first(take: Callable[[], Snapshot], attempts: int = 5) -> Snapshot:
