@@ -6,15 +6,16 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import nsfs
-from namespacefs.discover import SOURCES, discover, processes
-from namespacefs.discover.state import Scan
+from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Holder, Namespace, Snapshot, diff
 
 INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
@@ -291,37 +292,52 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder, monkeypatch):
+SPLIT_SCAN = """
+import json, sys
+from namespacefs.discover import discover, processes
+from namespacefs.discover.state import Scan
+processes.SPLIT_FROM = int(sys.argv[1])
+if sys.argv[2] == "break":
+    Scan.portable = lambda self: 1 / 0  # the child dies before it sends its half
+split = processes._scan_split
+ran = []
+processes._scan_split = lambda *a: (ran.append(1), split(*a))
+snapshot = discover()
+print(json.dumps({"split": bool(ran), **snapshot.to_dict()}))
+"""
+
+
+def scan_in_child(split_from: int, child: str = "works") -> dict[str, Any]:
+    """discover() in a fresh (single-threaded, so allowed to fork) interpreter, with the threshold
+    for the second reader set to split_from processes."""
+    out = subprocess.run([sys.executable, "-c", SPLIT_SCAN, str(split_from), child], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return json.loads(out)
+
+
+def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder):
     """From SPLIT_FROM processes on, a forked child reads every other process; lowered here so that
     this host counts as large. Whatever half a process falls in, its namespaces are found the same."""
     made = {shape: holder(shape) for shape in ("thread-uts", "fd-net", "socket-net", "owner-only-userns")}
-    splits = []
-    real_split = processes._scan_split
-    monkeypatch.setattr(processes, "SPLIT_FROM", 2)
-    monkeypatch.setattr(processes, "_scan_split", lambda *a: (splits.append(1), real_split(*a)))
-    split = discover()
-    assert splits, "the split reader did not run (another thread alive in the test process?)"
-    monkeypatch.setattr(processes, "SPLIT_FROM", 10**9)
-    whole = discover()
-    kinds = {"thread-uts": ("uts", "task"), "fd-net": ("net", "fd"), "socket-net": ("net", "socket"),
-             "owner-only-userns": ("user", "owner")}
-    for shape, info in made.items():
-        nstype, kind = kinds[shape]
-        inode = info["uts" if nstype == "uts" else "user" if nstype == "user" else "net"]
-        for snap in (split, whole):
-            ns = snap.get(inode)
-            assert ns is not None and ns.type == nstype and kind in ns.kinds, (shape, ns)
-    assert split.processes.keys() & whole.processes.keys() >= {info["pid"] for info in made.values()}
+    split, whole = scan_in_child(2), scan_in_child(10**9)
+    assert split["split"] and not whole["split"]
+    kinds = {"thread-uts": ("uts", "uts", "task"), "fd-net": ("net", "net", "fd"),
+             "socket-net": ("net", "net", "socket"), "owner-only-userns": ("user", "user", "owner")}
+    for data in (split, whole):
+        by_inode = {ns["inode"]: ns for ns in data["namespaces"]}
+        for shape, info in made.items():
+            key, nstype, kind = kinds[shape]
+            ns = by_inode.get(info[key])
+            assert ns is not None and ns["type"] == nstype and kind in {h["kind"] for h in ns["holders"]}, shape
+        assert {info["pid"] for info in made.values()} <= {p["pid"] for p in data["processes"]}
     # every process of the host is read once, by one of the two readers
-    assert abs(len(split.processes) - len(whole.processes)) < 10
+    assert abs(len(split["processes"]) - len(whole["processes"])) < 10
 
 
-def test_a_failed_split_reader_costs_nothing(holder, monkeypatch):
+def test_a_failed_split_reader_costs_nothing(holder):
     made = holder("fd-net")
-    monkeypatch.setattr(processes, "SPLIT_FROM", 2)
-    monkeypatch.setattr(Scan, "portable", lambda self: 1 / 0)  # the child dies before sending its half
-    snap = discover()
-    assert snap.get(made["net"]) is not None and "fd" in snap.get(made["net"]).kinds
-    assert made["pid"] in snap.processes
-    monkeypatch.setattr(processes, "SPLIT_FROM", 10**9)
-    assert abs(len(snap.processes) - len(discover().processes)) < 10  # the child's half was read here
+    snap, whole = scan_in_child(2, "break"), scan_in_child(10**9)
+    assert snap["split"]
+    net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
+    assert "fd" in {h["kind"] for h in net["holders"]}
+    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's half was read here
