@@ -20,11 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from conftest import kill_group
 from namespacefs import core, kernel
 from namespacefs.discover import discover
 from namespacefs.discover.incremental import refresh
+from namespacefs.fs.source import Source, snapshot_taker
 from namespacefs.model import Snapshot, diff
 from namespacefs.service import client
 from namespacefs.service.events import Event
@@ -274,6 +276,32 @@ def test_the_client_and_core_use_a_running_daemon(daemon: Daemon, monkeypatch: p
     clock = time.monotonic()
     assert client.fetch_snapshot(str(Path(daemon.socket).parent / "no-such.sock")) is None
     assert time.monotonic() - clock < 0.5
+
+
+def test_the_filesystem_reads_the_daemons_snapshot_and_scans_only_for_a_fresh_one(
+        daemon: Daemon, holders: Callable[..., Holder], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSFS_SOCKET", daemon.socket)
+    take = snapshot_taker()
+    before = daemon.status()["taken_at"]
+    periodic = take(False)
+    assert before <= periodic.taken_at <= daemon.status()["taken_at"]  # the daemon's, not a scan
+    clock = time.time()
+    assert take(True).taken_at >= clock  # a scan of its own, now
+    # a lookup of a namespace that just appeared gets a snapshot that has it, at once
+    source = Source(take)
+    made = holders("--uts")
+    uts, _ = made.ns("uts")
+
+    async def lookup() -> Snapshot:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            got = await source.refresh(newer_than=time.time())
+            nursery.cancel_scope.cancel()
+        return got
+
+    clock = time.monotonic()
+    got = trio.run(lookup)
+    assert got.get(uts) is not None and time.monotonic() - clock < 1.5
 
 
 def test_tcp_needs_the_token_and_the_socket_is_root_only(daemon: Daemon) -> None:

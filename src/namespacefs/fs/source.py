@@ -1,6 +1,7 @@
-"""Where the filesystem gets its data: snapshots from namespacefs.core, re-taken in the background,
-and per-namespace details from namespacefs.details, cached for a short while. Reads never wait for
-a rescan; only a lookup of something unknown asks for a fresh one (and shares it with others)."""
+"""Where the filesystem gets its data: snapshots from namespacefs.core, re-taken in the background
+(the live snapshot of `nsfs serve` when it runs, else a scan of our own), and per-namespace details
+from namespacefs.details, cached for a short while. Reads never wait for a rescan; only a lookup of
+something unknown asks for a fresh scan (and shares it with others)."""
 
 from __future__ import annotations
 
@@ -28,15 +29,20 @@ LOOKUP_WAIT = 2.0
 LOOKUP_WAIT_MAX = 10.0
 
 
-def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Callable[[], Snapshot]:
-    """Our own scans (fresh: on our own schedule, not a daemon's snapshot), named from db."""
-    return lambda: core.snapshot(sources, fresh=True, db=db)
+#: take(fresh) -> Snapshot. fresh=False: the daemon's live snapshot where one runs, else a scan;
+#: fresh=True: a scan now (a lookup waits for something newer than what it has).
+Taker = Callable[[bool], Snapshot]
+
+
+def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Taker:
+    """Snapshots named from db (see Taker)."""
+    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db)
 
 
 class Source:
     """The current snapshot, kept fresh by run() in the background (the only place scans run)."""
 
-    def __init__(self, take: Callable[[], Snapshot]) -> None:
+    def __init__(self, take: Taker) -> None:
         self._take = take
         self._on_change: Callable[[Snapshot, Snapshot], None] | None = None
         started = time.monotonic()
@@ -54,21 +60,24 @@ class Source:
 
     async def run(self) -> None:
         """Rescan forever: at most every MIN_INTERVAL seconds (never more than half the time),
-        at once when refresh() asks."""
+        at once (and fresh) when refresh() asks."""
+        fresh = False
         while True:
             started = time.monotonic()
             try:
-                await self._scan()
+                await self._scan(fresh)
             except Exception as e:  # a scan that fails must not take the filesystem down
                 log.warning("rescan failed (%s: %s); keeping the previous snapshot", type(e).__name__, e)
             took = self.took = time.monotonic() - started
+            fresh = False
             with trio.move_on_after(max(MIN_INTERVAL - took, took)):
                 await self._wanted.wait()
+                fresh = True
             self._wanted = trio.Event()
 
-    async def _scan(self) -> None:
+    async def _scan(self, fresh: bool) -> None:
         try:
-            new = await trio.to_thread.run_sync(self._take, abandon_on_cancel=True)
+            new = await trio.to_thread.run_sync(self._take, fresh, abandon_on_cancel=True)
             old, self.current = self.current, new
             self.scans += 1
             if self._on_change is not None:
@@ -109,11 +118,11 @@ class Source:
         return _format_detail(name, value)
 
 
-def _first(take: Callable[[], Snapshot], attempts: int = 5) -> Snapshot:
+def _first(take: Taker, attempts: int = 5) -> Snapshot:
     """The first snapshot; a scan that trips over a process exiting under it is simply retried."""
     for attempt in range(attempts):
         try:
-            return take()
+            return take(False)
         except OSError as e:
             if attempt == attempts - 1:
                 raise
