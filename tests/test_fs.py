@@ -606,3 +606,40 @@ def test_a_stale_mount_from_a_crashed_server_is_cleared_by_the_next_mount(tmp_pa
     finally:
         nsfs("umount", str(mountpoint), check=False)
     assert not is_mounted(mountpoint)
+
+
+def test_reads_are_answered_at_once_while_a_slow_rescan_runs():
+    """On a host where one scan takes long (here: the real scan, then 1.5 s more), what the
+    filesystem serves comes from the snapshot it has; nothing a read needs waits for the scan."""
+    import threading
+
+    import trio
+
+    from namespacefs.fs.source import Source, snapshot_taker
+
+    real, scanning = snapshot_taker(), threading.Event()
+
+    def slow(fresh: bool) -> Any:
+        snapshot = real(fresh)
+        scanning.set()
+        time.sleep(1.5)
+        return snapshot
+
+    source = Source(slow)  # (the first scan, at mount time, is slow too)
+    scanning.clear()
+    uts = source.current.namespace_of(os.getpid(), "uts")
+    assert uts is not None
+
+    async def read_during_a_rescan() -> tuple[float, str, int]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            await trio.to_thread.run_sync(scanning.wait)  # the rescan is under way
+            scans, clock = source.scans, time.monotonic()
+            hostname = await source.detail(uts, "hostname")
+            took = time.monotonic() - clock
+            nursery.cancel_scope.cancel()
+        return took, hostname, scans
+
+    took, hostname, scans_then = trio.run(read_during_a_rescan)
+    assert hostname.strip() == os.uname().nodename and took < 0.5
+    assert scans_then == 1  # it was answered before the rescan finished
