@@ -115,7 +115,7 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `bench/containers_bench.py "
         f"--procs {opts.procs} --runs {opts.runs}` (medians of {opts.runs} runs; kills are single runs).", "",
         f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}.",
-        "Other engineers' work was running on the host at the same time (see the process count).", "",
+        f"Load average {os.getloadavg()[0]:.2f} at the end of the run.", "",
         "| what | time |", "|---|---:|", *rows, "",
         "Whole-command times include Python start-up (the last row), a process scan of the host",
         "and the grouping; the rows marked `alone` time the operation itself, in-process.", "",
