@@ -19,9 +19,11 @@ import ctypes
 import errno
 import fcntl
 import os
-import socket
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import socket
 
 # --- namespace types -------------------------------------------------------------------------
 
@@ -315,6 +317,8 @@ PROC_EVENT_IDS: Final = struct.Struct("=IIII")  # fork: parent pid/tgid, child p
 def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
     """A netlink socket subscribed to the kernel's process events (needs CAP_NET_ADMIN, init netns).
     Raises OSError when the kernel has no proc connector (CONFIG_PROC_EVENTS=n) or access is denied."""
+    import socket  # (the service alone needs it; kernel is imported by every command)
+
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     try:
         try:

@@ -3,13 +3,13 @@ app id from the sandbox's `/.flatpak-info`, else `bwrap-PID`."""
 
 from __future__ import annotations
 
-import configparser
-
 from namespacefs.containers.candidate import Candidate, option
 from namespacefs.containers.model import Identity
 
 
 def _flatpak_app(c: Candidate) -> str | None:
+    import configparser  # (only where a Flatpak sandbox is seen: every `nsfs ls` imports this module)
+
     info = configparser.ConfigParser(interpolation=None)
     try:
         with open(f"{c.proc}/{c.init.pid}/root/.flatpak-info") as f:
