@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import nsfs
+from runtimes import children, gone, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs root and /dev/fuse")
@@ -96,29 +97,10 @@ def live_bound() -> float:
     raise RuntimeError("no scan completed")
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
-def running(pid: int) -> bool:
-    """The process exists and has not exited (a zombie waiting to be reaped by init has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def serve(mountpoint: Path, *args: str) -> subprocess.Popen[str]:
@@ -382,7 +364,7 @@ def test_tasks_lists_only_processes_still_in_the_namespace_when_it_is_read(
     assert wait_for(lambda: read(tasks) == f"{min(proc.pid, helper[0])}\n{max(proc.pid, helper[0])}\n",
                     timeout=live_bound())
     os.kill(helper[0], signal.SIGKILL)  # (a zombie: its parent, exec'd to sleep, never reaps it)
-    assert wait_for(lambda: not running(helper[0]))
+    assert wait_for(lambda: gone(helper[0]))
     assert read(tasks) == f"{proc.pid}\n"  # at once, not after the next rescan
     # nor in its pid namespace's, where a zombie still is (its /proc/PID/ns/pid link outlives it)
     host_pid_tasks = read(mnt / "pid" / str(ns_inode(os.getpid(), "pid")) / "tasks").split()
@@ -556,7 +538,7 @@ def test_mount_in_the_background_then_umount_leaves_nothing(tmp_path: Path, spaw
     assert not is_mounted(mountpoint)
     # the server exits all the same: the copy's connection is ended (ENOTCONN), or the copy went
     # with the directory the server made and removed
-    assert wait_for(lambda: not running(server_pid), timeout=10)
+    assert wait_for(lambda: gone(server_pid), timeout=10)
     assert not mountpoint.exists()  # it made the directory, so it removed it
     inside = subprocess.run(["nsenter", "-t", str(copy.pid), "-m", "ls", str(mountpoint)], capture_output=True, text=True)
     assert inside.returncode != 0
