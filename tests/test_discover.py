@@ -37,6 +37,10 @@ def test_a_thread_only_uts_namespace_is_found_with_its_task_holder(holder):
 def test_a_thread_only_namespace_is_missed_without_the_task_source(holder):
     made = holder("thread-uts")
     assert discover(set(SOURCES) - {"task"}).get(made["uts"]) is None
+    # the same from the command line: --sources=-LIST leaves sources out
+    data = json.loads(nsfs("ls", "--sources=-task,socket", "-J").stdout)
+    assert "task" not in data["sources"] and "socket" not in data["sources"] and "fd" in data["sources"]
+    assert made["uts"] not in {ns["inode"] for ns in data["namespaces"]}
 
 
 def test_an_fd_only_net_namespace_is_found_with_its_fd_holder(holder):

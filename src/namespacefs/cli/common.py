@@ -19,7 +19,7 @@ from namespacefs.model import Namespace, Snapshot
 def add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources", metavar="LIST",
-        help=f"discovery sources to use (default: all of {','.join(SOURCES)}); '-LIST' leaves some out")
+        help=f"discovery sources to use (default: all of {','.join(SOURCES)}); --sources=-LIST leaves some out")
     with contextlib.suppress(argparse.ArgumentError):  # (a command may already have its own --db)
         parser.add_argument("--db", metavar="PATH", default=os.environ.get("NSFS_DB") or None,
                             help="the names database (default: $NSFS_DB, else /var/lib/namespacefs/names.db)")
