@@ -28,7 +28,7 @@ from namespacefs.discover import discover
 from namespacefs.discover.incremental import refresh
 from namespacefs.fs.source import Source, snapshot_taker
 from namespacefs.model import Snapshot, diff
-from namespacefs.service import client
+from namespacefs.service import client, outside_name
 from namespacefs.service.events import Event
 from namespacefs.service.live import Live
 
@@ -94,6 +94,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield d
     d.stop()
     assert not os.path.exists(d.socket), "the daemon removes its socket on exit"
+    assert not os.path.lexists(outside_name(d.socket)), "and its second name"
 
 
 class Holder:
@@ -302,6 +303,26 @@ def test_the_filesystem_reads_the_daemons_snapshot_and_scans_only_for_a_fresh_on
     clock = time.monotonic()
     got = trio.run(lookup)
     assert got.get(uts) is not None and time.monotonic() - clock < 1.5
+
+
+def test_the_daemon_stays_reachable_when_the_filesystem_is_mounted_on_its_socket_directory(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Both defaults share /run/namespacefs: the socket's second name, beside the directory, is
+    how processes started after the mount still reach the daemon."""
+    directory = os.path.dirname(daemon.socket)
+    assert os.path.samefile(outside_name(daemon.socket), daemon.socket)
+    before = daemon.status()["taken_at"]
+    mounted = subprocess.run([sys.executable, "-m", "namespacefs", "mount", directory, "--db", str(tmp_path / "n.db")],
+                             capture_output=True, text=True, timeout=120)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        assert sorted(os.listdir(directory))[:3] == ["cgroup", "ipc", "mnt"]  # the socket is covered
+        monkeypatch.setenv("NSFS_SOCKET", daemon.socket)
+        monkeypatch.setattr(core, "discover", lambda *_a, **_k: pytest.fail("scanned: the daemon was not reached"))
+        snap = core.snapshot()
+    finally:
+        subprocess.run([sys.executable, "-m", "namespacefs", "umount", directory], check=True, timeout=60)
+    assert before <= snap.taken_at <= daemon.status()["taken_at"]  # the daemon's snapshot, not a scan
 
 
 def test_tcp_needs_the_token_and_the_socket_is_root_only(daemon: Daemon) -> None:

@@ -9,4 +9,14 @@ Prometheus metrics, a web page).
     client            fetch_snapshot() and stream_events() for the CLI and FUSE
 """
 
+import os
+
 DEFAULT_SOCKET = "/run/namespacefs/api.sock"
+
+
+def outside_name(socket_path: str) -> str:
+    """The socket's second name, beside its directory (/run/namespacefs-api.sock for the default):
+    the namespacefs filesystem mounted on the socket's directory (/run/namespacefs is the default of
+    both) would hide the first name from every process started after the mount."""
+    directory, name = os.path.split(os.path.abspath(socket_path))
+    return f"{directory.rstrip('/')}-{name}"

@@ -13,7 +13,7 @@ from typing import Any
 
 from namespacefs import procfs
 from namespacefs.model import Snapshot
-from namespacefs.service import DEFAULT_SOCKET
+from namespacefs.service import DEFAULT_SOCKET, outside_name
 from namespacefs.service.events import Event
 
 
@@ -58,6 +58,8 @@ def _behind_fuse(path: str) -> bool:
 
 
 def _open(path: str, url: str, timeout: float | None) -> tuple[_UnixConnection, http.client.HTTPResponse] | None:
+    if _behind_fuse(path):
+        path = outside_name(path)  # the filesystem is mounted on the socket's directory: its other name
     if _behind_fuse(path) or not os.path.exists(path):
         return None
     conn = _UnixConnection(path, timeout)

@@ -13,6 +13,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
+from namespacefs.service import outside_name
 from namespacefs.service.live import Live
 
 log = logging.getLogger("namespacefs.service")
@@ -83,6 +84,32 @@ def unix_listener(path: str) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(128)
     return sock
+
+
+def link_outside(path: str) -> str | None:
+    """Give the bound socket its second name (service.outside_name): a hard link, so it is the same
+    socket, root only like the first. A stale link of an earlier daemon is replaced (the first name
+    was free, so no daemon is listening); anything else in the way is left alone (None)."""
+    outside = outside_name(path)
+    try:
+        if stat.S_ISSOCK(os.lstat(outside).st_mode):
+            os.unlink(outside)
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(path, outside)
+    except OSError as e:
+        log.warning("cannot link the API socket as %s (%s): a filesystem mounted over %s would hide it",
+                    outside, e.strerror, os.path.dirname(path))
+        return None
+    return outside
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -158,6 +185,7 @@ def serve(opts: Options) -> None:
     sys.setswitchinterval(0.001)
     live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
                 rcvbuf=opts.rcvbuf)
+    outside = link_outside(opts.socket_path)
     try:
         live.start()
         config = uvicorn.Config(make_app(live, token), log_level="warning", access_log=False, lifespan="off",
@@ -168,6 +196,8 @@ def serve(opts: Options) -> None:
         server.run(sockets=[s for s in (unix_sock, tcp_sock) if s is not None])
     finally:
         live.stop()
+        if outside is not None and _same_file(outside, opts.socket_path):
+            os.unlink(outside)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(opts.socket_path)
         unix_sock.close()
