@@ -7,6 +7,7 @@ file is read exactly once.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import threading
@@ -40,8 +41,11 @@ def read_at(name: str, dir_fd: int | None = None) -> bytes:
 def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = False) -> dict[str, int]:
     """The namespace links of a process or thread: link name -> inode. A link the kernel hides
     (pid_for_children before the first child; all but pid and user of a zombie) is left out, and
-    so is one we may not read (counted): the others still show where the process is."""
+    so is one we may not read while others can be (counted): those still show where the process
+    is. When none can be read (another user's process, to an unprivileged caller) PermissionError
+    says so for the whole process."""
     links = {}
+    denied = 0
     for link in LINKS:
         try:
             target = os.readlink(prefix + link, dir_fd=dir_fd)
@@ -50,9 +54,12 @@ def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = Fal
                 continue
             raise
         except PermissionError:
-            state.errors["denied"] += 1  # e.g. a ptrace-protected init of a sandbox
+            denied += 1
             continue
         links[link] = int(target[target.index("[") + 1 : -1])
+    if denied and not links:
+        raise PermissionError(errno.EACCES, "cannot read any namespace link", prefix)
+    state.errors["denied"] += denied
     return links
 
 
@@ -141,7 +148,7 @@ def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -
                 state.add(nstype, links[link], Holder(link, pid=pid))
     if "mnt" in links:
         state.mount_readers.setdefault(links["mnt"], []).append(pid)
-    if "task" in sources and status.threads > 1 and links:
+    if "task" in sources and status.threads > 1:
         _scan_tasks(state, pid, dir_fd, links)
     if "fd" in sources or "socket" in sources:
         _scan_fds(state, pid, dir_fd, sources)
