@@ -69,4 +69,5 @@ def report_errors(snapshot: Snapshot) -> None:
     denied = snapshot.errors.get("denied", 0)
     if denied:
         hint = "run as root to see everything" if os.geteuid() else "protected by the kernel or a security module"
-        print(f"nsfs: {denied} entries could not be read (permission denied; {hint})", file=sys.stderr)
+        what = "entry" if denied == 1 else "entries"
+        print(f"nsfs: {denied} {what} could not be read (permission denied; {hint})", file=sys.stderr)
