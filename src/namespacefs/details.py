@@ -113,16 +113,6 @@ def mountinfo(ns: Namespace) -> bytes:
     raise Gone("no process is in this mount namespace, so its mounts cannot be read")
 
 
-def id_maps(ns: Namespace) -> tuple[bytes, bytes, bytes]:
-    """uid_map, gid_map and setgroups of a user namespace, as text."""
-    for pid in ns.processes:
-        try:
-            return tuple(_read(f"/proc/{pid}/{f}") for f in ("uid_map", "gid_map", "setgroups"))  # type: ignore[return-value]
-        except OSError:
-            continue
-    raise Gone("no process is in this user namespace, so its maps cannot be read")
-
-
 # --- NETNSID: the id our net namespace's netlink uses for another one (rtnetlink RTM_GETNSID) --
 
 _RTM_GETNSID = 90

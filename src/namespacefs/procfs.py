@@ -60,13 +60,6 @@ def parse_ns_link(target: str) -> tuple[str, int] | None:
         return None
 
 
-def socket_inode(target: str) -> int | None:
-    """'socket:[1234]' -> 1234."""
-    if target.startswith("socket:[") and target.endswith("]"):
-        return int(target[8:-1])
-    return None
-
-
 class Mount(NamedTuple):
     """One line of /proc/PID/mountinfo (proc(5))."""
 

@@ -39,9 +39,6 @@ TYPE_FILES: dict[str, tuple[str, ...]] = {
     "time": ("offsets",),
     "ipc": ("objects",),
 }
-#: Files whose content needs a call into namespacefs.details (slow-ish: cached by the filesystem).
-DETAIL_FILES: frozenset[str] = frozenset(
-    {"uname", "hostname", "domainname", "interfaces", "mountinfo", "root", "offsets", "objects"})
 LINKS: tuple[str, ...] = ("owner", "parent")
 TREE = "tree"
 
@@ -78,10 +75,6 @@ class View:
         if user_ns is None or (initial is not None and user_ns == initial.inode):
             return cls(snapshot)
         return cls(snapshot, user_ns, frozenset(subtree(snapshot, user_ns)))
-
-    @property
-    def everything(self) -> bool:
-        return self.visible is None
 
     def can_see(self, ns: Namespace | None) -> bool:
         return ns is not None and (self.visible is None or ns.inode in self.visible)

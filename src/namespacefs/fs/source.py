@@ -104,7 +104,8 @@ class Source:
             del self._details[key]
 
     async def detail(self, ns: Namespace, name: str) -> str:
-        """The content of a detail file (see layout.DETAIL_FILES); raises Gone if it cannot be read."""
+        """The content of a file read through namespacefs.details (uname, hostname, domainname, interfaces,
+        mountinfo, root, offsets, objects); raises Gone if it cannot be read."""
         key = (ns.key, "uname" if name in ("uname", "hostname", "domainname") else name)
         hit = self._details.get(key)
         if hit is not None and hit[0] >= time.monotonic():

@@ -85,10 +85,6 @@ def apply_map(idmap: IdMap, ident: int) -> int | None:
     return None
 
 
-def invert(idmap: IdMap) -> IdMap:
-    return tuple((b, a, n) for a, b, n in idmap)
-
-
 # --- a transient user namespace ----------------------------------------------------------------
 
 
