@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import nsfs
+from namespacefs import kernel
 from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Holder, Namespace, Snapshot, diff
 
@@ -345,3 +346,16 @@ def test_a_failed_split_reader_costs_nothing(holder):
     net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
     assert "fd" in {h["kind"] for h in net["holders"]}
     assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's half was read here
+
+
+def test_a_mount_namespace_id_is_the_same_from_both_ioctls():
+    """Kernels 6.8–6.17 have no NS_GET_ID; there a mount namespace's id comes from NS_GET_MNTNS_ID,
+    which must then be the same number this 6.18 kernel gives through NS_GET_ID."""
+    fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    try:
+        from_mntns_ioctl = kernel.ioctl_u64(fd, kernel.NS_GET_MNTNS_ID)
+        assert from_mntns_ioctl == kernel.ns_id(fd, "mnt") == kernel.ns_id(fd)
+    finally:
+        os.close(fd)
+    ours = discover().namespace_of(os.getpid(), "mnt")
+    assert ours is not None and ours.id == from_mntns_ioctl

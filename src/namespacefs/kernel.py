@@ -115,22 +115,23 @@ def ns_type(fd: int) -> str:
     return TYPE_OF_FLAG[fcntl.ioctl(fd, NS_GET_NSTYPE)]
 
 
-def ns_id(fd: int) -> int | None:
-    """The 64-bit namespace id (NS_GET_ID), or None on kernels before 6.18."""
-    buf = bytearray(8)
-    try:
-        fcntl.ioctl(fd, NS_GET_ID, buf)
-    except OSError as e:
-        if e.errno in (errno.ENOTTY, errno.EINVAL):
-            return None
-        raise
-    return struct.unpack("=Q", buf)[0]
+def ns_id(fd: int, nstype: str | None = None) -> int | None:
+    """The 64-bit namespace id (NS_GET_ID, Linux 6.18); for a mount namespace on 6.8–6.17, its id
+    from NS_GET_MNTNS_ID (the same number); None where the kernel has no id for it."""
+    requests = (NS_GET_ID, NS_GET_MNTNS_ID) if nstype == "mnt" else (NS_GET_ID,)
+    for request in requests:
+        try:
+            return ioctl_u64(fd, request)
+        except OSError as e:
+            if e.errno not in (errno.ENOTTY, errno.EINVAL):
+                raise
+    return None
 
 
-def mntns_id(fd: int) -> int:
-    """The mount namespace id (NS_GET_MNTNS_ID, Linux 6.8)."""
+def ioctl_u64(fd: int, request: int) -> int:
+    """An nsfs ioctl that answers one __u64."""
     buf = bytearray(8)
-    fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf)
+    fcntl.ioctl(fd, request, buf)
     return struct.unpack("=Q", buf)[0]
 
 

@@ -62,7 +62,7 @@ def _resolve_fd(state: Scan, inode: int, ns: Found, fd: int) -> None:
     ns.resolved = True
     try:
         ns.dev = os.fstat(fd).st_dev
-        ns.id = kernel.ns_id(fd)
+        ns.id = kernel.ns_id(fd, ns.type)
         ns.owner = _relative(state, kernel.ns_owner_fd(fd), "user")
         if ns.type in kernel.HIERARCHICAL:
             # a user namespace's owner is its parent: no second ioctl
