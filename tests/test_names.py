@@ -25,7 +25,10 @@ from namespacefs.model import Namespace, Snapshot
 from namespacefs.names import defaults, migrate
 
 Spawn = Callable[..., subprocess.Popen[str]]
-ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}  # scan here, not a daemon another test may run
+def scan_env() -> dict[str, str]:
+    """The environment for nsfs here (read when called: it has the session's private NSFS_DB),
+    scanning by itself, not asking a daemon another test may run."""
+    return {**os.environ, "NSFS_NO_DAEMON": "1"}
 
 
 def snap() -> Snapshot:
@@ -39,7 +42,7 @@ def run_nsfs(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedP
     by id."""
     if "--sources" not in args and args[0] in ("ls", "show", "rename", "names"):
         args = (*args, "--sources", "process,bindmount")
-    return nsfs(*args, check=check, env=ENV, **kw)
+    return nsfs(*args, check=check, env=scan_env(), **kw)
 
 
 def start(spawn: Spawn, *unshare: str, marker: str = "") -> tuple[subprocess.Popen[str], int]:
@@ -200,7 +203,7 @@ def test_rename_survives_restarts_and_is_shown_by_ls_show_and_json(spawn: Spawn,
     (entry,) = data["namespaces"]
     assert (entry["name"], entry["path"]) == ("web", "/web")
     assert str(net) in run_nsfs("show", "--db", db, "/web").stdout
-    env = {**ENV, "NSFS_DB": db}  # the environment variable instead of --db
+    env = {**scan_env(), "NSFS_DB": db}  # the environment variable instead of --db
     out = subprocess.run([sys.executable, "-m", "namespacefs", "ls", "-r", "-n", "-o", "NAME", f"{pid}:net"],
                          capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["web"]
@@ -215,7 +218,7 @@ def test_concurrent_renames_from_several_processes(spawn: Spawn, db: str) -> Non
 
     def race(argsets: list[tuple[int, str]]) -> list[subprocess.CompletedProcess[str]]:
         procs = [subprocess.Popen([sys.executable, "-c", script, str(p), n, db], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=ENV) for p, n in argsets]
+                                  stderr=subprocess.PIPE, text=True, env=scan_env()) for p, n in argsets]
         return [subprocess.CompletedProcess(p.args, p.wait(60), *p.communicate()) for p in procs]
 
     # six processes, six namespaces, six names: all land
@@ -553,7 +556,7 @@ def test_a_user_reads_the_names_in_roots_database(tmp_path: Path) -> None:
         mine = inode_of(os.getpid(), "uts")  # a namespace an unprivileged user can see too
         run_nsfs("rename", "--db", db, str(mine), "readable")
         assert not os.path.exists(db + "-wal")  # every writer closed: the reader must cope without -shm
-        r = nsfs("ls", "--db", db, "-n", "-r", "-o", "NS,NAME", "-t", "uts", user="65534", env=ENV)
+        r = nsfs("ls", "--db", db, "-n", "-r", "-o", "NS,NAME", "-t", "uts", user="65534", env=scan_env())
         assert f"{mine} readable" in r.stdout.splitlines()
         assert "names database" not in r.stderr
     finally:
