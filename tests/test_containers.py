@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -212,8 +212,8 @@ def test_python_api_is_importable_without_side_effects() -> None:
 def _candidate(snap: Snapshot, cgroups: dict[str, str] | None = None, cmdline: tuple[str, ...] = ("sleep",),
                comm: str = "sleep", starter: tuple[str, ...] | None = None) -> Candidate:
     me = snap.processes[os.getpid()]
-    init = replace(me, cmdline=cmdline, comm=comm)
-    parent = replace(me, pid=me.ppid, cmdline=starter, comm=os.path.basename(starter[0])) if starter else None
+    init = me._replace(cmdline=cmdline, comm=comm)
+    parent = me._replace(pid=me.ppid, cmdline=starter, comm=os.path.basename(starter[0])) if starter else None
     cand = Candidate(snap, init, (init.pid,), parent)
     if cgroups is not None:
         cand._cgroups = cgroups
@@ -255,7 +255,7 @@ def test_a_container_a_services_script_started_is_not_the_service() -> None:
     assert systemd.identify(by_systemd) == Identity("systemd", "ci-runner.service", "ci-runner.service",
                                                     {"cgroup": unit})
     by_script = _candidate(snap, {"": unit}, starter=("/bin/sh", "build.sh"))
-    by_script.starter = replace(by_script.starter, pid=os.getpid())  # type: ignore[arg-type]  # never pid 1
+    by_script.starter = by_script.starter._replace(pid=os.getpid())  # type: ignore[union-attr]  # never pid 1
     assert systemd.identify(by_script) is None  # `unshare -n` in a build step is no PrivateNetwork=
 
 

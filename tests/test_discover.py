@@ -16,7 +16,7 @@ import pytest
 
 from conftest import nsfs
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, discover
+from namespacefs.discover import SOURCES, discover, parallel
 from namespacefs.model import Holder, Namespace, Snapshot, diff
 
 INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
@@ -298,31 +298,34 @@ def _descendants(root: int) -> list[int]:
 
 
 SPLIT_SCAN = """
-import json, sys
-from namespacefs.discover import discover, processes
+import json, os, sys
+from namespacefs.discover import discover, parallel
 from namespacefs.discover.state import Scan
-processes.SPLIT_FROM = int(sys.argv[1])
+parallel.PARALLEL_FROM = int(sys.argv[1])
 if sys.argv[2] == "break":
-    Scan.portable = lambda self: 1 / 0  # the child dies before it sends its half
-split = processes._scan_split
-ran = []
-processes._scan_split = lambda *a: (ran.append(1), split(*a))
+    Scan.portable = lambda self: 1 / 0  # the child dies before it sends its part
+forks = []
+fork = os.fork
+def counted():
+    forks.append(1)
+    return fork()
+os.fork = counted
 snapshot = discover()
-print(json.dumps({"split": bool(ran), **snapshot.to_dict()}))
+print(json.dumps({"split": bool(forks), **snapshot.to_dict()}))
 """
 
 
-def scan_in_child(split_from: int, child: str = "works") -> dict[str, Any]:
+def scan_in_child(parallel_from: int, child: str = "works") -> dict[str, Any]:
     """discover() in a fresh (single-threaded, so allowed to fork) interpreter, with the threshold
-    for the second reader set to split_from processes."""
-    out = subprocess.run([sys.executable, "-c", SPLIT_SCAN, str(split_from), child], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    for the second reader set to parallel_from processes."""
+    out = subprocess.run([sys.executable, "-c", SPLIT_SCAN, str(parallel_from), child], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
     return json.loads(out)
 
 
 def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder):
-    """From SPLIT_FROM processes on, a forked child reads every other process; lowered here so that
-    this host counts as large. Whatever half a process falls in, its namespaces are found the same."""
+    """From PARALLEL_FROM processes on, a forked child reads part of the processes; whatever part a
+    process falls in, its namespaces are found the same, with the same owners, parents and ids."""
     made = {shape: holder(shape) for shape in ("thread-uts", "fd-net", "socket-net", "owner-only-userns")}
     split, whole = scan_in_child(2), scan_in_child(10**9)
     assert split["split"] and not whole["split"]
@@ -335,8 +338,13 @@ def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder):
             ns = by_inode.get(info[key])
             assert ns is not None and ns["type"] == nstype and kind in {h["kind"] for h in ns["holders"]}, shape
         assert {info["pid"] for info in made.values()} <= {p["pid"] for p in data["processes"]}
+    # the hierarchy each reader resolved for its part agrees with a single reader's
+    one = {ns["inode"]: (ns["type"], ns["id"], ns["owner"], ns["parent"]) for ns in whole["namespaces"]}
+    two = {ns["inode"]: (ns["type"], ns["id"], ns["owner"], ns["parent"]) for ns in split["namespaces"]}
+    assert {i: two[i] for i in one.keys() & two.keys()} == {i: one[i] for i in one.keys() & two.keys()}
     # every process of the host is read once, by one of the two readers
     assert abs(len(split["processes"]) - len(whole["processes"])) < 10
+    assert len({p["pid"] for p in split["processes"]}) == len(split["processes"])
 
 
 def test_a_failed_split_reader_costs_nothing(holder):
@@ -345,7 +353,17 @@ def test_a_failed_split_reader_costs_nothing(holder):
     assert snap["split"]
     net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
     assert "fd" in {h["kind"] for h in net["holders"]}
-    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's half was read here
+    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's part was read here
+
+
+def test_chunks_cover_every_pid_once_and_shrink():
+    assert parallel.chunks(0) == []
+    for n in (1, 7, 150, 1000, 4_000_000):
+        bounds = parallel.chunks(n)
+        assert [lo for lo, _ in bounds] == [0] + [hi for _, hi in bounds[:-1]] and bounds[-1][1] == n
+        assert len(bounds) <= 4096
+        sizes = [hi - lo for lo, hi in bounds]
+        assert sizes == sorted(sizes, reverse=True) or n < 16
 
 
 def test_a_mount_namespace_id_is_the_same_from_both_ioctls():

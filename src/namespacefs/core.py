@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from namespacefs import names
 from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Snapshot
 
@@ -25,5 +24,13 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
 
         snap = fetch_snapshot(timeout=2.0)
     if snap is None:
-        snap = discover(sources)
+        snap = discover(sources, alongside=_import_names)
+    from namespacefs import names
+
     return names.apply(snap, db, strict=False)
+
+
+def _import_names() -> None:
+    """Naming's modules take ~30 ms to import: done while discovery's second reader scans."""
+    import namespacefs.containers
+    import namespacefs.names  # noqa: F401

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from namespacefs import kernel, procfs
-from namespacefs.discover import hierarchy, mounts, processes, sockets
+from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
 from namespacefs.discover.state import Found, Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
 
@@ -28,21 +28,30 @@ def boot_id(proc: str = "/proc") -> str:
         return f.read().strip()
 
 
-def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
-    """Scan the host and return a snapshot of every namespace the chosen sources can find."""
+def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
+             alongside: Callable[[], object] | None = None) -> Snapshot:
+    """Scan the host and return a snapshot of every namespace the chosen sources can find.
+    `alongside` is work of the caller's to run while a second reader scans (see parallel)."""
     chosen = frozenset(sources)
     unknown = chosen - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown discovery source(s): {', '.join(sorted(unknown))}")
     started, clock = time.time(), time.perf_counter()
     state = Scan(proc=proc)
-    try:
-        processes.scan(state, chosen)
+
+    def read_part(part: Scan, pids: Iterable[int]) -> None:
+        """Everything that follows from some processes alone: what they are in and hold, their
+        sockets' namespaces, and the owners and parents of all of it."""
+        processes.scan(part, chosen, pids)
         if "socket" in chosen:
-            sockets.scan(state)
+            sockets.scan(part)
+        hierarchy.resolve(part)
+
+    try:
+        parallel.read(state, processes.pids(proc), read_part, alongside)
         if "bindmount" in chosen:
             mounts.scan(state)
-        hierarchy.resolve(state)
+            hierarchy.resolve(state)
         if "listns" in chosen:
             _cross_check_listns(state)
         maps = _read_user_maps(state)

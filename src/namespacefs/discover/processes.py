@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
-import threading
 from collections.abc import Iterable
 
 from namespacefs import procfs
@@ -67,51 +65,8 @@ def pids(proc: str) -> list[int]:
     return [int(name) for name in os.listdir(proc) if name.isdigit()]
 
 
-#: From this many processes on, a forked child reads every other one: the scan is ~70% syscalls,
-#: which the two processes make at the same time (threads cannot: the GIL serializes the Python
-#: between the syscalls).
-SPLIT_FROM = 1500
-
-
-def scan(state: Scan, sources: frozenset[str], only: Iterable[int] | None = None) -> None:
-    """Read every process (or only those pids: the live service's partial re-read)."""
-    todo = pids(state.proc) if only is None else list(only)
-    if len(todo) >= SPLIT_FROM and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
-        _scan_split(state, sources, todo)
-    else:
-        _scan_pids(state, sources, todo)
-
-
-def _scan_split(state: Scan, sources: frozenset[str], todo: list[int]) -> None:
-    """Half the processes here, the other half in a forked child that sends its part back. Only
-    a single-threaded process forks (a child of a threaded one could inherit a held lock)."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: never returns into the caller, never flushes the parent's stdio
-        status = 1
-        try:
-            os.close(r)
-            part = Scan(proc=state.proc)
-            _scan_pids(part, sources, todo[1::2])
-            with os.fdopen(w, "wb") as out:
-                pickle.dump(part.portable(), out, protocol=pickle.HIGHEST_PROTOCOL)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(w)
-    try:
-        _scan_pids(state, sources, todo[0::2])
-        with os.fdopen(r, "rb") as got:
-            data = got.read()
-    finally:
-        _, status = os.waitpid(child, 0)
-    if status == 0:
-        state.merge(pickle.loads(data))
-    else:  # the child failed: its half is read here
-        _scan_pids(state, sources, todo[1::2])
-
-
-def _scan_pids(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
+def scan(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
+    """Read these processes (pids) with the per-process sources."""
     for pid in todo:
         try:
             dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)

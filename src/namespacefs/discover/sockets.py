@@ -16,8 +16,10 @@ from namespacefs.model import Holder
 
 
 def scan(state: Scan) -> None:
+    """Probe the sockets the process source listed (state.sockets, emptied: each is probed once)."""
     netns_of_socket: dict[int, int] = {}
-    for pid, sockets in state.sockets.items():
+    listed, state.sockets = state.sockets, {}
+    for pid, sockets in listed.items():
         proc = state.processes.get(pid)
         if proc is None:
             continue

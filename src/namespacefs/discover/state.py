@@ -74,7 +74,7 @@ class Scan:
         return ns
 
     def portable(self) -> Portable:
-        """What the process scan found, for a forked reader to send back (it holds no fds)."""
+        """What a forked reader found, to send back: it holds no fds (closed once resolved)."""
         return self.found, self.processes, self.errors, self.sockets, self.mount_readers
 
     def merge(self, part: Portable) -> None:
@@ -84,6 +84,9 @@ class Scan:
             mine = self.ensure(ns.type, inode)
             mine.holders += ns.holders
             mine.processes += ns.processes
+            if ns.resolved and not mine.resolved:
+                mine.id, mine.dev, mine.owner, mine.parent = ns.id, ns.dev, ns.owner, ns.parent
+                mine.owner_uid, mine.resolved = ns.owner_uid, True
         self.processes.update(processes)
         self.errors.update(errors)
         self.sockets.update(sockets)

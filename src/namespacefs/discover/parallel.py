@@ -1,0 +1,102 @@
+"""Two readers for one scan: the process and a forked child take chunks of the pid list from a
+shared queue until it is empty, each reads its processes through the per-process pipeline, and the
+child sends what it found back (pickled) for the process to merge.
+
+The scan is ~70% syscalls, which two processes make at the same time on two CPUs; two threads
+cannot (the GIL serializes the Python between the syscalls). The queue is a pipe holding one
+2-byte chunk number per chunk: a read of 2 bytes takes one, atomically, and the end of the pipe
+is the end of the work, so whichever reader is faster (or less busy with `alongside` work) reads
+more. Chunks shrink towards the end, so both readers finish at about the same time while few
+namespace sets are split between them (a namespace both see is opened by both).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from namespacefs.discover.state import Scan
+
+#: Below this many processes one reader is faster: forking and merging cost more than they save.
+PARALLEL_FROM = 150
+_MIN_CHUNK = 8
+_MAX_CHUNKS = 4096  # 8 KiB of chunk numbers: less than a pipe holds, so filling it never blocks
+
+ReadPart = Callable[[Scan, Iterable[int]], None]
+
+
+def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None = None) -> None:
+    """read_part(state, pids) over every pid in todo, in two processes when that pays; `alongside`
+    (if any) runs in this process while the child reads."""
+    if len(todo) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
+        # a child of a threaded process could inherit a lock held by another thread: never fork there
+        if alongside is not None:
+            alongside()
+        read_part(state, todo)
+        return
+    bounds = chunks(len(todo))
+    queue_r, queue_w = os.pipe()
+    os.write(queue_w, b"".join(i.to_bytes(2, "little") for i in range(len(bounds))))
+    os.close(queue_w)  # both readers see the end of the pipe once every chunk is taken
+    result_r, result_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
+    os.close(result_w)
+    mine: list[int] = []
+    data = b""
+    try:
+        if alongside is not None:
+            alongside()
+        read_part(state, _take(queue_r, todo, bounds, mine))
+        with os.fdopen(result_r, "rb") as result:
+            result_r = -1
+            data = result.read()
+    finally:
+        os.close(queue_r)
+        if result_r >= 0:
+            os.close(result_r)  # the child's write fails instead of blocking the wait below
+        _, status = os.waitpid(child, 0)
+    if status == 0:
+        state.merge(pickle.loads(data))
+    else:  # the child failed: what it took is read here
+        taken = set(mine)
+        read_part(state, [pid for i, (lo, hi) in enumerate(bounds) if i not in taken for pid in todo[lo:hi]])
+
+
+def chunks(n: int) -> list[tuple[int, int]]:
+    """[lo, hi) bounds covering range(n): each chunk a quarter of what is left for each of two
+    readers (big first: fewer namespace sets split), never smaller than _MIN_CHUNK."""
+    smallest = max(_MIN_CHUNK, -(-n // _MAX_CHUNKS))
+    bounds = []
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + max(smallest, (n - lo) // 8))
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def _take(queue: int, todo: list[int], bounds: list[tuple[int, int]], taken: list[int]) -> Iterator[int]:
+    while got := os.read(queue, 2):
+        index = int.from_bytes(got, "little")
+        taken.append(index)
+        lo, hi = bounds[index]
+        yield from todo[lo:hi]
+
+
+def _child(proc: str, read_part: ReadPart, pids: Iterator[int], result_r: int, result_w: int) -> None:
+    """The forked reader: never returns into the caller, never flushes the parent's stdio."""
+    status = 1
+    try:
+        os.close(result_r)
+        part = Scan(proc=proc)
+        read_part(part, pids)
+        part.close_fds()
+        with os.fdopen(result_w, "wb") as out:
+            pickle.dump(part.portable(), out, protocol=pickle.HIGHEST_PROTOCOL)
+        status = 0
+    finally:
+        os._exit(status)
