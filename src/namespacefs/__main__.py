@@ -1,5 +1,3 @@
-import sys
+from namespacefs.cli import entry
 
-from namespacefs.cli import main
-
-sys.exit(main())
+entry()

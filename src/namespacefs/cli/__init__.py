@@ -5,9 +5,13 @@ nothing else."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import math
+import os
 import sys
+import threading
 from collections.abc import Sequence
 
 #: command -> (module under namespacefs.cli, one-line help). Each module has
@@ -101,5 +105,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The `nsfs` command: main(), then exit without tearing the heap down object by object, which
+    takes ~13 ms after a scan of 1,000 processes. Everything an ordinary exit does that matters
+    still happens first: atexit handlers (logging's flush among them) and flushing stdio. A
+    process with other threads exits the ordinary way (it would wait for them)."""
+    status = main()
+    if threading.active_count() > 1:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what interpreter shutdown runs first (CPython's, stable since 2.x)
+    with contextlib.suppress(OSError, ValueError):  # a reader that left (`nsfs ls | head`) is no error
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

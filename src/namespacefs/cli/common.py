@@ -11,6 +11,7 @@ from functools import cache
 
 from namespacefs import core, targets
 from namespacefs.cli import UserError
+from namespacefs.cli.output import load_encoder
 from namespacefs.discover import SOURCES
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
@@ -37,7 +38,8 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
 
 
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
-    return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None))
+    return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
+                         alongside=load_encoder if getattr(args, "json", False) else None)
 
 
 def ns_type(text: str) -> str:

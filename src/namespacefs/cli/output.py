@@ -4,12 +4,12 @@ Shared by every command that prints a table."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from namespacefs.cli import UserError
@@ -136,20 +136,31 @@ def tree_rows(roots: Sequence[Row], children: Callable[[Row], Sequence[Row]]) ->
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json_text(data))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(json_bytes(data))
+    sys.stdout.buffer.flush()
 
 
-def json_text(data: Any) -> str:
+def json_bytes(data: Any) -> bytes:
     """JSON laid out for both people and speed: each top-level key on its own line, each item of a
-    top-level list on its own line, compact inside. Only indent=None uses the C encoder; the
-    indenting one is pure Python and was 60% of `nsfs ls --json` at 4,000 processes."""
+    top-level list on its own line, compact inside. orjson encodes `nsfs ls --json` (1 MB at 1,000
+    processes) five times faster than the json module."""
+    _dumps = load_encoder()
     if not isinstance(data, dict):
-        return json.dumps(data) + "\n"
+        return _dumps(data) + b"\n"
     lines = []
     for key, value in data.items():
         if isinstance(value, list) and value:
-            items = ",\n    ".join(map(json.dumps, value))
-            lines.append(f"  {json.dumps(key)}: [\n    {items}\n  ]")
+            items = b",\n    ".join(map(_dumps, value))
+            lines.append(b"  %s: [\n    %s\n  ]" % (_dumps(key), items))
         else:
-            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
-    return "{\n" + ",\n".join(lines) + "\n}\n"
+            lines.append(b"  %s: %s" % (_dumps(key), _dumps(value)))
+    return b"{\n" + b",\n".join(lines) + b"\n}\n"
+
+
+def load_encoder() -> Callable[[Any], bytes]:
+    """The JSON encoder, imported on first use (~10 ms with what orjson imports: `take_snapshot`
+    calls this while the scan runs, so `ls --json` does not wait for it)."""
+    import orjson
+
+    return partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)

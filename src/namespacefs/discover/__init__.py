@@ -47,11 +47,15 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
             sockets.scan(part)
         hierarchy.resolve(part)
 
+    def read_mounts(part: Scan) -> None:
+        mounts.scan(part)
+        hierarchy.resolve(part)
+
     try:
-        parallel.read(state, processes.pids(proc), read_part, alongside)
-        if "bindmount" in chosen:
-            mounts.scan(state)
-            hierarchy.resolve(state)
+        chosen_mounts = read_mounts if "bindmount" in chosen else None
+        parallel.read(state, processes.pids(proc), read_part, alongside, then=chosen_mounts)
+        if chosen_mounts is not None:
+            chosen_mounts(state)  # the mount namespaces only the child's processes are in
         if "listns" in chosen:
             _cross_check_listns(state)
         maps = _read_user_maps(state)

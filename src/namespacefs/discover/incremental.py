@@ -45,17 +45,17 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
         procs = tuple(p for p in ns.processes if p not in touched)
         # unchanged namespaces stay the same objects (front ends cache per object)
         same = holders == ns.holders and procs == ns.processes
-        namespaces[inode] = ns if same else replace(ns, holders=holders, processes=procs)
+        namespaces[inode] = ns if same else ns._replace(holders=holders, processes=procs)
     for inode, ns in fresh.items():
         prev = namespaces.get(inode)
         direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
         if prev is not None and prev.type == ns.type and prev.id == ns.id:
-            namespaces[inode] = replace(
-                prev, holders=prev.holders + direct, processes=tuple(sorted({*prev.processes, *ns.processes})),
+            namespaces[inode] = prev._replace(
+                holders=prev.holders + direct, processes=tuple(sorted({*prev.processes, *ns.processes})),
                 uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
                 setgroups=ns.setgroups or prev.setgroups)
         else:  # new (or an inode reused by a new namespace)
-            namespaces[inode] = replace(ns, holders=direct)
+            namespaces[inode] = ns._replace(holders=direct)
     _drop_unheld(namespaces, old.namespaces)
 
     procs = {pid: p for pid, p in old.processes.items() if pid not in touched}
@@ -79,7 +79,7 @@ def _drop_unheld(namespaces: dict[int, Namespace], before: Mapping[int, Namespac
     indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in namespaces.items())
     for inode, ns in list(namespaces.items()):
         if not ns.holders and inode in indirect:
-            namespaces[inode] = replace(ns, holders=tuple(indirect[inode]))
+            namespaces[inode] = ns._replace(holders=tuple(indirect[inode]))
     for inode, ns in list(namespaces.items()):  # keep the object where nothing changed after all
         prev = before.get(inode)
         if prev is not None and prev is not ns and prev == ns:

@@ -16,7 +16,11 @@ from namespacefs.model import Holder
 
 
 def scan(state: Scan) -> None:
+    """Read the mount table of each mount namespace in state.mount_readers not read yet."""
     for mntns, readers in state.mount_readers.items():
+        if mntns in state.mounts_read:
+            continue
+        state.mounts_read.add(mntns)
         read = _first_readable(state, readers)
         if read is None:
             continue

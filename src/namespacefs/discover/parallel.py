@@ -27,9 +27,11 @@ _MAX_CHUNKS = 4096  # 8 KiB of chunk numbers: less than a pipe holds, so filling
 ReadPart = Callable[[Scan, Iterable[int]], None]
 
 
-def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None = None) -> None:
-    """read_part(state, pids) over every pid in todo, in two processes when that pays; `alongside`
-    (if any) runs in this process while the child reads."""
+def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None = None,
+         then: Callable[[Scan], None] | None = None) -> None:
+    """read_part(state, pids) over every pid in todo, in two processes when that pays. In this
+    process, while the child reads: `alongside` first, and `then` on this process's part before
+    the child's is merged (work on what this process found that the child will not do)."""
     if len(todo) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
         # a child of a threaded process could inherit a lock held by another thread: never fork there
         if alongside is not None:
@@ -51,6 +53,8 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
         if alongside is not None:
             alongside()
         read_part(state, _take(queue_r, todo, bounds, mine))
+        if then is not None:
+            then(state)
         with os.fdopen(result_r, "rb") as result:
             result_r = -1
             data = result.read()

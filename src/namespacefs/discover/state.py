@@ -51,6 +51,7 @@ class Scan:
     #: the processes of each mount namespace, in scan order: the bindmount source reads the
     #: mountinfo of the first one still alive
     mount_readers: dict[int, list[int]] = field(default_factory=dict)
+    mounts_read: set[int] = field(default_factory=set)  # by the bindmount source
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
         ns = self.ensure(nstype, inode, fd)

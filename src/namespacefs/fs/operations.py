@@ -3,7 +3,6 @@ directory listings and file contents, for the reader each request comes from."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import logging
@@ -324,7 +323,7 @@ class NamespaceFS(pyfuse3.Operations):
 
     async def content(self, snapshot: Snapshot, ns: Namespace, name: str) -> bytes:
         if name in MEMBER_FILES:
-            ns = dataclasses.replace(ns, processes=still_members(ns))
+            ns = ns._replace(processes=still_members(ns))
         text = layout.simple_content(snapshot, ns, name)
         if text is None:
             try:

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from namespacefs import kernel
@@ -112,13 +112,7 @@ def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> 
 def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> Snapshot:
     """The snapshot with Namespace.name and Namespace.path filled in."""
     got = assigned(snapshot, db, strict)
-    return snapshot.with_namespaces(
-        Namespace(**{f: getattr(ns, f) for f in _KEEP}, name=got.names[ns.inode][0], path=got.paths[ns.inode])
-        for ns in snapshot)
-
-
-#: Namespace fields copied as they are (the constructor is twice as fast as dataclasses.replace).
-_KEEP = tuple(f.name for f in fields(Namespace) if f.name not in ("name", "path"))
+    return snapshot.with_namespaces(ns.named(got.names[ns.inode][0], got.paths[ns.inode]) for ns in snapshot)
 
 
 def _alive_elsewhere(row: Row) -> bool | None:

@@ -85,7 +85,7 @@ def named_refresh(old: Snapshot, pids: set[int]) -> Snapshot:
         if ns.name is None:
             name = default_name(ns, new.boot_id)
             owner = new.get(ns.owner) if ns.owner is not None else None
-            named.append(replace(ns, name=name, path=f"{owner.path}/{name}" if owner and owner.path else name))
+            named.append(ns.named(name, f"{owner.path}/{name}" if owner and owner.path else name))
     return new.with_namespaces(named) if named else new
 
 
