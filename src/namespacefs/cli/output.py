@@ -145,17 +145,31 @@ def json_bytes(data: Any) -> bytes:
     """JSON laid out for both people and speed: each top-level key on its own line, each item of a
     top-level list on its own line, compact inside. orjson encodes `nsfs ls --json` (1 MB at 1,000
     processes) five times faster than the json module."""
-    _dumps = load_encoder()
+    dumps = load_encoder()
     if not isinstance(data, dict):
-        return _dumps(data) + b"\n"
+        return dumps(data) + b"\n"
     lines = []
     for key, value in data.items():
         if isinstance(value, list) and value:
-            items = b",\n    ".join(map(_dumps, value))
-            lines.append(b"  %s: [\n    %s\n  ]" % (_dumps(key), items))
+            lines.append(b"  %s: [\n    %s\n  ]" % (dumps(key), b",\n    ".join(_items(dumps, value))))
         else:
-            lines.append(b"  %s: %s" % (_dumps(key), _dumps(value)))
+            lines.append(b"  %s: %s" % (dumps(key), dumps(value)))
     return b"{\n" + b",\n".join(lines) + b"\n}\n"
+
+
+#: Put between the items of a list to encode it in one call (one call per item costs three times
+#: as much, in page faults). No string nsfs prints holds a NUL (the kernel's cannot), and if one
+#: ever did, the count of pieces would show it: the items are then encoded one by one.
+_BETWEEN = "\0"
+_ENCODED_BETWEEN = b',"\\u0000",'
+
+
+def _items(dumps: Callable[[Any], bytes], items: list[Any]) -> list[bytes]:
+    """The encoding of each item of a list."""
+    spaced = [_BETWEEN] * (2 * len(items) - 1)
+    spaced[::2] = items
+    pieces = dumps(spaced)[1:-1].split(_ENCODED_BETWEEN)
+    return pieces if len(pieces) == len(items) else list(map(dumps, items))
 
 
 def load_encoder() -> Callable[[Any], bytes]:
