@@ -47,15 +47,17 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
             sockets.scan(part)
         hierarchy.resolve(part)
 
-    def read_mounts(part: Scan) -> None:
-        mounts.scan(part)
-        hierarchy.resolve(part)
+    def read_rest(part: Scan) -> None:
+        """What is read once per namespace, not per process: mount tables, user namespaces' maps.
+        The parent reads these for its own part while the child scans, and then the rest."""
+        if "bindmount" in chosen:
+            mounts.scan(part)
+            hierarchy.resolve(part)
+        _read_user_maps(part)
 
     try:
-        chosen_mounts = read_mounts if "bindmount" in chosen else None
-        parallel.read(state, processes.pids(proc), read_part, alongside, then=chosen_mounts)
-        if chosen_mounts is not None:
-            chosen_mounts(state)  # the mount namespaces only the child's processes are in
+        parallel.read(state, processes.pids(proc), read_part, alongside, then=read_rest)
+        read_rest(state)  # the namespaces only the child's processes are in
         if "listns" in chosen:
             _cross_check_listns(state)
         maps = _read_user_maps(state)
@@ -96,16 +98,18 @@ UserMaps = dict[int, tuple[tuple, tuple, str]]
 
 
 def _read_user_maps(state: Scan) -> UserMaps:
-    """uid_map, gid_map and setgroups of every user namespace a process is in (read once each)."""
-    maps: UserMaps = {}
+    """uid_map, gid_map and setgroups of every user namespace a process is in (read once each,
+    kept in state.user_maps)."""
+    maps: UserMaps = state.user_maps
     for inode, ns in state.found.items():
-        if ns.type != "user" or not ns.processes:
+        if ns.type != "user" or not ns.processes or inode in maps:
             continue
         for pid in ns.processes:
             base = f"{state.proc}/{pid}/"
             try:
-                with open(base + "uid_map", "rb") as u, open(base + "gid_map", "rb") as g, open(base + "setgroups") as s:
-                    maps[inode] = (procfs.parse_id_map(u.read()), procfs.parse_id_map(g.read()), s.read().strip())
+                maps[inode] = (procfs.parse_id_map(processes.read_at(base + "uid_map")),
+                               procfs.parse_id_map(processes.read_at(base + "gid_map")),
+                               processes.read_at(base + "setgroups").decode().strip())
                 break
             except OSError as e:
                 state.failed(e)

@@ -12,6 +12,8 @@ namespace sets are split between them (a namespace both see is opened by both).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pickle
 import threading
@@ -23,6 +25,7 @@ from namespacefs.discover.state import Scan
 PARALLEL_FROM = 150
 _MIN_CHUNK = 8
 _MAX_CHUNKS = 4096  # 8 KiB of chunk numbers: less than a pipe holds, so filling it never blocks
+_RESULT_PIPE_SIZE = 1 << 20  # the default pipe-max-size; a child's part of 1,000 processes is ~200 kB
 
 ReadPart = Callable[[Scan, Iterable[int]], None]
 
@@ -43,6 +46,8 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     os.write(queue_w, b"".join(i.to_bytes(2, "little") for i in range(len(bounds))))
     os.close(queue_w)  # both readers see the end of the pipe once every chunk is taken
     result_r, result_w = os.pipe()
+    with contextlib.suppress(OSError):  # room for the whole result: the child need not wait for us to read
+        fcntl.fcntl(result_w, fcntl.F_SETPIPE_SZ, _RESULT_PIPE_SIZE)
     child = os.fork()
     if child == 0:
         _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
