@@ -5,7 +5,6 @@ Shared by every command that prints a table."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -116,7 +115,13 @@ def _terminal_width(out: Any) -> int | None:
             return None
     except (AttributeError, OSError, ValueError):
         return None
-    return shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")  # as libsmartcols: $COLUMNS first, then the terminal
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(out.fileno()).columns or 80
+    except OSError:
+        return 80
 
 
 def tree_rows(roots: Sequence[Row], children: Callable[[Row], Sequence[Row]]) -> list[tuple[str, Row]]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 
-from namespacefs import details
 from namespacefs.containers import browser, bwrap, cgroups, nspawn, oci, systemd
 from namespacefs.containers.candidate import Candidate
 from namespacefs.containers.model import Container, ContainerTree, Identity
@@ -30,10 +30,14 @@ Combo = tuple[int, ...]
 _UNSAFE = re.compile(r"[/\s\x00-\x1f]+")
 
 
+_ALL_TYPES = itemgetter(*NS_TYPES)
+
+
 def _combo(p: Process) -> Combo | None:
-    if not all(t in p.namespaces for t in NS_TYPES):
+    try:
+        return _ALL_TYPES(p.namespaces)
+    except KeyError:
         return None  # a zombie or a process that vanished mid-scan: it joins its parent's container
-    return tuple(p.namespaces[t] for t in NS_TYPES)
 
 
 def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
@@ -190,6 +194,8 @@ def _hostname(snapshot: Snapshot, combo: Combo, parent: Combo) -> str | None:
     if combo[uts] == parent[uts] or (ns := snapshot.get(combo[uts])) is None:
         return None
     try:
+        from namespacefs import details  # here: it imports socket (2 ms), needed only for hostnames
+
         return details.uname(ns, snapshot).get("nodename") or None
     except (OSError, Gone):
         return None

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from namespacefs import procfs
+from namespacefs.discover.processes import read_at
 from namespacefs.model import Process, Snapshot
 
 
 def read_cgroups(pid: int, proc: str = "/proc") -> dict[str, str]:
     """controllers -> cgroup path of a process ({} if it vanished)."""
     try:
-        with open(f"{proc}/{pid}/cgroup", "rb") as f:
-            return procfs.parse_cgroup(f.read())
+        return procfs.parse_cgroup(read_at(f"{proc}/{pid}/cgroup"))
     except (OSError, ValueError):
         return {}
 

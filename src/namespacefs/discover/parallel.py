@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
@@ -52,6 +51,8 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     if child == 0:
         _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
     os.close(result_w)
+    import pickle  # here, not at the top: imported while the child reads, not before it starts
+
     mine: list[int] = []
     data = b""
     try:
@@ -100,6 +101,8 @@ def _child(proc: str, read_part: ReadPart, pids: Iterator[int], result_r: int, r
     """The forked reader: never returns into the caller, never flushes the parent's stdio."""
     status = 1
     try:
+        import pickle
+
         os.close(result_r)
         part = Scan(proc=proc)
         read_part(part, pids)

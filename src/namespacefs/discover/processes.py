@@ -17,6 +17,7 @@ from namespacefs.kernel import FOR_CHILDREN_LINKS, NS_TYPES
 from namespacefs.model import Holder, Process
 
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
+_PATHS = {link: f"ns/{link}" for link in LINKS}
 _NS_TYPE_SET = frozenset(NS_TYPES)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CHUNK = 65536
@@ -26,9 +27,12 @@ def read_at(name: str, dir_fd: int | None = None) -> bytes:
     """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = [os.read(fd, _CHUNK)]
+        data = os.read(fd, _CHUNK)
         # /proc answers a read in full when the buffer is large enough: a short read is the end,
         # which saves the read that would return b"" (one syscall per file, two per process)
+        if len(data) < _CHUNK:
+            return data
+        chunks = [data]
         while len(chunks[-1]) == _CHUNK:
             chunks.append(os.read(fd, _CHUNK))
         return b"".join(chunks)
@@ -46,7 +50,7 @@ def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = Fal
     denied = 0
     for link in LINKS:
         try:
-            target = os.readlink(prefix + link, dir_fd=dir_fd)
+            target = os.readlink(_PATHS[link] if prefix == "ns/" else prefix + link, dir_fd=dir_fd)
         except FileNotFoundError:
             if zombie or link in FOR_CHILDREN_LINKS:
                 continue
@@ -55,9 +59,10 @@ def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = Fal
             denied += 1
             continue
         links[link] = int(target[target.index("[") + 1 : -1])
-    if denied and not links:
-        raise PermissionError(errno.EACCES, "cannot read any namespace link", prefix)
-    state.errors["denied"] += denied
+    if denied:
+        if not links:
+            raise PermissionError(errno.EACCES, "cannot read any namespace link", prefix)
+        state.errors["denied"] += denied
     return links
 
 

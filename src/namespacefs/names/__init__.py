@@ -14,7 +14,6 @@ See docs/names.md.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sqlite3
 import time
@@ -56,7 +55,17 @@ __all__ = [
     "default_name", "history", "ns_key", "open_db", "parent_path", "prune", "rename", "reset", "validate",
 ]
 
-log = logging.getLogger("namespacefs.names")
+
+
+def _log(level: int, message: str, *args: object) -> None:
+    """Report through the `namespacefs.names` logger; logging is imported only when there is
+    something to say (2 ms that `nsfs ls` otherwise spends on every run)."""
+    import logging
+
+    logging.getLogger("namespacefs.names").log(level, message, *args)
+
+
+_DEBUG, _WARNING = 10, 30  # logging.DEBUG, logging.WARNING
 
 #: last_seen of a live rename is refreshed at most this often (one UPDATE, not one per snapshot).
 REFRESH_EVERY = 60.0
@@ -79,7 +88,7 @@ def engine_names(snapshot: Snapshot) -> dict[int, str]:
     try:
         return dict(find_names(snapshot))
     except Exception as e:  # a container runtime's state we cannot parse must not cost us the names
-        log.debug("container names unavailable: %s", e)
+        _log(_DEBUG, "container names unavailable: %s", e)
         return {}
 
 
@@ -97,7 +106,7 @@ def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> 
     except NameError as e:
         if strict:
             raise
-        log.warning("nsfs: %s; showing default names", e)
+        _log(_WARNING, "nsfs: %s; showing default names", e)
     try:
         names = assign(snapshot, stored, engine_names(snapshot))
         result = Assigned(names, paths(snapshot, names))
@@ -173,7 +182,7 @@ def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[Row], e
             conn.executemany("UPDATE names SET last_seen = ? WHERE boot_id = ? AND key = ?",
                              [(now, snapshot.boot_id, k) for k in stale])
     except (NameError, sqlite3.Error) as e:
-        log.debug("names maintenance skipped: %s", e)
+        _log(_DEBUG, "names maintenance skipped: %s", e)
 
 
 def _check_alive(ns: Namespace) -> None:
