@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
 from namespacefs.kernel import NS_TYPES
@@ -147,9 +146,14 @@ class Namespace(NamedTuple):
         }
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """Every namespace and process seen in one scan."""
+    """Every namespace and process seen in one scan. Immutable like the rest of the model, but a
+    plain class: discovery needs it before it forks its second reader, and importing dataclasses
+    would cost that moment 11 ms."""
+
+    __slots__ = ("_by_id", "_children", "_owned", "boot_id", "duration", "errors", "kernel", "namespaces",
+                 "processes", "sources", "taken_at")
+    FIELDS = ("boot_id", "kernel", "taken_at", "duration", "namespaces", "processes", "errors", "sources")
 
     boot_id: str
     kernel: str
@@ -157,19 +161,41 @@ class Snapshot:
     duration: float  # seconds the scan took
     namespaces: Mapping[int, Namespace]  # inode -> namespace (nsfs inodes are unique across types)
     processes: Mapping[int, Process]
-    errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
-    sources: tuple[str, ...] = ()
-    _by_id: dict[int, Namespace] = field(default_factory=dict, compare=False, repr=False)
-    _owned: dict[int | None, list[Namespace]] = field(default_factory=dict, compare=False, repr=False)
-    _children: dict[int | None, list[Namespace]] = field(default_factory=dict, compare=False, repr=False)
+    errors: Mapping[str, int]  # what could not be read, counted by reason
+    sources: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        for ns in self.namespaces.values():
+    def __init__(self, boot_id: str, kernel: str, taken_at: float, duration: float,
+                 namespaces: Mapping[int, Namespace], processes: Mapping[int, Process],
+                 errors: Mapping[str, int] | None = None, sources: tuple[str, ...] = ()) -> None:
+        values = (boot_id, kernel, taken_at, duration, namespaces, processes, errors or {}, sources)
+        for name, value in zip(self.FIELDS, values, strict=True):
+            object.__setattr__(self, name, value)
+        by_id: dict[int, Namespace] = {}
+        owned: dict[int | None, list[Namespace]] = {}
+        children: dict[int | None, list[Namespace]] = {}
+        for ns in namespaces.values():
             if ns.id is not None:
-                self._by_id[ns.id] = ns
-            self._owned.setdefault(ns.owner, []).append(ns)
+                by_id[ns.id] = ns
+            owned.setdefault(ns.owner, []).append(ns)
             if ns.type in ("pid", "user"):
-                self._children.setdefault(ns.parent, []).append(ns)
+                children.setdefault(ns.parent, []).append(ns)
+        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_owned", owned)
+        object.__setattr__(self, "_children", children)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Snapshot is immutable (use replace): cannot set {name}")
+
+    def __repr__(self) -> str:
+        return (f"Snapshot(boot_id={self.boot_id!r}, taken_at={self.taken_at!r}, "
+                f"{len(self.namespaces)} namespaces, {len(self.processes)} processes)")
+
+    def __reduce__(self) -> tuple[type[Snapshot], tuple[Any, ...]]:
+        return Snapshot, tuple(getattr(self, name) for name in self.FIELDS)
+
+    def replace(self, **changes: Any) -> Snapshot:
+        """A copy with some fields changed (as dataclasses.replace)."""
+        return Snapshot(**{name: changes.pop(name, getattr(self, name)) for name in self.FIELDS}, **changes)
 
     def __iter__(self) -> Iterator[Namespace]:
         return iter(self.namespaces.values())
@@ -208,7 +234,7 @@ class Snapshot:
         """The same snapshot with some namespaces replaced (for example, once names are added)."""
         table = dict(self.namespaces)
         table.update((ns.inode, ns) for ns in namespaces)
-        return replace(self, namespaces=table, _by_id={}, _owned={}, _children={})
+        return self.replace(namespaces=table)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract (see README): stable keys, more may be added, none renamed."""
@@ -228,8 +254,7 @@ def _order(ns: Namespace) -> tuple[int, int]:
     return NS_TYPES.index(ns.type), ns.inode
 
 
-@dataclass(frozen=True)
-class Diff:
+class Diff(NamedTuple):
     """What changed between two snapshots, keyed on Namespace.key (the id where there is one)."""
 
     appeared: tuple[Namespace, ...]

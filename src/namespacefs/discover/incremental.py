@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, processes
 from namespacefs.discover.state import Scan
@@ -62,8 +61,8 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     procs.update(state.processes)
     errors = Counter(old.errors)
     errors.update(state.errors)
-    return replace(old, taken_at=time.time(), duration=time.perf_counter() - clock, namespaces=namespaces,
-                   processes=procs, errors=dict(errors), _by_id={}, _owned={}, _children={})
+    return old.replace(taken_at=time.time(), duration=time.perf_counter() - clock, namespaces=namespaces,
+                       processes=procs, errors=dict(errors))
 
 
 def _drop_unheld(namespaces: dict[int, Namespace], before: Mapping[int, Namespace]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +48,7 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     result_r, result_w = os.pipe()
     with contextlib.suppress(OSError):  # room for the whole result: the child need not wait for us to read
         fcntl.fcntl(result_w, fcntl.F_SETPIPE_SZ, _RESULT_PIPE_SIZE)
+    gc.freeze()  # the collector then never walks (and so never copies) the pages both processes share
     child = os.fork()
     if child == 0:
         _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
@@ -69,6 +71,7 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
         if result_r >= 0:
             os.close(result_r)  # the child's write fails instead of blocking the wait below
         _, status = os.waitpid(child, 0)
+        gc.unfreeze()
     if status == 0:
         state.merge(pickle.loads(data))
     else:  # the child failed: what it took is read here

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 
 from namespacefs.model import Holder, Process
 
@@ -15,23 +14,27 @@ GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR,
 #: errno values that mean "not allowed to look".
 DENIED = frozenset({errno.EACCES, errno.EPERM})
 
-@dataclass
 class Found:
     """One namespace as seen so far. It is opened again (by the hierarchy pass) through an fd in
-    hand, else through the /proc path each holder implies: no path is stored per sighting."""
+    hand, else through the /proc path each holder implies: no path is stored per sighting.
+    (Found and Scan are plain classes: discovery must not import dataclasses before it forks.)"""
 
-    type: str
-    holders: list[Holder] = field(default_factory=list)
-    processes: list[int] = field(default_factory=list)
-    fds: list[int] = field(default_factory=list)  # nsfs fds in hand (a socket's net namespace, listns)
-    # filled in by the hierarchy pass
-    id: int | None = None
-    dev: int = 0
-    owner: int | None = None
-    parent: int | None = None
-    owner_uid: int | None = None
-    mounts: int | None = None
-    resolved: bool = False
+    __slots__ = ("dev", "fds", "holders", "id", "mounts", "owner", "owner_uid", "parent", "processes",
+                 "resolved", "type")
+
+    def __init__(self, nstype: str) -> None:
+        self.type = nstype
+        self.holders: list[Holder] = []
+        self.processes: list[int] = []
+        self.fds: list[int] = []  # nsfs fds in hand (a socket's net namespace, listns)
+        # filled in by the hierarchy pass
+        self.id: int | None = None
+        self.dev = 0
+        self.owner: int | None = None
+        self.parent: int | None = None
+        self.owner_uid: int | None = None
+        self.mounts: int | None = None
+        self.resolved = False
 
 
 #: Scan.portable(): found as plain tuples (unpickled three times faster than Found objects),
@@ -42,22 +45,22 @@ Portable = tuple[dict[int, PortableFound], dict[int, Process], Counter[str], dic
                  dict[int, list[int]]]
 
 
-@dataclass
 class Scan:
     """The mutable state of one scan; each source adds to it."""
 
-    proc: str = "/proc"
-    found: dict[int, Found] = field(default_factory=dict)
-    processes: dict[int, Process] = field(default_factory=dict)
-    errors: Counter[str] = field(default_factory=Counter)
-    #: pids whose fds are sockets, for the socket source: pid -> [(fd, socket inode)]
-    sockets: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    #: the processes of each mount namespace, in scan order: the bindmount source reads the
-    #: mountinfo of the first one still alive
-    mount_readers: dict[int, list[int]] = field(default_factory=dict)
-    mounts_read: set[int] = field(default_factory=set)  # by the bindmount source
-    #: user namespace -> (uid_map, gid_map, setgroups), read once each
-    user_maps: dict[int, tuple[tuple, tuple, str]] = field(default_factory=dict)
+    def __init__(self, proc: str = "/proc") -> None:
+        self.proc = proc
+        self.found: dict[int, Found] = {}
+        self.processes: dict[int, Process] = {}
+        self.errors: Counter[str] = Counter()
+        #: pids whose fds are sockets, for the socket source: pid -> [(fd, socket inode)]
+        self.sockets: dict[int, list[tuple[int, int]]] = {}
+        #: the processes of each mount namespace, in scan order: the bindmount source reads the
+        #: mountinfo of the first one still alive
+        self.mount_readers: dict[int, list[int]] = {}
+        self.mounts_read: set[int] = set()  # by the bindmount source
+        #: user namespace -> (uid_map, gid_map, setgroups), read once each
+        self.user_maps: dict[int, tuple[tuple, tuple, str]] = {}
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
         ns = self.ensure(nstype, inode, fd)

@@ -28,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from namespacefs import kernel
@@ -353,7 +352,7 @@ class Live:
             cache[id(obj)] = (obj, text)
             return text
 
-        head = replace(snap, namespaces={}, processes={}, _by_id={}, _owned={}, _children={}).to_dict()
+        head = snap.replace(namespaces={}, processes={}).to_dict()
         head["namespaces"] = head["processes"] = None
         order = {t: i for i, t in enumerate(NS_TYPES)}
         namespaces = ",".join(piece(ns) for ns in sorted(snap.namespaces.values(), key=lambda n: (order[n.type], n.inode)))
