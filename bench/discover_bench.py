@@ -203,7 +203,7 @@ def phases() -> None:
     clock = time.perf_counter
     t0 = clock()
     from namespacefs import cli, discover
-    from namespacefs.discover import hierarchy, mounts, processes, sockets
+    from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
 
     imported = clock() - t0
     spent: dict[str, float] = collections.defaultdict(float)
@@ -217,10 +217,14 @@ def phases() -> None:
                 spent[label] += clock() - start
         return wrapper
 
-    processes.scan = timed("processes.scan (process, task, for_children, fd)", processes.scan)
-    sockets.scan = timed("sockets.scan", sockets.scan)
+    # with two readers (parallel.read) the per-source timers count this process's part only: the
+    # forked child reads the rest at the same time
+    parallel.read = timed("two readers, wall (parallel.read: processes, sockets, hierarchy, naming imports)",
+                          parallel.read)
+    processes.scan = timed("  this process's part: processes.scan (process, task, for_children, fd)", processes.scan)
+    sockets.scan = timed("  this process's part: sockets.scan", sockets.scan)
     mounts.scan = timed("mounts.scan", mounts.scan)
-    hierarchy.resolve = timed("hierarchy.resolve (ids, owners, parents)", hierarchy.resolve)
+    hierarchy.resolve = timed("hierarchy.resolve (ids, owners, parents; this process's part)", hierarchy.resolve)
     discover._cross_check_listns = timed("_cross_check_listns", discover._cross_check_listns)
     discover._read_user_maps = timed("_read_user_maps", discover._read_user_maps)
     discover._freeze = timed("_freeze", discover._freeze)
