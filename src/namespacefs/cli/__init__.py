@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import importlib
 import math
 import os
@@ -93,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(parser, name)
     args = parser.parse_args(argv[1:])
     args.command = name
+    one_shot = not getattr(module, "KEEPS_RUNNING", False)
+    if one_shot:
+        # a one-shot command builds its snapshot and exits: the cyclic collector would only walk
+        # those objects over and over (~10 ms of `nsfs ls` at 1,000 processes, in each of its two
+        # readers); reference counting still frees everything that is dropped
+        gc.disable()
     try:
         return int(module.run(args) or 0)
     except UserError as e:
@@ -103,15 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # `nsfs ls | head`: the reader left, not an error
         return 0
+    finally:
+        if one_shot:
+            gc.enable()
 
 
 def entry() -> None:
     """The `nsfs` command: main(), then exit without tearing the heap down object by object, which
     takes ~13 ms after a scan of 1,000 processes. Everything an ordinary exit does that matters
     still happens first: atexit handlers (logging's flush among them) and flushing stdio. A
-    process with other threads exits the ordinary way (it would wait for them)."""
+    process with other threads exits the ordinary way (it would wait for them), and so does one
+    that a profiler or a tracer (pyinstrument, coverage) watches: it reports after main returns."""
     status = main()
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(status)
     atexit._run_exitfuncs()  # what interpreter shutdown runs first (CPython's, stable since 2.x)
     with contextlib.suppress(OSError, ValueError):  # a reader that left (`nsfs ls | head`) is no error
