@@ -56,7 +56,7 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     import pickle  # here, not at the top: imported while the child reads, not before it starts
 
     mine: list[int] = []
-    data = b""
+    part = None
     try:
         if alongside is not None:
             alongside()
@@ -66,14 +66,18 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
         with os.fdopen(result_r, "rb") as result:
             result_r = -1
             data = result.read()
+        # unpickled before the wait, while the child unmaps its memory; a child that died part way
+        # leaves a truncated stream
+        with contextlib.suppress(pickle.UnpicklingError, EOFError):
+            part = pickle.loads(data)
     finally:
         os.close(queue_r)
         if result_r >= 0:
             os.close(result_r)  # the child's write fails instead of blocking the wait below
         _, status = os.waitpid(child, 0)
         gc.unfreeze()
-    if status == 0:
-        state.merge(pickle.loads(data))
+    if status == 0 and part is not None:
+        state.merge(part)
     else:  # the child failed: what it took is read here
         taken = set(mine)
         read_part(state, [pid for i, (lo, hi) in enumerate(bounds) if i not in taken for pid in todo[lo:hi]])
