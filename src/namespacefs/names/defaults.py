@@ -12,6 +12,7 @@ Precedence, within each scope (the namespaces owned by one user namespace):
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import hmac
 import re
@@ -74,9 +75,16 @@ def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
 
 
 def digest(nstype: str, ident: int | None, inode: int, seed: str) -> str:
-    """The full hex digest behind a default name."""
+    """The full hex digest behind a default name: HMAC-SHA256(seed, what)."""
     what = f"{nstype}:id:{ident}" if ident is not None else f"{nstype}:ino:{inode}"
-    return hmac.new(seed.encode(), what.encode(), hashlib.sha256).hexdigest()
+    keyed = _keyed(seed).copy()  # the key schedule once per seed, not once per namespace
+    keyed.update(what.encode())
+    return keyed.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(seed: str) -> hmac.HMAC:
+    return hmac.new(seed.encode(), digestmod=hashlib.sha256)
 
 
 def default_name(ns: Namespace, seed: str, length: int = SHORT) -> str:
