@@ -308,6 +308,8 @@ forks = []
 fork = os.fork
 def counted():
     forks.append(1)
+    if sys.argv[2] == "nofork":
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # EAGAIN: at the process limit
     return fork()
 os.fork = counted
 snapshot = discover()
@@ -356,12 +358,21 @@ def test_a_failed_split_reader_costs_nothing(holder):
     assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's part was read here
 
 
+def test_a_host_at_its_process_limit_is_read_by_one_reader(holder):
+    made = holder("socket-net")
+    snap, whole = scan_in_child(2, "nofork"), scan_in_child(10**9)
+    assert snap["split"]  # the fork was tried, and failed
+    net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
+    assert "socket" in {h["kind"] for h in net["holders"]}
+    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10
+
+
 def test_chunks_cover_every_pid_once_and_shrink():
     assert parallel.chunks(0) == []
     for n in (1, 7, 150, 1000, 4_000_000):
         bounds = parallel.chunks(n)
         assert [lo for lo, _ in bounds] == [0] + [hi for _, hi in bounds[:-1]] and bounds[-1][1] == n
-        assert len(bounds) <= 4096
+        assert len(bounds) <= 2048
         sizes = [hi - lo for lo, hi in bounds]
         assert sizes == sorted(sizes, reverse=True) or n < 16
 

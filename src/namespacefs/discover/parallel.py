@@ -24,7 +24,9 @@ from namespacefs.discover.state import Scan
 #: Below this many processes one reader is faster: forking and merging cost more than they save.
 PARALLEL_FROM = 150
 _MIN_CHUNK = 8
-_MAX_CHUNKS = 4096  # 8 KiB of chunk numbers: less than a pipe holds, so filling it never blocks
+#: 4 KiB of chunk numbers: what even the smallest pipe holds (one page, once a user is over
+#: pipe-user-pages-soft), so filling the queue before anyone reads it never blocks
+_MAX_CHUNKS = 2048
 _RESULT_PIPE_SIZE = 1 << 20  # the default pipe-max-size; a child's part of 1,000 processes is ~200 kB
 
 ReadPart = Callable[[Scan, Iterable[int]], None]
@@ -35,12 +37,17 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     """read_part(state, pids) over every pid in todo, in two processes when that pays. In this
     process, while the child reads: `alongside` first, and `then` on this process's part before
     the child's is merged (work on what this process found that the child will not do)."""
-    if len(todo) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
-        # a child of a threaded process could inherit a lock held by another thread: never fork there
+    # a child of a threaded process could inherit a lock held by another thread: never fork there
+    if len(todo) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not _with_child(
+            state, todo, read_part, alongside, then):
         if alongside is not None:
             alongside()
         read_part(state, todo)
-        return
+
+
+def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None,
+                then: Callable[[Scan], None] | None) -> bool:
+    """The two-reader read; False (nothing read) if no child can be forked (at the process limit)."""
     bounds = chunks(len(todo))
     queue_r, queue_w = os.pipe()
     os.write(queue_w, b"".join(i.to_bytes(2, "little") for i in range(len(bounds))))
@@ -49,7 +56,13 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     with contextlib.suppress(OSError):  # room for the whole result: the child need not wait for us to read
         fcntl.fcntl(result_w, fcntl.F_SETPIPE_SZ, _RESULT_PIPE_SIZE)
     gc.freeze()  # the collector then never walks (and so never copies) the pages both processes share
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError:
+        gc.unfreeze()
+        for fd in (queue_r, result_r, result_w):
+            os.close(fd)
+        return False
     if child == 0:
         _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
     os.close(result_w)
@@ -81,6 +94,7 @@ def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[
     else:  # the child failed: what it took is read here
         taken = set(mine)
         read_part(state, [pid for i, (lo, hi) in enumerate(bounds) if i not in taken for pid in todo[lo:hi]])
+    return True
 
 
 def chunks(n: int) -> list[tuple[int, int]]:
