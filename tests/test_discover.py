@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -365,6 +366,16 @@ def test_a_host_at_its_process_limit_is_read_by_one_reader(holder):
     net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
     assert "socket" in {h["kind"] for h in net["holders"]}
     assert abs(len(snap["processes"]) - len(whole["processes"])) < 10
+
+
+def test_a_snapshot_is_immutable_and_survives_pickling():
+    snap = discover(sources={"process"})
+    with pytest.raises(AttributeError):
+        snap.kernel = "x"  # type: ignore[misc]
+    other = snap.replace(kernel="x")
+    assert (other.kernel, snap.kernel) == ("x", os.uname().release) and other.namespaces is snap.namespaces
+    again = pickle.loads(pickle.dumps(snap))
+    assert again.to_dict() == snap.to_dict() and again.by_id(next(iter(snap)).id) is not None
 
 
 def test_chunks_cover_every_pid_once_and_shrink():

@@ -2,7 +2,7 @@
 shared queue until it is empty, each reads its processes through the per-process pipeline, and the
 child sends what it found back (pickled) for the process to merge.
 
-The scan is ~70% syscalls, which two processes make at the same time on two CPUs; two threads
+The scan is ~80% syscalls, which two processes make at the same time on two CPUs; two threads
 cannot (the GIL serializes the Python between the syscalls). The queue is a pipe holding one
 2-byte chunk number per chunk: a read of 2 bytes takes one, atomically, and the end of the pipe
 is the end of the work, so whichever reader is faster (or less busy with `alongside` work) reads
