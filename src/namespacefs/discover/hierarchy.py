@@ -21,7 +21,7 @@ from namespacefs.handles import holder_path
 def resolve(state: Scan) -> None:
     for inode in list(state.found):
         ns = state.found[inode]
-        if ns.resolved:
+        if ns.resolved or not state.claim(inode):
             continue
         opened = _open(state, inode, ns)
         if opened is None:
@@ -86,7 +86,7 @@ def _relative(state: Scan, fd: int | None, nstype: str) -> int | None:
         return None
     st = os.fstat(fd)
     ns = state.ensure(nstype, st.st_ino)
-    if ns.resolved:
+    if ns.resolved:  # (no claim here: an fd in hand is the surest way there is, so it is used)
         os.close(fd)
     else:
         _resolve_fd(state, st.st_ino, ns, fd, st.st_dev)

@@ -7,7 +7,8 @@ cannot (the GIL serializes the Python between the syscalls). The queue is a pipe
 2-byte chunk number per chunk: a read of 2 bytes takes one, atomically, and the end of the pipe
 is the end of the work, so whichever reader is faster (or less busy with `alongside` work) reads
 more. Chunks shrink towards the end, so both readers finish at about the same time while few
-namespace sets are split between them (a namespace both see is opened by both).
+namespace sets are split between them. A namespace both see is resolved (opened for its id, owner
+and parent) by the one that claims it first, in a shared map (Scan.claim).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +29,9 @@ _MIN_CHUNK = 8
 #: 4 KiB of chunk numbers: what even the smallest pipe holds (one page, once a user is over
 #: pipe-user-pages-soft), so filling the queue before anyone reads it never blocks
 _MAX_CHUNKS = 2048
+#: One byte per namespace, by inode modulo this: nsfs hands out inodes in sequence, so two live
+#: namespaces share a slot only a million inodes apart (and then one is resolved after the merge)
+_CLAIM_SLOTS = 1 << 20
 _RESULT_PIPE_SIZE = 1 << 20  # the default pipe-max-size; a child's part of 1,000 processes is ~200 kB
 
 ReadPart = Callable[[Scan, Iterable[int]], None]
@@ -55,16 +60,18 @@ def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Ca
     result_r, result_w = os.pipe()
     with contextlib.suppress(OSError):  # room for the whole result: the child need not wait for us to read
         fcntl.fcntl(result_w, fcntl.F_SETPIPE_SZ, _RESULT_PIPE_SIZE)
+    claims = state.claims = mmap.mmap(-1, _CLAIM_SLOTS)  # shared with the child: who resolves what
     gc.freeze()  # the collector then never walks (and so never copies) the pages both processes share
     try:
         child = os.fork()
     except OSError:
         gc.unfreeze()
+        state.claims = None
         for fd in (queue_r, result_r, result_w):
             os.close(fd)
         return False
     if child == 0:
-        _child(state.proc, read_part, _take(queue_r, todo, bounds, []), result_r, result_w)
+        _child(state.proc, read_part, _take(queue_r, todo, bounds, []), claims, result_r, result_w)
     os.close(result_w)
     import pickle  # here, not at the top: imported while the child reads, not before it starts
 
@@ -89,6 +96,8 @@ def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Ca
             os.close(result_r)  # the child's write fails instead of blocking the wait below
         _, status = os.waitpid(child, 0)
         gc.unfreeze()
+        state.claims = None  # from here on this process resolves whatever is left
+        claims.close()
     if status == 0 and part is not None:
         state.merge(part)
     else:  # the child failed: what it took is read here
@@ -118,7 +127,8 @@ def _take(queue: int, todo: list[int], bounds: list[tuple[int, int]], taken: lis
         yield from todo[lo:hi]
 
 
-def _child(proc: str, read_part: ReadPart, pids: Iterator[int], result_r: int, result_w: int) -> None:
+def _child(proc: str, read_part: ReadPart, pids: Iterator[int], claims: mmap.mmap, result_r: int,
+           result_w: int) -> None:
     """The forked reader: never returns into the caller, never flushes the parent's stdio."""
     status = 1
     try:
@@ -126,6 +136,7 @@ def _child(proc: str, read_part: ReadPart, pids: Iterator[int], result_r: int, r
 
         os.close(result_r)
         part = Scan(proc=proc)
+        part.claims = claims
         read_part(part, pids)
         part.close_fds()
         with os.fdopen(result_w, "wb") as out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections import Counter
 
@@ -61,6 +62,23 @@ class Scan:
         self.mounts_read: set[int] = set()  # by the bindmount source
         #: user namespace -> (uid_map, gid_map, setgroups), read once each
         self.user_maps: dict[int, tuple[tuple, tuple, str]] = {}
+        #: while two readers scan (discover.parallel): memory both share, one byte per namespace
+        #: (by inode), set by the reader that resolves it
+        self.claims: bytearray | mmap.mmap | None = None
+
+    def claim(self, inode: int) -> bool:
+        """Should this reader resolve the namespace (open it through its holders for its id, owner
+        and parent)? Not if the other reader took it: its answer comes back with its part. The
+        check and the mark are not atomic: at worst both readers resolve it (once each). One that
+        neither resolves (its slot shared with another's, or the claimer found its holders gone)
+        is resolved after the merge, when there are no claims, through the holders of both."""
+        if self.claims is None:
+            return True
+        slot = inode % len(self.claims)
+        if self.claims[slot]:
+            return False
+        self.claims[slot] = 1
+        return True
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
         ns = self.ensure(nstype, inode, fd)
