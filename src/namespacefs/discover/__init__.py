@@ -1,8 +1,8 @@
 """Discovery: one scan of the host, made of independent sources that each add to one Scan, frozen
-into an immutable Snapshot at the end. What follows from a process alone (its links, threads, fds,
-sockets, and the owners and parents of what it holds) is read per process, by two readers on a
-host with enough processes (discover.parallel); what is read once per namespace (mount tables, id
-maps) and the freezing follow.
+into an immutable Snapshot at the end. Everything follows from the processes (their links, threads,
+fds and sockets, the mount tables of their mount namespaces, and the owners, parents and id maps of
+all of it), so a host with enough processes is read by two readers that split them between them
+(discover.parallel); each namespace is still read once (Scan.claim).
 
     snapshot = discover()                       # every source
     snapshot = discover(sources={"process"})    # only what processes are in
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from namespacefs import kernel, procfs
 from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
-from namespacefs.discover.state import Found, Scan
+from namespacefs.discover.state import MAPS, Found, Scan, UserMaps
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
 
 #: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
@@ -42,25 +42,21 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
     started, clock = time.time(), time.perf_counter()
     state = Scan(proc=proc)
 
-    def read_part(part: Scan, pids: Iterable[int]) -> None:
+    def read_part(part: Scan, pids: Iterable[int] = ()) -> None:
         """Everything that follows from some processes alone: what they are in and hold, their
-        sockets' namespaces, and the owners and parents of all of it."""
+        sockets' namespaces, the mount tables of their mount namespaces, and the owners, parents
+        and id maps of all of it. After the merge (no pids) it does what is left."""
         processes.scan(part, chosen, pids)
         if "socket" in chosen:
             sockets.scan(part)
-        hierarchy.resolve(part)
-
-    def read_rest(part: Scan) -> None:
-        """What is read once per namespace, not per process: mount tables, user namespaces' maps.
-        The parent reads these for its own part while the child scans, and then the rest."""
         if "bindmount" in chosen:
             mounts.scan(part)
-            hierarchy.resolve(part)
+        hierarchy.resolve(part)
         _read_user_maps(part)
 
     try:
-        parallel.read(state, processes.pids(proc), read_part, alongside, then=read_rest)
-        read_rest(state)  # the namespaces only the child's processes are in
+        parallel.read(state, processes.pids(proc), read_part, alongside)
+        read_part(state)  # what neither reader did (see Scan.claim)
         if "listns" in chosen:
             _cross_check_listns(state)
         maps = _read_user_maps(state)
@@ -97,15 +93,12 @@ def _cross_check_listns(state: Scan) -> None:
     hierarchy.resolve(state)
 
 
-UserMaps = dict[int, tuple[tuple, tuple, str]]
-
-
 def _read_user_maps(state: Scan) -> UserMaps:
     """uid_map, gid_map and setgroups of every user namespace a process is in (read once each,
     kept in state.user_maps)."""
     maps: UserMaps = state.user_maps
     for inode, ns in state.found.items():
-        if ns.type != "user" or not ns.processes or inode in maps:
+        if ns.type != "user" or not ns.processes or inode in maps or not state.claim(inode, MAPS):
             continue
         for pid in ns.processes:
             base = f"{state.proc}/{pid}/"

@@ -37,21 +37,18 @@ _RESULT_PIPE_SIZE = 1 << 20  # the default pipe-max-size; a child's part of 1,00
 ReadPart = Callable[[Scan, Iterable[int]], None]
 
 
-def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None = None,
-         then: Callable[[Scan], None] | None = None) -> None:
-    """read_part(state, pids) over every pid in todo, in two processes when that pays. In this
-    process, while the child reads: `alongside` first, and `then` on this process's part before
-    the child's is merged (work on what this process found that the child will not do)."""
+def read(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None = None) -> None:
+    """read_part(state, pids) over every pid in todo, in two processes when that pays; in this
+    process `alongside` runs first, while the child starts reading."""
     # a child of a threaded process could inherit a lock held by another thread: never fork there
     if len(todo) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not _with_child(
-            state, todo, read_part, alongside, then):
+            state, todo, read_part, alongside):
         if alongside is not None:
             alongside()
         read_part(state, todo)
 
 
-def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None,
-                then: Callable[[Scan], None] | None) -> bool:
+def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Callable[[], object] | None) -> bool:
     """The two-reader read; False (nothing read) if no child can be forked (at the process limit)."""
     bounds = chunks(len(todo))
     queue_r, queue_w = os.pipe()
@@ -81,8 +78,6 @@ def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Ca
         if alongside is not None:
             alongside()
         read_part(state, _take(queue_r, todo, bounds, mine))
-        if then is not None:
-            then(state)
         with os.fdopen(result_r, "rb") as result:
             result_r = -1
             data = result.read()

@@ -38,12 +38,16 @@ class Found:
         self.resolved = False
 
 
+#: Tasks a reader claims per namespace (Scan.claim), as bits of one byte.
+RESOLVE, MOUNTS, MAPS = 1, 2, 4
+
 #: Scan.portable(): found as plain tuples (unpickled three times faster than Found objects),
 #: processes, errors, sockets, mount_readers
 Resolution = tuple[int | None, int, int | None, int | None, int | None]  # id, dev, owner, parent, owner_uid
-PortableFound = tuple[str, list[Holder], list[int], Resolution | None]
+PortableFound = tuple[str, list[Holder], list[int], Resolution | None, int | None]  # ..., mounts
+UserMaps = dict[int, tuple[tuple, tuple, str]]
 Portable = tuple[dict[int, PortableFound], dict[int, Process], Counter[str], dict[int, list[tuple[int, int]]],
-                 dict[int, list[int]]]
+                 dict[int, list[int]], set[int], UserMaps]
 
 
 class Scan:
@@ -61,23 +65,25 @@ class Scan:
         self.mount_readers: dict[int, list[int]] = {}
         self.mounts_read: set[int] = set()  # by the bindmount source
         #: user namespace -> (uid_map, gid_map, setgroups), read once each
-        self.user_maps: dict[int, tuple[tuple, tuple, str]] = {}
+        self.user_maps: UserMaps = {}
         #: while two readers scan (discover.parallel): memory both share, one byte per namespace
-        #: (by inode), set by the reader that resolves it
+        #: (by inode), with a bit for each task a reader has taken on (Scan.claim)
         self.claims: bytearray | mmap.mmap | None = None
 
-    def claim(self, inode: int) -> bool:
-        """Should this reader resolve the namespace (open it through its holders for its id, owner
-        and parent)? Not if the other reader took it: its answer comes back with its part. The
-        check and the mark are not atomic: at worst both readers resolve it (once each). One that
-        neither resolves (its slot shared with another's, or the claimer found its holders gone)
-        is resolved after the merge, when there are no claims, through the holders of both."""
+    def claim(self, inode: int, task: int = RESOLVE) -> bool:
+        """Should this reader do this task for the namespace (RESOLVE: open it through its holders
+        for its id, owner and parent; MOUNTS: read its mount table; MAPS: its id maps)? Not if the
+        other reader took it: its answer comes back with its part. The check and the mark are not
+        atomic: at worst both readers do it (once each). What neither does (its slot shared with
+        another namespace's, or the claimer found every way there gone) is done after the merge,
+        when there are no claims, with what both readers saw."""
         if self.claims is None:
             return True
         slot = inode % len(self.claims)
-        if self.claims[slot]:
+        held = self.claims[slot]
+        if held & task:
             return False
-        self.claims[slot] = 1
+        self.claims[slot] = held | task
         return True
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
@@ -104,25 +110,30 @@ class Scan:
     def portable(self) -> Portable:
         """What a forked reader found, to send back: it holds no fds (closed once resolved)."""
         found = {inode: (ns.type, ns.holders, ns.processes,
-                         (ns.id, ns.dev, ns.owner, ns.parent, ns.owner_uid) if ns.resolved else None)
+                         (ns.id, ns.dev, ns.owner, ns.parent, ns.owner_uid) if ns.resolved else None, ns.mounts)
                  for inode, ns in self.found.items()}
-        return found, self.processes, self.errors, self.sockets, self.mount_readers
+        return (found, self.processes, self.errors, self.sockets, self.mount_readers, self.mounts_read,
+                self.user_maps)
 
     def merge(self, part: Portable) -> None:
         """Add what another reader found (Scan.portable()) for other processes."""
-        found, processes, errors, sockets, mount_readers = part
-        for inode, (nstype, holders, pids, resolution) in found.items():
+        found, processes, errors, sockets, mount_readers, mounts_read, user_maps = part
+        for inode, (nstype, holders, pids, resolution, mounts) in found.items():
             mine = self.ensure(nstype, inode)
             mine.holders += holders
             mine.processes += pids
             if resolution is not None and not mine.resolved:
                 mine.id, mine.dev, mine.owner, mine.parent, mine.owner_uid = resolution
                 mine.resolved = True
+            if mounts is not None:
+                mine.mounts = mounts
         self.processes.update(processes)
         self.errors.update(errors)
         self.sockets.update(sockets)
         for mntns, readers in mount_readers.items():
             self.mount_readers.setdefault(mntns, []).extend(readers)
+        self.mounts_read |= mounts_read
+        self.user_maps.update(user_maps)
 
     def failed(self, err: OSError) -> None:
         """Count an error that a source chose to skip; raise what is not a normal race."""
