@@ -26,7 +26,12 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
 
         snap = fetch_snapshot(timeout=2.0)
     if snap is None:
-        snap = discover(sources, alongside=lambda: (_import_names(), alongside and alongside()))
+        def prepare() -> None:
+            _import_names()
+            if alongside is not None:
+                alongside()
+
+        snap = discover(sources, alongside=prepare)
     from namespacefs import names
 
     return names.apply(snap, db, strict=False)

@@ -18,10 +18,14 @@ class Gone(LookupError):
     """The namespace no longer exists (or cannot be reached)."""
 
 
+#: Holder kinds whose /proc path is a namespace link (ns/TYPE): what it opens is always of that type.
+NS_LINK_KINDS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children"})
+
+
 def holder_path(nstype: str, h: Holder, proc: str = "/proc") -> str | None:
     """The /proc path through which a holder reaches its namespace of type nstype (None for a
     socket or listns holder, which only an fd in hand reaches, and for parent and owner)."""
-    if h.kind in ("process", "zombie", "task", "pid_for_children", "time_for_children"):
+    if h.kind in NS_LINK_KINDS:
         link = h.kind if h.kind.endswith("_for_children") else nstype
         return f"{proc}/{h.pid}/task/{h.tid}/ns/{link}" if h.tid else f"{proc}/{h.pid}/ns/{link}"
     if h.kind == "fd":

@@ -178,7 +178,7 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """Duplicate another process's fd into ours (needs ptrace access to it)."""
     # plain ints (non-negative, so the same in any register width): a third faster than ctypes
     # objects, and the socket source makes one call per socket on the host
-    return _check(_syscall(SYS_PIDFD_GETFD, pidfd, target_fd, 0))
+    return syscall(SYS_PIDFD_GETFD, pidfd, target_fd, 0)
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from namespacefs import kernel, procfs
 from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
-from namespacefs.discover.state import MAPS, Found, Scan, UserMaps
+from namespacefs.discover.state import MAPS, Found, Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
 
 #: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
@@ -59,10 +59,9 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
         read_part(state)  # what neither reader did (see Scan.claim)
         if "listns" in chosen:
             _cross_check_listns(state)
-        maps = _read_user_maps(state)
     finally:
         state.close_fds()
-    namespaces = _freeze(state, maps)
+    namespaces = _freeze(state)
     return Snapshot(
         boot_id=boot_id(proc), kernel=os.uname().release, taken_at=started,
         duration=time.perf_counter() - clock, namespaces=namespaces, processes=dict(state.processes),
@@ -93,10 +92,10 @@ def _cross_check_listns(state: Scan) -> None:
     hierarchy.resolve(state)
 
 
-def _read_user_maps(state: Scan) -> UserMaps:
-    """uid_map, gid_map and setgroups of every user namespace a process is in (read once each,
-    kept in state.user_maps)."""
-    maps: UserMaps = state.user_maps
+def _read_user_maps(state: Scan) -> None:
+    """uid_map, gid_map and setgroups of every user namespace a process is in, into
+    state.user_maps (read once each)."""
+    maps = state.user_maps
     for inode, ns in state.found.items():
         if ns.type != "user" or not ns.processes or inode in maps or not state.claim(inode, MAPS):
             continue
@@ -109,10 +108,9 @@ def _read_user_maps(state: Scan) -> UserMaps:
                 break
             except OSError as e:
                 state.failed(e)
-    return maps
 
 
-def _freeze(state: Scan, maps: UserMaps) -> dict[int, Namespace]:
+def _freeze(state: Scan) -> dict[int, Namespace]:
     found = state.found
     indirect = _indirect_holders(found)
     levels: dict[int, int] = {}
@@ -128,7 +126,7 @@ def _freeze(state: Scan, maps: UserMaps) -> dict[int, Namespace]:
     namespaces = {}
     for inode, ns in found.items():
         holders = ns.holders or indirect.get(inode, [])
-        uid_map, gid_map, setgroups = maps.get(inode, (None, None, None))
+        uid_map, gid_map, setgroups = state.user_maps.get(inode, (None, None, None))
         namespaces[inode] = Namespace(
             type=ns.type, inode=inode, id=ns.id, dev=ns.dev, owner=ns.owner, parent=ns.parent,
             holders=tuple(holders), processes=tuple(sorted(ns.processes)), owner_uid=ns.owner_uid,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from namespacefs import kernel
 from namespacefs.discover.state import Found, Scan
-from namespacefs.handles import holder_path
+from namespacefs.handles import NS_LINK_KINDS, holder_path
 
 
 def resolve(state: Scan) -> None:
@@ -31,10 +31,6 @@ def resolve(state: Scan) -> None:
         _resolve_fd(state, inode, ns, *opened)
 
 
-#: Holder kinds whose path is /proc/PID/ns/TYPE: what it opens is of that type, whatever it is now.
-_TYPED_PATHS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children"})
-
-
 def _candidates(state: Scan, ns: Found) -> Iterator[tuple[int, bool]]:
     """Open fds that may be the namespace, each with whether its type is certain (an fd in hand
     never changes what it refers to; nor does an ns/TYPE link its type): fds in hand first."""
@@ -45,7 +41,7 @@ def _candidates(state: Scan, ns: Found) -> Iterator[tuple[int, bool]]:
         if path is None:
             continue
         try:
-            yield os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK), holder.kind in _TYPED_PATHS
+            yield os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK), holder.kind in NS_LINK_KINDS
         except OSError as e:
             state.failed(e)
 

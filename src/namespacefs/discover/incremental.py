@@ -33,10 +33,10 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     try:
         processes.scan(state, chosen, sorted(touched))
         hierarchy.resolve(state)
-        maps = _read_user_maps(state)
+        _read_user_maps(state)
     finally:
         state.close_fds()
-    fresh = _freeze(state, maps)
+    fresh = _freeze(state)
 
     namespaces: dict[int, Namespace] = {}
     for inode, ns in old.namespaces.items():

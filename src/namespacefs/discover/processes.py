@@ -17,7 +17,6 @@ from namespacefs.kernel import FOR_CHILDREN_LINKS, NS_TYPES
 from namespacefs.model import Holder, Process
 
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
-_PATHS = {link: f"ns/{link}" for link in LINKS}
 _NS_TYPE_SET = frozenset(NS_TYPES)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CHUNK = 65536
@@ -50,7 +49,7 @@ def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = Fal
     denied = 0
     for link in LINKS:
         try:
-            target = os.readlink(_PATHS[link] if prefix == "ns/" else prefix + link, dir_fd=dir_fd)
+            target = os.readlink(prefix + link, dir_fd=dir_fd)
         except FileNotFoundError:
             if zombie or link in FOR_CHILDREN_LINKS:
                 continue

@@ -42,12 +42,11 @@ class Found:
 RESOLVE, MOUNTS, MAPS = 1, 2, 4
 
 #: Scan.portable(): found as plain tuples (unpickled three times faster than Found objects),
-#: processes, errors, sockets, mount_readers
+#: processes, errors, mount_readers, mounts_read, user_maps (a reader's sockets are probed by it)
 Resolution = tuple[int | None, int, int | None, int | None, int | None]  # id, dev, owner, parent, owner_uid
 PortableFound = tuple[str, list[Holder], list[int], Resolution | None, int | None]  # ..., mounts
 UserMaps = dict[int, tuple[tuple, tuple, str]]
-Portable = tuple[dict[int, PortableFound], dict[int, Process], Counter[str], dict[int, list[tuple[int, int]]],
-                 dict[int, list[int]], set[int], UserMaps]
+Portable = tuple[dict[int, PortableFound], dict[int, Process], Counter[str], dict[int, list[int]], set[int], UserMaps]
 
 
 class Scan:
@@ -68,7 +67,7 @@ class Scan:
         self.user_maps: UserMaps = {}
         #: while two readers scan (discover.parallel): memory both share, one byte per namespace
         #: (by inode), with a bit for each task a reader has taken on (Scan.claim)
-        self.claims: bytearray | mmap.mmap | None = None
+        self.claims: mmap.mmap | None = None
 
     def claim(self, inode: int, task: int = RESOLVE) -> bool:
         """Should this reader do this task for the namespace (RESOLVE: open it through its holders
@@ -112,12 +111,11 @@ class Scan:
         found = {inode: (ns.type, ns.holders, ns.processes,
                          (ns.id, ns.dev, ns.owner, ns.parent, ns.owner_uid) if ns.resolved else None, ns.mounts)
                  for inode, ns in self.found.items()}
-        return (found, self.processes, self.errors, self.sockets, self.mount_readers, self.mounts_read,
-                self.user_maps)
+        return found, self.processes, self.errors, self.mount_readers, self.mounts_read, self.user_maps
 
     def merge(self, part: Portable) -> None:
         """Add what another reader found (Scan.portable()) for other processes."""
-        found, processes, errors, sockets, mount_readers, mounts_read, user_maps = part
+        found, processes, errors, mount_readers, mounts_read, user_maps = part
         for inode, (nstype, holders, pids, resolution, mounts) in found.items():
             mine = self.ensure(nstype, inode)
             mine.holders += holders
@@ -129,7 +127,6 @@ class Scan:
                 mine.mounts = mounts
         self.processes.update(processes)
         self.errors.update(errors)
-        self.sockets.update(sockets)
         for mntns, readers in mount_readers.items():
             self.mount_readers.setdefault(mntns, []).extend(readers)
         self.mounts_read |= mounts_read

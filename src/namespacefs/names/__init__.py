@@ -57,15 +57,12 @@ __all__ = [
 
 
 
-def _log(level: int, message: str, *args: object) -> None:
-    """Report through the `namespacefs.names` logger; logging is imported only when there is
-    something to say (2 ms that `nsfs ls` otherwise spends on every run)."""
+def _log(level: str, message: str, *args: object) -> None:
+    """Report through the `namespacefs.names` logger at this level ("debug", "warning"); logging
+    is imported only when there is something to say (2 ms that `nsfs ls` otherwise spends)."""
     import logging
 
-    logging.getLogger("namespacefs.names").log(level, message, *args)
-
-
-_DEBUG, _WARNING = 10, 30  # logging.DEBUG, logging.WARNING
+    getattr(logging.getLogger("namespacefs.names"), level)(message, *args)
 
 #: last_seen of a live rename is refreshed at most this often (one UPDATE, not one per snapshot).
 REFRESH_EVERY = 60.0
@@ -88,7 +85,7 @@ def engine_names(snapshot: Snapshot) -> dict[int, str]:
     try:
         return dict(find_names(snapshot))
     except Exception as e:  # a container runtime's state we cannot parse must not cost us the names
-        _log(_DEBUG, "container names unavailable: %s", e)
+        _log("debug", "container names unavailable: %s", e)
         return {}
 
 
@@ -106,7 +103,7 @@ def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> 
     except NameError as e:
         if strict:
             raise
-        _log(_WARNING, "nsfs: %s; showing default names", e)
+        _log("warning", "nsfs: %s; showing default names", e)
     try:
         names = assign(snapshot, stored, engine_names(snapshot))
         result = Assigned(names, paths(snapshot, names))
@@ -182,7 +179,7 @@ def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[Row], e
             conn.executemany("UPDATE names SET last_seen = ? WHERE boot_id = ? AND key = ?",
                              [(now, snapshot.boot_id, k) for k in stale])
     except (NameError, sqlite3.Error) as e:
-        _log(_DEBUG, "names maintenance skipped: %s", e)
+        _log("debug", "names maintenance skipped: %s", e)
 
 
 def _check_alive(ns: Namespace) -> None:
