@@ -64,7 +64,7 @@ def userns_columns(acct: accounting.Accounting) -> list[Column[accounting.Userns
         Column("FLAGS", "host-root-uid/gid, shared-uids/gids (overlap with another), nproc-at-limit",
                lambda a: _flags(acct, a)),
         *_limit_columns(),
-        Column("NAME", "name (or name path)", lambda a: a.namespace.path or a.namespace.name, wrap=True),
+        Column("NAME", "name (or name path)", lambda a: a.namespace.path or a.namespace.name, trunc=True),
     ]
 
 

@@ -38,7 +38,9 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
 
 
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
+    verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
+                         fresh=bool(getattr(args, "verbose", False)),
                          alongside=load_encoder if getattr(args, "json", False) else None)
 
 
@@ -66,10 +68,25 @@ def user_name(uid: int | None) -> str:
         return str(uid)
 
 
-def report_errors(snapshot: Snapshot) -> None:
-    """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one."""
-    denied = snapshot.errors.get("denied", 0)
+def report_errors(snapshot: Snapshot, verbose: bool = False) -> None:
+    """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one
+    (-v/--verbose has named each entry as the scan met it: see verbose_scan)."""
+    denied, protected = snapshot.errors.get("denied", 0), snapshot.errors.get("protected", 0)
+    more = "" if verbose else "; -v names each"
     if denied:
-        hint = "run as root to see everything" if os.geteuid() else "protected by the kernel or a security module"
         what = "entry" if denied == 1 else "entries"
-        print(f"nsfs: {denied} {what} could not be read (permission denied; {hint})", file=sys.stderr)
+        print(f"nsfs: {denied} {what} could not be read (permission denied; run as root to see everything{more})",
+              file=sys.stderr)
+    if protected:
+        what = "entry" if protected == 1 else "entries"
+        print(f"nsfs: {protected} {what} could not be read even as root (protected by the kernel or a security "
+              f"module{more})", file=sys.stderr)
+
+
+def verbose_scan(args: argparse.Namespace) -> None:
+    """-v/--verbose: the scan names each entry it cannot read on stderr (a scan of our own: a
+    daemon's snapshot would not say)."""
+    if getattr(args, "verbose", False):
+        from namespacefs.discover import state
+
+        state.REPORT_TO = sys.stderr

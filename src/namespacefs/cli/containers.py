@@ -53,7 +53,7 @@ COLUMNS: list[Column[View]] = [
     Column("NPROCS", "processes with those of nested containers", lambda v: len(v.c.all_pids), right=True),
     Column("NS", "the namespace types it does not share with its parent", View.own),
     Column("KEY", "what a rename is stored under", lambda v: v.c.key),
-    Column("COMMAND", "its init's command line", View.command, wrap=True),
+    Column("COMMAND", "its init's command line", View.command, trunc=True),
 ]
 DEFAULT = ("NAME", "ENGINE", "ID", "INIT", "PIDS", "NS", "COMMAND")
 DEFAULT_LIST = ("PATH", "ENGINE", "ID", "INIT", "PIDS", "NS", "COMMAND")

@@ -75,12 +75,12 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
         try:
             dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             continue
         try:
             _scan_process(state, pid, dir_fd, sources)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             state.processes.pop(pid, None)  # half read: as good as gone
         finally:
             os.close(dir_fd)
