@@ -44,15 +44,15 @@ class View:
 
 
 COLUMNS: list[Column[View]] = [
-    Column("NAME", "the container's name (the tree shows its nesting)", lambda v: v.c.name or "/"),
-    Column("PATH", "the container's path", lambda v: v.c.path),
-    Column("ENGINE", "who runs it (host, runc, docker, systemd-nspawn, bwrap, ..., unknown)", lambda v: v.c.engine),
-    Column("ID", "the engine's id for it", lambda v: (v.c.engine_id or "")[:12]),
+    Column("NAME", "the container's name (the tree shows its nesting)", lambda v: v.c.name or "/", trunc=True),
+    Column("PATH", "the container's path", lambda v: v.c.path, trunc=True),
+    Column("ENGINE", "who runs it (host, runc, docker, systemd-nspawn, bwrap, ..., unknown)", lambda v: v.c.engine, trunc=True),
+    Column("ID", "the engine's id for it", lambda v: (v.c.engine_id or "")[:12], trunc=True),
     Column("INIT", "host pid of its init", lambda v: v.c.init, right=True),
     Column("PIDS", "number of its own processes", lambda v: len(v.c.pids), right=True),
     Column("NPROCS", "processes with those of nested containers", lambda v: len(v.c.all_pids), right=True),
-    Column("NS", "the namespace types it does not share with its parent", View.own),
-    Column("KEY", "what a rename is stored under", lambda v: v.c.key),
+    Column("NS", "the namespace types it does not share with its parent", View.own, trunc=True),
+    Column("KEY", "what a rename is stored under", lambda v: v.c.key, trunc=True),
     Column("COMMAND", "its init's command line", View.command, trunc=True),
 ]
 DEFAULT = ("NAME", "ENGINE", "ID", "INIT", "PIDS", "NS", "COMMAND")
