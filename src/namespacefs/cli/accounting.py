@@ -82,7 +82,8 @@ UID_COLUMNS: list[Column[UidRow]] = [
     Column("CHARGED", "tasks the kernel checks NPROC against: these, and those of the user namespaces this uid "
            "created below (before Linux 5.14: HOSTTASKS)", lambda r: r[1].charged, right=True),
     Column("HOSTTASKS", "tasks with this host uid in every namespace", lambda r: r[1].host_threads, right=True),
-    Column("FLAGS", "at-limit: CHARGED reached NPROC (the next fork fails)", lambda r: "at-limit" if r[1].at_limit else "", trunc=True),
+    Column("FLAGS", "at-limit: CHARGED reached NPROC (the next fork fails)",
+           lambda r: "at-limit" if r[1].at_limit else "", trunc=True),
 ]
 UID_DEFAULT = ("NS", "UID", "HOSTUID", "USER", "PROCS", "THREADS", "NPROC", "CHARGED", "HOSTTASKS", "FLAGS")
 
