@@ -107,21 +107,24 @@ def _relative(inode: int | None) -> int:
     return 0 if inode is None else inode  # lsns prints 0 for no parent or owner
 
 
-COLUMNS: list[Column[Row]] = [
-    Column("NS", "namespace identifier (inode number)", lambda r: r.ns.inode, right=True, number=True),
-    Column("TYPE", "kind of namespace", lambda r: r.ns.type),
+COLUMNS: list[Column[Row]] = [  # lsns.c 2.42's infos[] (width hints, flags, JSON types), then ours
+    Column("NS", "namespace identifier (inode number)", lambda r: r.ns.inode, right=True, number=True, whint=10),
+    Column("TYPE", "kind of namespace", lambda r: r.ns.type, whint=5),
     Column("PATH", "path to the namespace", lambda r: r.path, trunc=True),
-    Column("NPROCS", "number of processes in the namespace", lambda r: len(r.ns.processes), right=True, number=True),
+    Column("NPROCS", "number of processes in the namespace", lambda r: len(r.ns.processes),
+           right=True, number=True, whint=5),
     Column("PID", "lowest PID in the namespace (or of a process holding it)", lambda r: r.of_process("pid"),
-           right=True, number=True),
-    Column("PPID", "PPID of the PID", lambda r: r.of_process("ppid"), right=True, number=True),
+           right=True, number=True, whint=5),
+    Column("PPID", "PPID of the PID", lambda r: r.of_process("ppid"), right=True, number=True, whint=5),
     Column("COMMAND", "command line of the PID", _command, trunc=True),
     Column("UID", "UID of the PID", _uid, right=True, number=True),
     Column("USER", "username of the PID", lambda r: user_name(_uid(r)) or None),
     Column("NETNSID", "namespace ID as used by network subsystem", _netnsid, right=True),
     Column("NSFS", "nsfs mountpoint (usually used by ip netns)", _nsfs),
-    Column("PNS", "parent namespace identifier (inode number)", lambda r: _relative(r.ns.parent), right=True, number=True),
-    Column("ONS", "owner namespace identifier (inode number)", lambda r: _relative(r.ns.owner), right=True, number=True),
+    Column("PNS", "parent namespace identifier (inode number)", lambda r: _relative(r.ns.parent),
+           right=True, number=True, whint=10),
+    Column("ONS", "owner namespace identifier (inode number)", lambda r: _relative(r.ns.owner),
+           right=True, number=True, whint=10),
     Column("ID", "64-bit namespace id (never reused)", lambda r: r.ns.id, right=True, number=True),
     Column("NAME", "namespace name", lambda r: r.ns.name, trunc=True),
     Column("NSPATH", "name path through the owning user namespaces", lambda r: r.ns.path, trunc=True),
@@ -284,21 +287,21 @@ def _relation(args: argparse.Namespace) -> str | None:
 
 def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple[list[Row], dict[int, list[Row]]]:
     """The roots and each row's children (keyed by id(row)) in lsns's tree: by owner or parent
-    namespace, or the process tree (a row under the last row before it that shows its parent
-    process, as lsns links a line to its parent process's line)."""
+    namespace (a relative is shown before the rows under it), or the process tree (a row under the
+    last row before it that shows its parent process, as lsns links a line to its parent process's
+    line)."""
     how = _relation(args)
+    if how is None:
+        return rows, {}
+    if how in ("owner", "parent"):
+        # the processes of a namespace (lsns NS) have no owner or parent among them: flat
+        return (rows, {}) if any(r._proc is not None for r in rows) else _namespace_tree(rows, how)
     kids: dict[int, list[Row]] = {}
     roots: list[Row] = []
-    if how is None:
-        return rows, kids
-    by_inode = {r.ns.inode: r for r in rows}
     shown: dict[int, Row] = {}  # pid -> the last row shown for it
     for r in rows:
         up: Row | None = None
-        if how in ("owner", "parent"):
-            relative = r.ns.owner if how == "owner" else r.ns.parent
-            up = by_inode.get(relative) if relative != r.ns.inode else None
-        elif (proc := r.process) is not None:
+        if (proc := r.process) is not None:
             up = shown.get(proc.ppid)
             if up is not None and r._proc is not None and up.process is not None \
                     and up.process.namespaces.get(r.ns.type) != r.ns.inode:
@@ -310,3 +313,27 @@ def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple
             kids.setdefault(id(up), []).append(r)
     return roots, kids
 
+
+def _namespace_tree(rows: list[Row], how: str) -> tuple[list[Row], dict[int, list[Row]]]:
+    """lsns's show_namespace(): in inode order, each row after its relative (the owner; in a parent
+    tree the parent, else the owner), under that relative when it is the owner of an owner tree
+    or the parent of a parent tree, else a root."""
+    by_inode = {r.ns.inode: r for r in rows}
+    kids: dict[int, list[Row]] = {}
+    roots: list[Row] = []
+    done: set[int] = set()
+
+    def show(r: Row) -> None:
+        ns = r.ns
+        done.add(ns.inode)
+        first = ns.owner if how == "owner" or ns.parent is None else ns.parent
+        if first in by_inode and first not in done:
+            show(by_inode[first])
+        link = ns.owner if how == "owner" else ns.parent
+        up = by_inode.get(link) if link != ns.inode else None
+        (kids.setdefault(id(up), []) if up is not None else roots).append(r)
+
+    for r in rows:
+        if r.ns.inode not in done:
+            show(r)
+    return roots, kids

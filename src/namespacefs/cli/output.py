@@ -20,8 +20,9 @@ class Column(NamedTuple, Generic[Row]):
     """One column of a table (a named tuple: `ls` imports this before its scan forks, and
     dataclasses would cost that moment 11 ms). The flags are libsmartcols's: `trunc`
     (SCOLS_FL_TRUNC) lets the renderer shrink it when the table is wider than the terminal (down
-    to its header, or `whint` when that is wider), `right` (SCOLS_FL_RIGHT) aligns it right;
-    `number` is its JSON type (SCOLS_JSON_NUMBER; otherwise a string, as in util-linux)."""
+    to its header's width), `right` (SCOLS_FL_RIGHT) aligns it right, `whint` is its absolute width
+    hint (it is at least that wide, as lsns's NS is 10 and PID 5); `number` is its JSON type
+    (SCOLS_JSON_NUMBER; otherwise a string, as in util-linux)."""
 
     name: str
     help: str
@@ -29,7 +30,7 @@ class Column(NamedTuple, Generic[Row]):
     right: bool = False  # numbers are right-aligned
     trunc: bool = False  # may be truncated to fit the terminal (free text such as COMMAND)
     number: bool = False  # a number in JSON (and in -Q/--filter comparisons)
-    whint: int = 0  # the narrowest it is shrunk to (0: its header's width)
+    whint: int = 0  # at least this wide (0: as wide as its header and cells)
 
     @property
     def key(self) -> str:
@@ -103,7 +104,7 @@ def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args
         # the tree column is left-aligned (as in lsns -T), or the branches would not line up
         columns = [c._replace(right=False) if i == t else c for i, c in enumerate(columns)]
     header = [c.name for c in columns]
-    widths = [max([len(header[i])] + [_width(line[i]) for line in lines]) for i in range(len(columns))]
+    widths = [max([len(header[i]), columns[i].whint] + [_width(line[i]) for line in lines]) for i in range(len(columns))]
     limit = None if args.notruncate else _terminal_width(out)
     if limit:
         widths = fit(widths, columns, limit)
@@ -119,7 +120,7 @@ def fit(widths: Sequence[int], columns: Sequence[Column[Any]], limit: int) -> li
     libsmartcols's reduce stages in short. Only truncatable columns shrink, the widest above its
     minimum first, one character at a time; a table that still does not fit overflows."""
     widths = list(widths)
-    floor = [max(len(c.name), c.whint) if c.trunc else w for c, w in zip(columns, widths, strict=True)]
+    floor = [len(c.name) if c.trunc else w for c, w in zip(columns, widths, strict=True)]
     excess = sum(widths) + len(widths) - 1 - limit
     while excess > 0:
         slack = [(w - f, i) for i, (w, f) in enumerate(zip(widths, floor, strict=True)) if w > f]
@@ -184,8 +185,9 @@ def json_cell(column: Column[Any], value: Any, nowrap: bool = False) -> Any:
 
 
 def _raw(value: str) -> str:
-    # like libsmartcols raw mode: escape what would break the one-space separation
-    return value.replace("\\", "\\x5c").replace(" ", "\\x20").replace("\n", "\\x0a") if value else '""'
+    # like libsmartcols raw mode (fputs_nonblank): escape what would break the one-space separation;
+    # an empty cell is nothing between two spaces
+    return value.replace("\\", "\\x5c").replace(" ", "\\x20").replace("\n", "\\x0a")
 
 
 def _terminal_width(out: Any) -> int | None:
