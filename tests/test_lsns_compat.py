@@ -212,7 +212,7 @@ def check_filter(t: Target) -> None:
         result = nsfs("-Q", bad, check=False)
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("nsfs ls: failed to parse")
-    table = nsfs("-Q", 'TYPE == "uts" && NPROCS == 2', "-n", "-r", "-o", "NS").stdout.split()
+    table = nsfs("-Q", 'TYPE == "uts" && NPROCS == 2', "-p", str(t.pid), "-n", "-r", "-o", "NS").stdout.split()
     assert table == [str(i) for i, ty in t.own.items() if ty == "uts"]
 
 

@@ -26,6 +26,31 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
                             help="the names database (default: $NSFS_DB, else /var/lib/namespacefs/names.db)")
 
 
+def version_string() -> str:
+    """What `nsfs --version`, `nsfs ls -V` and `nsfs enter -V` print (as lsns -V and nsenter -V do)."""
+    import namespacefs
+
+    found = getattr(namespacefs, "__version__", None)
+    if found is None:
+        from importlib.metadata import version
+
+        found = version("namespacefs")
+    return f"nsfs from namespacefs {found}"
+
+
+class PrintVersion(argparse.Action):
+    """-V/--version of a command: print version_string() and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_kw: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_string())
+        parser.exit()
+
+
 def chosen_sources(spec: str | None) -> tuple[str, ...]:
     if not spec:
         return SOURCES

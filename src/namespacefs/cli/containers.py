@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from namespacefs import containers, core
 from namespacefs.cli import UserError, duration
-from namespacefs.cli.common import chosen_sources, find, report_errors
+from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.containers import names as cnames
@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     elif command == "enter":
         parser.__class__ = _EnterParser  # nsenter's optional arguments (-nFILE, -w/tmp) need getopt's reading
         _enter_options(parser)
+        parser.add_argument("-V", "--version", action=PrintVersion)
         parser.add_argument("-t", "--target", dest="target_spec", type=_target, metavar="PID[:INODE]",
                             help="the target process, as nsenter takes it (instead of TARGET)")
         parser.add_argument("target", nargs="?", help="a container (path, name or engine id), a pid, or a namespace")

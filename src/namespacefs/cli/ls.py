@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from namespacefs.cli import UserError
-from namespacefs.cli.common import add_source_options, find, ns_type, report_errors, take_snapshot, user_name
+from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
 from namespacefs.cli.output import (
     Column,
     add_table_options,
@@ -149,21 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="only the rows for which EXPR holds (libsmartcols filter, as lsns -Q: "
                              "'TYPE == \"net\" && NPROCS > 1', 'NAME =~ \"^web\"'); any column may be used")
     parser.add_argument("-v", "--verbose", action="store_true", help="name each entry that could not be read")
-    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-V", "--version", action=PrintVersion)
     add_table_options(parser, COLUMNS, DEFAULT_COLUMNS)
     add_source_options(parser)
-
-
-def version() -> str:
-    """The string `nsfs --version` prints."""
-    import namespacefs
-
-    found = getattr(namespacefs, "__version__", None)
-    if found is None:
-        from importlib.metadata import version as installed
-
-        found = installed("namespacefs")
-    return f"nsfs from namespacefs {found}"
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -184,9 +172,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.version:
-        print(version())
-        return 0
     if args.list_columns:
         print_columns_help(COLUMNS)
         return 0
