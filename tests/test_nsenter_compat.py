@@ -305,3 +305,41 @@ def test_nsenter_flag(row: Row, target: Target, others: list[Target]) -> None:
         assert debian_has("nsenter", [*PROBE.get(row.flag, [row.flag]), "true"]) == row.in_debian
     assert row.nsfs.startswith("nsfs enter")
     CHECKS[row.flag](target, others)
+
+
+# --- ip netns users (not a table row: `ip netns exec` is iproute2's) ----------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """`ip netns add NAME` with an /etc/netns/NAME/resolv.conf of its own; all removed after."""
+    name = f"nsfs-exec-{os.getpid()}"
+    made_etc = not os.path.exists("/etc/netns")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    etc = Path("/etc/netns") / name
+    try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver 192.0.2.53 # {name}\n")
+        yield name
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        if made_etc:
+            shutil.rmtree("/etc/netns", ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def test_entering_an_ip_netns_by_name_is_ip_netns_exec(netns: str) -> None:
+    look = ["sh", "-c", "cat /etc/resolv.conf; ls /sys/class/net; readlink /proc/self/ns/net"]
+    theirs = subprocess.run(["ip", "netns", "exec", netns, *look], capture_output=True, text=True, check=True).stdout
+    assert f"# {netns}" in theirs and theirs.split()[-2:-1] == ["lo"]
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    host_resolv = Path("/etc/resolv.conf").read_bytes()
+    for form in ([netns, "--"], [f"/run/netns/{netns}", "--"], [f"--net=/run/netns/{netns}"]):
+        assert nsfs(*form, *look).stdout == theirs, form
+    plain = nsfs("--no-netns-exec", netns, "--", *look).stdout
+    assert f"# {netns}" not in plain and plain.split()[-1] == theirs.split()[-1]  # the same netns, our /etc
+    assert sorted(plain.split()[:-1]) != sorted(theirs.split()[:-1])  # our /sys/class/net: the host's
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before  # nothing propagated back
+    assert Path("/etc/resolv.conf").read_bytes() == host_resolv
+    # entering more than the net namespace is nsenter's plain setns
+    assert f"# {netns}" not in nsfs("-a", netns, "--", "cat", "/etc/resolv.conf", check=False).stdout

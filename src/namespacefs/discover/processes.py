@@ -22,13 +22,20 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CHUNK = 65536
 
 
-def read_at(name: str, dir_fd: int | None = None) -> bytes:
-    """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
+def read_at(name: str, dir_fd: int | None = None, records: bool = False) -> bytes:
+    """The whole of a (small, /proc) file, relative to a directory handle if one is given.
+    records: a file the kernel writes record by record (a seq_file such as mountinfo), which
+    answers at most about a page per read: read until EOF."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        # /proc answers a read in full when the buffer is large enough: a short read is the end,
-        # which saves the read that would return b"" (one syscall per file, two per process)
+        # a one-shot /proc file answers a read in full when the buffer is large enough: a short
+        # read is the end, which saves the read that would return b"" (one syscall per file)
+        if records:
+            chunks = [data]
+            while chunks[-1]:
+                chunks.append(os.read(fd, _CHUNK))
+            return b"".join(chunks)
         if len(data) < _CHUNK:
             return data
         chunks = [data]
