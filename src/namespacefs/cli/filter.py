@@ -24,6 +24,7 @@ function that maps a column name to the column's (value, is_number) for that row
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -43,15 +44,8 @@ _KEYWORDS = {
 }
 _COMPARISONS = frozenset({"EQ", "NE", "LT", "LE", "GT", "GE", "REG", "NREG"})
 _SUFFIX = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
-_TOKEN = re.compile(r"""
-    (?P<space>[ \t\n]+)
-  | (?P<float>[0-9]+\.[0-9]+)
-  | (?P<size>[0-9]+[KMGTPEZY](?:iB)?)(?![a-zA-Z_.%:/\-0-9])
-  | (?P<int>[0-9]+)
-  | (?P<word>[a-zA-Z][a-zA-Z_.%:/\-0-9]*)
-  | (?P<string>"[^"\n]*"|'[^'\n]*')
-  | (?P<op>&&|\|\||==|!=|<=|>=|=~|!~|[!<>()])
-""", re.VERBOSE)
+_HOLDER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.%:/-0123456789")
+_OPERATORS = ("&&", "||", "==", "!=", "<=", ">=", "=~", "!~", "!", "<", ">", "(", ")")  # longest first
 
 
 class FilterError(ValueError):
@@ -65,28 +59,57 @@ class Token(NamedTuple):
 
 
 def tokenize(text: str) -> list[Token]:
+    """The tokens of an expression, as filter-scanner.l reads them (the longest match first). By
+    hand rather than with a regular expression: compiling one would cost every `-Q` ~3 ms."""
     tokens: list[Token] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise FilterError(f"unexpected {text[pos]!r} at offset {pos}")
-        kind, word = m.lastgroup, m.group()
-        if kind == "float":
-            tokens.append(Token("FLOAT", float(word), pos))
-        elif kind == "size":
-            digits = word.rstrip("iB")
-            tokens.append(Token("NUMBER", int(digits[:-1]) * 1024 ** _SUFFIX[digits[-1]], pos))
-        elif kind == "int":
-            tokens.append(Token("NUMBER", int(word), pos))
-        elif kind == "string":
-            tokens.append(Token("STRING", word[1:-1], pos))
-        elif kind == "word":
+    pos, end = 0, len(text)
+    while pos < end:
+        c = text[pos]
+        if c in " \t\n":
+            pos += 1
+        elif c.isdigit():
+            pos = _number(text, pos, tokens)
+        elif c.isalpha() and c.isascii():
+            stop = pos + 1
+            while stop < end and text[stop] in _HOLDER_CHARS:
+                stop += 1
+            word = text[pos:stop]
             tokens.append(Token(_KEYWORDS.get(word, "HOLDER"), word, pos))
-        elif kind == "op":
-            tokens.append(Token(_KEYWORDS.get(word, word), word, pos))
-        pos = m.end()
+            pos = stop
+        elif c in "\"'":
+            close = text.find(c, pos + 1)
+            if close < 0 or "\n" in text[pos:close]:
+                raise FilterError(f"unterminated string at offset {pos}")
+            tokens.append(Token("STRING", text[pos + 1:close], pos))
+            pos = close + 1
+        else:
+            op = next((o for o in _OPERATORS if text.startswith(o, pos)), None)
+            if op is None:
+                raise FilterError(f"unexpected {c!r} at offset {pos}")
+            tokens.append(Token(_KEYWORDS.get(op, op), op, pos))
+            pos += len(op)
     return tokens
+
+
+def _number(text: str, pos: int, tokens: list[Token]) -> int:
+    """An integer (with an optional K, M, ... or KiB, MiB, ... suffix) or a float at pos."""
+    stop = pos
+    while stop < len(text) and text[stop].isdigit():
+        stop += 1
+    if text[stop:stop + 1] == "." and text[stop + 1:stop + 2].isdigit():
+        frac = stop + 1
+        while frac < len(text) and text[frac].isdigit():
+            frac += 1
+        tokens.append(Token("FLOAT", float(text[pos:frac]), pos))
+        return frac
+    digits = int(text[pos:stop])
+    suffix = text[stop:stop + 1]
+    if suffix and suffix in _SUFFIX:
+        unit = 3 if text.startswith("iB", stop + 1) else 1
+        tokens.append(Token("NUMBER", digits * 1024 ** _SUFFIX[suffix], pos))
+        return stop + unit
+    tokens.append(Token("NUMBER", digits, pos))
+    return stop
 
 
 # --- the tree: a node is ("param", type, value) | ("holder", name) | (OP, left, right) ---------
@@ -197,9 +220,10 @@ def _cast(value: Any, kind: str) -> Any:
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "EQ": lambda a, b: a == b, "NE": lambda a, b: a != b, "LT": lambda a, b: a < b,
-    "LE": lambda a, b: a <= b, "GT": lambda a, b: a > b, "GE": lambda a, b: a >= b,
+    "EQ": operator.eq, "NE": operator.ne, "LT": operator.lt, "LE": operator.le, "GT": operator.gt, "GE": operator.ge,
 }
+#: the Python type a value already has when no cast is needed, per comparison type
+_NATIVE = {"string": str, "number": int, "float": float, "boolean": bool}
 
 
 def compile_filter(text: str, column: Callable[[str], tuple[Getter, bool] | None]) -> Predicate:
@@ -216,8 +240,7 @@ def compile_filter(text: str, column: Callable[[str], tuple[Getter, bool] | None
             getters[name] = found
     if unknown:
         raise FilterError(f"unknown column{'s' if len(unknown) > 1 else ''} in the filter: {', '.join(unknown)}")
-    test = _truth(tree, getters)
-    return test
+    return _truth(tree, getters)
 
 
 def _kind(node: tuple[Any, ...], getters: dict[str, tuple[Getter, bool]]) -> str:
@@ -238,15 +261,21 @@ def _comparison_kind(left: tuple[Any, ...], right: tuple[Any, ...], getters: dic
 
 
 def _value(node: tuple[Any, ...], kind: str, getters: dict[str, tuple[Getter, bool]]) -> Callable[[Any], Any]:
-    """The node's value for a row, in type `kind`."""
+    """The node's value for a row, in type `kind` (a column's value is cast only when it is not
+    already of that type: the common case costs one type check per row)."""
     if node[0] == "param":
         if node[1] == "regex":
             return lambda _row, r=node[2]: r
         constant = _cast(node[2], kind)
         return lambda _row: constant
     if node[0] == "holder":
-        get = getters[node[1]][0]
-        return lambda row: _cast(get(row), kind)
+        get, native = getters[node[1]][0], _NATIVE[kind]
+
+        def value(row: Any) -> Any:
+            v = get(row)
+            return v if type(v) is native else _cast(v, kind)
+
+        return value
     truth = _truth(node, getters)
     return lambda row: _cast(truth(row), kind)
 
@@ -270,7 +299,18 @@ def _truth(node: tuple[Any, ...], getters: dict[str, tuple[Getter, bool]]) -> Pr
         want = op == "REG"
         return lambda row: (pattern.search(text(row)) is not None) == want
     kind = _comparison_kind(node[1], node[2], getters)
-    a, b, compare = _value(node[1], kind, getters), _value(node[2], kind, getters), _OPS[op]
+    a, compare = _value(node[1], kind, getters), _OPS[op]
+    if node[2][0] == "param":  # the usual `COLUMN > 1`: the literal once, not per row
+        constant = _cast(node[2][2], kind)
+
+        def against_literal(row: Any) -> bool:
+            try:
+                return compare(a(row), constant)
+            except _Unreadable:
+                return False
+
+        return against_literal
+    b = _value(node[2], kind, getters)
 
     def test(row: Any) -> bool:
         try:

@@ -95,10 +95,10 @@ def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args
     t = tree_column if 0 <= tree_column < len(columns) else 0
     lines = [[*cells[:t], prefix + cells[t], *cells[t + 1:]] if prefix else cells for prefix, cells in table]
     if args.raw:
-        if not args.noheadings:
-            print(" ".join(c.name for c in columns), file=out)
-        for cells in lines:
-            print(" ".join(_raw(v) for v in cells), file=out)
+        raw = [" ".join(c.name for c in columns)] if not args.noheadings else []
+        raw += [" ".join(_raw(v) for v in cells) for cells in lines]
+        if raw:
+            out.write("\n".join(raw) + "\n")
         return
     if any(prefix for prefix, _cells in table):
         # the tree column is left-aligned (as in lsns -T), or the branches would not line up
@@ -108,11 +108,11 @@ def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args
     limit = None if args.notruncate else _terminal_width(out)
     if limit:
         widths = fit(widths, columns, limit)
-    if not args.noheadings:
-        print(_line(header, widths, columns), file=out)
+    printed = [_line(header, widths, columns)] if not args.noheadings else []
     for line in lines:
-        for physical in _physical_lines(line):
-            print(_line(physical, widths, columns), file=out)
+        printed += [_line(physical, widths, columns) for physical in _physical_lines(line)]
+    if printed:
+        out.write("\n".join(printed) + "\n")  # one write: a line at a time costs a terminal 50 us each
 
 
 def fit(widths: Sequence[int], columns: Sequence[Column[Any]], limit: int) -> list[int]:
