@@ -220,6 +220,9 @@ def check_type(t: Target) -> None:
     args = ("-t", "net", "-t", "uts", "-r", "-n", "-l", "-o", "NS,TYPE", "-p", str(t.pid))
     assert sorted(raw_rows(nsfs(*args).stdout)) == sorted(raw_rows(lsns(*args).stdout))
     assert {r[1] for r in raw_rows(nsfs(*args).stdout)} == {"net", "uts"}
+    header = raw_rows(nsfs("-t", "net", "-r", "-p", str(t.pid)).stdout)[0]
+    theirs = raw_rows(lsns("-t", "net", "-r", "-p", str(t.pid)).stdout)[0]
+    assert [c for c in header if c != "NAME"] == theirs  # -t net: NETNSID and NSFS as lsns adds them
 
 
 def check_tree(t: Target) -> None:

@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
     default = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
+    if not args.namespace and args.type and "net" in args.type:  # lsns -t net: NETNSID and NSFS too
+        default = (*DEFAULT_COLUMNS[:-1], "NETNSID", "NSFS", DEFAULT_COLUMNS[-1])
     columns = pick_columns(args, COLUMNS, default)
     keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
