@@ -21,6 +21,9 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources", metavar="LIST",
         help=f"discovery sources to use (default: all of {','.join(SOURCES)}); --sources=-LIST leaves some out")
+    with contextlib.suppress(argparse.ArgumentError):  # (a command may have a -v of its own)
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="name each entry that could not be read (pid, path and reason), on stderr")
     with contextlib.suppress(argparse.ArgumentError):  # (a command may already have its own --db)
         parser.add_argument("--db", metavar="PATH", default=os.environ.get("NSFS_DB") or None,
                             help="the names database (default: $NSFS_DB, else /var/lib/namespacefs/names.db)")
@@ -93,11 +96,13 @@ def user_name(uid: int | None) -> str:
         return str(uid)
 
 
-def report_errors(snapshot: Snapshot, verbose: bool = False) -> None:
+def report_errors(snapshot: Snapshot) -> None:
     """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one
-    (-v/--verbose has named each entry as the scan met it: see verbose_scan)."""
+    (with -v/--verbose the scan has named each entry as it met it: see verbose_scan)."""
+    from namespacefs.discover import state
+
     denied, protected = snapshot.errors.get("denied", 0), snapshot.errors.get("protected", 0)
-    more = "" if verbose else "; -v names each"
+    more = "" if state.REPORT_TO is not None else "; -v names each"
     if denied:
         what = "entry" if denied == 1 else "entries"
         print(f"nsfs: {denied} {what} could not be read (permission denied; run as root to see everything{more})",

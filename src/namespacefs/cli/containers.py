@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from namespacefs import containers, core
 from namespacefs.cli import UserError, duration
-from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors
+from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.containers import names as cnames
@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="another OCI runtime state directory to read (runc --root DIR); repeatable")
         parser.add_argument("--db", metavar="PATH", help="the names database (default: the naming core's)")
     if command == "containers":
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="name each entry that could not be read (pid, path and reason), on stderr")
         parser.add_argument("-l", "--list", action="store_true", help="a flat list with paths instead of the tree")
         parser.add_argument("--rename", nargs=2, metavar=("TARGET", "NAME"), help="give a container a name that is kept")
         parser.add_argument("--forget", metavar="TARGET", help="drop a container's stored name")
@@ -282,7 +284,8 @@ def _names(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db)
+    verbose_scan(args)
+    snap = core.snapshot(chosen_sources(args.sources), db=args.db, fresh=bool(getattr(args, "verbose", False)))
     return snap, containers.find(snap, names=_names(args), oci_roots=_roots(args))
 
 

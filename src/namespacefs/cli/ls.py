@@ -148,7 +148,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("-Q", "--filter", metavar="EXPR",
                         help="only the rows for which EXPR holds (libsmartcols filter, as lsns -Q: "
                              "'TYPE == \"net\" && NPROCS > 1', 'NAME =~ \"^web\"'); any column may be used")
-    parser.add_argument("-v", "--verbose", action="store_true", help="name each entry that could not be read")
     parser.add_argument("-V", "--version", action=PrintVersion)
     add_table_options(parser, COLUMNS, DEFAULT_COLUMNS)
     add_source_options(parser)
@@ -198,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             tree_at = _tree_column(columns, args)
             render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, tree_column=tree_at)
-    report_errors(snap, verbose=args.verbose)
+    report_errors(snap)
     return 0
 
 
