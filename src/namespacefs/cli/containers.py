@@ -346,7 +346,7 @@ def _containers(args: argparse.Namespace) -> int:
 
 def _enter(args: argparse.Namespace) -> int:
     args.target_pid, target_inode = args.target_spec or (None, None)
-    if args.target_pid is not None and not os.path.exists(f"/proc/{args.target_pid}"):
+    if args.target_pid is not None and not ops_enter.process_exists(args.target_pid):
         raise UserError(f"no process {args.target_pid} (-t takes a pid)")
     files = {t: getattr(args, f"file_{t}") for t in NS_TYPES if getattr(args, f"file_{t}")}
     if args.target_pid is None and (files or args.net_socket is not None) and args.target is not None \
@@ -423,9 +423,8 @@ def _enter_files(args: argparse.Namespace, files: dict[str, str]) -> int:
     fds: dict[str, int] = {}
     try:
         fds.update(_explicit_fds(args, None, files, None))
-        if args.target_pid is None and (args.env or args.join_cgroup or args.follow_context or args.setuid == "follow"
-                                        or args.setgid == "follow"):
-            raise UserError("-e, -c, -Z and follow need a target process (-t PID)")
+        if args.env or args.join_cgroup:
+            raise UserError("-e and -c need a target process (-t PID)")
         name = None
         if set(fds) == {"net"} and not args.no_netns_exec:
             name = _netns_of_path(files.get("net"))
@@ -478,7 +477,7 @@ def _user_parent(args: argparse.Namespace, pid: int | None, fds: dict[str, int])
         if link in fds:
             base, mine = fds[link], False
         else:
-            base, mine = os.open(f"/proc/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC), True
+            base, mine = ops_enter.open_ns_link(pid, link), True
     elif fds:
         base, mine = next(iter(fds.values())), False
     else:
@@ -495,9 +494,14 @@ def _plan(args: argparse.Namespace, types: tuple[str, ...], pid: int | None, fds
     """The Plan of nsenter's options (ops.enter does the work)."""
     uid, gid = args.setuid, args.setgid
     if pid is not None:
-        proc = None if "follow" not in (uid, gid) else _status_ids(pid)
-        uid = proc[0] if uid == "follow" and proc else uid
-        gid = proc[1] if gid == "follow" and proc else gid
+        if "follow" in (uid, gid):
+            ids = ops_enter.target_ids(pid)
+            if ids is None:
+                raise UserError(f"-S/-G follow: the ids of process {pid} cannot be read")
+            uid = ids[0] if uid == "follow" else uid
+            gid = ids[1] if gid == "follow" else gid
+    elif "follow" in (uid, gid):
+        raise UserError("-S/-G follow needs a target process (-t PID)")
     if args.follow_context:
         context = ops_enter.selinux_context(pid) if pid is not None else None
         if context is None:
@@ -513,16 +517,6 @@ def _plan(args: argparse.Namespace, types: tuple[str, ...], pid: int | None, fds
         keep_caps=args.keep_caps, selinux_context=context,
         cgroup=ops_enter.target_cgroup(pid) if args.join_cgroup and pid is not None else None,
         netns_exec=netns)
-
-
-def _status_ids(pid: int) -> tuple[int, int] | None:
-    """The real uid and gid of a process (-S follow, -G follow)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _netns_name(ns: Namespace | None, spec: str, chosen: tuple[str, ...], args: argparse.Namespace) -> str | None:

@@ -314,6 +314,29 @@ def check_pidfs_inode(pid: int, inode: int) -> None:
         os.close(pidfd)
 
 
+def process_exists(pid: int, proc: str = "/proc") -> bool:
+    """Is there a process with this pid (nsenter -t PID of one that is not: say so)?"""
+    return os.path.exists(f"{proc}/{pid}")
+
+
+def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
+    """An fd of /proc/PID/ns/LINK."""
+    try:
+        return os.open(f"{proc}/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
+
+
+def target_ids(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
+    """The real uid and gid of a process (nsenter -S follow, -G follow)."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def target_environment(pid: int, proc: str = "/proc") -> dict[bytes, bytes]:
     """The environment of process pid (nsenter -e)."""
     try:
@@ -366,4 +389,5 @@ def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
 
 
 __all__ = ["NS_TYPES", "EnterError", "Plan", "check_pidfs_inode", "default_shell", "needed_types", "open_namespace_file",
-           "run", "selinux_context", "socket_netns", "target_cgroup", "target_environment", "user_parent"]
+           "open_ns_link", "process_exists", "run", "selinux_context", "socket_netns", "target_cgroup",
+           "target_environment", "target_ids", "user_parent"]
