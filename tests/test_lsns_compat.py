@@ -137,6 +137,12 @@ def check_output(t: Target) -> None:
     assert list(ours) == ["namespaces"]
     assert [list(d) for d in ours["namespaces"]] == [list(d) for d in theirs["namespaces"]]
     assert [d for d in ours["namespaces"] if d["ns"] in t.own] == [d for d in theirs["namespaces"] if d["ns"] in t.own]
+    # the tree needs its column (COMMAND for the default process tree): without it, flat rows
+    for tool in (nsfs, lsns):
+        assert not any("children" in d for d in json.loads(tool("-J", "-o", "NS,TYPE").stdout)["namespaces"])
+    nested = json.loads(nsfs("-J", "-o", "NS,TYPE,COMMAND", "-p", str(t.pid)).stdout)["namespaces"]
+    listed = json.loads(nsfs("-J", "-l", "-o", "NS,TYPE,COMMAND", "-p", str(t.pid)).stdout)["namespaces"]
+    assert sorted(d["ns"] for d in flat(nested)) == sorted(d["ns"] for d in listed)
     # +LIST adds to the default
     assert raw_rows(nsfs("-r", "-o", "+PPID", "-p", str(t.pid)).stdout)[0][-1] == "PPID"
 

@@ -191,12 +191,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json and not lsns_shape:
         print_json(_contract(snap, [r.ns for r in rows], args))
     else:
-        roots, kids = _arrange(rows, snap, args)
+        tree_at = _tree_column(columns, args)
+        roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
         if args.json:
             print_json({"namespaces": json_rows(roots, columns, lambda r: kids.get(id(r), []), args.nowrap)})
         else:
-            tree_at = _tree_column(columns, args)
-            render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, tree_column=tree_at)
+            render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, tree_column=tree_at or 0)
     report_errors(snap)
     return 0
 
@@ -257,12 +257,16 @@ def select(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
     return list(chosen)
 
 
-def _tree_column(columns: Sequence[Column[Row]], args: argparse.Namespace) -> int:
+def _tree_column(columns: Sequence[Column[Row]], args: argparse.Namespace) -> int | None:
     """Which column carries the tree: COMMAND in a process tree, NS in an owner or parent tree
-    (lsns), else the first."""
+    (lsns); None for no tree: without -T or with -l, or when that column is not shown (lsns then
+    prints its rows flat, in their order)."""
+    how = _relation(args)
+    if how is None:
+        return None
     names = [c.name for c in columns]
-    want = "COMMAND" if _relation(args) == "process" else "NS"
-    return names.index(want) if want in names else 0
+    want = "COMMAND" if how == "process" else "NS"
+    return names.index(want) if want in names else None
 
 
 def _relation(args: argparse.Namespace) -> str | None:
