@@ -147,11 +147,17 @@ class Scan:
             raise err
         self.errors[reason] += 1
         if REPORT_TO is not None:
-            path = str(err.filename or "")
-            if pid is not None and not path.startswith("/"):
-                path = f"{self.proc}/{pid}/{path}"  # read through the process's directory fd
-            where = f"pid {pid} " if pid is not None else ""
-            print(f"nsfs: {reason}: {where}{path}: {err.strerror}", file=REPORT_TO)
+            print(f"nsfs: {reason}: {self._where(err, pid)}: {err.strerror}", file=REPORT_TO)
+
+    def _where(self, err: OSError, pid: int | None) -> str:
+        """'pid N /proc/N/...' for -v: the pid given, else the one the path names."""
+        path = str(err.filename or "")
+        if pid is not None and not path.startswith("/"):
+            path = f"{self.proc}/{pid}/{path}"  # read through the process's directory fd
+        if pid is None and path.startswith(self.proc + "/"):
+            head = path[len(self.proc) + 1:].split("/", 1)[0]
+            pid = int(head) if head.isdigit() else None
+        return f"pid {pid} {path}" if pid is not None else path
 
     def close_fds(self) -> None:
         for ns in self.found.values():
