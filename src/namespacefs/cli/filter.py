@@ -18,8 +18,8 @@ bare holder or literal is true when it is not empty and not zero; `=~` and `!~` 
 expression literal on the right and search the left side for it (POSIX ERE there, Python's re
 here: the same for the expressions lsns users write). A holder whose value cannot be read in the
 comparison's type (`NETNSID > 0` on `unassigned`) makes that comparison false (lsns stops with
-"failed to apply filter"). The parser is pure: `parse()` returns a predicate over a row, given a
-function that maps a column name to the column's (value, is_number) for that row.
+"failed to apply filter"). Pure: compile_filter() turns an expression into a predicate over rows,
+given a function that maps a column name to its getter and whether it is a number column.
 """
 
 from __future__ import annotations
