@@ -24,6 +24,7 @@ from namespacefs import kernel
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.containers.candidate import read_cgroups
 from namespacefs.kernel import NS_TYPES
+from namespacefs.syntax import is_number, printable
 
 Combo = tuple[int, ...]
 FREEZER_V1 = "/sys/fs/cgroup/freezer"
@@ -64,9 +65,9 @@ def parse_signal(text: str) -> int:
     name = text.strip().upper()
     name = name[3:] if name.startswith("SIG") else name
     base, sign, offset = name.partition("+") if "+" in name else name.partition("-")
-    if name.isdigit():
+    if is_number(name):
         number = int(name)
-    elif base in ("RTMIN", "RTMAX") and (not sign or offset.isdigit()):
+    elif base in ("RTMIN", "RTMAX") and (not sign or is_number(offset)):
         step = int(offset or 0) * (1 if sign == "+" else -1)
         number = (signal.SIGRTMIN if base == "RTMIN" else signal.SIGRTMAX) + step
         if not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
@@ -75,9 +76,9 @@ def parse_signal(text: str) -> int:
     elif name and f"SIG{name}" in signal.Signals.__members__:
         number = int(signal.Signals[f"SIG{name}"])
     else:
-        raise ValueError(f"unknown signal '{text}'")
+        raise ValueError(f"unknown signal {printable(text)}")
     if number not in signal.valid_signals():
-        raise ValueError(f"unknown signal '{text}'")
+        raise ValueError(f"unknown signal {printable(text)}")
     return number
 
 

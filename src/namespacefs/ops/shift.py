@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from namespacefs import kernel
+from namespacefs.forking import fork_and_act
+from namespacefs.syntax import number
 
 IdMap = tuple[tuple[int, int, int], ...]
 MAX_ID = 2**32 - 1  # (u32)-1 is never a valid id
@@ -45,7 +47,7 @@ def parse_map(text: str) -> tuple[int, int, int]:
     if len(parts) != 3:
         raise ShiftError(f"malformed map '{text}': expected FROM:TO:COUNT, e.g. 0:100000:65536")
     try:
-        inside, outside, count = (int(p, 10) for p in parts)
+        inside, outside, count = (number(p) for p in parts)
     except ValueError:
         raise ShiftError(f"malformed map '{text}': FROM, TO and COUNT must be decimal numbers") from None
     if inside < 0 or outside < 0 or count < 1:
@@ -95,18 +97,15 @@ def transient_userns(uid_map: IdMap, gid_map: IdMap) -> Iterator[int]:
     the child is released and reaped (the fd, and any mount made with it, keep the namespace)."""
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            os.close(ready_r)
-            os.close(hold_w)
-            kernel.unshare(kernel.CLONE_FLAGS["user"])
-            os.write(ready_w, b"1")
-            os.read(hold_r, 1)  # until the parent closes its end
-        except BaseException:
-            status = 1
-        os._exit(status)
+
+    def child() -> None:  # (fork_and_act: it never returns into the caller)
+        os.close(ready_r)
+        os.close(hold_w)
+        kernel.unshare(kernel.CLONE_FLAGS["user"])
+        os.write(ready_w, b"1")
+        os.read(hold_r, 1)  # until the parent closes its end
+
+    pid = fork_and_act(child)
     os.close(ready_w)
     os.close(hold_r)
     fd = -1

@@ -114,7 +114,7 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         if type is not None and type not in NS_TYPES:
             raise HTTPException(400, f"unknown namespace type '{type}' (one of {', '.join(NS_TYPES)})")
         try:
-            ns = targets.resolve(live.current(), spec, type)
+            ns = targets.resolve(live.current(), spec, type, files=False)
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
         return namespace_details(ns, live)

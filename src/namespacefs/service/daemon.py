@@ -13,8 +13,10 @@ import stat
 import sys
 from dataclasses import dataclass
 
+from namespacefs import ownership
 from namespacefs.service import outside_name
 from namespacefs.service.live import Live
+from namespacefs.syntax import number
 
 log = logging.getLogger("namespacefs.service")
 
@@ -43,20 +45,21 @@ def parse_listen(text: str) -> tuple[str, int]:
         host = "127.0.0.1"
     try:
         addr = ipaddress.ip_address(host)
-        number = int(port)
+        port_number = number(port, "the port")
     except ValueError:
         raise ServeError(f"--listen wants [HOST:]PORT with a loopback HOST, not '{text}'") from None
     if not addr.is_loopback:
         raise ServeError(f"--listen: {host} is not a loopback address (the API is for this host; use a proxy to export it)")
-    if not 0 < number < 65536:
+    if not 0 < port_number < 65536:
         raise ServeError(f"--listen: bad port {port}")
-    return host, number
+    return host, port_number
 
 
 def unix_listener(path: str) -> socket.socket:
     """Bind the API socket, root only. A stale socket file is replaced; a live one is an error."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not path.strip():
+        raise ServeError("the socket path is empty")
+    _socket_dir(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -125,24 +128,51 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_token(path: str) -> str:
-    """The bearer token in `path`; a new random one is written there (0600) when it does not exist."""
+def _socket_dir(path: str) -> str:
+    """The socket's directory, created (0700) if missing, refused if someone else could write there."""
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        try:
-            with open(path) as f:
-                token = f.read().strip()
-        except FileNotFoundError:
+        ownership.make_dir(directory, "the socket directory")
+    except ownership.Untrusted as e:
+        raise ServeError(str(e)) from None
+    return directory
+
+
+#: The most a token file may hold: a token is one line of 43 characters.
+MAX_TOKEN_BYTES = 4096
+
+
+def load_token(path: str) -> str:
+    """The bearer token in `path`; a new random one is written there (0600) when it does not exist.
+    The file and its directory must be trusted (namespacefs.ownership) and the file readable by its
+    owner only: a token someone else planted, or could read, would let them in."""
+    if not path.strip():
+        raise ServeError("the token file path is empty")
+    try:
+        if not ownership.check_file(path, "the token file"):
             return _new_token(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_mode & 0o077:
+                raise ServeError(f"the token file {path} can be read by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                                 f"chmod 600 {path}, or remove it and a new token is made")
+            token = f.read(MAX_TOKEN_BYTES + 1).decode("ascii").strip()
+    except ownership.Untrusted as e:
+        raise ServeError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:  # a directory, no such directory, not readable, binary
         raise ServeError(f"token file {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not token:
-        raise ServeError(f"token file {path} is empty")
+    if not token or len(token) > MAX_TOKEN_BYTES or any(not c.isprintable() or c.isspace() for c in token):
+        raise ServeError(f"token file {path} holds no token (one line of printable ASCII)")
     return token
 
 
 def _new_token(path: str) -> str:
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = ownership.create_file(path, 0o600)
+    except OSError as e:
+        raise ServeError(f"cannot create the token file {path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     log.warning("wrote a new API token to %s", path)
@@ -176,6 +206,7 @@ def serve(opts: Options) -> None:
 
     token = None
     tcp_sock = None
+    _socket_dir(opts.socket_path)  # first: the token's default place is in it
     if opts.tcp is not None:
         token = load_token(opts.token_file or os.path.join(os.path.dirname(os.path.abspath(opts.socket_path)), "token"))
         tcp_sock = tcp_listener(*opts.tcp)
