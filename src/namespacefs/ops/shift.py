@@ -21,7 +21,7 @@ import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from namespacefs import kernel
+from namespacefs import kernel, mountpoints
 from namespacefs.forking import fork_and_act
 from namespacefs.syntax import number
 
@@ -191,10 +191,12 @@ def shift(src: str, dst: str, userns_fd: int, recursive: bool = False, read_only
     """Mount SRC at DST, idmapped through the user namespace behind userns_fd. Returns the new mount."""
     src_real, dst_real = _check_paths(src, dst)
     src_mount = mount_of(src_real)
+    dst_fd = _mount_target(dst_real, dst)
     flags = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC | (kernel.AT_RECURSIVE if recursive else 0)
     try:
         tree = kernel.open_tree(src_real, flags)
     except OSError as e:
+        os.close(dst_fd)
         raise ShiftError(f"cannot clone the mount of {src}: {e.strerror}") from None
     try:
         attr = kernel.MountAttr(kernel.MOUNT_ATTR_IDMAP | (kernel.MOUNT_ATTR_RDONLY if read_only else 0), 0, 0, userns_fd)
@@ -203,15 +205,29 @@ def shift(src: str, dst: str, userns_fd: int, recursive: bool = False, read_only
         except OSError as e:
             raise ShiftError(_idmap_failure(e, src, src_mount, recursive)) from None
         try:
-            kernel.move_mount(tree, dst_real)
+            mountpoints.attach(tree, dst_fd)
         except OSError as e:
             raise ShiftError(f"cannot attach the idmapped mount at {dst}: {e.strerror}") from None
     finally:
         os.close(tree)
+        os.close(dst_fd)
     made = mount_of(dst_real)
     if made is None or not made.idmapped:
         raise ShiftError(f"the mount at {dst} is not idmapped after all (kernel {platform.release()})")
     return made
+
+
+def _mount_target(dst_real: str, dst: str) -> int:
+    """The checked O_PATH handle of DST the mount is attached to (namespacefs.mountpoints)."""
+    try:
+        parent, name = mountpoints.split(dst_real)
+        with mountpoints.opened_dir(parent) as parent_fd:
+            fd = mountpoints.open_target(parent_fd, name, dst)
+    except mountpoints.Refused as e:
+        raise ShiftError(str(e)) from None
+    if fd is None:
+        raise ShiftError(f"{dst}: no such file or directory (it went away)")
+    return fd
 
 
 def _check_paths(src: str, dst: str) -> tuple[str, str]:
