@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from namespacefs import kernel, mountpoints
 from namespacefs.forking import fork_and_act
-from namespacefs.syntax import number
+from namespacefs.syntax import is_number, number
 
 IdMap = tuple[tuple[int, int, int], ...]
 MAX_ID = 2**32 - 1  # (u32)-1 is never a valid id
@@ -46,6 +46,8 @@ def parse_map(text: str) -> tuple[int, int, int]:
     parts = text.split(":")
     if len(parts) != 3:
         raise ShiftError(f"malformed map '{text}': expected FROM:TO:COUNT, e.g. 0:100000:65536")
+    if any(p.startswith("-") and is_number(p[1:]) for p in parts):
+        raise ShiftError(f"malformed map '{text}': ids must be >= 0 and COUNT >= 1")
     try:
         inside, outside, count = (number(p) for p in parts)
     except ValueError:
