@@ -196,7 +196,7 @@ def _containers(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     snap, tree = _tree(args)
-    if args.rename or args.forget:
+    if args.rename or args.forget is not None:
         spec = args.rename[0] if args.rename else args.forget
         target = _container(tree, snap, spec)
         if target.path == "/":
@@ -368,8 +368,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"directory": report.directory, "containers": report.containers,
                             "namespaces": report.namespaces, "files": report.files, "dumped": report.dumped,
                             "criu": report.criu.to_dict()}
+    failed = report.criu.check_ok and not report.dumped  # CRIU could run, and wrote no image
     if args.json:
         print_json(data)
+        if failed:
+            raise UserError(f"no process images were written: {report.criu.message}")
         return 0
     print(f"wrote the topology and names of {', '.join(report.containers)} ({report.namespaces} namespaces) "
           f"to {report.directory}")
@@ -377,6 +380,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
         print(f"CRIU dumped the processes into {os.path.join(report.directory, 'images')}")
     else:
         print(f"CRIU: {report.criu.message}; no process images were written")
+    if failed:
+        raise UserError(f"no process images were written: {report.criu.message}")
     return 0
 
 

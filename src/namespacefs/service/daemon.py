@@ -196,6 +196,51 @@ def _server_class() -> type:
     return Server
 
 
+#: A client must send a whole request (head and body) within this many seconds of connecting, or of
+#: the previous response: a connection that sends nothing, or a byte now and then (slowloris), is
+#: closed instead of being held open forever. An answer being streamed (events) is not limited.
+REQUEST_TIMEOUT = 5.0
+
+
+def _protocol_class() -> type:
+    import asyncio
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        """uvicorn's h11 protocol with a deadline for each request (REQUEST_TIMEOUT): uvicorn itself
+        times out only idle keep-alive connections, after a first response."""
+
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request on this connection has its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+                log.info("closing a connection that sent no whole request in %.0f s", REQUEST_TIMEOUT)
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
 def serve(opts: Options) -> None:
     """Run until SIGINT/SIGTERM."""
     import uvicorn
@@ -220,7 +265,7 @@ def serve(opts: Options) -> None:
     try:
         live.start()
         config = uvicorn.Config(make_app(live, token), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=2, http=_protocol_class(), timeout_keep_alive=5)
         server = _Server(config)
         log.warning("serving on %s%s (%d namespaces)", opts.socket_path,
                     f" and http://{opts.tcp[0]}:{opts.tcp[1]}" if opts.tcp else "", len(live.current()))
