@@ -33,8 +33,15 @@ class Refused(Exception):
     """A place namespacefs will not mount on; str() says why, for the user."""
 
 
-def mount_type(fd: int) -> str | None:
-    """The filesystem type of the mount fd lies on, from its mnt_id (fdinfo) in our mountinfo."""
+#: The kernel's own trees: a filesystem mounted anywhere in them (the tmpfs at /sys/fs/cgroup that
+#: holds the cgroup v1 hierarchies, /dev itself) is the kernel's or the init system's, never a place
+#: for a pin. (/dev/shm is the one ordinary tmpfs in them.)
+KERNEL_TREES = ("/proc", "/sys", "/dev")
+ORDINARY_IN_KERNEL_TREES = ("/dev/shm",)
+
+
+def mount_of(fd: int) -> procfs.Mount | None:
+    """The mount fd lies on, from its mnt_id (fdinfo) in our mountinfo."""
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
             mnt_id = next((int(line.split()[1]) for line in f if line.startswith("mnt_id:")), None)
@@ -42,21 +49,32 @@ def mount_type(fd: int) -> str | None:
             table = procfs.parse_mountinfo(f.read())
     except (OSError, ValueError, IndexError):
         return None
-    return next((m.fstype for m in table if m.mount_id == mnt_id), None)
+    return next((m for m in table if m.mount_id == mnt_id), None)
+
+
+def _inside(path: str, tops: tuple[str, ...]) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in tops)
 
 
 def check(fd: int, path: str) -> None:
-    """Refused unless the file or directory behind fd is on an ordinary filesystem."""
+    """Refused unless the file or directory behind fd is on an ordinary filesystem, mounted outside
+    the kernel's own trees."""
     try:
         magic = kernel.fstatfs_type(fd)
     except OSError as e:
         raise Refused(f"{path}: {e.strerror}") from None
     name = kernel.FS_MAGIC.get(magic, f"filesystem 0x{magic:x}")
-    mounted = mount_type(fd)
-    if name not in ORDINARY or mounted in NOT_ORDINARY_MOUNTS or (mounted or "").startswith("fuse"):
-        shown = mounted if mounted in NOT_ORDINARY_MOUNTS or (mounted or "").startswith("fuse") else name
-        raise Refused(f"{path} is on {shown}, not an ordinary filesystem; namespacefs mounts only on files and "
+    mount = mount_of(fd)
+    mounted = mount.fstype if mount is not None else ""
+    if mounted in NOT_ORDINARY_MOUNTS or mounted.startswith("fuse"):
+        name = mounted
+    if name not in ORDINARY:
+        raise Refused(f"{path} is on {name}, not an ordinary filesystem; namespacefs mounts only on files and "
                       f"directories of {', '.join(sorted(ORDINARY))}")
+    where = mount.mountpoint if mount is not None else "/"
+    if _inside(where, KERNEL_TREES) and not _inside(where, ORDINARY_IN_KERNEL_TREES):
+        raise Refused(f"{path} is on the {name} mounted at {where}, inside the kernel's own {where.split('/')[1]} tree, "
+                      "not an ordinary filesystem; namespacefs mounts nothing there")
 
 
 def split(path: str) -> tuple[str, str]:

@@ -17,9 +17,9 @@ import json
 import sys
 from typing import Any
 
-from namespacefs import names
+from namespacefs import core, names
 from namespacefs.cli import UserError, duration
-from namespacefs.cli.common import add_source_options, find, ns_type, take_snapshot
+from namespacefs.cli.common import add_source_options, chosen_sources, find, ns_type, take_snapshot
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _snapshot(args: argparse.Namespace) -> Snapshot:
     """A snapshot named strictly: a broken database is an error here, not a warning."""
-    snap = take_snapshot(args)
-    return names.apply(snap, args.db)
+    return core.snapshot(chosen_sources(args.sources), db=args.db, strict=True)
 
 
 def _rename(args: argparse.Namespace) -> int:

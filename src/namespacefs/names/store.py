@@ -157,16 +157,17 @@ def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT, check: bool 
     try:
         with translate_errors(path):
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
+            if check or not wal or version < SCHEMA_VERSION:
+                verify(conn, path)  # before anything is written, the switch to WAL included
+            if not wal:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:  # (idempotent: two first users may both get here)
                 conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-            elif version > SCHEMA_VERSION:
-                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
-        if check:
-            verify(conn, path)
     except BaseException:
         conn.close()
         raise
