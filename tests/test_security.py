@@ -39,9 +39,12 @@ def one_line_error(result: subprocess.CompletedProcess[str], says: str = "") -> 
     assert says in result.stderr, result.stderr
 
 
-def mount_table() -> list[str]:
+def mount_table(*paths: str | Path) -> list[str]:
+    """The mounts (root and mountpoint) on or below these paths (others come and go on a shared host)."""
+    tops = [str(p) for p in paths]
     with open("/proc/self/mountinfo") as f:
-        return sorted(" ".join(line.split()[3:5]) for line in f)  # root and mountpoint of each mount
+        return sorted(" ".join(line.split()[3:5]) for line in f
+                      if any(line.split()[4] == t or line.split()[4].startswith(t.rstrip("/") + "/") for t in tops))
 
 
 def _inode(pid: int, nstype: str) -> int:
@@ -54,16 +57,16 @@ def _inode(pid: int, nstype: str) -> int:
 def test_pin_on_proc_sys_or_dev_is_refused_and_nothing_is_mounted(started: Started) -> None:
     proc = start_group(started, ["unshare", "-u", "sleep", "1000"])
     wait_for(lambda: _inode(proc.pid, "uts") != _inode(os.getpid(), "uts"), what="the new uts namespace")
-    before = mount_table()
     places = (("/proc/version", "proc"), ("/sys/kernel/nsfs-test-pin", "sysfs"), ("/dev/nsfs-test-pin", "devtmpfs"),
               ("/sys/fs/cgroup/nsfs-test-pin", "/sys/fs/cgroup"))  # (a tmpfs, but the kernel's tree)
+    before = mount_table(*(dest for dest, _ in places))
     try:
         for dest, fs in places:
             result = nsfs("pin", f"{proc.pid}:uts", dest, check=False)
             one_line_error(result, "not an ordinary filesystem")
             assert fs in result.stderr
             assert not os.path.lexists(dest) or dest == "/proc/version"
-        assert mount_table() == before
+        assert mount_table(*(dest for dest, _ in places)) == before
     finally:
         _undo_pins([dest for dest, _ in places])
     assert Path("/proc/version").read_text().startswith("Linux")  # every process can still read it
@@ -87,9 +90,9 @@ def test_pin_never_follows_a_symlink_planted_at_its_path(started: Started, tmp_p
     (tmp_path / "empty").write_text("")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "empty")
-    before = mount_table()
+    before = mount_table(tmp_path)
     one_line_error(nsfs("pin", f"{proc.pid}:uts", str(link), check=False), "symbolic link")
-    assert mount_table() == before
+    assert mount_table(tmp_path) == before
 
 
 def test_shift_and_mount_refuse_a_target_on_devtmpfs(tmp_path: Path) -> None:
@@ -98,10 +101,10 @@ def test_shift_and_mount_refuse_a_target_on_devtmpfs(tmp_path: Path) -> None:
     dst = Path(f"/dev/nsfs-test-{os.getpid()}")
     dst.mkdir()
     try:
-        before = mount_table()
+        before = mount_table(dst)
         one_line_error(nsfs("shift", "--map", "0:100000:65536", str(src), str(dst), check=False), "devtmpfs")
         one_line_error(nsfs("mount", str(dst), check=False), "devtmpfs")
-        assert mount_table() == before
+        assert mount_table(dst) == before
     finally:
         dst.rmdir()
 
