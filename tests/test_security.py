@@ -463,3 +463,151 @@ def test_a_path_selector_never_tells_which_files_exist(served: Served) -> None:
         status, body = served.get(f"/api/namespaces/{path}", served.token)
         answers.append((status, body["detail"].replace(path, "PATH")))
     assert len(set(answers)) == 1 and answers[0][0] == 404, answers
+
+
+# --- 3. unprivileged readers: the filesystem with --allow-other, the CLI, the socket, the port ----
+
+READER = r"""
+import json, os, sys
+m, paths = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for p in paths:
+    try:
+        with open(os.path.join(m, p)) as f:
+            out[p] = f.read()
+    except OSError as e:
+        out[p] = e.errno
+pids = [int(x) for x in sys.argv[3].split()]
+readable = []
+for pid in pids:
+    try:
+        os.stat(f"/proc/{pid}/ns/pid")
+        readable.append(pid)
+    except OSError:
+        pass
+print(json.dumps({"read": out, "readable": readable}))
+"""
+
+
+@pytest.fixture(scope="module")
+def public_mnt() -> Any:
+    """namespacefs with --allow-other on a mountpoint every user can reach (a 0755 directory in /tmp)."""
+    top = Path(f"/tmp/nsfs-security-{os.getpid()}")
+    top.mkdir(mode=0o755)
+    mountpoint = top / "mnt"
+    mountpoint.mkdir()
+    os.chmod(top, 0o755)
+    log = open(top / "server.log", "w")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "namespacefs", "mount", "--foreground", "--allow-other",
+                               "--db", str(top / "names.db"), str(mountpoint)], start_new_session=True, stderr=log)
+    log.close()
+    try:
+        wait_for(lambda: (mountpoint / "uts").exists() or server.poll() is not None or None, what="the mount")
+        assert server.poll() is None, (top / "server.log").read_text()
+        yield mountpoint
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+        assert "Traceback" not in (top / "server.log").read_text()
+        subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def _read_as(argv_prefix: list[str], mnt: Path, paths: list[str], pids: list[int]) -> dict[str, Any]:
+    out = subprocess.run([*argv_prefix, sys.executable, "-c", READER, str(mnt), json.dumps(paths),
+                          " ".join(map(str, pids))], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+def _rootless(started: Started, hostname: str) -> int:
+    """A rootless container of nobody's (its own user and uts namespace); the pid of its command."""
+    proc = start_group(started, [*AS_NOBODY, "unshare", "-U", "-r", "--uts", "sh", "-c",
+                                 f"hostname {hostname} && exec sleep 1000"])
+    wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n" or None, what="the rootless sleep")
+    return proc.pid
+
+
+def test_allow_other_shows_nobody_what_the_kernel_shows_nobody(public_mnt: Path, started: Started,
+                                                                tmp_path: Path) -> None:
+    _, box = start_bwrap(started, "nsfs-secret-box", ["sleep", "1000"])
+    mine = _rootless(started, "nsfs-mine-box")
+    box_uts, box_mnt, mine_uts = _inode(box, "uts"), _inode(box, "mnt"), _inode(mine, "uts")
+    host_pidns = _inode(os.getpid(), "pid")
+    wait_for(lambda: ((public_mnt / "uts" / str(mine_uts)).exists() and (public_mnt / "uts" / str(box_uts)).exists())
+             or None, what="both in the filesystem")
+    paths = [f"uts/{box_uts}/hostname", f"uts/{box_uts}/uname", f"uts/{box_uts}/tasks", f"uts/{box_uts}/holders",
+             f"mnt/{box_mnt}/mountinfo", f"uts/{mine_uts}/hostname", f"uts/{mine_uts}/tasks", f"pid/{host_pidns}/tasks"]
+    as_root = {p: (public_mnt / p).read_text() for p in paths}
+    assert as_root[f"uts/{box_uts}/hostname"] == "nsfs-secret-box\n" and str(box) in as_root[f"uts/{box_uts}/tasks"]
+    host_pids = [int(x) for x in as_root[f"pid/{host_pidns}/tasks"].split()]
+    got = _read_as(AS_NOBODY, public_mnt, paths, host_pids)
+    read = got["read"]
+    import errno
+
+    # denied: what only entering (hostname) or ptrace-reading (mountinfo, members, holders) would tell
+    assert read[f"uts/{box_uts}/hostname"] == errno.EACCES and read[f"uts/{box_uts}/uname"] == errno.EACCES
+    assert read[f"mnt/{box_mnt}/mountinfo"] == errno.EACCES
+    assert read[f"uts/{box_uts}/tasks"] == "" and str(box) not in read[f"uts/{box_uts}/holders"]
+    # allowed: its own container's hostname (it may enter it) and its own processes
+    assert read[f"uts/{mine_uts}/hostname"] == "nsfs-mine-box\n"
+    assert read[f"uts/{mine_uts}/tasks"] == f"{mine}\n"
+    # and the members of the host's pid namespace it is shown are exactly those the kernel lets it read
+    shown = {int(x) for x in read[f"pid/{host_pidns}/tasks"].split()}
+    alive = {p for p in host_pids if os.path.exists(f"/proc/{p}")}
+    assert shown & alive == set(got["readable"]) & alive
+    assert mine in shown and box not in shown and os.getpid() not in shown
+
+
+def test_a_reader_in_an_unprivileged_user_namespace_gets_only_its_own(public_mnt: Path, started: Started,
+                                                                      tmp_path: Path) -> None:
+    _, box = start_bwrap(started, "nsfs-secret-box2", ["sleep", "1000"])
+    box_uts = _inode(box, "uts")
+    wait_for(lambda: (public_mnt / "uts" / str(box_uts)).exists() or None, what="the box in the filesystem")
+    script = (READER.replace('print(json.dumps({"read": out, "readable": readable}))',
+                                     'out["me"] = os.stat("/proc/self/ns/uts").st_ino\n'
+                                     'out["mine"] = open(f"{m}/uts/{out[\'me\']}/hostname").read()\n'
+                                     'out["types"] = sorted(os.listdir(f"{m}/uts"))\n'
+                                     'print(json.dumps({"read": out, "readable": readable}))'))
+    out = subprocess.run([*AS_NOBODY, "unshare", "-U", "-r", "--uts", "sh", "-c",
+                          'hostname nsfs-inside && exec "$0" -c "$1" "$2" "$3" "$4"', sys.executable, script,
+                          str(public_mnt), json.dumps([f"uts/{box_uts}/hostname"]), str(box)],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    read = json.loads(out.stdout)["read"]
+    assert read["mine"] == "nsfs-inside\n"  # what `hostname` gives it in there
+    assert read["types"] == [str(read["me"])]  # only the uts namespace its user namespace owns
+    assert isinstance(read[f"uts/{box_uts}/hostname"], int)  # denied (not even listed)
+    assert json.loads(out.stdout)["readable"] == []  # (and the kernel agrees: root's box is not its to read)
+
+
+def test_the_cli_as_nobody_shows_what_nobody_may_see(started: Started) -> None:
+    _, box = start_bwrap(started, "nsfs-secret-box3", ["sleep", "1000"])
+    mine = _rootless(started, "nsfs-mine-box3")
+    env = {**os.environ, "NSFS_NO_DAEMON": "1", "NSFS_DB": "/nonexistent/names.db"}
+    listed = json.loads(nsfs("ls", "-J", "-t", "uts", user=NOBODY, env=env).stdout)
+    inodes = {ns["inode"] for ns in listed["namespaces"]}
+    assert _inode(mine, "uts") in inodes and _inode(box, "uts") not in inodes
+    shown = nsfs("show", str(_inode(box, "uts")), user=NOBODY, check=False, env=env)
+    one_line_error(shown, "")
+
+
+def test_nobody_cannot_use_the_socket_or_the_port_without_the_token(served: Served) -> None:
+    code = (f"import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({served.socket!r}); print('connected')\n"
+            f"except OSError as e:\n    print(e.errno)\n"
+            f"try:\n    open({str(served.dir / 'token')!r}).read(); print('read the token')\n"
+            f"except OSError as e:\n    print(e.errno)\n")
+    out = subprocess.run([*AS_NOBODY, sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd="/")
+    import errno
+
+    assert out.stdout.split() == [str(errno.EACCES), str(errno.EACCES)], out
+    assert served.get("/api/snapshot")[0] == 401
+    assert served.get("/api/snapshot", "not-the-token")[0] == 401

@@ -19,6 +19,7 @@ do is what the reader may see. The answer is kept for the snapshot it was made f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable
@@ -163,26 +164,66 @@ def _as_reader(userns_fd: int | None, ids: tuple[int, int], pids: list[int], ent
         except OSError:
             pass
     readable = set(seen)
-    inside = []
+    inside: list[int] = []
+    later: dict[int, list[tuple[int, str, int]]] = {}  # a member's user namespace -> what to enter from there
     for inode, nstype, members in entered:
-        for pid in members:
-            if pid not in readable:
-                continue
-            try:
-                fd = os.open(f"/proc/{pid}/ns/{nstype}", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                if os.fstat(fd).st_ino == inode:
-                    kernel.setns(fd, kernel.CLONE_FLAGS[nstype])
-                    inside.append(inode)
-                    break
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        member = next((pid for pid in members if pid in readable), None)
+        if member is None:
+            continue
+        if _enter(member, nstype, inode):
+            inside.append(inode)
+        else:
+            with contextlib.suppress(OSError):
+                later.setdefault(os.stat(f"/proc/{member}/ns/user").st_ino, []).append((member, nstype, inode))
+    for tries in later.values():  # entering the user namespace first, as `nsenter -U -u` would
+        inside.extend(_enter_through_userns(tries))
     os.write(w, " ".join(map(str, seen)).encode() + b"|" + " ".join(map(str, inside)).encode())
     return 0
+
+
+def _enter(pid: int, nstype: str, inode: int) -> bool:  # pragma: no cover - child only
+    """setns() into pid's namespace of nstype, if it is still `inode`."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/{nstype}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return False
+        kernel.setns(fd, kernel.CLONE_FLAGS[nstype])
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _enter_through_userns(tries: list[tuple[int, str, int]]) -> list[int]:  # pragma: no cover - child only
+    """In a grandchild (entering a user namespace cannot be undone): join the members' user
+    namespace, then each namespace; the inodes it could enter."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def act() -> int:
+        os.close(r)
+        if not _enter(tries[0][0], "user", os.stat(f"/proc/{tries[0][0]}/ns/user").st_ino):
+            return 1
+        done = [inode for pid, nstype, inode in tries if _enter(pid, nstype, inode)]
+        os.write(w, " ".join(map(str, done)).encode())
+        return 0
+
+    try:
+        child = fork_and_act(act)
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return []
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(child, 0)
+    return [int(i) for i in data.split()]
 
 
 def _inside(pid: int, map_name: str, host_id: int) -> int:
