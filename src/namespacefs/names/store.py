@@ -97,7 +97,12 @@ def _checked_path(path: str | None) -> str:
     shared default database."""
     if path is not None and not path.strip():
         raise NameError("the names database path is empty (give --db a file name)")
-    return db_path(path)
+    full = db_path(path)
+    try:
+        full.encode("utf-8")  # (SQLite takes UTF-8 file names: bytes that are not text cannot name it)
+    except UnicodeEncodeError:
+        raise NameError(f"the names database path {ascii(full)} is not valid UTF-8 text") from None
+    return full
 
 
 def _trusted(path: str) -> bool:
