@@ -611,3 +611,37 @@ def test_nobody_cannot_use_the_socket_or_the_port_without_the_token(served: Serv
     assert out.stdout.split() == [str(errno.EACCES), str(errno.EACCES)], out
     assert served.get("/api/snapshot")[0] == 401
     assert served.get("/api/snapshot", "not-the-token")[0] == 401
+
+
+def test_a_user_let_in_on_the_socket_gets_only_its_share_of_the_api(served: Served, started: Started) -> None:
+    _, box = start_bwrap(started, "nsfs-secret-box4", ["sleep", "1000"])
+    mine = _rootless(started, "nsfs-mine-box4")
+    code = (f"import json, socket, sys\n"
+            f"def get(path):\n"
+            f"    s = socket.socket(socket.AF_UNIX); s.connect({served.socket!r})\n"
+            f"    s.sendall(f'GET {{path}} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n"
+            f"    data = b''\n"
+            f"    while chunk := s.recv(65536): data += chunk\n"
+            f"    head, _, body = data.partition(b'\\r\\n\\r\\n')\n"
+            f"    return int(head.split()[1]), body\n"
+            f"status, body = get('/api/snapshot')\n"
+            f"snap = json.loads(body) if status == 200 else None\n"
+            f"print(json.dumps({{'snapshot': status, 'containers': get('/api/containers')[0],\n"
+            f"                  'pids': sorted(p['pid'] for p in snap['processes']) if snap else None}}))\n")
+    os.chmod(served.dir, 0o755)  # the socket opened up by an admin: the API must still apply the rule
+    os.chmod(served.socket, 0o666)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # (the daemon's snapshot must have the test's processes first)
+            out = subprocess.run([*AS_NOBODY, sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                 cwd="/")
+            assert out.returncode == 0, out.stderr
+            got = json.loads(out.stdout)
+            if mine in (got["pids"] or []) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        os.chmod(served.socket, 0o600)
+        os.chmod(served.dir, 0o700)
+    assert got["snapshot"] == 200 and got["containers"] == 403
+    assert mine in got["pids"] and box not in got["pids"] and os.getpid() not in got["pids"]

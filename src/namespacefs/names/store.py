@@ -101,7 +101,7 @@ def _checked_path(path: str | None) -> str:
     try:
         full.encode("utf-8")  # (SQLite takes UTF-8 file names: bytes that are not text cannot name it)
     except UnicodeEncodeError:
-        raise NameError(f"the names database path {ascii(full)} is not valid UTF-8 text") from None
+        raise NameError(f"the names database path {full!a} is not valid UTF-8 text") from None
     return full
 
 

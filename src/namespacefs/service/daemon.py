@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import stat
+import struct
 import sys
 from dataclasses import dataclass
 
@@ -214,9 +215,20 @@ def _protocol_class() -> type:
 
         _deadline: asyncio.TimerHandle | None = None
 
+        _peer: tuple[int, int, int] | None = None  # (pid, uid, gid) of a Unix-socket client
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                self._peer = struct.unpack("3i", creds)
             self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None:  # (its task has not run yet: the app sees who is asking)
+                self.cycle.scope.setdefault("nsfs.peer", self._peer)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
