@@ -91,8 +91,11 @@ def test_pin_never_follows_a_symlink_planted_at_its_path(started: Started, tmp_p
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "empty")
     before = mount_table(tmp_path)
-    one_line_error(nsfs("pin", f"{proc.pid}:uts", str(link), check=False), "symbolic link")
-    assert mount_table(tmp_path) == before
+    try:
+        one_line_error(nsfs("pin", f"{proc.pid}:uts", str(link), check=False), "symbolic link")
+        assert mount_table(tmp_path) == before
+    finally:
+        _undo_pins([str(tmp_path / "empty"), str(link)])
 
 
 def test_shift_and_mount_refuse_a_target_on_devtmpfs(tmp_path: Path) -> None:
@@ -106,6 +109,8 @@ def test_shift_and_mount_refuse_a_target_on_devtmpfs(tmp_path: Path) -> None:
         one_line_error(nsfs("mount", str(dst), check=False), "devtmpfs")
         assert mount_table(dst) == before
     finally:
+        if mount_table(dst):  # (made before the fix: undo it)
+            subprocess.run(["umount", "-l", str(dst)], check=False)
         dst.rmdir()
 
 
@@ -194,10 +199,17 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    daemon = Served(tmp_path_factory.mktemp("served"))
-    yield daemon
-    daemon.stop()
+def served() -> Any:
+    """The daemon, in a directory every user can reach (so that a test can open its socket up)."""
+    top = Path(f"/tmp/nsfs-served-{os.getpid()}")
+    top.mkdir(mode=0o755)
+    os.chmod(top, 0o755)
+    try:
+        daemon = Served(top)
+        yield daemon
+        daemon.stop()
+    finally:
+        subprocess.run(["rm", "-rf", str(top)], check=False)
 
 
 def test_serve_listen_with_a_new_socket_directory_makes_it_and_its_token(served: Served) -> None:
@@ -645,3 +657,35 @@ def test_a_user_let_in_on_the_socket_gets_only_its_share_of_the_api(served: Serv
         os.chmod(served.dir, 0o700)
     assert got["snapshot"] == 200 and got["containers"] == 403
     assert mine in got["pids"] and box not in got["pids"] and os.getpid() not in got["pids"]
+
+
+RENAMER = r"""
+import os, sys
+m = sys.argv[1]
+me = {t: os.stat(f"/proc/self/ns/{t}").st_ino for t in ("user", "uts")}
+user = open(f"{m}/user/{me['user']}/name").read().strip()
+old = open(f"{m}/uts/{me['uts']}/name").read().strip()
+results = []
+for i in range(14):
+    new = f"churn-{i}"
+    try:
+        os.rename(f"{m}/tree/{user}/{old}", f"{m}/tree/{user}/{new}")
+        results.append("ok")
+        old = new
+    except OSError as e:
+        results.append(e.errno)
+print(" ".join(map(str, results)))
+"""
+
+
+def test_unprivileged_renames_through_mv_are_rate_limited(public_mnt: Path) -> None:
+    import errno
+
+    from namespacefs.fs.operations import RENAME_BURST
+
+    out = subprocess.run([*AS_NOBODY, "unshare", "-U", "-r", "--uts", sys.executable, "-c", RENAMER, str(public_mnt)],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    results = out.stdout.split()
+    assert results[:RENAME_BURST] == ["ok"] * RENAME_BURST  # its own namespace: allowed...
+    assert set(results[RENAME_BURST:]) == {str(errno.EAGAIN)}  # ...but not without bound
