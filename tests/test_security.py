@@ -689,3 +689,23 @@ def test_unprivileged_renames_through_mv_are_rate_limited(public_mnt: Path) -> N
     results = out.stdout.split()
     assert results[:RENAME_BURST] == ["ok"] * RENAME_BURST  # its own namespace: allowed...
     assert set(results[RENAME_BURST:]) == {str(errno.EAGAIN)}  # ...but not without bound
+
+
+def test_a_container_rename_keeps_the_name_it_replaces(tmp_path: Path, started: Started) -> None:
+    _, _init = start_bwrap(started, "renamed-twice", ["sleep", "1000"])
+    db = tmp_path / "names.db"
+    env = nsfs_env(tmp_path / "no-runc", db)
+    nsfs("containers", "--rename", "renamed-twice", "first-name", env=env)
+    nsfs("containers", "--rename", "first-name", "second-name", env=env)
+    nsfs("containers", "--forget", "second-name", env=env)
+    conn = sqlite3.connect(db)
+    try:
+        kept = [name for (name,) in conn.execute("SELECT name FROM containers_names_history ORDER BY seq")]
+    finally:
+        conn.close()
+    assert kept == ["first-name", "second-name"]
+
+
+def test_columns_in_another_scripts_digits_is_no_crash() -> None:
+    result = nsfs("ls", "-n", env={**os.environ, "COLUMNS": "٨٠", "NSFS_NO_DAEMON": "1"})
+    assert result.stdout and "internal error" not in result.stderr

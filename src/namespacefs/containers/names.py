@@ -20,6 +20,13 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS containers_names (
     key TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     set_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS containers_names_history (   -- every name a rename or forget replaced
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    set_at REAL NOT NULL,
+    ended REAL NOT NULL
 )"""
 
 
@@ -44,7 +51,7 @@ def connect(path: str | None, create: bool = True) -> Iterator[sqlite3.Connectio
         raise NamesUnavailable(f"cannot open the names database {path or ''}: {e}") from None
     try:
         if create:
-            conn.execute(SCHEMA)
+            conn.executescript(SCHEMA)
         yield conn
         conn.commit()
     except sqlite3.Error as e:
@@ -69,10 +76,19 @@ def rename(path: str | None, key: str, name: str) -> None:
         raise ValueError(f"'{name}' cannot be a container name (no '/', whitespace or control characters, "
                          f"not empty, no leading or trailing '.' or '_', at most 80 characters)")
     with connect(path) as conn:
+        _keep_old(conn, key, name)
         conn.execute("INSERT OR REPLACE INTO containers_names (key, name, set_at) VALUES (?, ?, ?)",
                      (key, name, time.time()))
 
 
+def _keep_old(conn: sqlite3.Connection, key: str, new: str | None) -> None:
+    """A history row for the stored name a rename (or forget) replaces."""
+    conn.execute("INSERT INTO containers_names_history (key, name, set_at, ended)"
+                 " SELECT key, name, set_at, ? FROM containers_names WHERE key = ? AND name IS NOT ?",
+                 (time.time(), key, new))
+
+
 def forget(path: str | None, key: str) -> bool:
     with connect(path) as conn:
+        _keep_old(conn, key, None)
         return conn.execute("DELETE FROM containers_names WHERE key = ?", (key,)).rowcount > 0

@@ -22,6 +22,7 @@ from namespacefs.fs.source import Source
 from namespacefs.handles import Gone, still_members
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot, diff
+from namespacefs.syntax import is_number
 
 log = logging.getLogger("namespacefs.fs")
 
@@ -238,7 +239,7 @@ class NamespaceFS(pyfuse3.Operations):
         """One entry of a directory, without listing it all."""
         kind, ns = node.key[0], node.ns
         if kind == "type":
-            if not name.isdigit():
+            if not is_number(name):
                 return None
             found = view.snapshot.get(int(name))
             if found is None or found.type != node.key[1] or not view.can_see(found):
@@ -466,7 +467,7 @@ class NamespaceFS(pyfuse3.Operations):
         unless it is the name of a namespace that vanished lately."""
         kind = parent.key[0]
         if kind == "type":
-            return name.isdigit()
+            return is_number(name)
         if kind not in ("tree", "tdir"):
             return False
         now = time.monotonic()

@@ -233,7 +233,7 @@ def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str)
     pid_inodes = {c[NS_TYPES.index("pid")] for c in combos}
     found = []
     for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) in known:
+        if not is_number(entry) or int(entry) in known:
             continue
         pid = int(entry)
         try:
