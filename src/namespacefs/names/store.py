@@ -183,7 +183,7 @@ def open_for_reading(path: str | None = None, timeout: float = READ_TIMEOUT) -> 
     """The database for a lookup, or None when it does not exist yet (no renames: nothing to read,
     and nothing is created just by listing)."""
     full = _checked_path(path)
-    if not _trusted(full):
+    if not os.path.exists(full) or not _trusted(full):  # (a file this user cannot even see: no names to read)
         return None
     if os.access(full, os.W_OK) and os.access(os.path.dirname(full), os.W_OK):
         return open_db(full, timeout, check=False)
