@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
+from namespacefs.syntax import name_problem, printable
+
 #: what containers.find turns into '_' in any name
 _UNSAFE = re.compile(r"[/\s\x00-\x1f]")
 
@@ -46,7 +48,7 @@ def _names() -> ModuleType:
 def connect(path: str | None, create: bool = True) -> Iterator[sqlite3.Connection]:
     names = _names()
     try:
-        conn = names.open_db(path)
+        conn = names.open_db(path, check=create)  # (a write is verified first: quick_check)
     except (OSError, sqlite3.Error, names.NameError) as e:
         raise NamesUnavailable(f"cannot open the names database {path or ''}: {e}") from None
     try:
@@ -71,7 +73,11 @@ def load(path: str | None) -> dict[str, str]:
 
 
 def rename(path: str | None, key: str, name: str) -> None:
-    # the same rule containers.find applies to every name, so the name stored is the name shown
+    # the one name rule of namespacefs (syntax.name_problem), then the same rule containers.find
+    # applies to every name, so the name stored is the name shown
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(f"{printable(name)} cannot be a container name: {problem}")
     if not name or name in (".", "..") or name != name.strip("._") or _UNSAFE.search(name) or len(name) > 80:
         raise ValueError(f"'{name}' cannot be a container name (no '/', whitespace or control characters, "
                          f"not empty, no leading or trailing '.' or '_', at most 80 characters)")
