@@ -551,11 +551,18 @@ def test_allow_other_shows_nobody_what_the_kernel_shows_nobody(public_mnt: Path,
                                                                 tmp_path: Path) -> None:
     _, box = start_bwrap(started, "nsfs-secret-box", ["sleep", "1000"])
     mine = _rootless(started, "nsfs-mine-box")
+    # nobody's process in a uts namespace root made: nobody may see it (ptrace) but not enter it
+    lent = start_group(started, ["unshare", "--uts", "sh", "-c", f"hostname nsfs-lent-box && exec {' '.join(AS_NOBODY)} "
+                                 "sleep 1000"])
+    wait_for(lambda: Path(f"/proc/{lent.pid}/comm").read_text() == "sleep\n" or None, what="the lent sleep")
     box_uts, box_mnt, mine_uts = _inode(box, "uts"), _inode(box, "mnt"), _inode(mine, "uts")
+    lent_uts = _inode(lent.pid, "uts")
+    host_uts = _inode(os.getpid(), "uts")
     host_pidns = _inode(os.getpid(), "pid")
-    wait_for(lambda: ((public_mnt / "uts" / str(mine_uts)).exists() and (public_mnt / "uts" / str(box_uts)).exists())
-             or None, what="both in the filesystem")
-    paths = [f"uts/{box_uts}/hostname", f"uts/{box_uts}/uname", f"uts/{box_uts}/tasks", f"uts/{box_uts}/holders",
+    wait_for(lambda: all((public_mnt / "uts" / str(i)).exists() for i in (mine_uts, box_uts, lent_uts)) or None,
+             what="all three in the filesystem")
+    paths = [f"uts/{lent_uts}/hostname", f"uts/{lent_uts}/tasks", f"uts/{host_uts}/hostname",
+             f"uts/{box_uts}/hostname", f"uts/{box_uts}/uname", f"uts/{box_uts}/tasks", f"uts/{box_uts}/holders",
              f"mnt/{box_mnt}/mountinfo", f"uts/{mine_uts}/hostname", f"uts/{mine_uts}/tasks", f"pid/{host_pidns}/tasks"]
     as_root = {p: (public_mnt / p).read_text() for p in paths}
     assert as_root[f"uts/{box_uts}/hostname"] == "nsfs-secret-box\n" and str(box) in as_root[f"uts/{box_uts}/tasks"]
@@ -564,18 +571,28 @@ def test_allow_other_shows_nobody_what_the_kernel_shows_nobody(public_mnt: Path,
     read = got["read"]
     import errno
 
-    # denied: what only entering (hostname) or ptrace-reading (mountinfo, members, holders) would tell
-    assert read[f"uts/{box_uts}/hostname"] == errno.EACCES and read[f"uts/{box_uts}/uname"] == errno.EACCES
-    assert read[f"mnt/{box_mnt}/mountinfo"] == errno.EACCES
-    assert read[f"uts/{box_uts}/tasks"] == "" and str(box) not in read[f"uts/{box_uts}/holders"]
-    # allowed: its own container's hostname (it may enter it) and its own processes
+    # denied: the box's namespaces (it cannot open them), so what only entering (hostname) or
+    # ptrace-reading (mountinfo, members, holders) would tell
+    denied = (errno.ENOENT, errno.EACCES, errno.EPERM)
+    for path in (f"uts/{box_uts}/hostname", f"uts/{box_uts}/uname", f"mnt/{box_mnt}/mountinfo",
+                 f"uts/{box_uts}/tasks", f"uts/{box_uts}/holders"):
+        assert read[path] in denied, (path, read[path])
+    # seen but not entered: a process of its own in a uts namespace root owns
+    assert read[f"uts/{lent_uts}/tasks"] == f"{lent.pid}\n" and read[f"uts/{lent_uts}/hostname"] == errno.EACCES
+    # allowed: its own container's hostname (it may enter it), the one it is in, its own processes
     assert read[f"uts/{mine_uts}/hostname"] == "nsfs-mine-box\n"
+    assert read[f"uts/{host_uts}/hostname"] == f"{socket.gethostname()}\n"
     assert read[f"uts/{mine_uts}/tasks"] == f"{mine}\n"
     # and the members of the host's pid namespace it is shown are exactly those the kernel lets it read
     shown = {int(x) for x in read[f"pid/{host_pidns}/tasks"].split()}
     alive = {p for p in host_pids if os.path.exists(f"/proc/{p}")}
     assert shown & alive == set(got["readable"]) & alive
     assert mine in shown and box not in shown and os.getpid() not in shown
+    # and the listing holds only namespaces it could open itself (and their owners)
+    listed = subprocess.run([*AS_NOBODY, sys.executable, "-c", f"import os; print(*os.listdir({str(public_mnt / 'uts')!r}))"],
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert listed.returncode == 0, listed.stderr
+    assert str(mine_uts) in listed.stdout.split() and str(box_uts) not in listed.stdout.split()
 
 
 def test_a_reader_in_an_unprivileged_user_namespace_gets_only_its_own(public_mnt: Path, started: Started,

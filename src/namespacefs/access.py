@@ -70,6 +70,25 @@ def may_see(reader: Reader | None, thing: Namespace | int, snapshot: Snapshot, e
     return access.pids is None or any(pid in access.pids for pid in _pids_of(thing))
 
 
+def visible_namespaces(reader: Reader | None, snapshot: Snapshot) -> frozenset[int] | None:
+    """The inodes of the namespaces a reader may see (None: all): those it could open through one
+    of their processes (may_see), and the owners and parents of those (the kernel answers
+    NS_GET_USERNS and NS_GET_PARENT from a namespace one holds), up to the initial user namespace."""
+    if access_of(reader, snapshot).pids is None:
+        return None
+    seen: set[int] = set()
+    todo = [ns for ns in snapshot if may_see(reader, ns, snapshot)]
+    while todo:
+        ns = todo.pop()
+        if ns.inode in seen:
+            continue
+        seen.add(ns.inode)
+        todo.extend(up for i in (ns.owner, ns.parent) if i is not None and (up := snapshot.get(i)) is not None)
+    if snapshot.initial_user is not None:
+        seen.add(snapshot.initial_user.inode)
+    return frozenset(seen)
+
+
 def visible_pids(reader: Reader | None, pids: Iterable[int], snapshot: Snapshot) -> list[int]:
     """The pids of a list the reader may see (may_see for each)."""
     return [pid for pid in pids if may_see(reader, pid, snapshot)]
@@ -119,6 +138,7 @@ def _probe(reader: Reader, snapshot: Snapshot) -> Access:
     same = userns_fd_is_ours(userns_fd)
     ids = (reader.uid, reader.gid) if same else (_inside(reader.pid, "uid_map", reader.uid),
                                                   _inside(reader.pid, "gid_map", reader.gid))
+    own = _own_namespaces(reader.pid)  # what it is in, it reads without entering (uname(), ...)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         child = fork_and_act(lambda: _as_reader(None if same else userns_fd, ids, pids, entered, w))
@@ -139,7 +159,15 @@ def _probe(reader: Reader, snapshot: Snapshot) -> Access:
     seen, _, inside = b"".join(chunks).partition(b"|")
     if not _:  # the child failed before it answered: nothing may be shown
         return NOTHING
-    return Access(frozenset(int(p) for p in seen.split()), frozenset(int(i) for i in inside.split()))
+    return Access(frozenset(int(p) for p in seen.split()), frozenset(int(i) for i in inside.split()) | own)
+
+
+def _own_namespaces(pid: int) -> frozenset[int]:
+    inodes = set()
+    for nstype in ENTERED:
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"/proc/{pid}/ns/{nstype}").st_ino)
+    return frozenset(inodes)
 
 
 def userns_fd_is_ours(fd: int) -> bool:

@@ -96,7 +96,7 @@ class NamespaceFS(pyfuse3.Operations):
         self._reader_userns = reader_userns or userns_of_pid
         self._ino: dict[Key, int] = {ROOT: pyfuse3.ROOT_INODE}
         self._key: dict[int, Key] = {pyfuse3.ROOT_INODE: ROOT}
-        self._views: dict[int | None, layout.View] = {}
+        self._views: dict[tuple[int | None, int | None, int | None], layout.View] = {}
         self._views_of: Snapshot | None = None
         self._readers: dict[int, tuple[float, tuple[int, int | None]]] = {}
         self._open: dict[int, bytes] = {}
@@ -120,18 +120,24 @@ class NamespaceFS(pyfuse3.Operations):
     # --- who is asking ---------------------------------------------------------------------
 
     async def view(self, ctx: pyfuse3.RequestContext | None) -> layout.View:
+        """What the requesting reader may see: with --allow-other, its user namespace's tree,
+        narrowed to what the kernel would show it (access.visible_namespaces)."""
         snapshot = self.source.current
+        who: access.Reader | None = None
         if not self.filtered:
             user_ns: int | None = None
         elif ctx is None or not ctx.pid:
             user_ns = -1  # a request with no process behind it sees nothing
         else:
             user_ns, snapshot = await self.reader(ctx.pid)
+            who = access.Reader(ctx.uid, ctx.gid, ctx.pid)
         if self._views_of is not snapshot:
             self._views, self._views_of = {}, snapshot
-        view = self._views.get(user_ns)
+        key = (user_ns, who.uid, who.gid) if who is not None else (user_ns, None, None)
+        view = self._views.get(key)
         if view is None:
-            view = self._views[user_ns] = layout.View.of(snapshot, user_ns)
+            seen = await trio.to_thread.run_sync(access.visible_namespaces, who, snapshot) if who else None
+            view = self._views[key] = layout.View.of(snapshot, user_ns, seen)
         return view
 
     async def reader(self, pid: int) -> tuple[int, Snapshot]:
@@ -175,8 +181,10 @@ class NamespaceFS(pyfuse3.Operations):
         if key[0] in ("root", "tree", "type"):
             return Node(key)
         ns = self._find(view.snapshot, key[1])
-        if ns is None or not view.can_see(ns):
+        if ns is None:
             raise NoEntry()
+        if not view.can_see(ns):  # (reached through a handle someone else passed: the same answer for any name)
+            raise pyfuse3.FUSEError(errno.EPERM)
         if key[0] == "link" and view.link_target(ns, key[2]) is None:
             raise NoEntry()
         if key[0] in ("tdir", "tlink") and view.tree_chain(ns) is None:
