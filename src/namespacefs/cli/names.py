@@ -56,7 +56,7 @@ HISTORY_COLUMNS: list[Column[dict[str, Any]]] = [
     Column("FIRST", "named at", lambda h: _when(h["first_seen"])),
     Column("LAST", "last seen alive", lambda h: _when(h["last_seen"])),
     Column("ENDED", "found gone at", lambda h: _when(h["ended"])),
-    Column("REASON", "gone or reboot", lambda h: h["reason"]),
+    Column("REASON", "gone, reboot, or renamed (replaced by a rename or an import)", lambda h: h["reason"]),
     Column("BOOT", "boot id it lived in", lambda h: h["boot_id"]),
 ]
 HISTORY_DEFAULT = ("NAME", "TYPE", "ID", "NS", "FIRST", "LAST", "REASON")
