@@ -4,7 +4,9 @@ Sources (x86_64 and generic syscall numbers, uapi headers):
   include/uapi/linux/sched.h      CLONE_NEW* flags
   include/uapi/linux/nsfs.h       NSIO ioctls, struct nsfs_file_handle, struct ns_id_req
   include/uapi/linux/sockios.h    SIOCGSKNS
-  include/uapi/linux/mount.h      open_tree, move_mount, mount_setattr, struct mount_attr
+  include/uapi/linux/mount.h      open_tree, move_mount (MOVE_MOUNT_T_EMPTY_PATH), mount_setattr, struct
+                                  mount_attr, fsopen/fsconfig/fsmount, MOUNT_ATTR_*
+  include/uapi/linux/magic.h      filesystem magic numbers (fstatfs f_type)
   include/uapi/linux/fcntl.h      AT_* flags, FD_NSFS_ROOT
   arch/x86/entry/syscalls/syscall_64.tbl (the numbers below are the unified ones since 4.x
   for every architecture except the legacy ones, which namespacefs does not support)
