@@ -655,8 +655,15 @@ def test_a_user_let_in_on_the_socket_gets_only_its_share_of_the_api(served: Serv
             f"    return int(head.split()[1]), body\n"
             f"status, body = get('/api/snapshot')\n"
             f"snap = json.loads(body) if status == 200 else None\n"
-            f"print(json.dumps({{'snapshot': status, 'containers': get('/api/containers')[0],\n"
-            f"                  'pids': sorted(p['pid'] for p in snap['processes']) if snap else None}}))\n")
+            f"import os\n"
+            f"def readable(pid):\n"
+            f"    try:\n"
+            f"        os.stat(f'/proc/{{pid}}/ns/pid'); return True\n"
+            f"    except OSError:\n"
+            f"        return False\n"
+            f"pids = sorted(p['pid'] for p in snap['processes']) if snap else []\n"
+            f"print(json.dumps({{'snapshot': status, 'containers': get('/api/containers')[0], 'pids': pids,\n"
+            f"                  'denied': [p for p in pids if os.path.exists(f'/proc/{{p}}') and not readable(p)]}}))\n")
     os.chmod(served.dir, 0o755)  # the socket opened up by an admin: the API must still apply the rule
     os.chmod(served.socket, 0o666)
     try:
@@ -674,6 +681,7 @@ def test_a_user_let_in_on_the_socket_gets_only_its_share_of_the_api(served: Serv
         os.chmod(served.dir, 0o700)
     assert got["snapshot"] == 200 and got["containers"] == 403
     assert mine in got["pids"] and box not in got["pids"] and os.getpid() not in got["pids"]
+    assert got["denied"] == []  # every process it was shown, the kernel lets it read too
 
 
 RENAMER = r"""
