@@ -734,3 +734,14 @@ def test_a_container_rename_keeps_the_name_it_replaces(tmp_path: Path, started: 
 def test_columns_in_another_scripts_digits_is_no_crash() -> None:
     result = nsfs("ls", "-n", env={**os.environ, "COLUMNS": "٨٠", "NSFS_NO_DAEMON": "1"})
     assert result.stdout and "internal error" not in result.stderr
+
+
+def test_shift_chown_with_a_directory_as_journal_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "file").write_text("x")
+    before = os.stat(src / "file")
+    result = nsfs("shift", "--chown", "--map", "0:100000:10", "--journal", str(tmp_path), str(src), check=False)
+    one_line_error(result, "is a directory")
+    after = os.stat(src / "file")
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)  # nothing was shifted
