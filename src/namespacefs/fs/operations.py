@@ -332,7 +332,8 @@ class NamespaceFS(pyfuse3.Operations):
         if node.key[0] != "file" or node.ns is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         reader = access.Reader(ctx.uid, ctx.gid, ctx.pid) if self.filtered else None
-        await trio.to_thread.run_sync(access.access_of, reader, view.snapshot)  # (the probe forks: not in the loop)
+        if reader is not None:  # (the probe forks: not in the event loop)
+            await trio.to_thread.run_sync(access.access_of, reader, view.snapshot)
         data = await self.content(view.snapshot, node.ns, node.key[2], reader)
         fh = self._fh()
         self._open[fh] = data
