@@ -7,10 +7,11 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from namespacefs import containers, core
-from namespacefs.cli import UserError, duration
+from namespacefs.cli import UserError, duration, whole
 from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
@@ -22,6 +23,7 @@ from namespacefs.ops import checkpoint as ckpt
 from namespacefs.ops import enter as ops_enter
 from namespacefs.ops import kill as ops_kill
 from namespacefs.ops import pin as ops_pin
+from namespacefs.syntax import is_number, printable
 
 #: nsenter's letters for the namespace types
 LETTERS = {"mnt": "m", "uts": "u", "ipc": "i", "net": "n", "pid": "p", "user": "U", "cgroup": "C", "time": "T"}
@@ -113,15 +115,17 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
                                  f"--{LONG[t]}=:NSID: by its 64-bit id)")
         parser.add_argument(f"--{LONG[t]}-file", dest=f"file_{t}", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("-a", "--all", action="store_true", help="enter every namespace (the default for a pid or container)")
-    parser.add_argument("-S", "--setuid", type=_id_or_follow, metavar="UID", help="run as this uid ('follow': the target's)")
-    parser.add_argument("-G", "--setgid", type=_id_or_follow, metavar="GID", help="run as this gid ('follow': the target's)")
+    parser.add_argument("-S", "--setuid", type=_id_or_follow("UID"), metavar="UID",
+                        help="run as this uid ('follow': the target's)")
+    parser.add_argument("-G", "--setgid", type=_id_or_follow("GID"), metavar="GID",
+                        help="run as this gid ('follow': the target's)")
     parser.add_argument("--preserve-credentials", action="store_true",
                         help="do not become root of an entered user namespace (keep our uid, gid and groups)")
     parser.add_argument("--keep-caps", action="store_true",
                         help="with the user namespace: keep the capabilities it grants across exec")
     parser.add_argument("--user-parent", action="store_true",
                         help="enter the parent user namespace of the user namespace (or the owner of another)")
-    parser.add_argument("-N", "--net-socket", type=int, metavar="FD",
+    parser.add_argument("-N", "--net-socket", type=whole("FD", 0, 2**31 - 1), metavar="FD",
                         help="enter the net namespace of the target's socket FD")
     parser.add_argument("--wd", metavar="DIR",
                         help="working directory, resolved inside (default: the target's; -w alone: the target's "
@@ -144,21 +148,23 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
                              "(a private /sys and the /etc/netns/NAME/* bind mounts)")
 
 
-def _id_or_follow(text: str) -> int | str:
-    if text == "follow":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{text}' (a number, or 'follow')") from None
+def _id_or_follow(what: str) -> Callable[[str], int | str]:
+    """An argparse type: a uid or gid (ASCII digits, as cli.whole) or 'follow' (nsenter 2.42)."""
+    number = whole(what, 0, 2**32 - 2)
+
+    def parse(text: str) -> int | str:
+        return text if text == "follow" else number(text)
+
+    parse.__name__ = "int"  # argparse's message: "invalid int value: 'TEXT'"
+    return parse
 
 
 def _target(text: str) -> tuple[int, int | None]:
     """-t PID or -t PID:INODE (nsenter 2.42: the inode of the process's pidfd)."""
-    pid, _, inode = text.partition(":")
-    if not pid.isdigit() or int(pid) <= 0 or (inode and not inode.isdigit()):
-        raise argparse.ArgumentTypeError(f"invalid PID argument: {text}")
-    return int(pid), int(inode) if inode else None
+    pid, sep, inode = text.partition(":")
+    if not is_number(pid) or (sep and not is_number(inode)):
+        raise argparse.ArgumentTypeError(f"invalid PID argument: {printable(text)}")
+    return whole("PID", 1, 2**22)(pid), int(inode) if sep else None
 
 
 #: nsenter's short options (getopt "+ahVt:m::u::i::n::N:p::C::U::T::S:G:r::w::W::ecFZ"): those whose
@@ -292,7 +298,7 @@ def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
 def _container(tree: ContainerTree, snap: Snapshot, spec: str, allow_pid: bool = True) -> Container:
     if not spec.strip():  # "" would otherwise match the host, whose name is empty
         raise UserError("an empty container name; give a path, a name, an engine id or a pid")
-    if allow_pid and spec.isdigit() and int(spec) in snap.processes:
+    if allow_pid and is_number(spec) and int(spec) in snap.processes:
         c = tree.of_pid(int(spec))
         if c is not None:
             return c
@@ -312,7 +318,7 @@ def _containers(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     snap, tree = _tree(args)
-    if args.rename or args.forget:
+    if args.rename or args.forget is not None:
         spec = args.rename[0] if args.rename else args.forget
         target = _container(tree, snap, spec)
         if target.path == "/":
@@ -376,7 +382,7 @@ def _enter(args: argparse.Namespace) -> int:
     spec = args.target
     if not spec.strip():
         raise UserError("an empty target; give a container, a pid or a namespace")
-    if spec.isdigit() and int(spec) in snap.processes:
+    if is_number(spec) and int(spec) in snap.processes:
         pid = int(spec)
     elif found := tree.lookup(spec):
         if len(found) > 1:
@@ -533,7 +539,7 @@ def _netns_name(ns: Namespace | None, spec: str, chosen: tuple[str, ...], args: 
 
 def _ip_netns_path(snap: Snapshot, spec: str) -> str:
     """An `ip netns` name (`nsfs enter web` for /run/netns/web) where no namespace has that name."""
-    if "/" in spec or ":" in spec or spec.isdigit() or not os.path.exists(f"/run/netns/{spec}"):
+    if "/" in spec or ":" in spec or is_number(spec) or not os.path.exists(f"/run/netns/{spec}"):
         return spec
     try:
         find(snap, spec)
@@ -636,8 +642,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"directory": report.directory, "containers": report.containers,
                             "namespaces": report.namespaces, "files": report.files, "dumped": report.dumped,
                             "criu": report.criu.to_dict()}
+    failed = report.criu.check_ok and not report.dumped  # CRIU could run, and wrote no image
     if args.json:
         print_json(data)
+        if failed:
+            raise UserError(f"no process images were written: {report.criu.message}")
         return 0
     print(f"wrote the topology and names of {', '.join(report.containers)} ({report.namespaces} namespaces) "
           f"to {report.directory}")
@@ -645,6 +654,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
         print(f"CRIU dumped the processes into {os.path.join(report.directory, 'images')}")
     else:
         print(f"CRIU: {report.criu.message}; no process images were written")
+    if failed:
+        raise UserError(f"no process images were written: {report.criu.message}")
     return 0
 
 

@@ -44,6 +44,7 @@ _KEYWORDS = {
 }
 _COMPARISONS = frozenset({"EQ", "NE", "LT", "LE", "GT", "GE", "REG", "NREG"})
 _SUFFIX = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
+_DIGITS = frozenset("0123456789")  # ASCII only, as flex's [0-9] (not other scripts' digits)
 _HOLDER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.%:/-0123456789")
 _OPERATORS = ("&&", "||", "==", "!=", "<=", ">=", "=~", "!~", "!", "<", ">", "(", ")")  # longest first
 
@@ -67,7 +68,7 @@ def tokenize(text: str) -> list[Token]:
         c = text[pos]
         if c in " \t\n":
             pos += 1
-        elif c.isdigit():
+        elif c in _DIGITS:
             pos = _number(text, pos, tokens)
         elif c.isalpha() and c.isascii():
             stop = pos + 1
@@ -94,11 +95,11 @@ def tokenize(text: str) -> list[Token]:
 def _number(text: str, pos: int, tokens: list[Token]) -> int:
     """An integer (with an optional K, M, ... or KiB, MiB, ... suffix) or a float at pos."""
     stop = pos
-    while stop < len(text) and text[stop].isdigit():
+    while stop < len(text) and text[stop] in _DIGITS:
         stop += 1
-    if text[stop:stop + 1] == "." and text[stop + 1:stop + 2].isdigit():
+    if text[stop:stop + 1] == "." and text[stop + 1:stop + 2] in _DIGITS:
         frac = stop + 1
-        while frac < len(text) and text[frac].isdigit():
+        while frac < len(text) and text[frac] in _DIGITS:
             frac += 1
         tokens.append(Token("FLOAT", float(text[pos:frac]), pos))
         return frac
