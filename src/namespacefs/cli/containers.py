@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from namespacefs import containers, core
-from namespacefs.cli import UserError, duration, whole
+from namespacefs.cli import Parser, UserError, duration, whole
 from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
@@ -225,7 +225,7 @@ def _nsenter_words(words: list[str]) -> list[str]:
     return out
 
 
-class _EnterParser(argparse.ArgumentParser):
+class _EnterParser(Parser):
     """`nsfs enter`'s parser: reads the words as nsenter's getopt does first (_nsenter_words)."""
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
