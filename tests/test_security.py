@@ -745,3 +745,14 @@ def test_shift_chown_with_a_directory_as_journal_is_one_line(tmp_path: Path) -> 
     one_line_error(result, "is a directory")
     after = os.stat(src / "file")
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)  # nothing was shifted
+
+
+def test_a_reader_unmapped_in_its_user_namespace_sees_nothing_never_everything(started: Started) -> None:
+    from namespacefs import access, core
+
+    proc = start_group(started, [*AS_NOBODY, "unshare", "-U", "sleep", "1000"])  # no map: its uid is unmapped inside
+    wait_for(lambda: _inode(proc.pid, "user") != _inode(os.getpid(), "user") or None, what="the user namespace")
+    snap = core.snapshot(fresh=True)
+    got = access.access_of(access.Reader(65534, 65534, proc.pid), snap)
+    assert got.pids == frozenset() and got.entered is not None and not access.may_see(
+        access.Reader(65534, 65534, proc.pid), os.getpid(), snap)
