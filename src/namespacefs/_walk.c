@@ -1,0 +1,659 @@
+/* namespacefs._walk: the /proc walk of discovery, in C (the way psutil's _psutil_linux.c is).
+ *
+ * It only makes syscalls in a loop and returns plain tuples, lists and ints; what they mean (which
+ * holder a link gives, what an errno counts as, what is a changed namespace) is decided in Python,
+ * in namespacefs.discover. Errors that end the whole call are OSError with errno set; errors that
+ * end one process's read come back in its record as an errno, so the Python side counts them at
+ * its one error boundary (Scan.failed).
+ *
+ * Kernel interfaces used, with their headers:
+ *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
+ *   getdents64                                 include/uapi/linux/dirent.h (struct linux_dirent64)
+ *   NS_GET_NSTYPE, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID, NS_GET_ID (6.18),
+ *   NS_GET_MNTNS_ID (6.8)                      include/uapi/linux/nsfs.h
+ *   SIOCGSKNS                                  include/uapi/linux/sockios.h (4.9)
+ *   pidfd_open (5.3), pidfd_getfd (5.6)        include/uapi/asm-generic/unistd.h
+ *   CLONE_NEW*                                 include/uapi/linux/sched.h
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/nsfs.h>
+#include <linux/sockios.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef NS_GET_MNTNS_ID
+#define NS_GET_MNTNS_ID _IOR(NSIO, 0x5, uint64_t) /* linux/nsfs.h, Linux 6.8 */
+#endif
+#ifndef NS_GET_ID
+#define NS_GET_ID _IOR(NSIO, 13, uint64_t) /* linux/nsfs.h, Linux 6.18 */
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* asm-generic/unistd.h */
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* walk() flags: which parts of each process to read (the Python side maps sources onto them). */
+#define WANT_TASKS 1   /* task/TID/ns/ links of every other thread */
+#define WANT_FDS 2     /* fd/ links that name a kind in fd_kinds */
+#define WANT_SOCKETS 4 /* the net namespace of each socket fd (pidfd_getfd + SIOCGSKNS) */
+#define WANT_CGROUP 8  /* the cgroup file */
+
+#define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
+#define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
+#define DIRENT_BUF 32768
+
+/* One growing buffer for every file the walk reads (freed at the end of the call). */
+typedef struct {
+    char *data;
+    size_t size;
+} Buffer;
+
+/* What one walk() call carries around. */
+typedef struct {
+    PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
+    PyObject *sockets;     /* socket inode -> net namespace inode (or -errno), probed once each */
+    const char *links[MAX_LINKS];
+    Py_ssize_t nlinks;
+    const char *kinds[MAX_LINKS]; /* fd link kinds to report ("socket", "net", ...) */
+    size_t kind_len[MAX_LINKS];
+    Py_ssize_t nkinds;
+    Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
+    int flags;
+    Buffer buf;
+} Walk;
+
+/* --- small helpers ------------------------------------------------------------------------- */
+
+/* The whole of a file (/proc's seq_files answer about a page per read(): read until it says 0).
+ * Returns its length, or -1 with errno set. */
+static ssize_t read_file(Buffer *buf, int dir_fd, const char *name)
+{
+    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    size_t len = 0;
+    for (;;) {
+        if (buf->size - len < 4096) {
+            size_t size = buf->size ? buf->size * 2 : 65536;
+            char *grown = PyMem_RawRealloc(buf->data, size);
+            if (grown == NULL) {
+                close(fd);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf->data = grown;
+            buf->size = size;
+        }
+        ssize_t n = read(fd, buf->data + len, buf->size - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    return (ssize_t)len;
+}
+
+/* The inode in a link target such as "net:[4026531840]" (0 if it has none). */
+static unsigned long long bracket_inode(const char *target)
+{
+    const char *open = strchr(target, '[');
+    if (open == NULL)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long inode = strtoull(open + 1, &end, 10);
+    if (errno || end == open + 1 || *end != ']' || end[1] != '\0')
+        return 0;
+    return inode;
+}
+
+/* readlinkat into target (NUL-terminated); -1 with errno set. */
+static int read_link(int dir_fd, const char *path, char *target, size_t size)
+{
+    ssize_t n = readlinkat(dir_fd, path, target, size - 1);
+    if (n < 0)
+        return -1;
+    target[n] = '\0';
+    return 0;
+}
+
+static int all_digits(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/* The decimal names in a directory (pids, tids, fds), with getdents64 (linux/dirent.h). Returns
+ * a malloc'ed array (caller frees) and its length in *count, or NULL with errno set. */
+static long *list_numbers(int dir_fd, const char *path, size_t *count)
+{
+    int fd = openat(dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    char *dents = PyMem_RawMalloc(DIRENT_BUF);
+    size_t n = 0, cap = 64;
+    long *numbers = PyMem_RawMalloc(cap * sizeof(long));
+    if (dents == NULL || numbers == NULL)
+        goto nomem;
+    for (;;) {
+        ssize_t got = getdents64(fd, dents, DIRENT_BUF);
+        if (got < 0) {
+            int saved = errno;
+            PyMem_RawFree(dents);
+            PyMem_RawFree(numbers);
+            close(fd);
+            errno = saved;
+            return NULL;
+        }
+        if (got == 0)
+            break;
+        for (ssize_t off = 0; off < got;) {
+            struct dirent64 *d = (struct dirent64 *)(dents + off);
+            off += d->d_reclen;
+            if (!all_digits(d->d_name))
+                continue;
+            if (n == cap) {
+                long *grown = PyMem_RawRealloc(numbers, 2 * cap * sizeof(long));
+                if (grown == NULL)
+                    goto nomem;
+                numbers = grown;
+                cap *= 2;
+            }
+            numbers[n++] = strtol(d->d_name, NULL, 10);
+        }
+    }
+    PyMem_RawFree(dents);
+    close(fd);
+    *count = n;
+    return numbers;
+nomem:
+    PyMem_RawFree(dents);
+    PyMem_RawFree(numbers);
+    close(fd);
+    errno = ENOMEM;
+    return NULL;
+}
+
+/* --- namespaces: type, id, owner, parent (linux/nsfs.h) -------------------------------------- */
+
+static PyObject *optional_u64(int known, unsigned long long value)
+{
+    if (!known)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+/* Read the namespace behind fd (which this closes) into known: (CLONE_NEW* type, st_dev, id or
+ * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
+ * NS_GET_PARENT to relatives not known yet. Returns the inode (also when the namespace itself
+ * could not be read: it is then left out of known, for the Python side), 0 when fd is no file at
+ * all, -1 on a Python error (exception set). */
+static long long resolve(PyObject *known, int fd, int depth)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(st.st_ino);
+    if (key == NULL) {
+        close(fd);
+        return -1;
+    }
+    int seen = PyDict_Contains(known, key);
+    if (seen != 0 || depth > MAX_DEPTH) {
+        Py_DECREF(key);
+        close(fd);
+        return seen < 0 ? -1 : (long long)st.st_ino;
+    }
+    int type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    if (type <= 0) {
+        Py_DECREF(key);
+        close(fd);
+        return (long long)st.st_ino;
+    }
+    uint64_t id = 0;
+    int has_id = ioctl(fd, NS_GET_ID, &id) == 0;
+    if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
+        has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
+    long long owner = 0, parent = 0;
+    int owner_fd = ioctl(fd, NS_GET_USERNS); /* EPERM: outside what we may see */
+    if (owner_fd >= 0 && (owner = resolve(known, owner_fd, depth + 1)) < 0)
+        goto error;
+    if (type == CLONE_NEWUSER) {
+        parent = owner; /* a user namespace's owner is its parent */
+    } else if (type == CLONE_NEWPID) {
+        int parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
+        if (parent_fd >= 0 && (parent = resolve(known, parent_fd, depth + 1)) < 0)
+            goto error;
+    }
+    uid_t uid = 0;
+    int has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
+    close(fd);
+    fd = -1;
+    PyObject *info = Py_BuildValue("(iKNNNN)", type, (unsigned long long)st.st_dev, optional_u64(has_id, id),
+                                   optional_u64(owner > 0, (unsigned long long)owner),
+                                   optional_u64(parent > 0, (unsigned long long)parent),
+                                   optional_u64(has_uid, uid));
+    if (info == NULL || PyDict_SetItem(known, key, info) < 0) {
+        Py_XDECREF(info);
+        goto error;
+    }
+    Py_DECREF(info);
+    Py_DECREF(key);
+    return (long long)st.st_ino;
+error:
+    if (fd >= 0)
+        close(fd);
+    Py_DECREF(key);
+    return -1;
+}
+
+/* Open path (relative to dir_fd) and resolve it unless inode is known already. -1 on a Python
+ * error; otherwise 0 (whatever the kernel answered: what is not read stays for the Python side). */
+static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(inode);
+    if (key == NULL)
+        return -1;
+    int seen = PyDict_Contains(known, key);
+    Py_DECREF(key);
+    if (seen != 0)
+        return seen < 0 ? -1 : 0;
+    int fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    return resolve(known, fd, 0) < 0 ? -1 : 0;
+}
+
+/* --- one process --------------------------------------------------------------------------- */
+
+/* The namespace links under prefix ("ns/" or "task/TID/ns/"): a tuple with, per link name, its
+ * inode or -errno. Namespaces not seen yet are opened and resolved. */
+static PyObject *read_links(Walk *w, int dir_fd, const char *prefix)
+{
+    PyObject *links = PyTuple_New(w->nlinks);
+    if (links == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < w->nlinks; i++) {
+        char path[96], target[64];
+        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        long long value;
+        if (read_link(dir_fd, path, target, sizeof target) < 0) {
+            value = -errno;
+        } else {
+            unsigned long long inode = bracket_inode(target);
+            value = inode ? (long long)inode : -EINVAL;
+            if (inode && resolve_path(w->known, dir_fd, path, inode) < 0) {
+                Py_DECREF(links);
+                return NULL;
+            }
+        }
+        PyObject *item = PyLong_FromLongLong(value);
+        if (item == NULL) {
+            Py_DECREF(links);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(links, i, item);
+    }
+    return links;
+}
+
+/* Threads other than the main one: a list of (tid, links), or an errno (int) when the task
+ * directory cannot be listed. */
+static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
+{
+    size_t n;
+    long *tids = list_numbers(dir_fd, "task", &n);
+    if (tids == NULL)
+        return PyLong_FromLong(errno);
+    PyObject *tasks = PyList_New(0);
+    for (size_t i = 0; tasks != NULL && i < n; i++) {
+        if (tids[i] == pid)
+            continue;
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "task/%ld/ns/", tids[i]);
+        PyObject *links = read_links(w, dir_fd, prefix);
+        PyObject *task = links ? Py_BuildValue("(lN)", tids[i], links) : NULL;
+        if (task == NULL || PyList_Append(tasks, task) < 0)
+            Py_CLEAR(tasks);
+        Py_XDECREF(task);
+    }
+    PyMem_RawFree(tids);
+    return tasks;
+}
+
+/* The net namespace of a socket (pidfd_getfd, then SIOCGSKNS from linux/sockios.h), resolved;
+ * its inode, or -errno. The fd must still be that socket: one closed and reused meanwhile is
+ * another file (-ESTALE). */
+static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
+{
+    if (*pidfd < 0 && (*pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0)) < 0)
+        return -errno;
+    int sock = (int)syscall(SYS_pidfd_getfd, *pidfd, (int)fd, 0);
+    if (sock < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(sock, &st) < 0 || st.st_ino != sock_inode) {
+        close(sock);
+        return -ESTALE;
+    }
+    int netns = ioctl(sock, SIOCGSKNS);
+    int saved = errno;
+    close(sock);
+    if (netns < 0)
+        return -saved;
+    return resolve(w->known, netns, 0); /* -1: a Python error */
+}
+
+/* Look a socket up in (or probe it into) the per-walk cache. NULL on a Python error. */
+static PyObject *socket_netns(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(sock_inode);
+    if (key == NULL)
+        return NULL;
+    PyObject *cached = PyDict_GetItemWithError(w->sockets, key);
+    if (cached != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        Py_XINCREF(cached);
+        return cached;
+    }
+    long long netns = probe_socket(w, pidfd, pid, fd, sock_inode);
+    PyObject *value = netns == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(netns);
+    /* only an answer is cached: an error (a gone fd, a denied pidfd) may not hold for the next fd */
+    if (value != NULL && netns > 0 && PyDict_SetItem(w->sockets, key, value) < 0)
+        Py_CLEAR(value);
+    Py_DECREF(key);
+    return value;
+}
+
+/* The fds whose link names a kind in w->kinds ("socket:[N]", "net:[N]", ...): a list of
+ * (fd, kind index, inode, net namespace of a socket or 0), or an errno (int) when the fd
+ * directory cannot be listed. Namespaces behind fds are resolved; an fd closed since it was
+ * listed is skipped. */
+static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+{
+    int fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_dir < 0)
+        return PyLong_FromLong(errno);
+    size_t n;
+    long *fds = list_numbers(fd_dir, ".", &n);
+    if (fds == NULL) {
+        int saved = errno;
+        close(fd_dir);
+        return PyLong_FromLong(saved);
+    }
+    int pidfd = -1;
+    PyObject *found = PyList_New(0);
+    for (size_t i = 0; found != NULL && i < n; i++) {
+        char name[24], target[256];
+        snprintf(name, sizeof name, "%ld", fds[i]);
+        if (read_link(fd_dir, name, target, sizeof target) < 0)
+            continue;
+        Py_ssize_t kind = -1;
+        for (Py_ssize_t k = 0; k < w->nkinds && kind < 0; k++)
+            if (strncmp(target, w->kinds[k], w->kind_len[k]) == 0 && target[w->kind_len[k]] == ':')
+                kind = k;
+        unsigned long long inode = kind >= 0 ? bracket_inode(target) : 0;
+        if (inode == 0)
+            continue;
+        PyObject *netns;
+        if (kind == w->socket_kind) {
+            if (!(w->flags & WANT_SOCKETS))
+                continue;
+            netns = socket_netns(w, &pidfd, pid, fds[i], inode);
+        } else {
+            netns = resolve_path(w->known, fd_dir, name, inode) < 0 ? NULL : PyLong_FromLong(0);
+        }
+        PyObject *entry = netns ? Py_BuildValue("(lnKN)", fds[i], kind, inode, netns) : NULL;
+        if (entry == NULL || PyList_Append(found, entry) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(entry);
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    PyMem_RawFree(fds);
+    close(fd_dir);
+    return found;
+}
+
+/* The "Threads:" count of a status text (1 if absent): whether task/ is worth listing. */
+static long thread_count(const char *status, size_t len)
+{
+    const char *key = "\nThreads:";
+    const char *at = memmem(status, len, key, strlen(key));
+    return at ? strtol(at + strlen(key), NULL, 10) : 1;
+}
+
+static PyObject *errno_record(long pid, int err)
+{
+    return Py_BuildValue("(li)", pid, err);
+}
+
+/* One process, through one O_PATH handle on /proc/PID (so every read is of this very process,
+ * even if its pid is reused meanwhile: the handle then answers ENOENT/ESRCH):
+ *   (pid, status, links, cmdline, cgroup or None, tasks, fds)
+ * or (pid, errno) when any of status, links, cmdline, cgroup cannot be read. NULL on a Python
+ * error. */
+static PyObject *read_process(Walk *w, int proc_fd, long pid)
+{
+    char name[24];
+    snprintf(name, sizeof name, "%ld", pid);
+    int dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+        return errno_record(pid, errno);
+    PyObject *status = NULL, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
+    PyObject *record = NULL;
+    ssize_t len = read_file(&w->buf, dir_fd, "status");
+    if (len < 0)
+        goto failed;
+    long threads = thread_count(w->buf.data, (size_t)len);
+    if ((status = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
+        goto done;
+    if ((links = read_links(w, dir_fd, "ns/")) == NULL)
+        goto done;
+    if ((len = read_file(&w->buf, dir_fd, "cmdline")) < 0)
+        goto failed;
+    if ((cmdline = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
+        goto done;
+    if (w->flags & WANT_CGROUP) {
+        if ((len = read_file(&w->buf, dir_fd, "cgroup")) < 0)
+            goto failed;
+        if ((cgroup = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
+            goto done;
+    } else {
+        cgroup = Py_NewRef(Py_None);
+    }
+    tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0);
+    if (tasks == NULL)
+        goto done;
+    fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0);
+    if (fds == NULL)
+        goto done;
+    record = Py_BuildValue("(lOOOOOO)", pid, status, links, cmdline, cgroup, tasks, fds);
+    goto done;
+failed:
+    if (errno == ENOMEM)
+        PyErr_NoMemory();
+    else
+        record = errno_record(pid, errno);
+done:
+    close(dir_fd);
+    Py_XDECREF(status);
+    Py_XDECREF(links);
+    Py_XDECREF(cmdline);
+    Py_XDECREF(cgroup);
+    Py_XDECREF(tasks);
+    Py_XDECREF(fds);
+    return record;
+}
+
+/* --- the module's functions ---------------------------------------------------------------- */
+
+/* Borrowed UTF-8 views of a tuple of str (valid while the tuple lives). */
+static Py_ssize_t names_of(PyObject *seq, const char **names, size_t *lens, const char *what)
+{
+    if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) > MAX_LINKS) {
+        PyErr_Format(PyExc_ValueError, "%s: a tuple of at most %d str", what, MAX_LINKS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        Py_ssize_t len;
+        names[i] = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(seq, i), &len);
+        if (names[i] == NULL)
+            return -1;
+        if (lens)
+            lens[i] = (size_t)len;
+    }
+    return PyTuple_GET_SIZE(seq);
+}
+
+/* The pids to read: those given, or every numeric entry of the proc directory. */
+static long *pids_to_read(int proc_fd, PyObject *given, size_t *count)
+{
+    if (given == Py_None) {
+        long *pids = list_numbers(proc_fd, ".", count);
+        if (pids == NULL)
+            PyErr_SetFromErrno(PyExc_OSError);
+        return pids;
+    }
+    PyObject *seq = PySequence_Fast(given, "pids: a sequence of int or None");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    long *pids = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(long));
+    if (pids == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pids[i] = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (pids[i] == -1 && PyErr_Occurred()) {
+            PyMem_RawFree(pids);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    *count = (size_t)n;
+    return pids;
+}
+
+PyDoc_STRVAR(walk_doc,
+"walk(proc, pids, links, fd_kinds, flags, known) -> list\n\n"
+"Read each process (pids, or every one in the proc directory when None): a record\n"
+"(pid, status, links, cmdline, cgroup, tasks, fds) or (pid, errno). links: per name in links,\n"
+"the inode or -errno; tasks: [(tid, links)] or an errno; fds: [(fd, kind index, inode, netns)]\n"
+"or an errno. Every namespace seen is resolved into known (see resolve).");
+
+static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    const char *proc;
+    PyObject *given, *link_names, *kind_names, *known;
+    Walk w = {0};
+    if (!PyArg_ParseTuple(args, "sOOOiO!:walk", &proc, &given, &link_names, &kind_names, &w.flags,
+                          &PyDict_Type, &known))
+        return NULL;
+    w.known = known;
+    if ((w.nlinks = names_of(link_names, w.links, NULL, "links")) < 0 ||
+        (w.nkinds = names_of(kind_names, w.kinds, w.kind_len, "fd_kinds")) < 0)
+        return NULL;
+    w.socket_kind = -1;
+    for (Py_ssize_t k = 0; k < w.nkinds; k++)
+        if (strcmp(w.kinds[k], "socket") == 0)
+            w.socket_kind = k;
+    int proc_fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc_fd < 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, proc);
+    size_t n = 0;
+    long *pids = pids_to_read(proc_fd, given, &n);
+    PyObject *records = pids ? PyList_New(0) : NULL;
+    if (records != NULL && (w.sockets = PyDict_New()) == NULL)
+        Py_CLEAR(records);
+    for (size_t i = 0; records != NULL && i < n; i++) {
+        PyObject *record = read_process(&w, proc_fd, pids[i]);
+        if (record == NULL || PyList_Append(records, record) < 0)
+            Py_CLEAR(records);
+        Py_XDECREF(record);
+    }
+    Py_XDECREF(w.sockets);
+    PyMem_RawFree(w.buf.data);
+    PyMem_RawFree(pids);
+    close(proc_fd);
+    return records;
+}
+
+PyDoc_STRVAR(resolve_doc,
+"resolve(fd, known) -> int\n\n"
+"Read the namespace behind fd (not closed) into known: inode -> (CLONE_NEW* type, dev, id,\n"
+"owner, parent, owner_uid), relatives through NS_GET_USERNS/NS_GET_PARENT included. Returns\n"
+"the inode; raises OSError if fd cannot be duplicated or stat'ed.");
+
+static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int fd;
+    PyObject *known;
+    if (!PyArg_ParseTuple(args, "iO!:resolve", &fd, &PyDict_Type, &known))
+        return NULL;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    long long inode = resolve(known, copy, 0);
+    if (inode < 0)
+        return NULL;
+    if (inode == 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLongLong(inode);
+}
+
+static PyMethodDef methods[] = {
+    {"walk", walk, METH_VARARGS, walk_doc},
+    {"resolve", resolve_fd, METH_VARARGS, resolve_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "namespacefs._walk",
+    "The /proc walk of discovery, compiled (see _walk.c and namespacefs.discover.processes).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__walk(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntMacro(m, WANT_TASKS) < 0 || PyModule_AddIntMacro(m, WANT_FDS) < 0 ||
+        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
