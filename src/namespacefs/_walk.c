@@ -37,6 +37,9 @@
 #ifndef NS_GET_ID
 #define NS_GET_ID _IOR(NSIO, 13, uint64_t) /* linux/nsfs.h, Linux 6.18 */
 #endif
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080 /* linux/sched.h, Linux 5.6 */
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434 /* asm-generic/unistd.h */
 #endif
@@ -65,6 +68,7 @@ typedef struct {
     PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
     PyObject *sockets;     /* socket inode -> net namespace inode (or -errno), probed once each */
     const char *links[MAX_LINKS];
+    int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
     Py_ssize_t nlinks;
     const char *kinds[MAX_LINKS]; /* fd link kinds to report ("socket", "net", ...) */
     size_t kind_len[MAX_LINKS];
@@ -200,6 +204,24 @@ nomem:
 
 /* --- namespaces: type, id, owner, parent (linux/nsfs.h) -------------------------------------- */
 
+/* The type a /proc/PID/ns/NAME link always leads to (linux/sched.h), 0 for a name not known here. */
+static int link_type(const char *name)
+{
+    static const struct {
+        const char *name;
+        int type;
+    } types[] = {
+        {"mnt", CLONE_NEWNS},      {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
+        {"user", CLONE_NEWUSER},   {"pid", CLONE_NEWPID}, {"net", CLONE_NEWNET},
+        {"cgroup", CLONE_NEWCGROUP}, {"time", CLONE_NEWTIME}, {"pid_for_children", CLONE_NEWPID},
+        {"time_for_children", CLONE_NEWTIME},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(name, types[i].name) == 0)
+            return types[i].type;
+    return 0;
+}
+
 static PyObject *optional_u64(int known, unsigned long long value)
 {
     if (!known)
@@ -209,10 +231,11 @@ static PyObject *optional_u64(int known, unsigned long long value)
 
 /* Read the namespace behind fd (which this closes) into known: (CLONE_NEW* type, st_dev, id or
  * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
- * NS_GET_PARENT to relatives not known yet. Returns the inode (also when the namespace itself
- * could not be read: it is then left out of known, for the Python side), 0 when fd is no file at
- * all, -1 on a Python error (exception set). */
-static long long resolve(PyObject *known, int fd, int depth)
+ * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
+ * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
+ * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
+ * fd is no file at all, -1 on a Python error (exception set). */
+static long long resolve(PyObject *known, int fd, int type, int depth)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) {
@@ -232,7 +255,8 @@ static long long resolve(PyObject *known, int fd, int depth)
         close(fd);
         return seen < 0 ? -1 : (long long)st.st_ino;
     }
-    int type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    if (type == 0)
+        type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
     if (type <= 0) {
         Py_DECREF(key);
         close(fd);
@@ -244,13 +268,13 @@ static long long resolve(PyObject *known, int fd, int depth)
         has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
     long long owner = 0, parent = 0;
     int owner_fd = ioctl(fd, NS_GET_USERNS); /* EPERM: outside what we may see */
-    if (owner_fd >= 0 && (owner = resolve(known, owner_fd, depth + 1)) < 0)
+    if (owner_fd >= 0 && (owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1)) < 0)
         goto error;
     if (type == CLONE_NEWUSER) {
         parent = owner; /* a user namespace's owner is its parent */
     } else if (type == CLONE_NEWPID) {
         int parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
-        if (parent_fd >= 0 && (parent = resolve(known, parent_fd, depth + 1)) < 0)
+        if (parent_fd >= 0 && (parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1)) < 0)
             goto error;
     }
     uid_t uid = 0;
@@ -275,9 +299,10 @@ error:
     return -1;
 }
 
-/* Open path (relative to dir_fd) and resolve it unless inode is known already. -1 on a Python
- * error; otherwise 0 (whatever the kernel answered: what is not read stays for the Python side). */
-static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode)
+/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
+ * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
+ * Python side). */
+static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(inode);
     if (key == NULL)
@@ -289,7 +314,7 @@ static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned 
     int fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return 0;
-    return resolve(known, fd, 0) < 0 ? -1 : 0;
+    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -310,7 +335,7 @@ static PyObject *read_links(Walk *w, int dir_fd, const char *prefix)
         } else {
             unsigned long long inode = bracket_inode(target);
             value = inode ? (long long)inode : -EINVAL;
-            if (inode && resolve_path(w->known, dir_fd, path, inode) < 0) {
+            if (inode && resolve_path(w->known, dir_fd, path, inode, w->link_types[i]) < 0) {
                 Py_DECREF(links);
                 return NULL;
             }
@@ -369,7 +394,7 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     close(sock);
     if (netns < 0)
         return -saved;
-    return resolve(w->known, netns, 0); /* -1: a Python error */
+    return resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
 }
 
 /* Look a socket up in (or probe it into) the per-walk cache. NULL on a Python error. */
@@ -429,7 +454,8 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
                 continue;
             netns = socket_netns(w, &pidfd, pid, fds[i], inode);
         } else {
-            netns = resolve_path(w->known, fd_dir, name, inode) < 0 ? NULL : PyLong_FromLong(0);
+            /* (an fd may be another file by now: its type is asked, not taken from the link) */
+            netns = resolve_path(w->known, fd_dir, name, inode, 0) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", fds[i], kind, inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
@@ -585,6 +611,8 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
     if ((w.nlinks = names_of(link_names, w.links, NULL, "links")) < 0 ||
         (w.nkinds = names_of(kind_names, w.kinds, w.kind_len, "fd_kinds")) < 0)
         return NULL;
+    for (Py_ssize_t i = 0; i < w.nlinks; i++)
+        w.link_types[i] = link_type(w.links[i]);
     w.socket_kind = -1;
     for (Py_ssize_t k = 0; k < w.nkinds; k++)
         if (strcmp(w.kinds[k], "socket") == 0)
@@ -625,7 +653,7 @@ static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    long long inode = resolve(known, copy, 0);
+    long long inode = resolve(known, copy, 0, 0);
     if (inode < 0)
         return NULL;
     if (inode == 0)
