@@ -6,6 +6,10 @@
  * end one process's read come back in its record as an errno, so the Python side counts them at
  * its one error boundary (Scan.failed).
  *
+ * The syscalls run without the GIL (in blocks: a process's files and links, a directory's entries
+ * and links, a namespace's ioctls), so the live service's other threads keep answering while it
+ * scans; Python objects are made between the blocks. Memory used without the GIL is PyMem_Raw*.
+ *
  * Kernel interfaces used, with their headers:
  *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
  *   getdents64                                 include/uapi/linux/dirent.h (struct linux_dirent64)
@@ -75,7 +79,7 @@ typedef struct {
     Py_ssize_t nkinds;
     Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
     int flags;
-    Buffer buf;
+    Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
 } Walk;
 
 /* --- small helpers ------------------------------------------------------------------------- */
@@ -238,7 +242,11 @@ static PyObject *optional_u64(int known, unsigned long long value)
 static long long resolve(PyObject *known, int fd, int type, int depth)
 {
     struct stat st;
-    if (fstat(fd, &st) < 0) {
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = fstat(fd, &st) < 0;
+    Py_END_ALLOW_THREADS
+    if (failed) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -255,48 +263,48 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
         close(fd);
         return seen < 0 ? -1 : (long long)st.st_ino;
     }
+    uint64_t id = 0;
+    uid_t uid = 0;
+    int has_id = 0, has_uid = 0, owner_fd = -1, parent_fd = -1;
+    Py_BEGIN_ALLOW_THREADS
     if (type == 0)
         type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    if (type > 0) {
+        has_id = ioctl(fd, NS_GET_ID, &id) == 0;
+        if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
+            has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
+        owner_fd = ioctl(fd, NS_GET_USERNS);                /* EPERM: outside what we may see */
+        if (type == CLONE_NEWPID)
+            parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
+        has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
+    }
+    close(fd);
+    Py_END_ALLOW_THREADS
     if (type <= 0) {
         Py_DECREF(key);
-        close(fd);
         return (long long)st.st_ino;
     }
-    uint64_t id = 0;
-    int has_id = ioctl(fd, NS_GET_ID, &id) == 0;
-    if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
-        has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
     long long owner = 0, parent = 0;
-    int owner_fd = ioctl(fd, NS_GET_USERNS); /* EPERM: outside what we may see */
-    if (owner_fd >= 0 && (owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1)) < 0)
-        goto error;
-    if (type == CLONE_NEWUSER) {
-        parent = owner; /* a user namespace's owner is its parent */
-    } else if (type == CLONE_NEWPID) {
-        int parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
-        if (parent_fd >= 0 && (parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1)) < 0)
-            goto error;
+    if (owner_fd >= 0)
+        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
+    if (parent_fd >= 0 && owner >= 0)
+        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
+    else if (parent_fd >= 0)
+        close(parent_fd);
+    if (owner < 0 || parent < 0) {
+        Py_DECREF(key);
+        return -1;
     }
-    uid_t uid = 0;
-    int has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
-    close(fd);
-    fd = -1;
+    if (type == CLONE_NEWUSER)
+        parent = owner; /* a user namespace's owner is its parent */
     PyObject *info = Py_BuildValue("(iKNNNN)", type, (unsigned long long)st.st_dev, optional_u64(has_id, id),
                                    optional_u64(owner > 0, (unsigned long long)owner),
                                    optional_u64(parent > 0, (unsigned long long)parent),
                                    optional_u64(has_uid, uid));
-    if (info == NULL || PyDict_SetItem(known, key, info) < 0) {
-        Py_XDECREF(info);
-        goto error;
-    }
-    Py_DECREF(info);
+    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
+    Py_XDECREF(info);
     Py_DECREF(key);
-    return (long long)st.st_ino;
-error:
-    if (fd >= 0)
-        close(fd);
-    Py_DECREF(key);
-    return -1;
+    return stored ? (long long)st.st_ino : -1;
 }
 
 /* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
@@ -311,7 +319,10 @@ static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned 
     Py_DECREF(key);
     if (seen != 0)
         return seen < 0 ? -1 : 0;
-    int fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    Py_END_ALLOW_THREADS
     if (fd < 0)
         return 0;
     return resolve(known, fd, type, 0) < 0 ? -1 : 0;
@@ -319,29 +330,35 @@ static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned 
 
 /* --- one process --------------------------------------------------------------------------- */
 
-/* The namespace links under prefix ("ns/" or "task/TID/ns/"): a tuple with, per link name, its
- * inode or -errno. Namespaces not seen yet are opened and resolved. */
-static PyObject *read_links(Walk *w, int dir_fd, const char *prefix)
+/* The namespace links under prefix ("ns/" or "task/TID/ns/"), per link name its inode or -errno.
+ * Syscalls only: runs without the GIL. */
+static void read_links(const Walk *w, int dir_fd, const char *prefix, long long *values)
+{
+    for (Py_ssize_t i = 0; i < w->nlinks; i++) {
+        char path[96], target[64];
+        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        if (read_link(dir_fd, path, target, sizeof target) < 0) {
+            values[i] = -errno;
+        } else {
+            unsigned long long inode = bracket_inode(target);
+            values[i] = inode ? (long long)inode : -EINVAL;
+        }
+    }
+}
+
+/* Those links as a tuple; the namespaces not known yet are opened and resolved. */
+static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long long *values)
 {
     PyObject *links = PyTuple_New(w->nlinks);
     if (links == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < w->nlinks; i++) {
-        char path[96], target[64];
+        char path[96];
         snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
-        long long value;
-        if (read_link(dir_fd, path, target, sizeof target) < 0) {
-            value = -errno;
-        } else {
-            unsigned long long inode = bracket_inode(target);
-            value = inode ? (long long)inode : -EINVAL;
-            if (inode && resolve_path(w->known, dir_fd, path, inode, w->link_types[i]) < 0) {
-                Py_DECREF(links);
-                return NULL;
-            }
-        }
-        PyObject *item = PyLong_FromLongLong(value);
-        if (item == NULL) {
+        PyObject *item = PyLong_FromLongLong(values[i]);
+        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
+                                                            w->link_types[i]) < 0)) {
+            Py_XDECREF(item);
             Py_DECREF(links);
             return NULL;
         }
@@ -354,22 +371,42 @@ static PyObject *read_links(Walk *w, int dir_fd, const char *prefix)
  * directory cannot be listed. */
 static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
 {
-    size_t n;
-    long *tids = list_numbers(dir_fd, "task", &n);
+    size_t n = 0;
+    long *tids;
+    long long *values = NULL;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    tids = list_numbers(dir_fd, "task", &n);
     if (tids == NULL)
-        return PyLong_FromLong(errno);
+        err = errno;
+    else if ((values = PyMem_RawMalloc((n ? n : 1) * (size_t)w->nlinks * sizeof(long long))) == NULL)
+        err = ENOMEM;
+    for (size_t i = 0; values != NULL && i < n; i++) {
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "task/%ld/ns/", tids[i]);
+        if (tids[i] != pid)
+            read_links(w, dir_fd, prefix, values + i * (size_t)w->nlinks);
+    }
+    Py_END_ALLOW_THREADS
+    if (err == ENOMEM) {
+        PyMem_RawFree(tids);
+        return PyErr_NoMemory();
+    }
+    if (tids == NULL)
+        return PyLong_FromLong(err);
     PyObject *tasks = PyList_New(0);
     for (size_t i = 0; tasks != NULL && i < n; i++) {
         if (tids[i] == pid)
             continue;
         char prefix[48];
         snprintf(prefix, sizeof prefix, "task/%ld/ns/", tids[i]);
-        PyObject *links = read_links(w, dir_fd, prefix);
+        PyObject *links = links_tuple(w, dir_fd, prefix, values + i * (size_t)w->nlinks);
         PyObject *task = links ? Py_BuildValue("(lN)", tids[i], links) : NULL;
         if (task == NULL || PyList_Append(tasks, task) < 0)
             Py_CLEAR(tasks);
         Py_XDECREF(task);
     }
+    PyMem_RawFree(values);
     PyMem_RawFree(tids);
     return tasks;
 }
@@ -379,21 +416,25 @@ static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
  * another file (-ESTALE). */
 static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
 {
-    if (*pidfd < 0 && (*pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0)) < 0)
-        return -errno;
-    int sock = (int)syscall(SYS_pidfd_getfd, *pidfd, (int)fd, 0);
-    if (sock < 0)
-        return -errno;
+    int netns, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (*pidfd < 0)
+        *pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    int sock = *pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, *pidfd, (int)fd, 0);
     struct stat st;
-    if (fstat(sock, &st) < 0 || st.st_ino != sock_inode) {
-        close(sock);
-        return -ESTALE;
+    if (sock < 0) {
+        err = errno;
+    } else if (fstat(sock, &st) < 0 || st.st_ino != sock_inode) {
+        err = ESTALE;
     }
-    int netns = ioctl(sock, SIOCGSKNS);
-    int saved = errno;
-    close(sock);
-    if (netns < 0)
-        return -saved;
+    netns = err ? -1 : ioctl(sock, SIOCGSKNS);
+    if (!err && netns < 0)
+        err = errno;
+    if (sock >= 0)
+        close(sock);
+    Py_END_ALLOW_THREADS
+    if (err)
+        return -err;
     return resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
 }
 
@@ -418,53 +459,87 @@ static PyObject *socket_netns(Walk *w, int *pidfd, long pid, long fd, unsigned l
     return value;
 }
 
-/* The fds whose link names a kind in w->kinds ("socket:[N]", "net:[N]", ...): a list of
- * (fd, kind index, inode, net namespace of a socket or 0), or an errno (int) when the fd
- * directory cannot be listed. Namespaces behind fds are resolved; an fd closed since it was
- * listed is skipped. */
-static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+/* One fd whose link names a kind in w->kinds (read without the GIL). */
+typedef struct {
+    long fd;
+    Py_ssize_t kind;
+    unsigned long long inode;
+} FdLink;
+
+/* The fds of the fd directory whose link is "KIND:[N]" for a KIND in w->kinds; an fd closed since
+ * it was listed is skipped. Syscalls only (no GIL): a malloc'ed array, or NULL with errno set. */
+static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
 {
-    int fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd_dir < 0)
-        return PyLong_FromLong(errno);
     size_t n;
     long *fds = list_numbers(fd_dir, ".", &n);
-    if (fds == NULL) {
-        int saved = errno;
-        close(fd_dir);
-        return PyLong_FromLong(saved);
+    if (fds == NULL)
+        return NULL;
+    FdLink *found = PyMem_RawMalloc((n ? n : 1) * sizeof(FdLink));
+    if (found == NULL) {
+        PyMem_RawFree(fds);
+        errno = ENOMEM;
+        return NULL;
     }
-    int pidfd = -1;
-    PyObject *found = PyList_New(0);
-    for (size_t i = 0; found != NULL && i < n; i++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
         char name[24], target[256];
         snprintf(name, sizeof name, "%ld", fds[i]);
         if (read_link(fd_dir, name, target, sizeof target) < 0)
             continue;
-        Py_ssize_t kind = -1;
-        for (Py_ssize_t k = 0; k < w->nkinds && kind < 0; k++)
-            if (strncmp(target, w->kinds[k], w->kind_len[k]) == 0 && target[w->kind_len[k]] == ':')
-                kind = k;
-        unsigned long long inode = kind >= 0 ? bracket_inode(target) : 0;
-        if (inode == 0)
-            continue;
+        for (Py_ssize_t kind = 0; kind < w->nkinds; kind++) {
+            if (strncmp(target, w->kinds[kind], w->kind_len[kind]) == 0 && target[w->kind_len[kind]] == ':') {
+                unsigned long long inode = bracket_inode(target);
+                if (inode != 0)
+                    found[k++] = (FdLink){fds[i], kind, inode};
+                break;
+            }
+        }
+    }
+    PyMem_RawFree(fds);
+    *count = k;
+    return found;
+}
+
+/* The fds that are namespaces or sockets: a list of (fd, kind index, inode, net namespace of a
+ * socket or 0), or an errno (int) when the fd directory cannot be listed. Namespaces behind fds
+ * are resolved, sockets probed (once per socket inode). */
+static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+{
+    int fd_dir, err = 0;
+    size_t n = 0;
+    FdLink *links = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_dir < 0 || (links = list_fds(w, fd_dir, &n)) == NULL)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    if (links == NULL) {
+        if (fd_dir >= 0)
+            close(fd_dir);
+        return err == ENOMEM ? PyErr_NoMemory() : PyLong_FromLong(err);
+    }
+    int pidfd = -1;
+    PyObject *found = PyList_New(0);
+    for (size_t i = 0; found != NULL && i < n; i++) {
         PyObject *netns;
-        if (kind == w->socket_kind) {
+        if (links[i].kind == w->socket_kind) {
             if (!(w->flags & WANT_SOCKETS))
                 continue;
-            netns = socket_netns(w, &pidfd, pid, fds[i], inode);
+            netns = socket_netns(w, &pidfd, pid, links[i].fd, links[i].inode);
         } else {
+            char name[24];
+            snprintf(name, sizeof name, "%ld", links[i].fd);
             /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, fd_dir, name, inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
         }
-        PyObject *entry = netns ? Py_BuildValue("(lnKN)", fds[i], kind, inode, netns) : NULL;
+        PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
             Py_CLEAR(found);
         Py_XDECREF(entry);
     }
     if (pidfd >= 0)
         close(pidfd);
-    PyMem_RawFree(fds);
+    PyMem_RawFree(links);
     close(fd_dir);
     return found;
 }
@@ -491,44 +566,35 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
 {
     char name[24];
     snprintf(name, sizeof name, "%ld", pid);
-    int dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd < 0)
-        return errno_record(pid, errno);
-    PyObject *status = NULL, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
-    PyObject *record = NULL;
-    ssize_t len = read_file(&w->buf, dir_fd, "status");
-    if (len < 0)
-        goto failed;
-    long threads = thread_count(w->buf.data, (size_t)len);
-    if ((status = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
-        goto done;
-    if ((links = read_links(w, dir_fd, "ns/")) == NULL)
-        goto done;
-    if ((len = read_file(&w->buf, dir_fd, "cmdline")) < 0)
-        goto failed;
-    if ((cmdline = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
-        goto done;
-    if (w->flags & WANT_CGROUP) {
-        if ((len = read_file(&w->buf, dir_fd, "cgroup")) < 0)
-            goto failed;
-        if ((cgroup = PyBytes_FromStringAndSize(w->buf.data, len)) == NULL)
-            goto done;
-    } else {
-        cgroup = Py_NewRef(Py_None);
+    long long values[MAX_LINKS];
+    ssize_t status_len = -1, cmdline_len = -1, cgroup_len = 0;
+    int dir_fd, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd >= 0 && (status_len = read_file(&w->status, dir_fd, "status")) >= 0) {
+        read_links(w, dir_fd, "ns/", values);
+        if ((cmdline_len = read_file(&w->cmdline, dir_fd, "cmdline")) >= 0 && (w->flags & WANT_CGROUP))
+            cgroup_len = read_file(&w->cgroup, dir_fd, "cgroup");
     }
-    tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0);
-    if (tasks == NULL)
-        goto done;
-    fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0);
-    if (fds == NULL)
+    if (dir_fd < 0 || status_len < 0 || cmdline_len < 0 || cgroup_len < 0)
+        err = errno ? errno : EIO;
+    Py_END_ALLOW_THREADS
+    if (err) {
+        if (dir_fd >= 0)
+            close(dir_fd);
+        return err == ENOMEM ? PyErr_NoMemory() : errno_record(pid, err);
+    }
+    PyObject *record = NULL, *status, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
+    long threads = thread_count(w->status.data, (size_t)status_len);
+    if ((status = PyBytes_FromStringAndSize(w->status.data, status_len)) == NULL ||
+        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL ||
+        (cmdline = PyBytes_FromStringAndSize(w->cmdline.data, cmdline_len)) == NULL ||
+        (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
+                                         : Py_NewRef(Py_None)) == NULL ||
+        (tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0)) == NULL ||
+        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0)) == NULL)
         goto done;
     record = Py_BuildValue("(lOOOOOO)", pid, status, links, cmdline, cgroup, tasks, fds);
-    goto done;
-failed:
-    if (errno == ENOMEM)
-        PyErr_NoMemory();
-    else
-        record = errno_record(pid, errno);
 done:
     close(dir_fd);
     Py_XDECREF(status);
@@ -632,7 +698,9 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
         Py_XDECREF(record);
     }
     Py_XDECREF(w.sockets);
-    PyMem_RawFree(w.buf.data);
+    PyMem_RawFree(w.status.data);
+    PyMem_RawFree(w.cmdline.data);
+    PyMem_RawFree(w.cgroup.data);
     PyMem_RawFree(pids);
     close(proc_fd);
     return records;
