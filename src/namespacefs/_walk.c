@@ -61,7 +61,7 @@
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
 
-/* One growing buffer for every file the walk reads (freed at the end of the call). */
+/* A growing buffer, reused for one file of every process (freed at the end of the call). */
 typedef struct {
     char *data;
     size_t size;
@@ -70,7 +70,7 @@ typedef struct {
 /* What one walk() call carries around. */
 typedef struct {
     PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
-    PyObject *sockets;     /* socket inode -> net namespace inode (or -errno), probed once each */
+    PyObject *sockets;     /* socket inode -> net namespace inode: each socket probed once */
     const char *links[MAX_LINKS];
     int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
     Py_ssize_t nlinks;
@@ -412,8 +412,8 @@ static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
 }
 
 /* The net namespace of a socket (pidfd_getfd, then SIOCGSKNS from linux/sockios.h), resolved;
- * its inode, or -errno. The fd must still be that socket: one closed and reused meanwhile is
- * another file (-ESTALE). */
+ * its inode, or -errno (-1 is also -EPERM: a Python error is told by PyErr_Occurred). The fd must
+ * still be that socket: one closed and reused meanwhile is another file (-ESTALE). */
 static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
 {
     int netns, err = 0;
@@ -435,7 +435,8 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    return resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
 /* Look a socket up in (or probe it into) the per-walk cache. NULL on a Python error. */
