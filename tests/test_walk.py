@@ -362,3 +362,21 @@ def test_sockets_in_another_net_namespace_are_probed_once_per_socket(spawn: Call
     snap = discover()
     holders = {h for h in snap.get(netns).holders if h.kind == "socket"}  # type: ignore[union-attr]
     assert holders == {Holder("socket", pid=proc.pid, fd=fd, socket=sock) for fd in (fd1, fd2)}
+
+
+def test_a_missing_extension_is_one_clear_line_not_a_traceback() -> None:
+    """As when the build failed: the import of namespacefs._walk is refused."""
+    code = textwrap.dedent("""
+        import sys
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name == "namespacefs._walk":
+                    raise ImportError("no such module", name=name)
+        sys.meta_path.insert(0, Refuse())
+        sys.argv = ["nsfs", "ls"]
+        from namespacefs.cli import entry
+        entry()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("nsfs: namespacefs._walk, the compiled /proc walk, is not built")

@@ -106,7 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The `nsfs` command."""
-    sys.exit(main())
+    try:
+        status = main()
+    except ImportError as e:
+        if e.name != "namespacefs._walk":
+            raise
+        print(f"nsfs: {e}", file=sys.stderr)  # a broken install, said in one line
+        status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":

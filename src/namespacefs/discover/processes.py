@@ -23,7 +23,7 @@ try:
 except ImportError as e:  # pragma: no cover - a broken install, not a state of the host
     raise ImportError(
         "namespacefs._walk, the compiled /proc walk, is not built: install with `bash bootstrap.sh` "
-        "(or `pip install -e .` with gcc and python3-dev present)") from e
+        "(or `pip install -e .` with gcc and python3-dev present)", name="namespacefs._walk") from e
 
 #: The links the walk reads per process and thread, in this order.
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
