@@ -66,10 +66,6 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
             state.failed(e)
 
 
-def pids(proc: str) -> list[int]:
-    return [int(name) for name in os.listdir(proc) if name.isdigit()]
-
-
 def _error(err: int, where: str) -> OSError:
     return OSError(err, os.strerror(err), where)
 
