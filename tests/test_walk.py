@@ -186,6 +186,26 @@ def check_fds(snap: Snapshot, pid: int, process_links: dict[str, int]) -> None:
 # --- reads, races ------------------------------------------------------------------------------------
 
 
+def test_two_threads_walk_what_one_walks(shaped_host: SyntheticHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From TWO_THREADS_FROM processes on the walk is split between two threads: the same
+    processes, links and namespaces (ids, owners, parents) as one thread finds."""
+    def scan(two_from: int) -> Snapshot:
+        monkeypatch.setattr(processes, "TWO_THREADS_FROM", two_from)
+        return discover()
+
+    one, two = scan(10**9), scan(2)
+    mine = set(shaped_host.pids)
+    for snap in (one, two):
+        assert mine <= set(snap.processes)
+    assert {p: two.processes[p].namespaces for p in mine} == {p: one.processes[p].namespaces for p in mine}
+    ours = {i for p in mine for i in one.processes[p].namespaces.values()}
+    for inode in ours:
+        a, b = one.get(inode), two.get(inode)
+        assert a is not None and b is not None
+        assert (a.type, a.id, a.dev, a.owner, a.parent, a.owner_uid) == (b.type, b.id, b.dev, b.owner, b.parent, b.owner_uid)
+        assert {h for h in a.holders if h.pid in mine} == {h for h in b.holders if h.pid in mine}
+
+
 def test_long_files_are_read_to_the_end(spawn: Callable[..., subprocess.Popen[str]]) -> None:
     """A cmdline of 200 kB (three times the walk's first buffer; /proc hands it out a page per read)."""
     args = [f"{i:04d}" + "x" * 1000 for i in range(200)]
@@ -260,6 +280,13 @@ SCAN = textwrap.dedent("""
     fd = os.open("/proc/self/ns/user", os.O_RDONLY)
     _walk.resolve(fd, known)
     os.close(fd)
+    import threading  # two walks at once, as discover runs them: one dict of known namespaces
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    known = {}
+    other = threading.Thread(target=_walk.walk, args=("/proc", pids[1::2], LINKS, FD_KINDS, 15, known))
+    other.start()
+    _walk.walk("/proc", pids[0::2], LINKS, FD_KINDS, 15, known)
+    other.join()
     print(len(records), len(known), _walk.__file__)
 """)
 
