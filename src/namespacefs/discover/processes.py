@@ -73,7 +73,7 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
 
 def _records(state: Scan, pids: list[int] | None, flags: int) -> list[tuple]:
     """The walk's records of these processes (every one in /proc when None)."""
-    if (os.cpu_count() or 1) < 2:
+    if len(os.sched_getaffinity(0)) < 2:  # (the CPUs this process may run on)
         return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
     if pids is None:
         pids = [int(name) for name in os.listdir(state.proc) if name.isdigit()]
