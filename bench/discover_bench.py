@@ -254,7 +254,8 @@ def phases() -> None:
                 spent[label] += clock() - start
         return wrapper
 
-    _walk.walk = timed("    the compiled walk (_walk.walk: every /proc read, ids/owners/parents, sockets)", _walk.walk)
+    _walk.walk = timed("    the compiled walk (_walk.walk, summed over its two threads: more than the line above "
+                       "when they overlap)", _walk.walk)
     processes.scan = timed("  processes.scan (the walk, and its records into the scan)", processes.scan)
     mounts.scan = timed("  mounts.scan (bindmount: one mountinfo per mount namespace)", mounts.scan)
     hierarchy.resolve = timed("  hierarchy.resolve (what the walk did not open; relatives)", hierarchy.resolve)
