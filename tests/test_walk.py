@@ -406,4 +406,4 @@ def test_a_missing_extension_is_one_clear_line_not_a_traceback() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("nsfs: namespacefs._walk, the compiled /proc walk, is not built")
+    assert done.stderr.startswith("nsfs ls: namespacefs._walk, the compiled /proc walk, is not built")

@@ -25,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/nsfs.h>
 #include <linux/sockios.h>
 #include <sched.h>
@@ -121,18 +122,20 @@ static ssize_t read_file(Buffer *buf, int dir_fd, const char *name)
     return (ssize_t)len;
 }
 
-/* The inode in a link target such as "net:[4026531840]" (0 if it has none). */
+/* The inode in a link target such as "net:[4026531840]": ASCII digits only (as syntax.py's rule
+ * is), 0 if it has none or it does not fit. */
 static unsigned long long bracket_inode(const char *target)
 {
-    const char *open = strchr(target, '[');
-    if (open == NULL)
+    const char *p = strchr(target, '[');
+    if (p == NULL || p[1] == ']')
         return 0;
-    char *end;
-    errno = 0;
-    unsigned long long inode = strtoull(open + 1, &end, 10);
-    if (errno || end == open + 1 || *end != ']' || end[1] != '\0')
-        return 0;
-    return inode;
+    unsigned long long inode = 0;
+    for (p++; *p >= '0' && *p <= '9'; p++) {
+        if (inode > (ULLONG_MAX - 9) / 10)
+            return 0;
+        inode = inode * 10 + (unsigned long long)(*p - '0');
+    }
+    return p[0] == ']' && p[1] == '\0' ? inode : 0;
 }
 
 /* readlinkat into target (NUL-terminated); -1 with errno set. */

@@ -11,12 +11,14 @@ from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Snapshot
 
 
-def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | None = None) -> Snapshot:
+def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | None = None,
+             strict: bool = False) -> Snapshot:
     """A complete snapshot of the host, with every namespace named (Namespace.name and .path, from
     the names database `db`, else $NSFS_DB, else the default; see namespacefs.names). When a daemon
     (`nsfs serve`) is running and the caller wants every source, its live snapshot is used (no scan);
     fresh=True, other sources, or NSFS_NO_DAEMON=1 in the environment always scan. A names database
-    that cannot be read is logged (namespacefs.names) and default names are used."""
+    that cannot be read is logged (namespacefs.names) and default names are used. strict: a names
+    database that cannot be read is an error (names.NameError), for commands that write to it."""
     sources = tuple(sources)
     snap: Snapshot | None = None
     if not fresh and set(sources) == set(SOURCES) and not os.environ.get("NSFS_NO_DAEMON"):
@@ -27,5 +29,5 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
         snap = discover(sources)
     from namespacefs import names
 
-    return names.apply(snap, db, strict=False)
+    return names.apply(snap, db, strict=strict)
 

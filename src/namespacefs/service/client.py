@@ -1,6 +1,6 @@
 """Talking to a running daemon over its Unix socket, for the CLI and the FUSE filesystem. Every
 call fails fast (None, or an empty stream) when no daemon is running, so callers fall back to their
-own scan: a missing daemon costs one connect().
+own scan: a missing daemon costs a stat() or two and at most one connect().
 
 The transport is a small HTTP/1.1 client of its own (one GET per connection, `Connection: close`;
 bodies by Content-Length, chunked, or up to the end of the connection): http.client would import
@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from namespacefs import procfs
+from namespacefs import ownership, procfs
 from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 
@@ -110,10 +110,29 @@ def _behind_fuse(path: str) -> bool:
     return any(m.fstype.startswith("fuse") and (path + "/").startswith(m.mountpoint.rstrip("/") + "/") for m in mounts)
 
 
+def _trusted(path: str) -> bool:
+    """A daemon answers for the host only through a socket root (or we) made, in a directory no one
+    else can write: anyone could otherwise plant one that serves a made-up snapshot. An untrusted one
+    is ignored (the caller scans itself) with a warning."""
+    try:
+        ownership.check_dir(os.path.dirname(os.path.abspath(path)), "the API socket's directory")
+        st = os.lstat(path)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ownership.Untrusted(f"the API socket {path} is owned by uid {st.st_uid}, not by root or by you")
+    except ownership.Untrusted as e:
+        import logging
+
+        logging.getLogger("namespacefs.service").warning("nsfs: %s; not using it", e)
+        return False
+    except OSError:
+        return False
+    return True
+
+
 def _open(path: str, url: str, timeout: float | None) -> _Response | None:
     if _behind_fuse(path):
         path = outside_name(path)  # the filesystem is mounted on the socket's directory: its other name
-    if _behind_fuse(path):
+    if _behind_fuse(path) or not _trusted(path):  # (no socket at all: lstat says so, not connect)
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
