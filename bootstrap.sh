@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(
-  python3-venv python3-dev gcc pkg-config      # the venv, and building pyfuse3
+  python3-venv python3-dev gcc pkg-config      # the venv, building pyfuse3 and our /proc walk (_walk.c)
+  valgrind strace                              # the walk's memory check in the tests; the bench's read audit
   fuse3 libfuse3-dev                           # the FUSE filesystem
   util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
   runc bubblewrap systemd-container busybox-static criu  # real containers in the tests
@@ -32,7 +33,8 @@ fi
 # Debian's own Python: the one python3-venv and python3-dev above belong to, built with PGO and LTO
 # (`nsfs ls` runs ~8% faster on it than on a self-built 3.11 that may come first on PATH).
 PY=$(readlink -f "${PYTHON:-/usr/bin/python3}")
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# (an edit of the C extension's source installs again, which rebuilds it)
+stamp=.venv/.installed-$(cat pyproject.toml src/namespacefs/_walk.c | sha256sum | cut -c1-16)
 if [ -e .venv ] && [ "$(cat .venv/.python 2>/dev/null)" != "$PY" ]; then
   echo "bootstrap.sh: making .venv again with $PY" >&2
   rm -rf .venv
@@ -40,11 +42,17 @@ fi
 if [ ! -e "$stamp" ]; then
   [ -x .venv/bin/python ] || { "$PY" -m venv .venv && echo "$PY" > .venv/.python; }
   .venv/bin/pip install -q --upgrade pip >&2
-  .venv/bin/pip install -q -e '.[test]' >&2
+  if ! .venv/bin/pip install -q -e '.[test]' >&2; then
+    echo "bootstrap.sh: installing namespacefs failed (see above; its C extension needs gcc and python3-dev)" >&2
+    exit 1
+  fi
+  if ! .venv/bin/python -c "import namespacefs._walk" 2>/dev/null; then
+    echo "bootstrap.sh: namespacefs._walk (src/namespacefs/_walk.c) was not built: see the compiler's messages above" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-
 # Bytecode for our own modules (an editable install has none, and with PYTHONDONTWRITEBYTECODE set
 # Python would compile every module at every start: ~20 ms of each command). Only changed files.
 .venv/bin/python -m compileall -q src >/dev/null

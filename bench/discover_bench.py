@@ -1,26 +1,35 @@
-"""Benchmark: cold `nsfs ls --json` against `lsns -J` on a synthetic host (issue 2, "Speed").
+"""Benchmark: cold `nsfs ls --json` against `lsns -J` on synthetic hosts of two shapes (issues 2, 16).
 
-For each N (default 250, 1000, 4000) bench/synthetic.py builds N processes in N/10 namespace sets
-(with fds, sockets, nsfs fds, threads and nsfs bind mounts in private mount namespaces), verifies
-them, and then, in the same run, alternates REPEAT cold runs of each command (a fresh process per
-run; one unrecorded warm-up each so both read their binaries from the page cache). Recorded per N:
-median and spread of wall time, the namespaces each one reports, whether each finds the hidden
+How to run it (as root, from the repository, after `bash bootstrap.sh`; ~15 min with the defaults):
+
+    .venv/bin/python bench/discover_bench.py                          # both shapes, N = 250,1000,3000,4000
+    .venv/bin/python bench/discover_bench.py --sizes 250,1000,8000 --shapes dense --repeat 9
+    .venv/bin/python bench/discover_bench.py --no-profile --no-write  # quick: print, do not write the file
+    .venv/bin/python bench/synthetic.py show 1000 --shape dense       # build, check and tear down one host
+
+Shapes (bench/synthetic.py): "sets" puts N processes in N/10 namespace sets (with fds, sockets,
+nsfs fds, threads and nsfs bind mounts in private mount namespaces); "dense" puts each process in
+its own uts, ipc, net, mnt and cgroup namespaces. For each shape and N the host is built, verified,
+and then, in the same run, REPEAT cold runs of each command alternate (a fresh process per run; one
+unrecorded warm-up each). The nsfs/lsns ratio is the median of the ratios of each interleaved pair,
+which other load on a shared machine disturbs less than the times themselves. Recorded per N: median
+and spread of wall and CPU time, the namespaces each one reports, whether each finds the hidden
 namespaces the builder made, and the units discovery has to walk (processes, threads, fds, mounts,
-counted here independently of nsfs). Then:
+namespaces, counted here independently of nsfs). Also, with no synthetic processes at all: `nsfs ls`
+against `lsns` on the host as it is (the small-host case). Then:
 
-  linearity   least-squares fit of time against units over all N, and time per unit per N
-  profile     one pyinstrument run of `nsfs ls --json` at the largest N, and a per-phase timing of
-              discover() (the phase functions wrapped with timers in a child process)
+  linearity   time per unit per N and a least-squares fit of time against units, per shape
+  profile     a per-phase timing of one `nsfs ls --json` in a child process (the phase functions
+              wrapped with timers), per shape at --profile-n, and one pyinstrument run
   reads       `strace -f -y -e trace=openat,readlinkat` of one run: is any file opened or any link
               read twice within one snapshot?
-  imports     `python -X importtime` of `nsfs ls --json`: what the command imports
+  imports     `python -X importtime` of `nsfs ls`: what the command imports
 
 Everything the bench builds lives in one process group that is killed on exit, Ctrl-C or SIGTERM
 (and if this script dies, the builder's PR_SET_PDEATHSIG kills the group). Results go to
-bench/RESULTS-discover.md.
+bench/RESULTS-discover.md (the hand-written analysis at its end is kept).
 
-    .venv/bin/python bench/discover_bench.py [--sizes 250,1000,4000] [--repeat 7] [--no-write]
-    .venv/bin/python bench/discover_bench.py phases     # (internal) one timed discover(), as JSON
+    .venv/bin/python bench/discover_bench.py phases     # (internal) one timed `nsfs ls --json`, as JSON
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from synthetic import SyntheticHost  # noqa: E402
+from synthetic import SHAPES, SyntheticHost  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 NSFS = [str(VENV_BIN / "nsfs"), "ls", "--json"]
@@ -100,11 +109,15 @@ def load() -> str:
         return " ".join(f.read().split()[:3])
 
 
+NS_LINKS = ("mnt", "uts", "ipc", "user", "pid", "net", "cgroup", "time")
+
+
 def units() -> dict[str, int]:
     """What discovery has to walk, counted straight from /proc: processes, threads, fds, mounts
-    (mountinfo lines summed over distinct mount namespaces)."""
+    (mountinfo lines summed over distinct mount namespaces) and namespaces (distinct ns links)."""
     counts = collections.Counter()
     mntns: dict[int, int] = {}
+    namespaces: set[int] = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -112,16 +125,18 @@ def units() -> dict[str, int]:
             threads = len(os.listdir(f"/proc/{name}/task"))
             fds = len(os.listdir(f"/proc/{name}/fd"))
             ns = os.stat(f"/proc/{name}/ns/mnt").st_ino
+            namespaces.update(os.stat(f"/proc/{name}/ns/{t}").st_ino for t in NS_LINKS)
         except OSError:
             continue
         counts["processes"] += 1
         counts["threads"] += threads
         counts["fds"] += fds
         mntns.setdefault(ns, int(name))
+    counts["namespaces"] = len(namespaces)
     for pid in mntns.values():
         with contextlib.suppress(OSError), open(f"/proc/{pid}/mountinfo", "rb") as f:
             counts["mounts"] += f.read().count(b"\n")
-    counts["units"] = counts["processes"] + counts["threads"] + counts["fds"] + counts["mounts"]
+    counts["units"] = counts["processes"] + counts["threads"] + counts["fds"] + counts["mounts"] + counts["namespaces"]
     return dict(counts)
 
 
@@ -148,10 +163,30 @@ def holder_check(host: SyntheticHost, report: dict[str, Any]) -> list[str]:
     return wrong
 
 
-def measure(n: int, repeat: int) -> dict[str, Any]:
-    with SyntheticHost(n) as host:
-        print(f"N={n}: built {n} processes in {host.manifest['sets']} sets in {host.manifest['build_seconds']:.1f}s",
-              flush=True)
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median of the ratios of interleaved pairs."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def measure_small(repeat: int) -> dict[str, Any]:
+    """`nsfs ls` (the table) against `lsns` on the host as it is: no synthetic processes."""
+    argv_nsfs, argv_lsns = [str(VENV_BIN / "nsfs"), "ls"], ["lsns"]
+    for argv in (argv_nsfs, argv_lsns):
+        run_once(argv)
+    nsfs_t, lsns_t = [], []
+    for _ in range(repeat):
+        nsfs_t.append(run_once(argv_nsfs)[0])
+        lsns_t.append(run_once(argv_lsns)[0])
+    result = {"nsfs": nsfs_t, "lsns": lsns_t, "load": load(), **units()}
+    print(f"small host: nsfs ls {statistics.median(nsfs_t) * 1e3:.0f} ms, lsns {statistics.median(lsns_t) * 1e3:.0f} ms",
+          flush=True)
+    return result
+
+
+def measure(n: int, repeat: int, shape: str) -> dict[str, Any]:
+    with SyntheticHost(n, shape) as host:
+        print(f"{shape} N={n}: built {n} processes in {host.manifest['sets']} sets in "
+              f"{host.manifest['build_seconds']:.1f}s", flush=True)
         for argv in (NSFS, NSFS_LIKE_LSNS, LSNS):
             run_once(argv)  # warm-ups, not recorded
         load_before = load()
@@ -182,7 +217,8 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
                      f"{'synthetic' if ns['pid'] in synthetic else 'not ours'})"
                      for ns in lsns_rows if int(ns["ns"]) not in nsfs_inodes]
         result = {
-            "n": n, "sets": host.manifest["sets"], **counted, "load": f"{load_before} → {load()}", "failed": failed,
+            "n": n, "shape": shape, "sets": host.manifest["sets"], **counted, "load": f"{load_before} → {load()}",
+            "failed": failed,
             "nsfs": nsfs_t, "like": like_t, "lsns": lsns_t, "discover": durations,
             "nsfs_cpu": nsfs_cpu, "like_cpu": like_cpu, "lsns_cpu": lsns_cpu,
             "nsfs_found": len(nsfs_inodes), "lsns_found": len(lsns_inodes),
@@ -190,7 +226,7 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
             "hidden": len(host.hidden), "hidden_nsfs": found_hidden(host, nsfs_inodes),
             "hidden_lsns": found_hidden(host, lsns_inodes), "wrong_holders": holder_check(host, report),
         }
-    print(f"  nsfs {statistics.median(nsfs_t):.3f}s  lsns {statistics.median(lsns_t):.3f}s  "
+    print(f"  nsfs {statistics.median(nsfs_t):.3f}s  lsns {statistics.median(lsns_t):.3f}s  ratio {ratio(nsfs_t, lsns_t):.2f}  "
           f"found {result['nsfs_found']} vs {result['lsns_found']}  units {counted['units']}", flush=True)
     return result
 
@@ -199,11 +235,12 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
 
 
 def phases() -> None:
-    """One `nsfs ls --json` in this process with the discovery phases wrapped in timers; prints JSON."""
+    """One `nsfs ls --json` in this process with its phases wrapped in timers; prints JSON."""
     clock = time.perf_counter
     t0 = clock()
-    from namespacefs import cli, discover
-    from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
+    from namespacefs import _walk, cli, discover, model
+    from namespacefs.cli import output
+    from namespacefs.discover import hierarchy, mounts, processes
 
     imported = clock() - t0
     spent: dict[str, float] = collections.defaultdict(float)
@@ -217,33 +254,32 @@ def phases() -> None:
                 spent[label] += clock() - start
         return wrapper
 
-    # with two readers (parallel.read) the per-source timers count this process's part only: the
-    # forked child reads the rest at the same time
-    parallel.read = timed("two readers, wall (parallel.read: processes, sockets, hierarchy, naming imports)",
-                          parallel.read)
-    processes.scan = timed("  this process's part: processes.scan (process, task, for_children, fd)", processes.scan)
-    sockets.scan = timed("  this process's part: sockets.scan", sockets.scan)
-    mounts.scan = timed("mounts.scan", mounts.scan)
-    hierarchy.resolve = timed("hierarchy.resolve (ids, owners, parents; this process's part)", hierarchy.resolve)
-    discover._cross_check_listns = timed("_cross_check_listns", discover._cross_check_listns)
-    discover._read_user_maps = timed("_read_user_maps", discover._read_user_maps)
-    discover._freeze = timed("_freeze", discover._freeze)
-    from namespacefs import names
+    _walk.walk = timed("    the compiled walk (_walk.walk, summed over its two threads: more than the line above "
+                       "when they overlap)", _walk.walk)
+    processes.scan = timed("  processes.scan (the walk, and its records into the scan)", processes.scan)
+    mounts.scan = timed("  mounts.scan (bindmount: one mountinfo per mount namespace)", mounts.scan)
+    hierarchy.resolve = timed("  hierarchy.resolve (what the walk did not open; relatives)", hierarchy.resolve)
+    discover._cross_check_listns = timed("  _cross_check_listns", discover._cross_check_listns)
+    discover._read_user_maps = timed("  _read_user_maps", discover._read_user_maps)
+    discover._freeze = timed("  _freeze (the model)", discover._freeze)
+    from namespacefs import containers, names
 
-    names.apply = timed("names.apply (names database, after discover)", names.apply)
+    names.apply = timed("names.apply (names database, containers, after discover)", names.apply)
+    containers.find = timed("  containers.find (inside names.apply)", containers.find)
     discover.discover = timed("discover() total", discover.discover)
+    model.Snapshot.to_dict = timed("Snapshot.to_dict", model.Snapshot.to_dict)
+    output.json_bytes = timed("json_bytes (orjson, one call per item)", output.json_bytes)
     import namespacefs.core
 
     namespacefs.core.discover = discover.discover
-    sys.argv = ["nsfs", "ls", "--json"]
     start = clock()
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        cli.main()
+        cli.main(["ls", "--json"])
     total = clock() - start
     print(json.dumps({"import": imported, "command": total, **spent}))
 
 
-def phase_table(n: int, runs: int = 3) -> dict[str, float]:
+def phase_table(runs: int = 3) -> dict[str, float]:
     """Median per phase over a few child runs."""
     samples: dict[str, list[float]] = collections.defaultdict(list)
     for _ in range(runs):
@@ -287,8 +323,8 @@ def audit_reads(workdir: str) -> dict[str, Any]:
 
 
 def import_times() -> list[tuple[int, str]]:
-    """The slowest top-level imports (cumulative µs) of `nsfs ls --json`."""
-    done = retried([sys.executable, "-X", "importtime", "-m", "namespacefs", "ls", "--json"])
+    """The slowest top-level imports (cumulative µs) of `nsfs ls`."""
+    done = retried([sys.executable, "-X", "importtime", "-m", "namespacefs", "ls"])
     rows = []
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -326,97 +362,105 @@ def machine() -> str:
             f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
-def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: int) -> str:
-    lines = [
-        "# Discovery benchmark: `nsfs ls --json` vs `lsns -J`", "",
-        "Produced by `bench/discover_bench.py` (synthetic host: `bench/synthetic.py`). Numbers are wall times of a",
-        "fresh process per run (\"cold\": NSFS_NO_DAEMON=1, so always a scan, never a daemon's snapshot; names in a",
-        f"temp NSFS_DB; page cache warm), {repeat} alternating runs of each",
-        "command per N, on the same synthetic host in the same run.",
-        "Re-run (as root, ~7 min): `.venv/bin/python bench/discover_bench.py [--sizes 250,1000,4000] [--repeat 7]",
-        "[--no-profile] [--no-write]`; `.venv/bin/python bench/synthetic.py show N` builds, checks and",
-        "tears down one synthetic host. Other activity on the host adds to the spread; the load average is",
-        "recorded below.", "",
-        "## Machine", "", machine(), "",
-        "## Synthetic host", "",
+SHAPE_TEXT = {
+    "sets": [
         "N processes in N/10 namespace sets. Each set: a leader with a private mount namespace (tmpfs + one",
         "`ip netns add`-style nsfs bind mount of a net namespace nothing else holds), then a rotating mix of",
         "user/net/uts/ipc/cgroup/pid/time namespaces; 9 members forked into them. Every process holds ~8 fds",
         "(/dev/null, a file, a socketpair, a UDP socket, stdio); every 5th member holds an fd to a net namespace",
         "it is not in, every 5th a socket in one, every 5th fds to its own uts and ipc namespaces; every 4th set",
         "has a member with 5 threads, one in its own uts namespace. \"hidden\" = those fd-, socket-, thread- and",
-        "bind-mount-held namespaces, which no process is in.", "",
-        "## Results", "",
-        "| N | procs | threads | fds | mounts | nsfs median s (spread) | lsns median s (spread) | nsfs/lsns "
-        "| discover() s | ns found nsfs | ns found lsns | hidden found nsfs / lsns |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "bind-mount-held namespaces, which no process is in.",
+    ],
+    "dense": [
+        "N processes, each in its own uts, ipc, net, mnt and cgroup namespaces (5 per process: sandboxes,",
+        "browsers, systemd services with `Private*=`, single-process containers); each holds /dev/null and a",
+        "UDP socket besides stdio.",
+    ],
+}
+
+
+def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: int) -> str:
+    lines = [
+        "# Discovery benchmark: `nsfs ls --json` vs `lsns -J`", "",
+        "Produced by `bench/discover_bench.py` (synthetic hosts: `bench/synthetic.py`); how to run it:",
+        "`.venv/bin/python bench/discover_bench.py --help`. Numbers are wall times of a fresh process per run",
+        "(\"cold\": NSFS_NO_DAEMON=1, so always a scan, never a daemon's snapshot; names in a temp NSFS_DB; page",
+        f"cache warm), {repeat} alternating runs of each command per shape and N, on the same synthetic host in the",
+        "same run. nsfs/lsns is the median of the ratios of the interleaved pairs.", "",
     ]
-    for r in results:
-        nm, lm = statistics.median(r["nsfs"]), statistics.median(r["lsns"])
-        lines.append(
-            f"| {r['n']} | {r['processes']} | {r['threads']} | {r['fds']} | {r['mounts']} | {nm:.3f} ({spread(r['nsfs'])}) "
-            f"| {lm:.3f} ({spread(r['lsns'])}) | {nm / lm:.2f} | {statistics.median(r['discover']):.3f} "
-            f"| {r['nsfs_found']} | {r['lsns_found']} | {r['hidden_nsfs']} / {r['hidden_lsns']} of {r['hidden']} |")
-    lines += ["", "procs/threads/fds/mounts are counted from /proc by the bench (whole host, not only the synthetic",
-              "processes). `discover()` is the scan time nsfs itself reports (`duration` in its JSON).", "",
-              "Runs that failed and were repeated (see \"Failed runs\" below): "
-              + "; ".join(f"N={r['n']}: {r['failed']} of {r['failed'] + 3 * len(r['nsfs'])}" for r in results) + ".", "",
-              "Load average (1/5/15 min) before → after the timed runs: "
-              + "; ".join(f"N={r['n']}: {r['load']}" for r in results), ""]
-    lines += ["Like for like and CPU time: `nsfs (lsns's sources)` is `nsfs ls --json --sources process,bindmount`,",
-              "what util-linux 2.38's lsns looks at (no threads, fds or sockets); CPU = user + system seconds of the",
-              "command, which other load on the host disturbs less than wall time.", "",
-              "| N | nsfs (lsns's sources) wall s | ratio to lsns | nsfs CPU s | nsfs (lsns's sources) CPU s | lsns CPU s "
-              "| CPU ratio nsfs / lsns | CPU ratio like for like |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        med = {k: statistics.median(r[k]) for k in ("like", "lsns", "nsfs_cpu", "like_cpu", "lsns_cpu")}
-        lines.append(f"| {r['n']} | {med['like']:.3f} ({spread(r['like'])}) | {med['like'] / med['lsns']:.2f} "
-                     f"| {med['nsfs_cpu']:.3f} | {med['like_cpu']:.3f} | {med['lsns_cpu']:.3f} "
-                     f"| {med['nsfs_cpu'] / med['lsns_cpu']:.2f} | {med['like_cpu'] / med['lsns_cpu']:.2f} |")
-    lines.append("")
-    checks = []
-    for r in results:
-        strictly = r["nsfs_found"] > r["lsns_found"] and not r["only_lsns"]
-        checks.append(f"- N={r['n']}: nsfs finds {r['only_nsfs']} namespaces lsns does not, lsns finds {len(r['only_lsns'])} "
-                      f"nsfs does not ({'strictly more' if strictly else 'NOT strictly more'}"
-                      + (f": {'; '.join(r['only_lsns'][:5])}" if r["only_lsns"] else "") + "); hidden namespaces "
-                      f"with a wrong or missing holder kind in nsfs: {len(r['wrong_holders'])}"
-                      + (f" ({', '.join(r['wrong_holders'][:5])})" if r["wrong_holders"] else ""))
-    lines += ["## Finds strictly more", "", *checks, ""]
-
-    lines += ["## Linearity", "",
-              "Cost per unit (units = processes + threads + fds + mounts, whole host):", "",
-              "| N | units | nsfs µs/unit | discover() µs/unit | lsns µs/unit |", "|---|---|---|---|---|"]
-    for r in results:
-        u = r["units"]
-        lines.append(f"| {r['n']} | {u} | {statistics.median(r['nsfs']) / u * 1e6:.1f} "
-                     f"| {statistics.median(r['discover']) / u * 1e6:.1f} | {statistics.median(r['lsns']) / u * 1e6:.1f} |")
-    if len(results) >= 2:
-        lines += ["", "Least-squares fit over every run (t = a + b·units):", ""]
-        for label, key in (("nsfs ls --json", "nsfs"), ("discover()", "discover"), ("lsns -J", "lsns")):
-            px = [float(r["units"]) for r in results for _ in r[key]]
-            py = [t for r in results for t in r[key]]
-            a, b, r2 = fit(px, py)
-            lines.append(f"- {label}: a = {a * 1e3:.1f} ms, b = {b * 1e6:.2f} µs/unit, r² = {r2:.4f}")
-    lines.append("")
-
-    if "phases" in extra:
-        p = extra["phases"]
-        lines += [f"## Profile (N={extra['profile_n']})", "",
-                  "Per phase of one `nsfs ls --json` (median of 3 child runs; the phase functions wrapped in timers):", "",
+    if extra.get("preliminary"):
+        lines += ["**Preliminary: measured on a shared, loaded machine** (other work ran beside the bench: see the",
+                  "load averages). Use the ratios for guidance only; the final numbers come from a quiet machine.", ""]
+    lines += ["## Machine", "", machine(), ""]
+    if "small" in extra:
+        sm = extra["small"]
+        nm, lm = statistics.median(sm["nsfs"]), statistics.median(sm["lsns"])
+        lines += ["## Small host (no synthetic processes)", "",
+                  f"The host as it is: {sm['processes']} processes, {sm['namespaces']} namespaces (in process links). "
+                  f"`nsfs ls` {nm * 1e3:.0f} ms ({spread(sm['nsfs'])} s), `lsns` {lm * 1e3:.0f} ms "
+                  f"({spread(sm['lsns'])} s); load {sm['load']}.", ""]
+    for shape in dict.fromkeys(r["shape"] for r in results):
+        rows = [r for r in results if r["shape"] == shape]
+        lines += [f"## Shape \"{shape}\"", "", *SHAPE_TEXT[shape], "",
+                  "| N | procs | threads | fds | mounts | namespaces | nsfs median s (spread) | lsns median s (spread) "
+                  "| nsfs/lsns | discover() s | ns found nsfs | ns found lsns | hidden found nsfs / lsns |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            nm, lm = statistics.median(r["nsfs"]), statistics.median(r["lsns"])
+            lines.append(
+                f"| {r['n']} | {r['processes']} | {r['threads']} | {r['fds']} | {r['mounts']} | {r['namespaces']} "
+                f"| {nm:.3f} ({spread(r['nsfs'])}) | {lm:.3f} ({spread(r['lsns'])}) | {ratio(r['nsfs'], r['lsns']):.2f} "
+                f"| {statistics.median(r['discover']):.3f} | {r['nsfs_found']} | {r['lsns_found']} "
+                f"| {r['hidden_nsfs']} / {r['hidden_lsns']} of {r['hidden']} |")
+        lines += ["", "Like for like (`nsfs ls --json --sources process,bindmount`: what util-linux 2.38's lsns looks at)"
+                  " and CPU time (user + system):", "",
+                  "| N | like-for-like wall s | its ratio to lsns | nsfs CPU s | lsns CPU s | CPU ratio | load before → after |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['n']} | {statistics.median(r['like']):.3f} | {ratio(r['like'], r['lsns']):.2f} "
+                         f"| {statistics.median(r['nsfs_cpu']):.3f} | {statistics.median(r['lsns_cpu']):.3f} "
+                         f"| {ratio(r['nsfs_cpu'], r['lsns_cpu']):.2f} | {r['load']} |")
+        lines += ["", "Finds strictly more:", ""]
+        for r in rows:
+            strictly = r["nsfs_found"] >= r["lsns_found"] and not r["only_lsns"]
+            lines.append(f"- N={r['n']}: nsfs finds {r['only_nsfs']} namespaces lsns does not, lsns finds "
+                         f"{len(r['only_lsns'])} nsfs does not ({'none missed' if strictly else 'SOME MISSED'}"
+                         + (f": {'; '.join(r['only_lsns'][:5])}" if r["only_lsns"] else "") + "); hidden namespaces "
+                         f"with a wrong or missing holder kind in nsfs: {len(r['wrong_holders'])}"
+                         + (f" ({', '.join(r['wrong_holders'][:5])})" if r["wrong_holders"] else ""))
+        lines += ["", "Cost per unit (units = processes + threads + fds + mounts + namespaces, whole host):", "",
+                  "| N | units | nsfs µs/unit | discover() µs/unit | lsns µs/unit |", "|---|---|---|---|---|"]
+        for r in rows:
+            u = r["units"]
+            lines.append(f"| {r['n']} | {u} | {statistics.median(r['nsfs']) / u * 1e6:.1f} "
+                         f"| {statistics.median(r['discover']) / u * 1e6:.1f} | {statistics.median(r['lsns']) / u * 1e6:.1f} |")
+        if len(rows) >= 2:
+            lines += ["", "Least-squares fit over every run (t = a + b·units):", ""]
+            for label, key in (("nsfs ls --json", "nsfs"), ("discover()", "discover"), ("lsns -J", "lsns")):
+                px = [float(r["units"]) for r in rows for _ in r[key]]
+                py = [t for r in rows for t in r[key]]
+                a, b, r2 = fit(px, py)
+                lines.append(f"- {label}: a = {a * 1e3:.1f} ms, b = {b * 1e6:.2f} µs/unit, r² = {r2:.4f}")
+        lines.append("")
+    for shape, p in extra.get("phases", {}).items():
+        lines += [f"## Profile: shape \"{shape}\", N={extra['profile_n']}", "",
+                  "Per phase of one `nsfs ls --json` (median of 3 child runs; the phase functions wrapped in timers;",
+                  "indented phases are part of the one above):", "",
                   "| phase | s | share of command |", "|---|---|---|"]
         command = p["import"] + p["command"]
         lines.append(f"| imports (namespacefs.cli, discover) | {p['import']:.3f} | {p['import'] / command:.0%} |")
         for k, v in p.items():
             if k not in ("import", "command"):
                 lines.append(f"| {k} | {v:.3f} | {v / command:.0%} |")
-        rest = p["command"] - p.get("discover() total", 0.0) - p.get("names.apply (names database, after discover)", 0.0)
-        lines.append(f"| the rest: CLI, to_dict, JSON rendering, output | {rest:.3f} | {rest / command:.0%} |")
         lines.append(f"| **command total (in-process)** | {command:.3f} | |")
-        lines += ["", "pyinstrument (library frames folded), top of the call tree:", "", "```", *extra["profile"], "```", ""]
+        lines.append("")
+    if "profile" in extra:
+        lines += [f"pyinstrument of one `nsfs ls --json` (shape \"{extra['pyinstrument_shape']}\", "
+                  f"N={extra['profile_n']}), top of the call tree:", "", "```", *extra["profile"], "```", ""]
     if "audit" in extra:
         a = extra["audit"]
-        lines += [f"## Reads per snapshot (N={extra['audit_n']})", "",
+        lines += [f"## Reads per snapshot (shape \"sets\", N={extra['audit_n']})", "",
                   "`strace -f -y -e trace=openat,readlinkat` of one `nsfs ls --json`; /proc paths only, dirfd-relative",
                   f"names resolved through `-y`. Calls: {a['calls']}; distinct (call, path): {a['distinct']}; "
                   f"(call, path) pairs seen more than once: {a['repeated']}.", ""]
@@ -425,14 +469,12 @@ def write_results(results: list[dict[str, Any]], extra: dict[str, Any], repeat: 
             lines += [f"| `{k}` | {v} |" for k, v in sorted(a["patterns"].items(), key=lambda kv: -kv[1])]
             lines.append("")
     if "imports" in extra:
-        lines += ["## Imports of `nsfs ls --json`", "", "`python -X importtime`, top-level modules, cumulative:", "",
+        lines += ["## Imports of `nsfs ls`", "", "`python -X importtime`, top-level modules, cumulative:", "",
                   "| module | ms |", "|---|---|"]
         lines += [f"| {name} | {us / 1000:.1f} |" for us, name in extra["imports"][:12]]
         lines.append("")
     if FAILURES:
         lines += ["## Failed runs (retried)", "", *[f"- `{cmd}`: {msg}" for cmd, msg in FAILURES], ""]
-    if extra.get("notes"):
-        lines += ["## Notes", "", *extra["notes"], ""]
     return "\n".join(lines)
 
 
@@ -441,15 +483,22 @@ def main() -> None:
         phases()
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="250,1000,4000", help="comma-separated N (default 250,1000,4000)")
-    parser.add_argument("--repeat", type=int, default=7, help="runs of each command per N (default 7)")
-    parser.add_argument("--no-profile", action="store_true", help="skip pyinstrument, phases, strace and importtime")
+    parser.add_argument("--sizes", default="250,1000,3000,4000", help="comma-separated N (default 250,1000,3000,4000)")
+    parser.add_argument("--shapes", default="sets,dense", help="comma-separated shapes: sets, dense (default both)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each command per shape and N (default 5)")
+    parser.add_argument("--profile-n", type=int, default=1000, help="N of the per-phase profile (default 1000)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the phases, pyinstrument, strace and importtime")
     parser.add_argument("--no-write", action="store_true", help="print the results instead of writing the file")
+    parser.add_argument("--final", action="store_true",
+                        help="a quiet machine: do not mark the results as preliminary")
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--sizes: not a list of numbers: {args.sizes}")
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not shapes or set(shapes) - set(SHAPES):
+        parser.error(f"--shapes: each one of {', '.join(SHAPES)}")
     if not sizes or min(sizes) < 10 or args.repeat < 1:
         parser.error("every size must be at least 10 and --repeat at least 1")
     if os.geteuid() != 0:
@@ -460,22 +509,28 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    results, extra = [], {}
+    results: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"preliminary": not args.final}
     with tempfile.TemporaryDirectory(prefix="nsfs-discover-bench-out-") as workdir:
         # cold means a scan: never a running daemon's snapshot; and names go to a temp database
         os.environ["NSFS_NO_DAEMON"] = "1"
         os.environ["NSFS_DB"] = f"{workdir}/names.db"
+        extra["small"] = measure_small(max(args.repeat, 9))
         for n in sizes:
-            results.append(measure(n, args.repeat))
+            for shape in shapes:
+                results.append(measure(n, args.repeat, shape))
         if not args.no_profile:
-            big, small = max(sizes), min(sizes)
-            with SyntheticHost(big):
-                print(f"profiling at N={big}", flush=True)
-                extra["phases"], extra["profile_n"] = phase_table(big), big
-                extra["profile"] = summarize_profile(pyinstrument_profile(workdir))
-            with SyntheticHost(small):
-                print(f"auditing reads at N={small}", flush=True)
-                extra["audit"], extra["audit_n"] = audit_reads(workdir), small
+            extra["phases"], extra["profile_n"] = {}, args.profile_n
+            for shape in shapes:
+                with SyntheticHost(args.profile_n, shape):
+                    print(f"profiling {shape} at N={args.profile_n}", flush=True)
+                    extra["phases"][shape] = phase_table()
+                    if shape == shapes[-1]:
+                        extra["profile"] = summarize_profile(pyinstrument_profile(workdir))
+                        extra["pyinstrument_shape"] = shape
+            with SyntheticHost(min(sizes)):
+                print(f"auditing reads at N={min(sizes)}", flush=True)
+                extra["audit"], extra["audit_n"] = audit_reads(workdir), min(sizes)
             extra["imports"] = import_times()
     text = write_results(results, extra, args.repeat)
     if args.no_write:

@@ -1,9 +1,16 @@
-"""A synthetic host for the discovery benchmark: N processes spread over many namespace sets.
+"""A synthetic host for the discovery benchmark: N processes in one of two shapes.
 
-    with SyntheticHost(1000) as host:      # builds it (a few seconds), verifies it, tears it down
-        host.manifest                       # what was made: pids, expected hidden namespaces, totals
+    with SyntheticHost(1000) as host:            # builds it (a few seconds), verifies it, tears it down
+        host.manifest                             # what was made: pids, expected hidden namespaces, totals
+    with SyntheticHost(1000, "dense") as host:   # the namespace-dense shape
 
-The processes are split into sets of GROUP processes. Each set is one "container": a leader that
+"dense": every process sits in its own uts, ipc, net, mnt and cgroup namespaces (five per process;
+what sandboxes, browsers, systemd services with `Private*=` and single-process containers look
+like). Each is forked by the builder, unshares the five (its mount tree made private, so nothing
+mounted on the host propagates into thousands of copies), keeps /dev/null and a UDP socket open and
+becomes `busybox sleep`.
+
+"sets" (the default): the processes are split into sets of GROUP processes. Each set is one "container": a leader that
 unshares a private mount namespace (with a tmpfs and an `ip netns add`-style nsfs bind mount of
 a net namespace nothing else holds) and then a rotating mix of user (mapped 0 -> 0), net, uts,
 ipc, cgroup, pid and time namespaces; its members are forked after that, so they share the set's
@@ -48,6 +55,7 @@ from typing import Any
 
 from namespacefs import kernel
 
+SHAPES = ("sets", "dense")
 GROUP = 10  # processes per namespace set (leader + members)
 THREADED_EVERY = 4  # every 4th set has one multi-threaded member
 THREADS = 4  # threads of that member (one of them in its own uts namespace)
@@ -216,7 +224,55 @@ def _leader(report: _Reporter, workdir: str, set_no: int, size: int) -> None:
 # --- the builder -----------------------------------------------------------------------------------
 
 
-def build(n: int, workdir: str, manifest: str) -> None:
+#: The namespaces each process of the dense shape has of its own.
+DENSE = ("mnt", "uts", "ipc", "net", "cgroup")
+
+
+def _dense(report: _Reporter) -> None:
+    """One process of the dense shape: its own DENSE namespaces, two fds, then sleep forever."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    kernel.unshare(_flags(DENSE))
+    kernel.mount("none", "/", None, kernel.MS_REC | MS_PRIVATE)
+    fds = [os.open("/dev/null", os.O_RDONLY), socket.socket(socket.AF_INET, socket.SOCK_DGRAM).detach()]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    report(kind="dense", pid=_host_pid(), namespaces={t: _ns_inode(t) for t in DENSE})
+    report(kind="ready", pid=_host_pid(), set=-1, threads=1)
+    os.execv(SLEEPER[0], SLEEPER)
+
+
+def _start_dense(n: int, report: _Reporter, read_end: int) -> int:
+    for _ in range(n):
+        if os.fork() == 0:
+            try:
+                os.close(read_end)
+                _dense(report)
+            except BaseException as e:
+                with contextlib.suppress(Exception):
+                    report(kind="error", set=-1, error=repr(e))
+            finally:
+                os._exit(1)
+    return n
+
+
+def _start_sets(n: int, workdir: str, report: _Reporter, read_end: int) -> int:
+    sets = [GROUP] * (n // GROUP) + ([n % GROUP] if n % GROUP else [])
+    for set_no, size in enumerate(sets):
+        if os.fork() == 0:
+            try:
+                os.close(read_end)
+                _leader(report, workdir, set_no, size)
+            except BaseException as e:  # report, never fall back into the builder's loop
+                with contextlib.suppress(Exception):
+                    report(kind="error", set=set_no, error=repr(e))
+            finally:
+                os._exit(1)
+    return len(sets)
+
+
+def build(n: int, workdir: str, manifest: str, shape: str = "sets") -> None:
     """Runs as the process-group leader: make N processes, write the manifest, print READY, wait."""
     if os.getpgrp() != os.getpid():
         os.setpgid(0, 0)
@@ -234,20 +290,10 @@ def build(n: int, workdir: str, manifest: str) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))  # ours and our children's only
     Path(workdir, "mnt").mkdir(exist_ok=True)
     Path(workdir, "data").write_bytes(b"synthetic\n")
-    sets = [GROUP] * (n // GROUP) + ([n % GROUP] if n % GROUP else [])
     read_end, write_end = os.pipe()
     report = _Reporter(write_end)
     started = time.perf_counter()
-    for set_no, size in enumerate(sets):
-        if os.fork() == 0:
-            try:
-                os.close(read_end)
-                _leader(report, workdir, set_no, size)
-            except BaseException as e:  # report, never fall back into the builder's loop
-                with contextlib.suppress(Exception):
-                    report(kind="error", set=set_no, error=repr(e))
-            finally:
-                os._exit(1)
+    sets = _start_dense(n, report, read_end) if shape == "dense" else _start_sets(n, workdir, report, read_end)
     os.close(write_end)
     records: list[dict[str, Any]] = []
     ready = 0
@@ -261,7 +307,7 @@ def build(n: int, workdir: str, manifest: str) -> None:
     if ready != n:
         raise RuntimeError(f"only {ready} of {n} processes came up")
     data = {
-        "n": n, "build_seconds": time.perf_counter() - started, "sets": len(sets), "builder": os.getpid(),
+        "n": n, "shape": shape, "build_seconds": time.perf_counter() - started, "sets": sets, "builder": os.getpid(),
         "records": records, "threads": sum(r["threads"] for r in records if r["kind"] == "ready"),
     }
     Path(manifest).write_text(json.dumps(data))
@@ -279,8 +325,11 @@ def build(n: int, workdir: str, manifest: str) -> None:
 class SyntheticHost:
     """Build (in a separate process group), verify and tear down one synthetic host."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, shape: str = "sets") -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r} (one of {', '.join(SHAPES)})")
         self.n = n
+        self.shape = shape
         self.workdir = tempfile.mkdtemp(prefix="nsfs-discover-bench-")
         self.proc: subprocess.Popen[str] | None = None
         self.manifest: dict[str, Any] = {}
@@ -299,7 +348,7 @@ class SyntheticHost:
     def start(self) -> None:
         manifest = f"{self.workdir}/manifest.json"
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "build", str(self.n), self.workdir, manifest],
+            [sys.executable, __file__, "build", str(self.n), self.workdir, manifest, self.shape],
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -326,6 +375,9 @@ class SyntheticHost:
         for pid in self.pids:
             if os.getpgid(pid) != group:
                 raise RuntimeError(f"synthetic process {pid} is not in the bench's process group")
+        for r in self.of_kind("dense"):
+            if any(_ns_inode(t) == inode for t, inode in r["namespaces"].items()):
+                raise RuntimeError(f"synthetic process {r['pid']} shares a namespace with the bench: {r}")
         for r in self.hidden:
             if r["kind"] == "fd":
                 ok = any(os.readlink(f"/proc/{r['pid']}/fd/{fd}") == f"net:[{r['inode']}]"
@@ -401,15 +453,18 @@ def main() -> None:
     b.add_argument("n", type=int)
     b.add_argument("workdir")
     b.add_argument("manifest")
+    b.add_argument("shape", nargs="?", default="sets", choices=SHAPES)
     s = sub.add_parser("show", help="build a host of N processes, print a summary, tear it down")
     s.add_argument("n", type=int)
+    s.add_argument("--shape", default="sets", choices=SHAPES)
     args = parser.parse_args()
     if args.command == "build":
-        build(args.n, args.workdir, args.manifest)
+        build(args.n, args.workdir, args.manifest, args.shape)
     else:
-        with SyntheticHost(args.n) as host:
+        with SyntheticHost(args.n, args.shape) as host:
             m = host.manifest
-            print(f"{m['n']} processes in {m['sets']} sets, {m['threads']} threads, built in {m['build_seconds']:.2f}s; "
+            print(f"{m['n']} processes ({m['shape']}) in {m['sets']} sets, {m['threads']} threads, "
+                  f"built in {m['build_seconds']:.2f}s; "
                   f"hidden namespaces: {len(host.hidden)}")
 
 

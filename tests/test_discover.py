@@ -7,17 +7,15 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import nsfs
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, discover, parallel
+from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Holder, Namespace, Snapshot, diff
 
 INITIAL_USER = os.stat("/proc/self/ns/user").st_ino
@@ -299,76 +297,6 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-SPLIT_SCAN = """
-import json, os, sys
-from namespacefs.discover import discover, parallel
-from namespacefs.discover.state import Scan
-parallel.PARALLEL_FROM = int(sys.argv[1])
-if sys.argv[2] == "break":
-    Scan.portable = lambda self: 1 / 0  # the child dies before it sends its part
-forks = []
-fork = os.fork
-def counted():
-    forks.append(1)
-    if sys.argv[2] == "nofork":
-        raise BlockingIOError(11, "Resource temporarily unavailable")  # EAGAIN: at the process limit
-    return fork()
-os.fork = counted
-snapshot = discover()
-print(json.dumps({"split": bool(forks), **snapshot.to_dict()}))
-"""
-
-
-def scan_in_child(parallel_from: int, child: str = "works") -> dict[str, Any]:
-    """discover() in a fresh (single-threaded, so allowed to fork) interpreter, with the threshold
-    for the second reader set to parallel_from processes."""
-    out = subprocess.run([sys.executable, "-c", SPLIT_SCAN, str(parallel_from), child], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
-    return json.loads(out)
-
-
-def test_a_large_host_is_read_by_two_processes_with_the_same_result(holder):
-    """From PARALLEL_FROM processes on, a forked child reads part of the processes; whatever part a
-    process falls in, its namespaces are found the same, with the same owners, parents and ids."""
-    made = {shape: holder(shape) for shape in ("thread-uts", "fd-net", "socket-net", "owner-only-userns")}
-    split, whole = scan_in_child(2), scan_in_child(10**9)
-    assert split["split"] and not whole["split"]
-    kinds = {"thread-uts": ("uts", "uts", "task"), "fd-net": ("net", "net", "fd"),
-             "socket-net": ("net", "net", "socket"), "owner-only-userns": ("user", "user", "owner")}
-    for data in (split, whole):
-        by_inode = {ns["inode"]: ns for ns in data["namespaces"]}
-        for shape, info in made.items():
-            key, nstype, kind = kinds[shape]
-            ns = by_inode.get(info[key])
-            assert ns is not None and ns["type"] == nstype and kind in {h["kind"] for h in ns["holders"]}, shape
-        assert {info["pid"] for info in made.values()} <= {p["pid"] for p in data["processes"]}
-    # the hierarchy each reader resolved for its part agrees with a single reader's
-    one = {ns["inode"]: (ns["type"], ns["id"], ns["owner"], ns["parent"]) for ns in whole["namespaces"]}
-    two = {ns["inode"]: (ns["type"], ns["id"], ns["owner"], ns["parent"]) for ns in split["namespaces"]}
-    assert {i: two[i] for i in one.keys() & two.keys()} == {i: one[i] for i in one.keys() & two.keys()}
-    # every process of the host is read once, by one of the two readers
-    assert abs(len(split["processes"]) - len(whole["processes"])) < 10
-    assert len({p["pid"] for p in split["processes"]}) == len(split["processes"])
-
-
-def test_a_failed_split_reader_costs_nothing(holder):
-    made = holder("fd-net")
-    snap, whole = scan_in_child(2, "break"), scan_in_child(10**9)
-    assert snap["split"]
-    net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
-    assert "fd" in {h["kind"] for h in net["holders"]}
-    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10  # the child's part was read here
-
-
-def test_a_host_at_its_process_limit_is_read_by_one_reader(holder):
-    made = holder("socket-net")
-    snap, whole = scan_in_child(2, "nofork"), scan_in_child(10**9)
-    assert snap["split"]  # the fork was tried, and failed
-    net = next(ns for ns in snap["namespaces"] if ns["inode"] == made["net"])
-    assert "socket" in {h["kind"] for h in net["holders"]}
-    assert abs(len(snap["processes"]) - len(whole["processes"])) < 10
-
-
 def test_a_snapshot_is_immutable_and_survives_pickling():
     snap = discover(sources={"process"})
     with pytest.raises(AttributeError):
@@ -377,16 +305,6 @@ def test_a_snapshot_is_immutable_and_survives_pickling():
     assert (other.kernel, snap.kernel) == ("x", os.uname().release) and other.namespaces is snap.namespaces
     again = pickle.loads(pickle.dumps(snap))
     assert again.to_dict() == snap.to_dict() and again.by_id(next(iter(snap)).id) is not None
-
-
-def test_chunks_cover_every_pid_once_and_shrink():
-    assert parallel.chunks(0) == []
-    for n in (1, 7, 150, 1000, 4_000_000):
-        bounds = parallel.chunks(n)
-        assert [lo for lo, _ in bounds] == [0] + [hi for _, hi in bounds[:-1]] and bounds[-1][1] == n
-        assert len(bounds) <= 2048
-        sizes = [hi - lo for lo, hi in bounds]
-        assert sizes == sorted(sizes, reverse=True) or n < 16
 
 
 def test_a_mount_namespace_id_is_the_same_from_both_ioctls():

@@ -5,20 +5,19 @@ themselves."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from namespacefs.discover import SOURCES, discover
 from namespacefs.model import Snapshot
 
 
 def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | None = None,
-             alongside: Callable[[], object] | None = None, strict: bool = False) -> Snapshot:
+             strict: bool = False) -> Snapshot:
     """A complete snapshot of the host, with every namespace named (Namespace.name and .path, from
     the names database `db`, else $NSFS_DB, else the default; see namespacefs.names). When a daemon
     (`nsfs serve`) is running and the caller wants every source, its live snapshot is used (no scan);
     fresh=True, other sources, or NSFS_NO_DAEMON=1 in the environment always scan. A names database
-    that cannot be read is logged (namespacefs.names) and default names are used. `alongside`:
-    the caller's own preparation (imports), run while a scan's second reader scans. strict: a names
+    that cannot be read is logged (namespacefs.names) and default names are used. strict: a names
     database that cannot be read is an error (names.NameError), for commands that write to it."""
     sources = tuple(sources)
     snap: Snapshot | None = None
@@ -27,18 +26,8 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
 
         snap = fetch_snapshot(timeout=2.0)
     if snap is None:
-        def prepare() -> None:
-            _import_names()
-            if alongside is not None:
-                alongside()
-
-        snap = discover(sources, alongside=prepare)
+        snap = discover(sources)
     from namespacefs import names
 
     return names.apply(snap, db, strict=strict)
 
-
-def _import_names() -> None:
-    """Naming's modules take ~30 ms to import: done while discovery's second reader scans."""
-    import namespacefs.containers
-    import namespacefs.names  # noqa: F401

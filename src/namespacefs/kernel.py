@@ -13,6 +13,12 @@ Sources (x86_64 and generic syscall numbers, uapi headers):
 
 Everything here is a thin, typed wrapper that raises OSError with the kernel's errno; policy
 (what to do when a process vanished, when access is denied) lives in the callers.
+
+The other half of the kernel layer is compiled: namespacefs._walk (src/namespacefs/_walk.c) makes
+discovery's syscalls in a loop (openat, readlinkat, getdents64, read, fstat; NS_GET_NSTYPE,
+NS_GET_ID, NS_GET_MNTNS_ID, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID from linux/nsfs.h;
+SIOCGSKNS from linux/sockios.h; pidfd_open, pidfd_getfd), each citing its header there, and
+returns plain tuples (see namespacefs.discover.processes).
 """
 
 from __future__ import annotations

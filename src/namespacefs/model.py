@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
 from namespacefs.kernel import NS_TYPES
@@ -26,8 +27,7 @@ DIRECT_KINDS: Final[frozenset[str]] = frozenset(HOLDER_KINDS) - {"parent", "owne
 
 
 class Holder(NamedTuple):
-    """One reason a namespace is alive. Only the fields that fit the kind are set. A named tuple:
-    tens of thousands are made per scan, three times faster than a frozen dataclass."""
+    """One reason a namespace is alive. Only the fields that fit the kind are set."""
 
     kind: str
     pid: int | None = None
@@ -39,17 +39,12 @@ class Holder(NamedTuple):
     via: int | None = None  # parent/owner: the inode of the namespace it is parent/owner of
 
     def to_dict(self) -> dict[str, Any]:
-        if self.pid is not None and self[2:] == _UNSET:  # most holders are a process: twice as fast
-            return {"kind": self.kind, "pid": self.pid}
         return {name: v for name, v in zip(self._fields, self, strict=True) if v is not None}
 
     def describe(self) -> str:
         """A short human form: 'fd pid=12 fd=4', 'bindmount /run/netns/a (mnt 4026532...)'."""
         extra = " ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
         return f"{self.kind} {extra}".strip()
-
-
-_UNSET = (None,) * (len(Holder._fields) - 2)
 
 
 def indirect_holders(relations: Iterable[tuple[int, int | None, int | None]]) -> dict[int, list[Holder]]:
@@ -66,7 +61,7 @@ def indirect_holders(relations: Iterable[tuple[int, int | None, int | None]]) ->
 
 
 class Process(NamedTuple):
-    """One process as the scan saw it (a named tuple, like Holder: one per process per scan)."""
+    """One process as the scan saw it."""
 
     pid: int
     ppid: int
@@ -77,6 +72,7 @@ class Process(NamedTuple):
     nspid: tuple[int, ...]  # pid in each pid namespace, outermost (ours) first
     threads: int
     namespaces: Mapping[str, int]  # type -> inode, plus pid_for_children/time_for_children
+    cgroup: bytes | None = None  # /proc/PID/cgroup as the scan read it, for container recognition
 
     @property
     def command(self) -> str:
@@ -91,8 +87,7 @@ class Process(NamedTuple):
 
 
 class Namespace(NamedTuple):
-    """One namespace and everything known about it (a named tuple, like Holder: made twice per
-    namespace per scan, once found and once named, five times cheaper than a frozen dataclass)."""
+    """One namespace and everything known about it."""
 
     type: str
     inode: int
@@ -146,14 +141,9 @@ class Namespace(NamedTuple):
         }
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
-    """Every namespace and process seen in one scan. Immutable like the rest of the model, but a
-    plain class: discovery needs it before it forks its second reader, and importing dataclasses
-    would cost that moment 11 ms."""
-
-    __slots__ = ("_by_id", "_children", "_owned", "boot_id", "duration", "errors", "kernel", "namespaces",
-                 "processes", "sources", "taken_at")
-    FIELDS = ("boot_id", "kernel", "taken_at", "duration", "namespaces", "processes", "errors", "sources")
+    """Every namespace and process seen in one scan (each one its own: compared by identity)."""
 
     boot_id: str
     kernel: str
@@ -161,41 +151,34 @@ class Snapshot:
     duration: float  # seconds the scan took
     namespaces: Mapping[int, Namespace]  # inode -> namespace (nsfs inodes are unique across types)
     processes: Mapping[int, Process]
-    errors: Mapping[str, int]  # what could not be read, counted by reason
-    sources: tuple[str, ...]
+    errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
+    sources: tuple[str, ...] = ()
+    # indexes, derived from namespaces
+    _by_id: dict[int, Namespace] = field(init=False, repr=False, compare=False)
+    _owned: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
+    _children: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
 
-    def __init__(self, boot_id: str, kernel: str, taken_at: float, duration: float,
-                 namespaces: Mapping[int, Namespace], processes: Mapping[int, Process],
-                 errors: Mapping[str, int] | None = None, sources: tuple[str, ...] = ()) -> None:
-        values = (boot_id, kernel, taken_at, duration, namespaces, processes, errors or {}, sources)
-        for name, value in zip(self.FIELDS, values, strict=True):
-            object.__setattr__(self, name, value)
+    def __post_init__(self) -> None:
         by_id: dict[int, Namespace] = {}
         owned: dict[int | None, list[Namespace]] = {}
         children: dict[int | None, list[Namespace]] = {}
-        for ns in namespaces.values():
+        for ns in self.namespaces.values():
             if ns.id is not None:
                 by_id[ns.id] = ns
             owned.setdefault(ns.owner, []).append(ns)
             if ns.type in ("pid", "user"):
                 children.setdefault(ns.parent, []).append(ns)
-        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_by_id", by_id)  # (how a frozen dataclass sets a derived field)
         object.__setattr__(self, "_owned", owned)
         object.__setattr__(self, "_children", children)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"a Snapshot is immutable (use replace): cannot set {name}")
 
     def __repr__(self) -> str:
         return (f"Snapshot(boot_id={self.boot_id!r}, taken_at={self.taken_at!r}, "
                 f"{len(self.namespaces)} namespaces, {len(self.processes)} processes)")
 
-    def __reduce__(self) -> tuple[type[Snapshot], tuple[Any, ...]]:
-        return Snapshot, tuple(getattr(self, name) for name in self.FIELDS)
-
     def replace(self, **changes: Any) -> Snapshot:
-        """A copy with some fields changed (as dataclasses.replace)."""
-        return Snapshot(**{name: changes.pop(name, getattr(self, name)) for name in self.FIELDS}, **changes)
+        """A copy with some fields changed."""
+        return replace(self, **changes)
 
     def __iter__(self) -> Iterator[Namespace]:
         return iter(self.namespaces.values())

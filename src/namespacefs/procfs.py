@@ -92,12 +92,13 @@ def parse_mountinfo(data: bytes) -> list[Mount]:
 
 
 def nsfs_mounts(data: bytes) -> list[tuple[str, int, str]]:
-    """The nsfs bind mounts in a mountinfo text, as (type, inode, mountpoint); cheap pre-filter
-    because most hosts have none."""
+    """The nsfs bind mounts in a mountinfo text, as (type, inode, mountpoint); only the lines that
+    name nsfs are parsed (a host's `ip netns` mounts are copied into every mount namespace made
+    after them: the whole table of each is not worth parsing for them)."""
     if b" nsfs " not in data:
         return []
     found = []
-    for m in parse_mountinfo(data):
+    for m in parse_mountinfo(b"\n".join(line for line in data.split(b"\n") if b" nsfs " in line)):
         if m.fstype == "nsfs" and (link := parse_ns_link(m.root)):
             found.append((link[0], link[1], m.mountpoint))
     return found

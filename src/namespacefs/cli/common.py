@@ -11,7 +11,6 @@ from functools import cache
 
 from namespacefs import core, targets
 from namespacefs.cli import UserError
-from namespacefs.cli.output import load_encoder
 from namespacefs.discover import SOURCES
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
@@ -68,8 +67,7 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
     verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
-                         fresh=bool(getattr(args, "verbose", False)),
-                         alongside=load_encoder if getattr(args, "json", False) else None)
+                         fresh=bool(getattr(args, "verbose", False)))
 
 
 def ns_type(text: str) -> str:

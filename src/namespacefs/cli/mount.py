@@ -16,9 +16,6 @@ from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import add_source_options, chosen_sources
 from namespacefs.fs.mounting import DEFAULT_MOUNTPOINT, MountError, absolute
 
-#: These commands run until stopped: the cyclic collector stays on (see cli.main).
-KEEPS_RUNNING = True
-
 #: How long `nsfs mount` waits for the background server to report that it has mounted.
 READY_TIMEOUT = 30.0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from namespacefs.cli import UserError
@@ -18,8 +17,7 @@ Row = TypeVar("Row")
 
 
 class Column(NamedTuple, Generic[Row]):
-    """One column of a table (a named tuple: `ls` imports this before its scan forks, and
-    dataclasses would cost that moment 11 ms). The flags are libsmartcols's: `trunc`
+    """One column of a table The flags are libsmartcols's: `trunc`
     (SCOLS_FL_TRUNC) lets the renderer shrink it when the table is wider than the terminal (down
     to its header's width), `right` (SCOLS_FL_RIGHT) aligns it right, `whint` is its absolute width
     hint (it is at least that wide, as lsns's NS is 10 and PID 5); `number` is its JSON type
@@ -230,38 +228,22 @@ def print_json(data: Any) -> None:
 
 def json_bytes(data: Any) -> bytes:
     """JSON laid out for both people and speed: each top-level key on its own line, each item of a
-    top-level list on its own line, compact inside. orjson encodes `nsfs ls --json` (1 MB at 1,000
-    processes) five times faster than the json module."""
-    dumps = load_encoder()
+    top-level list on its own line, compact inside (orjson: `nsfs ls --json` is 1 MB at 1,000
+    processes, encoded five times faster than by the json module)."""
+    import orjson  # (only the commands that print JSON need it)
+
+    def dumps(value: Any) -> bytes:
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
     if not isinstance(data, dict):
         return dumps(data) + b"\n"
     lines = []
     for key, value in data.items():
         if isinstance(value, list) and value:
-            lines.append(b"  %s: [\n    %s\n  ]" % (dumps(key), b",\n    ".join(_items(dumps, value))))
+            lines.append(b"  %s: [\n    %s\n  ]" % (dumps(key), b",\n    ".join(map(dumps, value))))
         else:
             lines.append(b"  %s: %s" % (dumps(key), dumps(value)))
     return b"{\n" + b",\n".join(lines) + b"\n}\n"
-
-
-#: Put between the items of a list to encode it in one call (one call per item costs three times
-#: as much, in page faults). No string nsfs prints holds a NUL (the kernel's cannot), and if one
-#: ever did, the count of pieces would show it: the items are then encoded one by one.
-_BETWEEN = "\0"
-_ENCODED_BETWEEN = b',"\\u0000",'
-
-
-def _items(dumps: Callable[[Any], bytes], items: list[Any]) -> list[bytes]:
-    """The encoding of each item of a list."""
-    spaced = [_BETWEEN] * (2 * len(items) - 1)
-    spaced[::2] = items
-    pieces = dumps(spaced)[1:-1].split(_ENCODED_BETWEEN)
-    return pieces if len(pieces) == len(items) else list(map(dumps, items))
-
-
-def load_encoder() -> Callable[[Any], bytes]:
-    """The JSON encoder, imported on first use (~10 ms with what orjson imports: `take_snapshot`
-    calls this while the scan runs, so `ls --json` does not wait for it)."""
-    import orjson
-
-    return partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)

@@ -15,9 +15,6 @@ from namespacefs.kernel import NS_TYPES
 from namespacefs.service import DEFAULT_SOCKET
 from namespacefs.service.events import KINDS, LIFECYCLE, Event
 
-#: These commands run until stopped: the cyclic collector stays on (see cli.main).
-KEEPS_RUNNING = True
-
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--socket", metavar="PATH", default=None,

@@ -29,8 +29,9 @@ class Candidate:
 
     @property
     def cgroups(self) -> dict[str, str]:
-        if self._cgroups is None:
-            self._cgroups = read_cgroups(self.init.pid, self.proc)
+        if self._cgroups is None:  # as the scan read it, else (a daemon's snapshot) read now
+            cgroup = self.init.cgroup
+            self._cgroups = procfs.parse_cgroup(cgroup) if cgroup is not None else read_cgroups(self.init.pid, self.proc)
         return self._cgroups
 
     def cgroup_paths(self) -> list[str]:

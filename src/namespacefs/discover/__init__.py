@@ -1,8 +1,8 @@
 """Discovery: one scan of the host, made of independent sources that each add to one Scan, frozen
-into an immutable Snapshot at the end. Everything follows from the processes (their links, threads,
-fds and sockets, the mount tables of their mount namespaces, and the owners, parents and id maps of
-all of it), so a host with enough processes is read by two readers that split them between them
-(discover.parallel); each namespace is still read once (Scan.claim).
+into an immutable Snapshot at the end. Everything follows from the processes: one compiled walk of
+/proc (discover.processes) reads their links, threads, fds and sockets, and the ids, owners and
+parents of the namespaces it sees; then the mount tables of their mount namespaces (bindmount),
+the namespaces the walk could not open (hierarchy), and the id maps of the user namespaces.
 
     snapshot = discover()                       # every source
     snapshot = discover(sources={"process"})    # only what processes are in
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from namespacefs import kernel, procfs
-from namespacefs.discover import hierarchy, mounts, parallel, processes, sockets
-from namespacefs.discover.state import MAPS, Found, Scan
+from namespacefs.discover import hierarchy, mounts, processes
+from namespacefs.discover.state import Found, Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
 
 #: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
@@ -31,32 +31,20 @@ def boot_id(proc: str = "/proc") -> str:
         return f.read().strip()
 
 
-def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc",
-             alongside: Callable[[], object] | None = None) -> Snapshot:
-    """Scan the host and return a snapshot of every namespace the chosen sources can find.
-    `alongside` is work of the caller's to run while a second reader scans (see parallel)."""
+def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
+    """Scan the host and return a snapshot of every namespace the chosen sources can find."""
     chosen = frozenset(sources)
     unknown = chosen - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown discovery source(s): {', '.join(sorted(unknown))}")
     started, clock = time.time(), time.perf_counter()
     state = Scan(proc=proc)
-
-    def read_part(part: Scan, pids: Iterable[int] = ()) -> None:
-        """Everything that follows from some processes alone: what they are in and hold, their
-        sockets' namespaces, the mount tables of their mount namespaces, and the owners, parents
-        and id maps of all of it. After the merge (no pids) it does what is left."""
-        processes.scan(part, chosen, pids)
-        if "socket" in chosen:
-            sockets.scan(part)
-        if "bindmount" in chosen:
-            mounts.scan(part)
-        hierarchy.resolve(part)
-        _read_user_maps(part)
-
     try:
-        parallel.read(state, processes.pids(proc), read_part, alongside)
-        read_part(state)  # what neither reader did (see Scan.claim)
+        processes.scan(state, chosen)
+        if "bindmount" in chosen:
+            mounts.scan(state)
+        hierarchy.resolve(state)
+        _read_user_maps(state)
         if "listns" in chosen:
             _cross_check_listns(state)
     finally:
@@ -97,7 +85,7 @@ def _read_user_maps(state: Scan) -> None:
     state.user_maps (read once each)."""
     maps = state.user_maps
     for inode, ns in state.found.items():
-        if ns.type != "user" or not ns.processes or inode in maps or not state.claim(inode, MAPS):
+        if ns.type != "user" or not ns.processes or inode in maps:
             continue
         for pid in ns.processes:
             base = f"{state.proc}/{pid}/"

@@ -11,19 +11,18 @@ import errno
 
 from namespacefs import procfs
 from namespacefs.discover.processes import read_at
-from namespacefs.discover.state import MOUNTS, Scan
+from namespacefs.discover.state import Scan
 from namespacefs.model import Holder
 
 
 def scan(state: Scan) -> None:
-    """Read the mount table of each mount namespace in state.mount_readers not read yet (and not
-    claimed by the other reader)."""
+    """Read the mount table of each mount namespace in state.mount_readers not read yet."""
     for mntns, readers in state.mount_readers.items():
-        if mntns in state.mounts_read or not state.claim(mntns, MOUNTS):
+        if mntns in state.mounts_read:
             continue
         read = _first_readable(state, readers)
         if read is None:
-            continue  # every reader gone: left for after the merge, when the other's may be alive
+            continue  # every reader gone
         state.mounts_read.add(mntns)
         pid, data = read
         if mntns in state.found:

@@ -1,25 +1,40 @@
-"""The per-process sources: process, task, pid_for_children/time_for_children and fd.
+"""The per-process sources: process, task, pid_for_children/time_for_children, fd and socket.
 
-Each process is read through one O_PATH handle on /proc/PID, so every read refers to the same
-process even if its pid is recycled mid-scan (the handle then answers ESRCH/ENOENT), and each
-file is read exactly once.
+The walk itself is compiled (namespacefs._walk, from _walk.c): per process one O_PATH handle on
+/proc/PID, so every read refers to the same process even if its pid is recycled mid-scan (the
+handle then answers ESRCH/ENOENT); its status, ns links, cmdline and cgroup, each read to the
+end; its threads' links and its fds' links; each socket's net namespace; and the id, owner and
+parent of every namespace it sees first. It returns plain tuples; what they mean is decided here.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterable
 
 from namespacefs import procfs
-from namespacefs.discover.state import Scan
+from namespacefs.discover.state import DENIED, Scan
 from namespacefs.kernel import FOR_CHILDREN_LINKS, NS_TYPES
 from namespacefs.model import Holder, Process
 
+try:
+    from namespacefs import _walk
+except ImportError as e:  # pragma: no cover - a broken install, not a state of the host
+    raise ImportError(
+        "namespacefs._walk, the compiled /proc walk, is not built: install with `bash bootstrap.sh` "
+        "(or `pip install -e .` with gcc and python3-dev present)", name="namespacefs._walk") from e
+
+#: The links the walk reads per process and thread, in this order.
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
-_NS_TYPE_SET = frozenset(NS_TYPES)
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+#: The fd link kinds the walk reports ("KIND:[INODE]"): sockets and namespaces.
+FD_KINDS = ("socket", *NS_TYPES)
 _CHUNK = 65536
+#: From this many processes on, two threads walk half of them each: the walk is ~90% kernel time,
+#: spent without the GIL, so two threads spend it on two CPUs (a shared `known`: each namespace
+#: is still resolved about once).
+TWO_THREADS_FROM = 200
 
 
 def read_at(name: str, dir_fd: int | None = None, records: bool = False) -> bytes:
@@ -46,59 +61,85 @@ def read_at(name: str, dir_fd: int | None = None, records: bool = False) -> byte
         os.close(fd)
 
 
-def read_links(state: Scan, dir_fd: int, prefix: str = "ns/", zombie: bool = False) -> dict[str, int]:
-    """The namespace links of a process or thread: link name -> inode. A link the kernel hides
-    (pid_for_children before the first child; all but pid and user of a zombie) is left out, and
-    so is one we may not read while others can be (counted): those still show where the process
-    is. When none can be read (another user's process, to an unprivileged caller) PermissionError
-    says so for the whole process."""
+def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None) -> None:
+    """Read these processes (pids; every one in /proc when None) with the per-process sources, in
+    one call to the compiled walk, and add what each holds to the scan. A process that vanished (or
+    may not be read) while the walk read it is counted and left out whole."""
+    flags = ((_walk.WANT_TASKS if "task" in sources else 0) | (_walk.WANT_FDS if "fd" in sources else 0)
+             | (_walk.WANT_SOCKETS if "socket" in sources else 0) | _walk.WANT_CGROUP)
+    pids = None if todo is None else list(todo)
+    for record in _records(state, pids, flags):
+        if len(record) == 2:
+            state.failed(_error(record[1], f"{state.proc}/{record[0]}"))
+            continue
+        try:
+            _take(state, sources, *record)
+        except OSError as e:
+            state.failed(e)
+
+
+def _records(state: Scan, pids: list[int] | None, flags: int) -> list[tuple]:
+    """The walk's records of these processes (every one in /proc when None)."""
+    if len(os.sched_getaffinity(0)) < 2:  # (the CPUs this process may run on)
+        return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
+    if pids is None:
+        pids = [int(name) for name in os.listdir(state.proc) if name.isdigit()]
+    if len(pids) < TWO_THREADS_FROM:
+        return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
+    other: list[tuple] = []
+    failure: list[BaseException] = []
+
+    def walk_other_half() -> None:
+        try:
+            other.extend(_walk.walk(state.proc, pids[1::2], LINKS, FD_KINDS, flags, state.known))
+        except BaseException as e:  # (raised in the caller's thread below)
+            failure.append(e)
+
+    helper = threading.Thread(target=walk_other_half, name="nsfs-walk", daemon=True)
+    helper.start()
+    try:
+        mine = _walk.walk(state.proc, pids[0::2], LINKS, FD_KINDS, flags, state.known)
+    finally:
+        helper.join()
+    if failure:
+        raise failure[0]
+    return mine + other
+
+
+def _error(err: int, where: str) -> OSError:
+    return OSError(err, os.strerror(err), where)
+
+
+def links_of(state: Scan, raw: tuple[int, ...], where: str, zombie: bool = False) -> dict[str, int]:
+    """The namespace links the walk read (inode, or -errno) as link name -> inode. A link the kernel
+    hides (pid_for_children before the first child; all but pid and user of a zombie) is left out,
+    and so is one we may not read while others can be (counted): those still show where the
+    process is. When none can be read (another user's process, to an unprivileged caller)
+    PermissionError says so for the whole process; a link gone otherwise means the process is."""
     links = {}
     denied = 0
-    for link in LINKS:
-        try:
-            target = os.readlink(prefix + link, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if zombie or link in FOR_CHILDREN_LINKS:
-                continue
-            raise
-        except PermissionError:
+    for link, value in zip(LINKS, raw, strict=True):
+        if value > 0:
+            links[link] = value
+        elif -value in DENIED:
             denied += 1
-            continue
-        links[link] = int(target[target.index("[") + 1 : -1])
+        elif -value != errno.ENOENT or not (zombie or link in FOR_CHILDREN_LINKS):
+            raise _error(-value, f"{where}/{link}")
     if denied:
         if not links:
-            raise PermissionError(errno.EACCES, "cannot read any namespace link", prefix)
+            raise PermissionError(errno.EACCES, "cannot read any namespace link", where)
         state.errors["denied"] += denied
     return links
 
 
-def pids(proc: str) -> list[int]:
-    return [int(name) for name in os.listdir(proc) if name.isdigit()]
-
-
-def scan(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
-    """Read these processes (pids) with the per-process sources."""
-    for pid in todo:
-        try:
-            dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
-        except OSError as e:
-            state.failed(e, pid)
-            continue
-        try:
-            _scan_process(state, pid, dir_fd, sources)
-        except OSError as e:
-            state.failed(e, pid)
-            state.processes.pop(pid, None)  # half read: as good as gone
-        finally:
-            os.close(dir_fd)
-
-
-def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
-    status = procfs.parse_status(read_at("status", dir_fd))
-    links = read_links(state, dir_fd, zombie=status.zombie)
-    cmdline = procfs.parse_cmdline(read_at("cmdline", dir_fd))
-    state.processes[pid] = Process(pid, status.ppid, status.name, cmdline, status.uid, status.gid,
-                                   status.nspid, status.threads, links)
+def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, raw_links: tuple[int, ...],
+          cmdline: bytes, cgroup: bytes | None, tasks: list[tuple[int, tuple[int, ...]]] | int,
+          fds: list[tuple[int, int, int, int]] | int) -> None:
+    """One process's record: checked whole first (links_of may raise), then added."""
+    status = procfs.parse_status(status_text)
+    links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", status.zombie)
+    state.processes[pid] = Process(pid, status.ppid, status.name, procfs.parse_cmdline(cmdline), status.uid,
+                                   status.gid, status.nspid, status.threads, links, cgroup)
     if "process" in sources:
         # an exited, unreaped process is in nothing any more, yet still pins its user and pid
         # namespaces (lsns counts it as a process): a holder of its own kind
@@ -114,26 +155,22 @@ def _scan_process(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -
                 state.add(nstype, links[link], Holder(link, pid=pid))
     if "mnt" in links:
         state.mount_readers.setdefault(links["mnt"], []).append(pid)
-    if "task" in sources and status.threads > 1:
-        _scan_tasks(state, pid, dir_fd, links)
-    if "fd" in sources or "socket" in sources:
-        _scan_fds(state, pid, dir_fd, sources)
+    if isinstance(tasks, int):
+        state.failed(_error(tasks, f"{state.proc}/{pid}/task"))
+    else:
+        _add_tasks(state, pid, links, tasks)
+    if isinstance(fds, int):
+        state.failed(_error(fds, f"{state.proc}/{pid}/fd"))
+    else:
+        _add_fds(state, sources, pid, links.get("net"), fds)
 
 
-def _scan_tasks(state: Scan, pid: int, dir_fd: int, process_links: dict[str, int]) -> None:
+def _add_tasks(state: Scan, pid: int, process_links: dict[str, int], tasks: list[tuple[int, tuple[int, ...]]]) -> None:
     """Threads can unshare or setns uts, ipc, net, mnt, cgroup on their own: report each thread
     link that differs from its process's."""
-    try:
-        tids = os.listdir(f"{state.proc}/{pid}/task")
-    except OSError as e:
-        state.failed(e)
-        return
-    for name in tids:
-        tid = int(name)
-        if tid == pid:
-            continue
+    for tid, raw in tasks:
         try:
-            links = read_links(state, dir_fd, f"task/{tid}/ns/")
+            links = links_of(state, raw, f"{state.proc}/{pid}/task/{tid}/ns")
         except OSError as e:
             state.failed(e)
             continue
@@ -145,24 +182,18 @@ def _scan_tasks(state: Scan, pid: int, dir_fd: int, process_links: dict[str, int
             state.add(nstype, inode, Holder(kind, pid=pid, tid=tid))
 
 
-def _scan_fds(state: Scan, pid: int, dir_fd: int, sources: frozenset[str]) -> None:
-    try:
-        fds = os.listdir(f"{state.proc}/{pid}/fd")
-    except OSError as e:
-        state.failed(e)
-        return
-    want_fd, want_socket = "fd" in sources, "socket" in sources
-    sockets = []
-    for name in fds:
-        try:
-            target = os.readlink(f"fd/{name}", dir_fd=dir_fd)
-        except OSError:
-            continue  # closed since listdir: an fd is not a namespace we lose
-        if target.startswith("socket:["):
-            if want_socket:
-                sockets.append((int(name), int(target[8:-1])))
-        elif want_fd and (link := procfs.parse_ns_link(target)) and link[0] in _NS_TYPE_SET:
-            fd = int(name)
-            state.add(link[0], link[1], Holder("fd", pid=pid, fd=fd))
-    if sockets:
-        state.sockets[pid] = sockets
+def _add_fds(state: Scan, sources: frozenset[str], pid: int, own_net: int | None,
+             fds: list[tuple[int, int, int, int]]) -> None:
+    """fds that are namespaces (the fd source) and sockets, which hold the net namespace they
+    live in when it is not their process's own (the socket source: the walk asked each socket
+    once, with pidfd_getfd and SIOCGSKNS)."""
+    for fd, kind, inode, netns in fds:
+        nstype = FD_KINDS[kind]
+        if nstype != "socket":
+            if "fd" in sources:
+                state.add(nstype, inode, Holder("fd", pid=pid, fd=fd))
+        elif netns < 0:
+            if -netns != errno.ESTALE:  # ESTALE: the fd was closed and reused since it was listed
+                state.failed(_error(-netns, f"{state.proc}/{pid}/fd/{fd}"))
+        elif netns != own_net:
+            state.add("net", netns, Holder("socket", pid=pid, fd=fd, socket=inode))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 
 from namespacefs.model import Holder, Process
 
@@ -18,38 +18,30 @@ DENIED = frozenset({errno.EACCES, errno.EPERM})
 #: A module setting, so a forked reader inherits it.
 REPORT_TO = None
 
-class Found:
-    """One namespace as seen so far. It is opened again (by the hierarchy pass) through an fd in
-    hand, else through the /proc path each holder implies: no path is stored per sighting.
-    (Found and Scan are plain classes: discovery must not import dataclasses before it forks.)"""
-
-    __slots__ = ("dev", "fds", "holders", "id", "mounts", "owner", "owner_uid", "parent", "processes",
-                 "resolved", "type")
-
-    def __init__(self, nstype: str) -> None:
-        self.type = nstype
-        self.holders: list[Holder] = []
-        self.processes: list[int] = []
-        self.fds: list[int] = []  # nsfs fds in hand (a socket's net namespace, listns)
-        # filled in by the hierarchy pass
-        self.id: int | None = None
-        self.dev = 0
-        self.owner: int | None = None
-        self.parent: int | None = None
-        self.owner_uid: int | None = None
-        self.mounts: int | None = None
-        self.resolved = False
-
-
-#: Tasks a reader claims per namespace (Scan.claim), as bits of one byte.
-RESOLVE, MOUNTS, MAPS = 1, 2, 4
-
-#: Scan.portable(): found as plain tuples (unpickled three times faster than Found objects),
-#: processes, errors, mount_readers, mounts_read, user_maps (a reader's sockets are probed by it)
-Resolution = tuple[int | None, int, int | None, int | None, int | None]  # id, dev, owner, parent, owner_uid
-PortableFound = tuple[str, list[Holder], list[int], Resolution | None, int | None]  # ..., mounts
+#: What the compiled walk (namespacefs._walk) reads of each namespace it opens, by inode:
+#: (CLONE_NEW* type, st_dev, id, owner inode, parent inode, owner uid), None where there is none.
+Info = tuple[int, int, int | None, int | None, int | None, int | None]
 UserMaps = dict[int, tuple[tuple, tuple, str]]
-Portable = tuple[dict[int, PortableFound], dict[int, Process], Counter[str], dict[int, list[int]], set[int], UserMaps]
+
+
+@dataclass(slots=True)
+class Found:
+    """One namespace as seen so far. Its id, owner and parent come from the walk, which opened it
+    where it first saw it; one it could not open is opened again (by the hierarchy pass) through
+    an fd in hand, else through the /proc path each holder implies."""
+
+    type: str
+    holders: list[Holder] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)  # nsfs fds in hand (listns)
+    # filled in by the hierarchy pass
+    id: int | None = None
+    dev: int = 0
+    owner: int | None = None
+    parent: int | None = None
+    owner_uid: int | None = None
+    mounts: int | None = None
+    resolved: bool = False
 
 
 class Scan:
@@ -60,33 +52,14 @@ class Scan:
         self.found: dict[int, Found] = {}
         self.processes: dict[int, Process] = {}
         self.errors: Counter[str] = Counter()
-        #: pids whose fds are sockets, for the socket source: pid -> [(fd, socket inode)]
-        self.sockets: dict[int, list[tuple[int, int]]] = {}
+        #: every namespace the walk (or the hierarchy pass) opened, by inode (see Info)
+        self.known: dict[int, Info] = {}
         #: the processes of each mount namespace, in scan order: the bindmount source reads the
         #: mountinfo of the first one still alive
         self.mount_readers: dict[int, list[int]] = {}
         self.mounts_read: set[int] = set()  # by the bindmount source
         #: user namespace -> (uid_map, gid_map, setgroups), read once each
         self.user_maps: UserMaps = {}
-        #: while two readers scan (discover.parallel): memory both share, one byte per namespace
-        #: (by inode), with a bit for each task a reader has taken on (Scan.claim)
-        self.claims: mmap.mmap | None = None
-
-    def claim(self, inode: int, task: int = RESOLVE) -> bool:
-        """Should this reader do this task for the namespace (RESOLVE: open it through its holders
-        for its id, owner and parent; MOUNTS: read its mount table; MAPS: its id maps)? Not if the
-        other reader took it: its answer comes back with its part. The check and the mark are not
-        atomic: at worst both readers do it (once each). What neither does (its slot shared with
-        another namespace's, or the claimer found every way there gone) is done after the merge,
-        when there are no claims, with what both readers saw."""
-        if self.claims is None:
-            return True
-        slot = inode % len(self.claims)
-        held = self.claims[slot]
-        if held & task:
-            return False
-        self.claims[slot] = held | task
-        return True
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
         ns = self.ensure(nstype, inode, fd)
@@ -108,32 +81,6 @@ class Scan:
         if fd is not None:
             ns.fds.append(fd)
         return ns
-
-    def portable(self) -> Portable:
-        """What a forked reader found, to send back: it holds no fds (closed once resolved)."""
-        found = {inode: (ns.type, ns.holders, ns.processes,
-                         (ns.id, ns.dev, ns.owner, ns.parent, ns.owner_uid) if ns.resolved else None, ns.mounts)
-                 for inode, ns in self.found.items()}
-        return found, self.processes, self.errors, self.mount_readers, self.mounts_read, self.user_maps
-
-    def merge(self, part: Portable) -> None:
-        """Add what another reader found (Scan.portable()) for other processes."""
-        found, processes, errors, mount_readers, mounts_read, user_maps = part
-        for inode, (nstype, holders, pids, resolution, mounts) in found.items():
-            mine = self.ensure(nstype, inode)
-            mine.holders += holders
-            mine.processes += pids
-            if resolution is not None and not mine.resolved:
-                mine.id, mine.dev, mine.owner, mine.parent, mine.owner_uid = resolution
-                mine.resolved = True
-            if mounts is not None:
-                mine.mounts = mounts
-        self.processes.update(processes)
-        self.errors.update(errors)
-        for mntns, readers in mount_readers.items():
-            self.mount_readers.setdefault(mntns, []).extend(readers)
-        self.mounts_read |= mounts_read
-        self.user_maps.update(user_maps)
 
     def failed(self, err: OSError, pid: int | None = None) -> None:
         """Count an error that a source chose to skip; raise what is not a normal race. What root

@@ -1,36 +1,89 @@
 """Talking to a running daemon over its Unix socket, for the CLI and the FUSE filesystem. Every
 call fails fast (None, or an empty stream) when no daemon is running, so callers fall back to their
-own scan."""
+own scan: a missing daemon costs a stat() or two and at most one connect().
+
+The transport is a small HTTP/1.1 client of its own (one GET per connection, `Connection: close`;
+bodies by Content-Length, chunked, or up to the end of the connection): http.client would import
+email and friends (~40 ms) into every command only to learn that nothing listens.
+"""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from namespacefs import ownership, procfs
 from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
-from namespacefs.service.events import Event
+
+if TYPE_CHECKING:
+    from namespacefs.service.events import Event
+
+_MAX_HEAD = 64 * 1024  # status line and headers: the daemon's are a few hundred bytes
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+class _Response:
+    """One HTTP/1.1 response read from a connected socket."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.stream: BinaryIO = sock.makefile("rb")
+        status = self._line().split(None, 2)
+        if len(status) < 2 or not status[0].startswith(b"HTTP/") or not status[1].isdigit():
+            raise OSError(f"not an HTTP response: {b' '.join(status)[:80]!r}")
+        self.status = int(status[1])
+        self.headers: dict[str, str] = {}
+        size = 0
+        while line := self._line().rstrip(b"\r\n"):
+            size += len(line)
+            if size > _MAX_HEAD:
+                raise OSError("HTTP response head too long")
+            name, _, value = line.decode("latin-1").partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def _line(self) -> bytes:
+        line = self.stream.readline(_MAX_HEAD)
+        if not line:
+            raise OSError("connection closed in the middle of an HTTP response")
+        return line
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, as it arrives."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := int(self._line().split(b";", 1)[0].strip(), 16):
+                data = self.stream.read(size)
+                if len(data) < size:
+                    raise OSError("connection closed in the middle of a chunk")
+                yield data
+                self._line()  # the CRLF after the chunk
+            return
+        length = self.headers.get("content-length")
+        if length is not None:
+            yield self.stream.read(int(length))
+            return
+        while data := self.stream.read1(65536):
+            yield data
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line (server-sent events)."""
+        pending = b""
+        for data in self.chunks():
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if pending:
+            yield pending
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
 
 
 class DaemonError(Exception):
@@ -76,17 +129,19 @@ def _trusted(path: str) -> bool:
     return True
 
 
-def _open(path: str, url: str, timeout: float | None) -> tuple[_UnixConnection, http.client.HTTPResponse] | None:
+def _open(path: str, url: str, timeout: float | None) -> _Response | None:
     if _behind_fuse(path):
         path = outside_name(path)  # the filesystem is mounted on the socket's directory: its other name
-    if _behind_fuse(path) or not os.path.exists(path) or not _trusted(path):
+    if _behind_fuse(path) or not _trusted(path):  # (no socket at all: lstat says so, not connect)
         return None
-    conn = _UnixConnection(path, timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
     try:
-        conn.request("GET", url)
-        return conn, conn.getresponse()
-    except OSError:  # not listening, not allowed (the socket is root only), timed out
-        conn.close()
+        sock.connect(path)  # no socket, nothing listening, not allowed (root only): no daemon
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        return _Response(sock)
+    except (OSError, ValueError):  # (ValueError: a status line or chunk size that is not a number)
+        sock.close()
         return None
 
 
@@ -95,13 +150,13 @@ def get_json(url: str, socket_path_: str | None = None, timeout: float = 5.0) ->
     opened = _open(socket_path(socket_path_), url, timeout)
     if opened is None:
         return None
-    conn, resp = opened
+    resp = opened
     try:
         body = resp.read()
-    except OSError:
+    except (OSError, ValueError):
         return None
     finally:
-        conn.close()
+        resp.close()
     if resp.status != 200:
         try:
             detail = json.loads(body).get("detail", body.decode(errors="replace"))
@@ -126,32 +181,35 @@ def stream_events(socket_path_: str | None = None, kinds: str | None = None, typ
     opened = _open(socket_path(socket_path_), "/api/events" + (f"?{query}" if query else ""), 5.0)
     if opened is None:
         return None
-    conn, resp = opened
+    resp = opened
     if resp.status != 200:
-        body = resp.read()
-        conn.close()
+        try:
+            body = resp.read()
+        except (OSError, ValueError):
+            body = b""
+        resp.close()
         try:
             detail = json.loads(body).get("detail", "")
         except ValueError:
             detail = body.decode(errors="replace")
         raise DaemonError(resp.status, str(detail))
-    if conn.sock is not None:
-        conn.sock.settimeout(None)  # events may be minutes apart (keepalives every 15 s)
-    return _events(conn, resp)
+    resp.sock.settimeout(None)  # events may be minutes apart (keepalives every 15 s)
+    return _events(resp)
 
 
-def _events(conn: _UnixConnection, resp: http.client.HTTPResponse) -> Iterator[Event]:
+def _events(resp: _Response) -> Iterator[Event]:
+    from namespacefs.service.events import Event
+
     try:
         data: list[str] = []
-        while True:
-            line = resp.readline()
-            if not line:
-                return  # the daemon went away
+        for line in resp.lines():  # to the end: the daemon went away
             text = line.decode().rstrip("\r\n")
             if text.startswith("data:"):
                 data.append(text[5:].lstrip())
             elif not text and data:
                 yield Event.from_dict(json.loads("\n".join(data)))
                 data = []
+    except (OSError, ValueError):
+        return  # the connection broke
     finally:
-        conn.close()
+        resp.close()

@@ -1,0 +1,759 @@
+/* namespacefs._walk: the /proc walk of discovery, in C (the way psutil's _psutil_linux.c is).
+ *
+ * It only makes syscalls in a loop and returns plain tuples, lists and ints; what they mean (which
+ * holder a link gives, what an errno counts as, what is a changed namespace) is decided in Python,
+ * in namespacefs.discover. Errors that end the whole call are OSError with errno set; errors that
+ * end one process's read come back in its record as an errno, so the Python side counts them at
+ * its one error boundary (Scan.failed).
+ *
+ * The syscalls run without the GIL (in blocks: a process's files and links, a directory's entries
+ * and links, a namespace's ioctls), so the live service's other threads keep answering while it
+ * scans; Python objects are made between the blocks. Memory used without the GIL is PyMem_Raw*.
+ *
+ * Kernel interfaces used, with their headers:
+ *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
+ *   getdents64                                 include/uapi/linux/dirent.h (struct linux_dirent64)
+ *   NS_GET_NSTYPE, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID, NS_GET_ID (6.18),
+ *   NS_GET_MNTNS_ID (6.8)                      include/uapi/linux/nsfs.h
+ *   SIOCGSKNS                                  include/uapi/linux/sockios.h (4.9)
+ *   pidfd_open (5.3), pidfd_getfd (5.6)        include/uapi/asm-generic/unistd.h
+ *   CLONE_NEW*                                 include/uapi/linux/sched.h
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/nsfs.h>
+#include <linux/sockios.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef NS_GET_MNTNS_ID
+#define NS_GET_MNTNS_ID _IOR(NSIO, 0x5, uint64_t) /* linux/nsfs.h, Linux 6.8 */
+#endif
+#ifndef NS_GET_ID
+#define NS_GET_ID _IOR(NSIO, 13, uint64_t) /* linux/nsfs.h, Linux 6.18 */
+#endif
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080 /* linux/sched.h, Linux 5.6 */
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* asm-generic/unistd.h */
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* walk() flags: which parts of each process to read (the Python side maps sources onto them). */
+#define WANT_TASKS 1   /* task/TID/ns/ links of every other thread */
+#define WANT_FDS 2     /* fd/ links that name a kind in fd_kinds */
+#define WANT_SOCKETS 4 /* the net namespace of each socket fd (pidfd_getfd + SIOCGSKNS) */
+#define WANT_CGROUP 8  /* the cgroup file */
+
+#define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
+#define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
+#define DIRENT_BUF 32768
+
+/* A growing buffer, reused for one file of every process (freed at the end of the call). */
+typedef struct {
+    char *data;
+    size_t size;
+} Buffer;
+
+/* What one walk() call carries around. */
+typedef struct {
+    PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
+    PyObject *sockets;     /* socket inode -> net namespace inode: each socket probed once */
+    const char *links[MAX_LINKS];
+    int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
+    Py_ssize_t nlinks;
+    const char *kinds[MAX_LINKS]; /* fd link kinds to report ("socket", "net", ...) */
+    size_t kind_len[MAX_LINKS];
+    Py_ssize_t nkinds;
+    Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
+    int flags;
+    Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
+} Walk;
+
+/* --- small helpers ------------------------------------------------------------------------- */
+
+/* The whole of a file (/proc's seq_files answer about a page per read(): read until it says 0).
+ * Returns its length, or -1 with errno set. */
+static ssize_t read_file(Buffer *buf, int dir_fd, const char *name)
+{
+    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    size_t len = 0;
+    for (;;) {
+        if (buf->size - len < 4096) {
+            size_t size = buf->size ? buf->size * 2 : 65536;
+            char *grown = PyMem_RawRealloc(buf->data, size);
+            if (grown == NULL) {
+                close(fd);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf->data = grown;
+            buf->size = size;
+        }
+        ssize_t n = read(fd, buf->data + len, buf->size - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    return (ssize_t)len;
+}
+
+/* The inode in a link target such as "net:[4026531840]": ASCII digits only (as syntax.py's rule
+ * is), 0 if it has none or it does not fit. */
+static unsigned long long bracket_inode(const char *target)
+{
+    const char *p = strchr(target, '[');
+    if (p == NULL || p[1] == ']')
+        return 0;
+    unsigned long long inode = 0;
+    for (p++; *p >= '0' && *p <= '9'; p++) {
+        if (inode > (ULLONG_MAX - 9) / 10)
+            return 0;
+        inode = inode * 10 + (unsigned long long)(*p - '0');
+    }
+    return p[0] == ']' && p[1] == '\0' ? inode : 0;
+}
+
+/* readlinkat into target (NUL-terminated); -1 with errno set. */
+static int read_link(int dir_fd, const char *path, char *target, size_t size)
+{
+    ssize_t n = readlinkat(dir_fd, path, target, size - 1);
+    if (n < 0)
+        return -1;
+    target[n] = '\0';
+    return 0;
+}
+
+static int all_digits(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/* The decimal names in a directory (pids, tids, fds), with getdents64 (linux/dirent.h). Returns
+ * a malloc'ed array (caller frees) and its length in *count, or NULL with errno set. */
+static long *list_numbers(int dir_fd, const char *path, size_t *count)
+{
+    int fd = openat(dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    char *dents = PyMem_RawMalloc(DIRENT_BUF);
+    size_t n = 0, cap = 64;
+    long *numbers = PyMem_RawMalloc(cap * sizeof(long));
+    if (dents == NULL || numbers == NULL)
+        goto nomem;
+    for (;;) {
+        ssize_t got = getdents64(fd, dents, DIRENT_BUF);
+        if (got < 0) {
+            int saved = errno;
+            PyMem_RawFree(dents);
+            PyMem_RawFree(numbers);
+            close(fd);
+            errno = saved;
+            return NULL;
+        }
+        if (got == 0)
+            break;
+        for (ssize_t off = 0; off < got;) {
+            struct dirent64 *d = (struct dirent64 *)(dents + off);
+            off += d->d_reclen;
+            if (!all_digits(d->d_name))
+                continue;
+            if (n == cap) {
+                long *grown = PyMem_RawRealloc(numbers, 2 * cap * sizeof(long));
+                if (grown == NULL)
+                    goto nomem;
+                numbers = grown;
+                cap *= 2;
+            }
+            numbers[n++] = strtol(d->d_name, NULL, 10);
+        }
+    }
+    PyMem_RawFree(dents);
+    close(fd);
+    *count = n;
+    return numbers;
+nomem:
+    PyMem_RawFree(dents);
+    PyMem_RawFree(numbers);
+    close(fd);
+    errno = ENOMEM;
+    return NULL;
+}
+
+/* --- namespaces: type, id, owner, parent (linux/nsfs.h) -------------------------------------- */
+
+/* The type a /proc/PID/ns/NAME link always leads to (linux/sched.h), 0 for a name not known here. */
+static int link_type(const char *name)
+{
+    static const struct {
+        const char *name;
+        int type;
+    } types[] = {
+        {"mnt", CLONE_NEWNS},      {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
+        {"user", CLONE_NEWUSER},   {"pid", CLONE_NEWPID}, {"net", CLONE_NEWNET},
+        {"cgroup", CLONE_NEWCGROUP}, {"time", CLONE_NEWTIME}, {"pid_for_children", CLONE_NEWPID},
+        {"time_for_children", CLONE_NEWTIME},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(name, types[i].name) == 0)
+            return types[i].type;
+    return 0;
+}
+
+static PyObject *optional_u64(int known, unsigned long long value)
+{
+    if (!known)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+/* Read the namespace behind fd (which this closes) into known: (CLONE_NEW* type, st_dev, id or
+ * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
+ * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
+ * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
+ * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
+ * fd is no file at all, -1 on a Python error (exception set). */
+static long long resolve(PyObject *known, int fd, int type, int depth)
+{
+    struct stat st;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = fstat(fd, &st) < 0;
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(st.st_ino);
+    if (key == NULL) {
+        close(fd);
+        return -1;
+    }
+    int seen = PyDict_Contains(known, key);
+    if (seen != 0 || depth > MAX_DEPTH) {
+        Py_DECREF(key);
+        close(fd);
+        return seen < 0 ? -1 : (long long)st.st_ino;
+    }
+    uint64_t id = 0;
+    uid_t uid = 0;
+    int has_id = 0, has_uid = 0, owner_fd = -1, parent_fd = -1;
+    Py_BEGIN_ALLOW_THREADS
+    if (type == 0)
+        type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    if (type > 0) {
+        has_id = ioctl(fd, NS_GET_ID, &id) == 0;
+        if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
+            has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
+        owner_fd = ioctl(fd, NS_GET_USERNS);                /* EPERM: outside what we may see */
+        if (type == CLONE_NEWPID)
+            parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
+        has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
+    }
+    close(fd);
+    Py_END_ALLOW_THREADS
+    if (type <= 0) {
+        Py_DECREF(key);
+        return (long long)st.st_ino;
+    }
+    long long owner = 0, parent = 0;
+    if (owner_fd >= 0)
+        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
+    if (parent_fd >= 0 && owner >= 0)
+        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
+    else if (parent_fd >= 0)
+        close(parent_fd);
+    if (owner < 0 || parent < 0) {
+        Py_DECREF(key);
+        return -1;
+    }
+    if (type == CLONE_NEWUSER)
+        parent = owner; /* a user namespace's owner is its parent */
+    PyObject *info = Py_BuildValue("(iKNNNN)", type, (unsigned long long)st.st_dev, optional_u64(has_id, id),
+                                   optional_u64(owner > 0, (unsigned long long)owner),
+                                   optional_u64(parent > 0, (unsigned long long)parent),
+                                   optional_u64(has_uid, uid));
+    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
+    Py_XDECREF(info);
+    Py_DECREF(key);
+    return stored ? (long long)st.st_ino : -1;
+}
+
+/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
+ * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
+ * Python side). */
+static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(inode);
+    if (key == NULL)
+        return -1;
+    int seen = PyDict_Contains(known, key);
+    Py_DECREF(key);
+    if (seen != 0)
+        return seen < 0 ? -1 : 0;
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    Py_END_ALLOW_THREADS
+    if (fd < 0)
+        return 0;
+    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
+}
+
+/* --- one process --------------------------------------------------------------------------- */
+
+/* The namespace links under prefix ("ns/" or "task/TID/ns/"), per link name its inode or -errno.
+ * Syscalls only: runs without the GIL. */
+static void read_links(const Walk *w, int dir_fd, const char *prefix, long long *values)
+{
+    for (Py_ssize_t i = 0; i < w->nlinks; i++) {
+        char path[96], target[64];
+        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        if (read_link(dir_fd, path, target, sizeof target) < 0) {
+            values[i] = -errno;
+        } else {
+            unsigned long long inode = bracket_inode(target);
+            values[i] = inode ? (long long)inode : -EINVAL;
+        }
+    }
+}
+
+/* Those links as a tuple; the namespaces not known yet are opened and resolved. */
+static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long long *values)
+{
+    PyObject *links = PyTuple_New(w->nlinks);
+    if (links == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < w->nlinks; i++) {
+        char path[96];
+        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        PyObject *item = PyLong_FromLongLong(values[i]);
+        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
+                                                            w->link_types[i]) < 0)) {
+            Py_XDECREF(item);
+            Py_DECREF(links);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(links, i, item);
+    }
+    return links;
+}
+
+/* Threads other than the main one: a list of (tid, links), or an errno (int) when the task
+ * directory cannot be listed. */
+static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
+{
+    size_t n = 0;
+    long *tids;
+    long long *values = NULL;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    tids = list_numbers(dir_fd, "task", &n);
+    if (tids == NULL)
+        err = errno;
+    else if ((values = PyMem_RawMalloc((n ? n : 1) * (size_t)w->nlinks * sizeof(long long))) == NULL)
+        err = ENOMEM;
+    for (size_t i = 0; values != NULL && i < n; i++) {
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "task/%ld/ns/", tids[i]);
+        if (tids[i] != pid)
+            read_links(w, dir_fd, prefix, values + i * (size_t)w->nlinks);
+    }
+    Py_END_ALLOW_THREADS
+    if (err == ENOMEM) {
+        PyMem_RawFree(tids);
+        return PyErr_NoMemory();
+    }
+    if (tids == NULL)
+        return PyLong_FromLong(err);
+    PyObject *tasks = PyList_New(0);
+    for (size_t i = 0; tasks != NULL && i < n; i++) {
+        if (tids[i] == pid)
+            continue;
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "task/%ld/ns/", tids[i]);
+        PyObject *links = links_tuple(w, dir_fd, prefix, values + i * (size_t)w->nlinks);
+        PyObject *task = links ? Py_BuildValue("(lN)", tids[i], links) : NULL;
+        if (task == NULL || PyList_Append(tasks, task) < 0)
+            Py_CLEAR(tasks);
+        Py_XDECREF(task);
+    }
+    PyMem_RawFree(values);
+    PyMem_RawFree(tids);
+    return tasks;
+}
+
+/* The net namespace of a socket (pidfd_getfd, then SIOCGSKNS from linux/sockios.h), resolved;
+ * its inode, or -errno (-1 is also -EPERM: a Python error is told by PyErr_Occurred). The fd must
+ * still be that socket: one closed and reused meanwhile is another file (-ESTALE). */
+static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
+{
+    int netns, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (*pidfd < 0)
+        *pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    int sock = *pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, *pidfd, (int)fd, 0);
+    struct stat st;
+    if (sock < 0) {
+        err = errno;
+    } else if (fstat(sock, &st) < 0 || st.st_ino != sock_inode) {
+        err = ESTALE;
+    }
+    netns = err ? -1 : ioctl(sock, SIOCGSKNS);
+    if (!err && netns < 0)
+        err = errno;
+    if (sock >= 0)
+        close(sock);
+    Py_END_ALLOW_THREADS
+    if (err)
+        return -err;
+    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
+}
+
+/* Look a socket up in (or probe it into) the per-walk cache. NULL on a Python error. */
+static PyObject *socket_netns(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(sock_inode);
+    if (key == NULL)
+        return NULL;
+    PyObject *cached = PyDict_GetItemWithError(w->sockets, key);
+    if (cached != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        Py_XINCREF(cached);
+        return cached;
+    }
+    long long netns = probe_socket(w, pidfd, pid, fd, sock_inode);
+    PyObject *value = netns == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(netns);
+    /* only an answer is cached: an error (a gone fd, a denied pidfd) may not hold for the next fd */
+    if (value != NULL && netns > 0 && PyDict_SetItem(w->sockets, key, value) < 0)
+        Py_CLEAR(value);
+    Py_DECREF(key);
+    return value;
+}
+
+/* One fd whose link names a kind in w->kinds (read without the GIL). */
+typedef struct {
+    long fd;
+    Py_ssize_t kind;
+    unsigned long long inode;
+} FdLink;
+
+/* The fds of the fd directory whose link is "KIND:[N]" for a KIND in w->kinds; an fd closed since
+ * it was listed is skipped. Syscalls only (no GIL): a malloc'ed array, or NULL with errno set. */
+static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
+{
+    size_t n;
+    long *fds = list_numbers(fd_dir, ".", &n);
+    if (fds == NULL)
+        return NULL;
+    FdLink *found = PyMem_RawMalloc((n ? n : 1) * sizeof(FdLink));
+    if (found == NULL) {
+        PyMem_RawFree(fds);
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char name[24], target[256];
+        snprintf(name, sizeof name, "%ld", fds[i]);
+        if (read_link(fd_dir, name, target, sizeof target) < 0)
+            continue;
+        for (Py_ssize_t kind = 0; kind < w->nkinds; kind++) {
+            if (strncmp(target, w->kinds[kind], w->kind_len[kind]) == 0 && target[w->kind_len[kind]] == ':') {
+                unsigned long long inode = bracket_inode(target);
+                if (inode != 0)
+                    found[k++] = (FdLink){fds[i], kind, inode};
+                break;
+            }
+        }
+    }
+    PyMem_RawFree(fds);
+    *count = k;
+    return found;
+}
+
+/* The fds that are namespaces or sockets: a list of (fd, kind index, inode, net namespace of a
+ * socket or 0), or an errno (int) when the fd directory cannot be listed. Namespaces behind fds
+ * are resolved, sockets probed (once per socket inode). */
+static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+{
+    int fd_dir, err = 0;
+    size_t n = 0;
+    FdLink *links = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_dir < 0 || (links = list_fds(w, fd_dir, &n)) == NULL)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    if (links == NULL) {
+        if (fd_dir >= 0)
+            close(fd_dir);
+        return err == ENOMEM ? PyErr_NoMemory() : PyLong_FromLong(err);
+    }
+    int pidfd = -1;
+    PyObject *found = PyList_New(0);
+    for (size_t i = 0; found != NULL && i < n; i++) {
+        PyObject *netns;
+        if (links[i].kind == w->socket_kind) {
+            if (!(w->flags & WANT_SOCKETS))
+                continue;
+            netns = socket_netns(w, &pidfd, pid, links[i].fd, links[i].inode);
+        } else {
+            char name[24];
+            snprintf(name, sizeof name, "%ld", links[i].fd);
+            /* (an fd may be another file by now: its type is asked, not taken from the link) */
+            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+        }
+        PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
+        if (entry == NULL || PyList_Append(found, entry) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(entry);
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    PyMem_RawFree(links);
+    close(fd_dir);
+    return found;
+}
+
+/* The "Threads:" count of a status text (1 if absent): whether task/ is worth listing. */
+static long thread_count(const char *status, size_t len)
+{
+    const char *key = "\nThreads:";
+    const char *at = memmem(status, len, key, strlen(key));
+    return at ? strtol(at + strlen(key), NULL, 10) : 1;
+}
+
+static PyObject *errno_record(long pid, int err)
+{
+    return Py_BuildValue("(li)", pid, err);
+}
+
+/* One process, through one O_PATH handle on /proc/PID (so every read is of this very process,
+ * even if its pid is reused meanwhile: the handle then answers ENOENT/ESRCH):
+ *   (pid, status, links, cmdline, cgroup or None, tasks, fds)
+ * or (pid, errno) when any of status, links, cmdline, cgroup cannot be read. NULL on a Python
+ * error. */
+static PyObject *read_process(Walk *w, int proc_fd, long pid)
+{
+    char name[24];
+    snprintf(name, sizeof name, "%ld", pid);
+    long long values[MAX_LINKS];
+    ssize_t status_len = -1, cmdline_len = -1, cgroup_len = 0;
+    int dir_fd, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd >= 0 && (status_len = read_file(&w->status, dir_fd, "status")) >= 0) {
+        read_links(w, dir_fd, "ns/", values);
+        if ((cmdline_len = read_file(&w->cmdline, dir_fd, "cmdline")) >= 0 && (w->flags & WANT_CGROUP))
+            cgroup_len = read_file(&w->cgroup, dir_fd, "cgroup");
+    }
+    if (dir_fd < 0 || status_len < 0 || cmdline_len < 0 || cgroup_len < 0)
+        err = errno ? errno : EIO;
+    Py_END_ALLOW_THREADS
+    if (err) {
+        if (dir_fd >= 0)
+            close(dir_fd);
+        return err == ENOMEM ? PyErr_NoMemory() : errno_record(pid, err);
+    }
+    PyObject *record = NULL, *status, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
+    long threads = thread_count(w->status.data, (size_t)status_len);
+    if ((status = PyBytes_FromStringAndSize(w->status.data, status_len)) == NULL ||
+        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL ||
+        (cmdline = PyBytes_FromStringAndSize(w->cmdline.data, cmdline_len)) == NULL ||
+        (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
+                                         : Py_NewRef(Py_None)) == NULL ||
+        (tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0)) == NULL ||
+        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0)) == NULL)
+        goto done;
+    record = Py_BuildValue("(lOOOOOO)", pid, status, links, cmdline, cgroup, tasks, fds);
+done:
+    close(dir_fd);
+    Py_XDECREF(status);
+    Py_XDECREF(links);
+    Py_XDECREF(cmdline);
+    Py_XDECREF(cgroup);
+    Py_XDECREF(tasks);
+    Py_XDECREF(fds);
+    return record;
+}
+
+/* --- the module's functions ---------------------------------------------------------------- */
+
+/* Borrowed UTF-8 views of a tuple of str (valid while the tuple lives). */
+static Py_ssize_t names_of(PyObject *seq, const char **names, size_t *lens, const char *what)
+{
+    if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) > MAX_LINKS) {
+        PyErr_Format(PyExc_ValueError, "%s: a tuple of at most %d str", what, MAX_LINKS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        Py_ssize_t len;
+        names[i] = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(seq, i), &len);
+        if (names[i] == NULL)
+            return -1;
+        if (lens)
+            lens[i] = (size_t)len;
+    }
+    return PyTuple_GET_SIZE(seq);
+}
+
+/* The pids to read: those given, or every numeric entry of the proc directory. */
+static long *pids_to_read(int proc_fd, PyObject *given, size_t *count)
+{
+    if (given == Py_None) {
+        long *pids = list_numbers(proc_fd, ".", count);
+        if (pids == NULL)
+            PyErr_SetFromErrno(PyExc_OSError);
+        return pids;
+    }
+    PyObject *seq = PySequence_Fast(given, "pids: a sequence of int or None");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    long *pids = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(long));
+    if (pids == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pids[i] = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (pids[i] == -1 && PyErr_Occurred()) {
+            PyMem_RawFree(pids);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    *count = (size_t)n;
+    return pids;
+}
+
+PyDoc_STRVAR(walk_doc,
+"walk(proc, pids, links, fd_kinds, flags, known) -> list\n\n"
+"Read each process (pids, or every one in the proc directory when None): a record\n"
+"(pid, status, links, cmdline, cgroup, tasks, fds) or (pid, errno). links: per name in links,\n"
+"the inode or -errno; tasks: [(tid, links)] or an errno; fds: [(fd, kind index, inode, netns)]\n"
+"or an errno. Every namespace seen is resolved into known (see resolve).");
+
+static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    const char *proc;
+    PyObject *given, *link_names, *kind_names, *known;
+    Walk w = {0};
+    if (!PyArg_ParseTuple(args, "sOOOiO!:walk", &proc, &given, &link_names, &kind_names, &w.flags,
+                          &PyDict_Type, &known))
+        return NULL;
+    w.known = known;
+    if ((w.nlinks = names_of(link_names, w.links, NULL, "links")) < 0 ||
+        (w.nkinds = names_of(kind_names, w.kinds, w.kind_len, "fd_kinds")) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < w.nlinks; i++)
+        w.link_types[i] = link_type(w.links[i]);
+    w.socket_kind = -1;
+    for (Py_ssize_t k = 0; k < w.nkinds; k++)
+        if (strcmp(w.kinds[k], "socket") == 0)
+            w.socket_kind = k;
+    int proc_fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc_fd < 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, proc);
+    size_t n = 0;
+    long *pids = pids_to_read(proc_fd, given, &n);
+    PyObject *records = pids ? PyList_New(0) : NULL;
+    if (records != NULL && (w.sockets = PyDict_New()) == NULL)
+        Py_CLEAR(records);
+    for (size_t i = 0; records != NULL && i < n; i++) {
+        PyObject *record = read_process(&w, proc_fd, pids[i]);
+        if (record == NULL || PyList_Append(records, record) < 0)
+            Py_CLEAR(records);
+        Py_XDECREF(record);
+    }
+    Py_XDECREF(w.sockets);
+    PyMem_RawFree(w.status.data);
+    PyMem_RawFree(w.cmdline.data);
+    PyMem_RawFree(w.cgroup.data);
+    PyMem_RawFree(pids);
+    close(proc_fd);
+    return records;
+}
+
+PyDoc_STRVAR(resolve_doc,
+"resolve(fd, known) -> int\n\n"
+"Read the namespace behind fd (not closed) into known: inode -> (CLONE_NEW* type, dev, id,\n"
+"owner, parent, owner_uid), relatives through NS_GET_USERNS/NS_GET_PARENT included. Returns\n"
+"the inode; raises OSError if fd cannot be duplicated or stat'ed.");
+
+static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int fd;
+    PyObject *known;
+    if (!PyArg_ParseTuple(args, "iO!:resolve", &fd, &PyDict_Type, &known))
+        return NULL;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    long long inode = resolve(known, copy, 0, 0);
+    if (inode < 0)
+        return NULL;
+    if (inode == 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLongLong(inode);
+}
+
+static PyMethodDef methods[] = {
+    {"walk", walk, METH_VARARGS, walk_doc},
+    {"resolve", resolve_fd, METH_VARARGS, resolve_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "namespacefs._walk",
+    "The /proc walk of discovery, compiled (see _walk.c and namespacefs.discover.processes).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__walk(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntMacro(m, WANT_TASKS) < 0 || PyModule_AddIntMacro(m, WANT_FDS) < 0 ||
+        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
