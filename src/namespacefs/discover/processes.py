@@ -23,18 +23,18 @@ _CHUNK = 65536
 
 
 def read_at(name: str, dir_fd: int | None = None) -> bytes:
-    """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
+    """The whole of a (/proc) file, relative to a directory handle if one is given: the one reader
+    of /proc files. It reads until read() returns b"": a short read is NOT the end, since what the
+    kernel serves through seq_file (mountinfo, mounts, status, ...) comes about a page per read()."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        # /proc answers a read in full when the buffer is large enough: a short read is the end,
-        # which saves the read that would return b"" (one syscall per file, two per process)
-        if len(data) < _CHUNK:
+        if not data:
             return data
         chunks = [data]
-        while len(chunks[-1]) == _CHUNK:
-            chunks.append(os.read(fd, _CHUNK))
-        return b"".join(chunks)
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return data if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 

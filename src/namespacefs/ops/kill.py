@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from namespacefs import kernel
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.containers.candidate import read_cgroups
+from namespacefs.discover.processes import read_at
 from namespacefs.kernel import NS_TYPES
 
 Combo = tuple[int, ...]
@@ -228,11 +229,10 @@ def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str)
 
 def _cgroup2_mount() -> str | None:
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.startswith("cgroup2 "):
-                    return left.split(" ")[4]
+        for line in read_at("/proc/self/mountinfo").decode(errors="surrogateescape").splitlines():
+            left, _, right = line.partition(" - ")
+            if right.startswith("cgroup2 "):
+                return left.split(" ")[4]
     except OSError:
         pass
     return None

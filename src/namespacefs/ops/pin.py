@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from namespacefs import kernel, procfs
+from namespacefs.discover.processes import read_at
 
 
 class PinError(RuntimeError):
@@ -29,8 +30,7 @@ class Pin:
 
 def _mount_of(path: str) -> tuple[procfs.Mount, list[str]] | None:
     """The mount that contains path, with its optional fields (shared:N, master:N ...)."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        data = f.read()
+    data = read_at("/proc/self/mountinfo")
     best: tuple[procfs.Mount, list[str]] | None = None
     lines = data.decode(errors="surrogateescape").splitlines()
     for m, line in zip(procfs.parse_mountinfo(data), lines, strict=False):

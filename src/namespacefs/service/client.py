@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from namespacefs import procfs
+from namespacefs.discover.processes import read_at
 from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 from namespacefs.service.events import Event
@@ -49,8 +50,7 @@ def _behind_fuse(path: str) -> bool:
     """The socket lies under a FUSE mount (the namespacefs filesystem's default mountpoint is the
     socket's directory): looking it up could wait on a FUSE server that is this very process."""
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            mounts = procfs.parse_mountinfo(f.read())
+        mounts = procfs.parse_mountinfo(read_at("/proc/self/mountinfo"))
     except OSError:
         return False
     path = os.path.abspath(path)
