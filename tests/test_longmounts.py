@@ -191,3 +191,24 @@ def test_a_bind_mount_at_the_end_of_a_long_private_table_is_found(
     assert _bindmount_paths(ns) == [info["path"]]
     assert [h.mntns for h in ns.holders] == [info["mnt"]]
     assert snap.get(info["mnt"]).mounts > _count_for(TABLE)  # the whole table was counted
+
+
+def test_a_bind_mount_in_a_mount_namespace_no_process_is_in_is_found(
+        tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    if kernel.listmount(discover.discover(("process",)).namespace_of(os.getpid(), "mnt").id) is None:
+        pytest.skip(f"listmount() by mount namespace id needs Linux 6.11+ (this is {os.uname().release})")
+    where = tmp_path / "orphan"
+    where.mkdir()
+    proc = spawn([sys.executable, __file__, "orphan", str(where)], stdout=subprocess.PIPE)
+    info = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+    snap = discover.discover()
+    mnt = snap.get(info["mnt"])
+    assert mnt is not None and not mnt.processes
+    assert [(h.kind, h.pid, h.fd) for h in mnt.holders] == [("fd", info["pid"], info["fd"])]
+    net = snap.get(info["net"])
+    assert net is not None and not net.processes
+    assert [(h.kind, h.mntns, h.path) for h in net.holders] == [("bindmount", info["mnt"], info["path"])]
+    assert net.id is not None and net.owner is not None  # resolved like any other namespace
+    assert not os.path.exists(info["path"])  # the file is only there, in that mount namespace
+    entered = nsfs("enter", f"net:[{info['net']}]", "--", "readlink", "/proc/self/ns/net")
+    assert entered.stdout.strip() == f"net:[{info['net']}]"
