@@ -1,10 +1,10 @@
 """OCI runtimes and the engines above them, from their state directories:
 runc (`/run/runc/ID/state.json`), crun (`/run/crun/ID/status`), containerd
 (`/run/containerd/runc/NAMESPACE/ID/state.json`; namespace `k8s.io` is Kubernetes, `moby` Docker),
-Docker (`/run/docker/runtime-runc/moby/ID/state.json`, names in
-`/var/lib/docker/containers/ID/config.v2.json`) and Podman (names in
-`/var/lib/containers/storage/overlay-containers/containers.json`). More roots (for example a
-`runc --root DIR`) come from `NSFS_OCI_ROOTS` (colon-separated) or the `roots` argument."""
+Docker (`EXEC_ROOT/runtime-runc/moby/ID/state.json`, for each dockerd: see docker.py). The names
+come from the engines (engines.py). More roots (for example a `runc --root DIR`) come from
+`NSFS_OCI_ROOTS` (colon-separated) or the `roots` argument. runc keeps a bundle's OCI annotations
+among the labels of its state (`KEY=VALUE`), which is where Kubernetes' pod names are."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ DEFAULT_ROOTS: tuple[tuple[str, str], ...] = (
     ("/run/user/0/runc", "runc"),
     ("/run/user/0/crun", "crun"),
 )
-DOCKER_STATE = "/var/lib/docker/containers"
-PODMAN_STATE = "/var/lib/containers/storage/overlay-containers/containers.json"
 
 
 @dataclass(frozen=True)
@@ -87,39 +85,14 @@ def _read_state(directory: str, ident: str, engine: str) -> State | None:
     return None
 
 
-def _docker_name(ident: str) -> str | None:
-    try:
-        with open(os.path.join(DOCKER_STATE, ident, "config.v2.json")) as f:
-            return str(json.load(f).get("Name", "")).lstrip("/") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _podman_names() -> dict[str, str]:
-    try:
-        with open(PODMAN_STATE) as f:
-            return {c["id"]: c["names"][0] for c in json.load(f) if c.get("names")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
 def identify(c: Candidate, states: dict[int, State]) -> Identity | None:
+    """The container's identity from these OCI states alone (and the engines' names for it)."""
+    from namespacefs.containers.engines import World  # (engines builds on this module)
+
+    world = World(c.snapshot, [])
+    world.states = states  # type: ignore[misc]  # (a cached_property: set, it is not read again)
     state = next((states[p] for p in (c.init.pid, *c.pids) if p in states), None)
     if state is None:
         return None
-    labels = dict(state.labels)
-    name = state.id
-    engine = state.engine
-    if engine == "docker" and (docker := _docker_name(state.id)):
-        name = docker
-    elif engine == "kubernetes":
-        pod = labels.get("io.kubernetes.pod.name")
-        cname = labels.get("io.kubernetes.container.name")
-        name = f"{pod}.{cname}" if pod and cname else state.id[:12]
-    elif len(state.id) == 64 and (podman := _podman_names().get(state.id)):
-        engine, name = "podman", podman
-    elif len(state.id) == 64:
-        name = state.id[:12]
-    if state.namespace:
-        labels.setdefault("containerd.namespace", state.namespace)
-    return Identity(engine, name, state.id, labels)
+    base = world._base(c)
+    return world._named(*base) if base is not None else None
