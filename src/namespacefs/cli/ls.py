@@ -34,17 +34,26 @@ class Row:
 
     @property
     def process(self) -> Process | None:
-        """The process lsns shows: the lowest pid in it, else the first process holding it."""
+        """The process lsns shows: the lowest pid in it, else the first process holding it (a bind
+        mount's pid is only the process whose mount table showed it: no holder, not shown)."""
         if self.ns.processes:
             return self.snap.processes.get(self.ns.processes[0])
         for h in self.ns.holders:
-            if h.pid is not None and h.pid in self.snap.processes:
+            if h.pid is not None and h.kind != "bindmount" and h.pid in self.snap.processes:
                 return self.snap.processes[h.pid]
         return None
 
     def of_process(self, attr: str) -> object:
         proc = self.process
         return getattr(proc, attr) if proc else None
+
+    def command(self) -> str | None:
+        """The process's command line; for a namespace no process holds, what does (its bind mount)."""
+        proc = self.process
+        if proc is not None:
+            return proc.command
+        mounts = sorted({h.path for h in self.ns.holders if h.kind == "bindmount" and h.path})
+        return f"(bind mount {', '.join(mounts)})" if mounts else None
 
     @property
     def path(self) -> str | None:
@@ -79,7 +88,7 @@ COLUMNS: list[Column[Row]] = [
     Column("NPROCS", "number of processes in the namespace", lambda r: len(r.ns.processes), right=True),
     Column("PID", "lowest PID in the namespace (or of a process holding it)", lambda r: r.of_process("pid"), right=True),
     Column("PPID", "PPID of the PID", lambda r: r.of_process("ppid"), right=True),
-    Column("COMMAND", "command line of the PID", lambda r: r.of_process("command"), wrap=True),
+    Column("COMMAND", "command line of the PID (else the bind mount holding it)", Row.command, wrap=True),
     Column("UID", "UID of the PID", lambda r: r.of_process("uid"), right=True),
     Column("USER", "username of the PID", lambda r: user_name(r.of_process("uid"))),  # type: ignore[arg-type]
     Column("NETNSID", "namespace ID as used by network subsystem", _netnsid, right=True),
