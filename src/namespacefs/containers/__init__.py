@@ -131,7 +131,8 @@ def _ancestry(procs: Mapping[int, Process], combos: Mapping[int, Combo], members
     starters: dict[Combo, Process | None] = {}
     for combo, pids in members.items():
         tops = [p for p in pids if combos.get(procs[p].ppid) != combo]
-        init = min(tops or pids, key=lambda p: (procs[p].nspid[-1] != 1 if procs[p].nspid else True, p))
+        ones = [p for p in pids if procs[p].nspid and procs[p].nspid[-1] == 1 and len(procs[p].nspid) > 1]
+        init = min(ones or tops or pids)  # pid 1 inside (not a forker's parent half), else the topmost
         inits[combo] = init
         if combo == host:
             parent_of[combo], starters[combo] = None, None

@@ -1,0 +1,437 @@
+"""The container engines people run, started by the tests themselves (no image is pulled: a
+busybox root filesystem is imported): Docker (a dockerd with its own data-root, exec-root and
+socket), Podman with a pod, Kubernetes pods as CRI writes them (runc bundles with its annotations),
+`unshare --fork` sandboxes; and targets that containers cannot steal (issue 11: a number is never
+a name, a hostname never displaces an engine's name, twins are ambiguous)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import nsfs
+from namespacefs import containers, core
+from namespacefs.containers import ContainerTree, docker
+from namespacefs.model import Snapshot
+from runtimes import IMAGE, Dockerd, Podman, Started, busybox_tar, children, gone, rootfs, start_group, stop, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="engines need root")
+
+
+def _tree(roots: list[tuple[str, str]] | None = None) -> tuple[Snapshot, ContainerTree]:
+    snap = core.snapshot(("process", "bindmount"))
+    return snap, containers.find(snap, oci_roots=roots)
+
+
+def _alive(pid: int) -> bool:
+    return not gone(pid)
+
+
+# --- Docker --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    d = Dockerd(tmp_path_factory.mktemp("dockerd"))
+    try:
+        why = d.start()
+        if why:
+            pytest.skip(f"no dockerd here: {why}")
+        tar = busybox_tar(d.dir)
+        imported = d.docker("import", str(tar), IMAGE, check=False)
+        if imported.returncode != 0:
+            pytest.skip(f"docker import failed: {imported.stderr.strip()}")
+        for name, hostname, labels in (("web1", "webhost", ["com.docker.compose.project=shop",
+                                                            "com.docker.compose.service=web"]),
+                                       ("db1", "dbhost", [])):
+            args = [a for label in labels for a in ("-l", label)]
+            ran = d.docker("run", "-d", "--name", name, "--hostname", hostname, "--network", "none", *args,
+                           IMAGE, "sleep", "100000", check=False)
+            if ran.returncode != 0:
+                pytest.skip(f"docker cannot run a container here: {ran.stderr.strip()}")
+        yield d
+    finally:
+        d.stop()
+
+
+def _docker_pid(d: Dockerd, name: str) -> int:
+    return int(d.docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
+
+
+def _docker_id(d: Dockerd, name: str) -> str:
+    return d.docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
+
+
+def test_docker_containers_are_named_as_docker_ps_names_them(dockerd: Dockerd) -> None:
+    _, tree = _tree()
+    web = tree.of_pid(_docker_pid(dockerd, "web1"))
+    assert web is not None
+    assert (web.path, web.name, web.engine, web.engine_id) == ("/web1", "web1", "docker", _docker_id(dockerd, "web1"))
+    assert web.labels["com.docker.compose.project"] == "shop" and web.labels["com.docker.compose.service"] == "web"
+    assert web.name_from == "engine"
+    listed = json.loads(nsfs("containers", "-J").stdout)
+    assert {c["path"]: c["engine"] for c in listed["containers"]}["/db1"] == "docker"
+
+
+def test_docker_container_is_entered_shown_and_killed_by_its_name(dockerd: Dockerd) -> None:
+    assert nsfs("enter", "web1", "--", "hostname").stdout.strip() == "webhost"
+    shown = nsfs("show", "web1").stdout
+    assert "docker" in shown and _docker_id(dockerd, "web1") in shown and "sleep 100000" in shown
+    data = json.loads(nsfs("show", "web1", "-J").stdout)
+    assert data["engine"] == "docker" and data["processes"][0]["pid"] == _docker_pid(dockerd, "web1")
+    dockerd.docker("run", "-d", "--name", "victim", "--network", "none", IMAGE, "sleep", "100000")
+    victim = _docker_pid(dockerd, "victim")
+    others = [_docker_pid(dockerd, "web1"), _docker_pid(dockerd, "db1")]
+    engine = [p for p in descendants_of(dockerd.proc.pid if dockerd.proc else 0)] + [dockerd.proc.pid]  # type: ignore[union-attr]
+    killed = nsfs("kill", "victim").stdout
+    assert "/victim" in killed and f"init {victim}" in killed  # it says exactly what it hit
+    wait_for(lambda: dockerd.docker("inspect", "-f", "{{.State.Running}}", "victim").stdout.strip() == "false",
+             what="docker to see victim exit")
+    assert all(_alive(p) for p in others + engine)
+    dockerd.docker("rm", "-f", "victim")
+
+
+def descendants_of(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for kid in children(todo.pop()):
+            found.append(kid)
+            todo.append(kid)
+    return found
+
+
+def test_docker_names_come_from_the_data_root_when_the_api_cannot_answer(dockerd: Dockerd, tmp_path: Path) -> None:
+    snap = core.snapshot(("process",))
+    (found,) = [d for d in docker.daemons(snap) if d.pid == (dockerd.proc.pid if dockerd.proc else None)]
+    assert (found.data_root, found.exec_root, found.sockets) == (dockerd.data_root, dockerd.exec_root,
+                                                                 (dockerd.socket,))
+    by_api = docker.containers(found)
+    no_api = docker.Daemon(found.data_root, found.exec_root, (str(tmp_path / "no.sock"),), found.pid)
+    by_files = docker.containers(no_api)
+    stopped = docker.Daemon(found.data_root, found.exec_root, found.sockets, None)
+    assert {k: v.name for k, v in by_api.items()} == {k: v.name for k, v in by_files.items()} == {
+        k: v.name for k, v in docker.containers(stopped).items()}
+    assert by_files[_docker_id(dockerd, "web1")].labels["com.docker.compose.project"] == "shop"
+
+
+class HostilePeer:
+    """A unix socket server we run that accepts and then hangs, or answers garbage."""
+
+    def __init__(self, path: Path, answer: bytes | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.answer, self.conns = answer, []  # type: list[socket.socket]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+                if self.answer is not None:
+                    conn.recv(4096)
+                    conn.sendall(self.answer)
+                    conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.0 200 OK\r\n\r\n{not json", b"\x00\xffgarbage\r\n\r\n",
+                                    b"HTTP/1.0 200 OK\r\n\r\n[{\"Id\": 5}]"])
+def test_a_docker_socket_that_hangs_or_answers_garbage_costs_half_a_second(
+        dockerd: Dockerd, tmp_path: Path, answer: bytes | None, caplog: pytest.LogCaptureFixture) -> None:
+    peer = HostilePeer(tmp_path / "hostile.sock", answer)
+    try:
+        daemon = docker.Daemon(dockerd.data_root, dockerd.exec_root, (str(tmp_path / "hostile.sock"),), 1)
+        with caplog.at_level(logging.WARNING, "namespacefs.containers"):
+            started = time.monotonic()
+            found = docker.containers(daemon)
+            took = time.monotonic() - started
+        assert took < docker.API_TIMEOUT + 0.2
+        assert _docker_id(dockerd, "web1") in found  # the listing is there, from the data-root
+        warnings = [r.getMessage() for r in caplog.records if "Docker API" in r.getMessage()]
+        assert len(warnings) == 1 and "\n" not in warnings[0]
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def long_table(tmp_path: Path) -> Iterator[None]:
+    """The host's mount table made longer than 64 KiB (private tmpfs mounts, undone after)."""
+    from test_longmounts import TABLE, _count_for, fill
+
+    where = tmp_path / "long"
+    where.mkdir()
+    made: list[str] = []
+    try:
+        made = fill(str(where), _count_for(TABLE))
+        yield
+    finally:
+        for point in reversed(made):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def test_docker_and_ip_netns_namespaces_are_found_on_a_long_mount_table_by_their_short_names(
+        dockerd: Dockerd, long_table: None) -> None:
+    netns = f"nsfs-web-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        snap = core.snapshot(("process", "bindmount"))
+        web_net = os.stat(f"/proc/{_docker_pid(dockerd, 'web1')}/ns/net").st_ino
+        holders = [h.path for h in snap.get(web_net).holders if h.kind == "bindmount"]  # type: ignore[union-attr]
+        assert holders and holders[0].startswith(f"{dockerd.exec_root}/netns/")
+        ip_net = os.stat(f"/run/netns/{netns}").st_ino
+        assert [h.path for h in snap.get(ip_net).holders] == [f"/run/netns/{netns}"]  # type: ignore[union-attr]
+        assert json.loads(nsfs("show", netns, "-J").stdout)["inode"] == ip_net
+        entered = nsfs("enter", netns, "--", "readlink", "/proc/self/ns/net").stdout.strip()
+        assert entered == f"net:[{ip_net}]"
+        assert json.loads(nsfs("show", "net-web1", "-J").stdout)["inode"] == web_net
+        assert nsfs("enter", "web1", "-n", "--", "readlink", "/proc/self/ns/net").stdout.strip() == f"net:[{web_net}]"
+        listed = nsfs("ls", "-t", "net").stdout
+        line = next(ln for ln in listed.splitlines() if str(ip_net) in ln)
+        assert f"/run/netns/{netns}" in line and "kthreadd" not in line  # its holder, not a reader
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def test_docker_names_in_the_http_api_and_the_fuse_view(dockerd: Dockerd) -> None:
+    from test_fs import serve, stop  # the real filesystem server
+    from test_service import Daemon  # the real HTTP service
+
+    web_net = os.stat(f"/proc/{_docker_pid(dockerd, 'web1')}/ns/net").st_ino
+    api = Daemon(dockerd.dir)
+    try:
+        def listed() -> bool:
+            found = api.http.get("/api/containers").json()
+            return any(c["path"] == "/web1" and c["engine"] == "docker" for c in found.get("containers", []))
+        api.wait_for(listed)
+        assert api.http.get("/api/namespaces/net-web1").json()["inode"] == web_net
+    finally:
+        api.stop()
+    mountpoint = dockerd.dir / "fs"
+    mountpoint.mkdir()
+    server = serve(mountpoint, "--db", str(dockerd.dir / "fs-names.db"))
+    try:
+        assert (mountpoint / "net" / str(web_net) / "name").read_text().strip() == "net-web1"
+    finally:
+        stop(server, mountpoint)
+
+
+# --- Podman --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    p = Podman(tmp_path_factory.mktemp("podman"))
+    try:
+        why = p.start(busybox_tar(p.dir))
+        if why:
+            pytest.skip(why)
+        p.podman("pod", "create", "--name", "shop", "--network", "none")
+        for name, pod in (("shop-web", "shop"), ("shop-db", "shop"), ("solo", None)):
+            args = ["--pod", pod] if pod else ["--network", "none"]
+            p.podman("run", "-d", "--name", name, *args, f"localhost/{IMAGE}", "sleep", "100000")
+        yield p
+    finally:
+        p.stop()
+
+
+def _podman_pid(p: Podman, name: str) -> int:
+    return int(p.podman("inspect", "-f", "{{.State.Pid}}", name).stdout)
+
+
+def test_podman_runtime(podman: Podman) -> None:
+    if podman.why_not_crun:
+        print(f"crun cannot run here ({podman.why_not_crun}); podman uses {podman.runtime}")
+    assert podman.runtime in ("crun", "runc")
+
+
+def test_a_podman_pod_holds_its_infra_and_members_named_as_podman_names_them(podman: Podman) -> None:
+    _, tree = _tree()
+    pod_id = podman.podman("pod", "inspect", "-f", "{{.Id}}", "shop").stdout.strip()
+    infra_id = podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "shop").stdout.strip()
+    infra_name = podman.podman("inspect", "-f", "{{.Name}}", infra_id).stdout.strip()
+    pod = tree.get("/shop")
+    assert pod is not None and pod.group and (pod.engine, pod.engine_id) == ("podman", pod_id)
+    assert {c.name for c in pod.children} == {"shop-web", "shop-db", infra_name}
+    web = tree.of_pid(_podman_pid(podman, "shop-web"))
+    assert web is not None and web.path == "/shop/shop-web" and web.labels["podman.pod"] == "shop"
+    solo = tree.of_pid(_podman_pid(podman, "solo"))
+    assert solo is not None and (solo.path, solo.engine) == ("/solo", "podman")
+    assert set(pod.own_namespaces(tree.root)) >= {"net", "ipc", "uts"}
+    names = containers.engine_names(core.snapshot(("process",)), tree)
+    assert names[pod.namespaces["net"]] == "shop"  # the shared namespaces are the pod's
+
+
+def test_podman_containers_are_entered_shown_and_killed_precisely(podman: Podman) -> None:
+    assert nsfs("enter", "shop-web", "--", "hostname").stdout.strip() == "shop"  # the pod's uts
+    data = json.loads(nsfs("show", "shop-db", "-J").stdout)
+    assert data["engine"] == "podman" and data["pod"]["name"] == "shop"
+    survivors = [_podman_pid(podman, n) for n in ("shop-web", "solo")]
+    infra = int(podman.podman("inspect", "-f", "{{.State.Pid}}",
+                              podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "shop").stdout.strip()).stdout)
+    conmons = [int(x) for x in subprocess.run(["pgrep", "-x", "conmon"], capture_output=True, text=True).stdout.split()]
+    db = _podman_pid(podman, "shop-db")
+    killed = nsfs("kill", "shop-db").stdout
+    assert "/shop/shop-db" in killed and f"init {db}" in killed
+    wait_for(lambda: podman.podman("inspect", "-f", "{{.State.Status}}", "shop-db").stdout.strip() == "exited",
+             what="podman to see shop-db exit")
+    assert all(_alive(p) for p in [*survivors, infra])
+    assert sum(_alive(p) for p in conmons) >= len(conmons) - 1  # only shop-db's conmon may go
+
+
+def test_a_pods_namespaces_keep_its_name_when_its_infra_dies(podman: Podman) -> None:
+    podman.podman("pod", "create", "--name", "keep", "--network", "none")
+    podman.podman("run", "-d", "--name", "keep-app", "--pod", "keep", f"localhost/{IMAGE}", "sleep", "100000")
+    app = _podman_pid(podman, "keep-app")
+    net = os.stat(f"/proc/{app}/ns/net").st_ino
+
+    def name_of_net() -> str | None:
+        snap = core.snapshot(("process",))
+        return snap.get(net).name if snap.get(net) else None  # type: ignore[union-attr]
+
+    assert name_of_net() == "net-keep"
+    infra = int(podman.podman("inspect", "-f", "{{.State.Pid}}",
+                              podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "keep").stdout.strip()).stdout)
+    os.kill(infra, signal.SIGKILL)  # a process podman started for the test's own pod
+    wait_for(lambda: gone(infra), what="the infra to die")
+    assert _alive(app) and name_of_net() == "net-keep"
+    podman.podman("pod", "rm", "-f", "-t", "0", "keep", check=False)
+
+
+# --- Kubernetes, as CRI leaves it: runc bundles with its annotations ----------------------------
+
+
+def _runc_bundle(tmp: Path, started: Started, name: str, annotations: dict[str, str], args: list[str],
+                 join_net: int | None = None) -> int:
+    bundle = tmp / f"bundle-{name}"
+    rootfs(bundle / "rootfs")
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True, capture_output=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"].update(terminal=False, args=args)
+    spec["root"]["readonly"] = False
+    spec["annotations"] = annotations
+    spaces = [n for n in spec["linux"]["namespaces"] if n["type"] != "cgroup"]
+    if join_net:
+        link = {"network": "net", "ipc": "ipc", "uts": "uts"}
+        spaces = [{**n, "path": f"/proc/{join_net}/ns/{link[n['type']]}"} if n["type"] in link else n for n in spaces]
+    spec["linux"]["namespaces"] = spaces
+    spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "cgroup"]
+    cid = f"nsfs-k8s-{name}-{uuid.uuid4().hex[:6]}"
+    spec["linux"]["cgroupsPath"] = f"/{cid}"
+    (bundle / "config.json").write_text(json.dumps(spec))
+    state = tmp / "runc-state"
+    from runtimes import Runc
+
+    started.runcs.append(Runc(state, cid, 0, f"/{cid}"))
+    log = tmp / f"runc-{name}.log"
+    with open(log, "w") as err:  # not a pipe: the detached container would hold it open
+        result = subprocess.run(["runc", "--root", str(state), "run", "-d", "--bundle", str(bundle), cid],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60)
+    assert result.returncode == 0, log.read_text()
+    return int(json.loads((state / cid / "state.json").read_text())["init_process_pid"])
+
+
+def test_kubernetes_pods_from_the_annotations_cri_writes(tmp_path: Path) -> None:
+    box = Started()
+    try:
+        sandbox_id = uuid.uuid4().hex * 2
+        pod = {"io.kubernetes.cri.sandbox-id": sandbox_id, "io.kubernetes.cri.sandbox-name": "shop-7d9",
+               "io.kubernetes.cri.sandbox-namespace": "default", "io.kubernetes.cri.sandbox-uid": str(uuid.uuid4())}
+        sandbox = _runc_bundle(tmp_path, box, "pause", {**pod, "io.kubernetes.cri.container-type": "sandbox"},
+                               ["sleep", "100000"])
+        app = _runc_bundle(tmp_path, box, "nginx", {**pod, "io.kubernetes.cri.container-type": "container",
+                                                    "io.kubernetes.cri.container-name": "nginx"},
+                           ["sleep", "100000"], join_net=sandbox)
+        _, tree = _tree([(str(tmp_path / "runc-state"), "runc")])
+        member = tree.of_pid(app)
+        assert member is not None and member.path == "/default/shop-7d9/nginx" and member.engine == "kubernetes"
+        assert tree.of_pid(sandbox).path == "/default/shop-7d9/sandbox"  # type: ignore[union-attr]
+        assert tree.get("/default/shop-7d9").engine_id == sandbox_id  # type: ignore[union-attr]
+        env = dict(os.environ, NSFS_OCI_ROOTS=str(tmp_path / "runc-state"))
+        assert nsfs("enter", "default/shop-7d9/nginx", "--", "cat", "/proc/self/comm", env=env).stdout.strip() == "cat"
+        assert "nginx" in nsfs("kill", "/default/shop-7d9/nginx", env=env).stdout
+        wait_for(lambda: gone(app), what="nginx to die")
+        assert _alive(sandbox)
+    finally:
+        stop(box)
+
+
+# --- sandboxes and targets that containers cannot steal (issue 11) --------------------------------
+
+
+def _unshare(started: Started, hostname: str, fork: bool = True) -> int:
+    """A sandbox with its own uts (and pid) namespace; the host pid of its sleep."""
+    argv = ["unshare", "-u", "-m", *(["-p", "--fork", "--mount-proc"] if fork else []), "sh", "-c",
+            f"hostname {hostname}; exec sleep 100000"]
+    proc = start_group(started, argv)
+
+    def sleeper() -> int | None:
+        for pid in [proc.pid, *descendants_of(proc.pid)]:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    return pid
+        return None
+    return wait_for(sleeper, what="the sandbox's sleep")
+
+
+@pytest.fixture
+def started() -> Iterator[Started]:
+    box = Started()
+    yield box
+    stop(box)
+
+
+def test_an_unshare_fork_sandbox_is_one_container(started: Started) -> None:
+    sleeper = _unshare(started, f"solo-{os.getpid()}")
+    _, tree = _tree()
+    c = tree.of_pid(sleeper)
+    assert c is not None and c.path == f"/solo-{os.getpid()}" and tree.parent(c) is tree.root
+    unshare = started.groups[-1].pid
+    assert tree.of_pid(unshare) == c and not c.children  # the forker is in it, nothing nested
+
+
+def test_a_number_is_never_a_name(started: Started) -> None:
+    sleeper = _unshare(started, "4999999")
+    missing = nsfs("kill", "4999999", check=False)
+    assert missing.returncode == 1 and "no process 4999999" in missing.stderr
+    assert nsfs("show", "²", check=False).returncode == 1
+    assert _alive(sleeper)
+
+
+def test_a_hostname_never_takes_an_engine_or_user_given_name(started: Started, tmp_path: Path) -> None:
+    db = str(tmp_path / "names.db")
+    victim = _unshare(started, f"victim-{os.getpid()}")
+    nsfs("containers", "--db", db, "--rename", f"/victim-{os.getpid()}", f"named-{os.getpid()}")
+    thief = _unshare(started, f"named-{os.getpid()}")  # names its host after the renamed one
+    dry = nsfs("kill", "--db", db, f"named-{os.getpid()}", "--dry-run").stdout
+    assert str(victim) in dry and str(thief) not in dry
+    listed = {c["path"]: c["init"] for c in json.loads(nsfs("containers", "--db", db, "-J").stdout)["containers"]}
+    assert listed[f"/named-{os.getpid()}"] == victim and listed[f"/named-{os.getpid()}.{thief}"] == thief
+
+
+def test_twins_are_ambiguous_and_kill_twice_never_kills_both(started: Started) -> None:
+    a, b = _unshare(started, "twin"), _unshare(started, "twin")
+    refused = nsfs("kill", "twin", check=False)
+    assert refused.returncode == 1 and "ambiguous" in refused.stderr
+    again = nsfs("kill", "twin", check=False)
+    assert again.returncode == 1 and _alive(a) and _alive(b)
+    near = nsfs("kill", "twim", check=False)
+    assert near.returncode == 1 and "did you mean" in near.stderr
