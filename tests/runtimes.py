@@ -317,3 +317,92 @@ class Podman:
         self.podman("pod", "rm", "-af", "-t", "0", check=False)
         self.podman("rm", "-af", "-t", "0", check=False)
         unmount_under(self.dir)
+
+
+@dataclass
+class RootlessPodman:
+    """podman run by a test user of its own (subuid/subgid ranges, a runtime dir /run/user/UID),
+    removed at the end with everything it ran."""
+
+    dir: Path
+    user: str = "nsfs-rootless"
+    uid: int = -1
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"/run/user/{self.uid}"
+
+    def podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": f"/home/{self.user}",
+               "XDG_RUNTIME_DIR": self.runtime_dir, "CONTAINERS_CONF": f"/home/{self.user}/containers.conf"}
+        argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups", "--",
+                "podman", "--cgroup-manager", "cgroupfs", "--runtime", "runc", "--events-backend", "file", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd="/",
+                                stdin=subprocess.DEVNULL)
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def start(self, tar: Path) -> str | None:
+        if shutil.which("podman") is None or shutil.which("newuidmap") is None:
+            return "podman or newuidmap (uidmap) is not installed"
+        if subprocess.run(["id", self.user], capture_output=True).returncode == 0:
+            return f"a user {self.user} exists already (left by another run?): not touched"
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", self.user], check=True, capture_output=True)
+        self.uid = int(subprocess.run(["id", "-u", self.user], capture_output=True, text=True, check=True).stdout)
+        base = 1 + max([400000] + [int(f) + int(n) for line in _lines("/etc/subuid") + _lines("/etc/subgid")
+                                   for _, f, n in [line.split(":")]])
+        subprocess.run(["usermod", "--add-subuids", f"{base}-{base + 65535}", "--add-subgids",
+                        f"{base}-{base + 65535}", self.user], check=True, capture_output=True)
+        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        os.chown(self.runtime_dir, self.uid, self.uid)
+        home = Path(f"/home/{self.user}")  # (the test's temp dirs are root's only)
+        (home / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+        shared = home / "busybox.tar"
+        shutil.copy(tar, shared)
+        for made in (home / "containers.conf", shared):
+            os.chown(made, self.uid, self.uid)
+        imported = self.podman("import", str(shared), f"localhost/{IMAGE}", check=False)
+        if imported.returncode != 0:
+            return f"rootless podman import failed: {imported.stderr.strip()[-400:]}"
+        probe = self.podman("run", "--rm", "--network", "none", f"localhost/{IMAGE}", "true", check=False)
+        if probe.returncode != 0:
+            return f"rootless podman cannot run a container here: {probe.stderr.strip()[-400:]}"
+        return None
+
+    def pause_pid(self) -> int | None:
+        try:
+            return int(Path(self.runtime_dir, "libpod", "tmp", "pause.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.uid < 0:
+            return
+        self.podman("rm", "-af", "-t", "0", check=False)
+        pause = self.pause_pid()
+        if pause:  # the pause process our podman started (it holds the user's namespaces)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pause, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _processes_of(self.uid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["userdel", "-r", self.user], capture_output=True)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return [ln for ln in Path(path).read_text().splitlines() if ln.count(":") == 2]
+    except OSError:
+        return []
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+    return found

@@ -25,7 +25,20 @@ from conftest import nsfs
 from namespacefs import containers, core
 from namespacefs.containers import ContainerTree, docker
 from namespacefs.model import Snapshot
-from runtimes import IMAGE, Dockerd, Podman, Started, busybox_tar, children, gone, rootfs, start_group, stop, wait_for
+from runtimes import (
+    IMAGE,
+    Dockerd,
+    Podman,
+    RootlessPodman,
+    Started,
+    busybox_tar,
+    children,
+    gone,
+    rootfs,
+    start_group,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="engines need root")
 
@@ -435,3 +448,46 @@ def test_twins_are_ambiguous_and_kill_twice_never_kills_both(started: Started) -
     assert again.returncode == 1 and _alive(a) and _alive(b)
     near = nsfs("kill", "twim", check=False)
     assert near.returncode == 1 and "did you mean" in near.stderr
+
+
+# --- rootless Podman ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rootless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootlessPodman]:
+    p = RootlessPodman(tmp_path_factory.mktemp("rootless"))
+    try:
+        why = p.start(busybox_tar(p.dir))
+        if why:
+            pytest.skip(why)
+        for name in ("rl-web", "rl-db"):
+            p.podman("run", "-d", "--name", name, "--hostname", f"{name}-host", "--network", "none",
+                     f"localhost/{IMAGE}", "sleep", "100000")
+        yield p
+    finally:
+        p.stop()
+
+
+def _rootless_pid(p: RootlessPodman, name: str) -> int:
+    return int(p.podman("inspect", "-f", "{{.State.Pid}}", name).stdout)
+
+
+def test_rootless_podman_containers_are_named_inside_the_users_pause_container(rootless: RootlessPodman) -> None:
+    _, tree = _tree()
+    web = tree.of_pid(_rootless_pid(rootless, "rl-web"))
+    assert web is not None and (web.name, web.engine) == ("rl-web", "podman")
+    parent = tree.parent(web)
+    assert parent is not None and parent.name == f"podman-{rootless.user}" and rootless.pause_pid() in parent.pids
+    assert web.path == f"/podman-{rootless.user}/rl-web"
+    assert nsfs("enter", "rl-web", "--", "hostname").stdout.strip() == "rl-web-host"
+
+
+def test_a_rootless_container_is_killed_precisely(rootless: RootlessPodman) -> None:
+    rootless.podman("run", "-d", "--name", "rl-victim", "--network", "none", f"localhost/{IMAGE}", "sleep", "100000")
+    victim = _rootless_pid(rootless, "rl-victim")
+    others = [_rootless_pid(rootless, "rl-web"), _rootless_pid(rootless, "rl-db"), rootless.pause_pid() or 0]
+    assert "rl-victim" in nsfs("kill", "rl-victim").stdout
+    wait_for(lambda: gone(victim), what="rl-victim to die")
+    wait_for(lambda: rootless.podman("inspect", "-f", "{{.State.Status}}", "rl-victim").stdout.strip() == "exited",
+             what="podman to see rl-victim exit")
+    assert all(_alive(p) for p in others)
