@@ -316,6 +316,9 @@ class Podman:
     def stop(self) -> None:
         self.podman("pod", "rm", "-af", "-t", "0", check=False)
         self.podman("rm", "-af", "-t", "0", check=False)
+        deadline = time.monotonic() + 20  # conmon's exit commands (podman … cleanup) may still run
+        while _processes_mentioning(self.root) and time.monotonic() < deadline:
+            time.sleep(0.1)
         unmount_under(self.dir)
 
 
@@ -404,5 +407,15 @@ def _processes_of(uid: int) -> list[int]:
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+    return found
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
                     found.append(int(entry))
     return found

@@ -257,8 +257,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
         why = p.start(busybox_tar(p.dir))
         if why:
             pytest.skip(why)
-        p.podman("pod", "create", "--name", "shop", "--network", "none")
-        for name, pod in (("shop-web", "shop"), ("shop-db", "shop"), ("solo", None)):
+        p.podman("pod", "create", "--name", "pod1", "--network", "none")
+        for name, pod in (("pod1-web", "pod1"), ("pod1-db", "pod1"), ("solo", None)):
             args = ["--pod", pod] if pod else ["--network", "none"]
             p.podman("run", "-d", "--name", name, *args, f"localhost/{IMAGE}", "sleep", "100000")
         yield p
@@ -278,36 +278,36 @@ def test_podman_runtime(podman: Podman) -> None:
 
 def test_a_podman_pod_holds_its_infra_and_members_named_as_podman_names_them(podman: Podman) -> None:
     _, tree = _tree()
-    pod_id = podman.podman("pod", "inspect", "-f", "{{.Id}}", "shop").stdout.strip()
-    infra_id = podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "shop").stdout.strip()
+    pod_id = podman.podman("pod", "inspect", "-f", "{{.Id}}", "pod1").stdout.strip()
+    infra_id = podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "pod1").stdout.strip()
     infra_name = podman.podman("inspect", "-f", "{{.Name}}", infra_id).stdout.strip()
-    pod = tree.get("/shop")
+    pod = tree.get("/pod1")
     assert pod is not None and pod.group and (pod.engine, pod.engine_id) == ("podman", pod_id)
-    assert {c.name for c in pod.children} == {"shop-web", "shop-db", infra_name}
-    web = tree.of_pid(_podman_pid(podman, "shop-web"))
-    assert web is not None and web.path == "/shop/shop-web" and web.labels["podman.pod"] == "shop"
+    assert {c.name for c in pod.children} == {"pod1-web", "pod1-db", infra_name}
+    web = tree.of_pid(_podman_pid(podman, "pod1-web"))
+    assert web is not None and web.path == "/pod1/pod1-web" and web.labels["podman.pod"] == "pod1"
     solo = tree.of_pid(_podman_pid(podman, "solo"))
     assert solo is not None and (solo.path, solo.engine) == ("/solo", "podman")
     assert set(pod.own_namespaces(tree.root)) >= {"net", "ipc", "uts"}
     names = containers.engine_names(core.snapshot(("process",)), tree)
-    assert names[pod.namespaces["net"]] == "shop"  # the shared namespaces are the pod's
+    assert names[pod.namespaces["net"]] == "pod1"  # the shared namespaces are the pod's
 
 
 def test_podman_containers_are_entered_shown_and_killed_precisely(podman: Podman) -> None:
-    assert nsfs("enter", "shop-web", "--", "hostname").stdout.strip() == "shop"  # the pod's uts
-    data = json.loads(nsfs("show", "shop-db", "-J").stdout)
-    assert data["engine"] == "podman" and data["pod"]["name"] == "shop"
-    survivors = [_podman_pid(podman, n) for n in ("shop-web", "solo")]
+    assert nsfs("enter", "pod1-web", "--", "hostname").stdout.strip() == "pod1"  # the pod's uts
+    data = json.loads(nsfs("show", "pod1-db", "-J").stdout)
+    assert data["engine"] == "podman" and data["pod"]["name"] == "pod1"
+    survivors = [_podman_pid(podman, n) for n in ("pod1-web", "solo")]
     infra = int(podman.podman("inspect", "-f", "{{.State.Pid}}",
-                              podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "shop").stdout.strip()).stdout)
+                              podman.podman("pod", "inspect", "-f", "{{.InfraContainerID}}", "pod1").stdout.strip()).stdout)
     conmons = [int(x) for x in subprocess.run(["pgrep", "-x", "conmon"], capture_output=True, text=True).stdout.split()]
-    db = _podman_pid(podman, "shop-db")
-    killed = nsfs("kill", "shop-db").stdout
-    assert "/shop/shop-db" in killed and f"init {db}" in killed
-    wait_for(lambda: podman.podman("inspect", "-f", "{{.State.Status}}", "shop-db").stdout.strip() == "exited",
-             what="podman to see shop-db exit")
+    db = _podman_pid(podman, "pod1-db")
+    killed = nsfs("kill", "pod1-db").stdout
+    assert "/pod1/pod1-db" in killed and f"init {db}" in killed
+    wait_for(lambda: podman.podman("inspect", "-f", "{{.State.Status}}", "pod1-db").stdout.strip() == "exited",
+             what="podman to see pod1-db exit")
     assert all(_alive(p) for p in [*survivors, infra])
-    assert sum(_alive(p) for p in conmons) >= len(conmons) - 1  # only shop-db's conmon may go
+    assert sum(_alive(p) for p in conmons) >= len(conmons) - 1  # only pod1-db's conmon may go
 
 
 def test_a_pods_namespaces_keep_its_name_when_its_infra_dies(podman: Podman) -> None:

@@ -199,9 +199,10 @@ class _Naming:
 
     def name(self, combo: Combo, parent: Combo, cand: Candidate, ident: Identity | None) -> tuple[str, str]:
         """(name, where it came from)."""
-        key = self.key(ident.engine if ident else "unknown", ident.engine_id if ident else None, combo)
-        if key in self.names:
-            return _safe(self.names[key]), "rename"
+        if self.names:
+            key = self.key(ident.engine if ident else "unknown", ident.engine_id if ident else None, combo)
+            if key in self.names:
+                return _safe(self.names[key]), "rename"
         if ident and ident.name:
             return _safe(ident.name), "engine"
         if self.hostnames and (hostname := _hostname(self.snapshot, combo, parent)):

@@ -16,6 +16,7 @@ In order, for each container:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 
@@ -29,6 +30,7 @@ FALLBACKS: tuple[Callable[[Candidate], Identity | None], ...] = (
 )
 #: containerd namespaces and the engines that use them
 CONTAINERD_NAMESPACES = {"k8s.io": "kubernetes", "moby": "docker"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class World:
@@ -86,25 +88,25 @@ class World:
         return None
 
     def _base(self, c: Candidate) -> tuple[str, str, dict[str, str]] | None:
-        """(engine, id, labels) from an OCI state, or the process that started the container."""
+        """(engine, id, labels) from the process that started the container (no I/O), else from
+        an OCI runtime's state (read once, for every container)."""
+        starter = c.starter
+        if starter is not None and starter.comm == "conmon" and (cid := option(starter.cmdline, "-c", "--cid")):
+            labels = {"conmon.pid": str(starter.pid)}
+            if name := option(starter.cmdline, "-n", "--name"):
+                labels["conmon.name"] = name
+            return "podman", cid, labels
+        if starter is not None and starter.comm.startswith("containerd-shim") and (
+                cid := option(starter.cmdline, "-id")):
+            ns = option(starter.cmdline, "-namespace") or "default"
+            labels = {"containerd.namespace": ns, **_bundle_annotations(c.proc, starter.pid)}
+            return CONTAINERD_NAMESPACES.get(ns, "containerd"), cid, labels
         state = next((self.states[p] for p in (c.init.pid, *c.pids[:64]) if p in self.states), None)
         if state is not None:
             labels = dict(state.labels)
             if state.namespace:
                 labels.setdefault("containerd.namespace", state.namespace)
             return state.engine, state.id, labels
-        starter = c.starter
-        if starter is None:
-            return None
-        if starter.comm == "conmon" and (cid := option(starter.cmdline, "-c", "--cid")):
-            labels = {"conmon.pid": str(starter.pid)}
-            if name := option(starter.cmdline, "-n", "--name"):
-                labels["conmon.name"] = name
-            return "podman", cid, labels
-        if starter.comm.startswith("containerd-shim") and (cid := option(starter.cmdline, "-id")):
-            ns = option(starter.cmdline, "-namespace") or "default"
-            labels = {"containerd.namespace": ns, **_bundle_annotations(c.proc, starter.pid)}
-            return CONTAINERD_NAMESPACES.get(ns, "containerd"), cid, labels
         return None
 
     def _named(self, engine: str, ident: str, labels: dict[str, str], fallback: Identity | None = None) -> Identity:
@@ -119,7 +121,7 @@ class World:
                 (k for i, k in self.docker.items() if len(ident) >= 12 and i.startswith(ident)), None)
             if known is not None:
                 return Identity("docker", known.name, known.id, {**labels, **known.labels})
-        if engine in ("podman", "runc", "crun"):
+        if engine == "podman" or (engine in ("runc", "crun") and _HEX64.fullmatch(ident)):
             store = self.podman
             full = ident if ident in store.names else next(
                 (i for i in store.names if len(ident) >= 12 and i.startswith(ident)), None)

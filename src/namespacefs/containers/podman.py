@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 from dataclasses import dataclass, field
 
 from namespacefs.model import Snapshot
@@ -92,44 +93,43 @@ def read_store(root: str) -> Store:
     return store
 
 
+#: in a container's config: `…},"id":"ID","name":"NAME","pod":"POD",…` (after its OCI spec)
+_MEMBER = re.compile(rb'"id":"([0-9a-f]{64})","name":"((?:[^"\\]|\\.){1,255})","pod":"([0-9a-f]{64})"')
+#: a pod's state: {"cgroupPath":…,"InfraContainerID":"ID"}
+_INFRA = re.compile(rb'"InfraContainerID":"([0-9a-f]{64})"')
+#: a pod's config starts {"id":"POD","name":"NAME",… and says whether it has an infra container
+_POD = re.compile(rb'\{"id":"([0-9a-f]{64})","name":"((?:[^"\\]|\\.){1,255})"')
+
+
 def _read_state_db(path: str, store: Store) -> None:
-    """The pod and container configs podman keeps, as JSON, in its bolt database (each value is
-    stored whole, in a page or in contiguous overflow pages, so each JSON object can be decoded
-    where it starts)."""
+    """The pods and their members from podman's bolt database, where podman keeps each pod's and
+    each container's config as JSON (each stored whole: in a page or contiguous overflow pages).
+    Only the few fields needed are read, where they are: a container's config is ~10 KiB of OCI
+    spec, which is not decoded."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_DB)
     except OSError:
         return
-    decoder = json.JSONDecoder()
-    text = data.decode("latin-1")  # one character per byte: offsets stay byte offsets
-    start = text.find('{"')
-    while start >= 0:
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except ValueError:
-            start = text.find('{"', start + 2)
-            continue
-        if isinstance(value, dict):
-            _note(value, store)
-        start = text.find('{"', end)
+    for m in _MEMBER.finditer(data):
+        cid, name, pod = m.group(1).decode(), _unquote(m.group(2)), m.group(3).decode()
+        store.names.setdefault(cid, name)
+        store.pod_of[cid] = pod
+    store.infra |= {m.group(1).decode() for m in _INFRA.finditer(data)}
+    for m in _POD.finditer(data):
+        head = data[m.end():m.end() + 4096]
+        if b'"hasInfra"' in head or b'"sharesNet"' in head:
+            store.pods[m.group(1).decode()] = Pod(m.group(1).decode(), _unquote(m.group(2)))
     for cid, pod in store.pod_of.items():
         if cid in store.infra and pod in store.pods:
             store.pods[pod] = Pod(pod, store.pods[pod].name, cid)
 
 
-def _note(value: dict[str, object], store: Store) -> None:
-    ident, name = value.get("id"), value.get("name")
-    if not isinstance(ident, str) or not isinstance(name, str):
-        return
-    if "spec" in value:  # a container's config
-        store.names.setdefault(ident, name)
-        if isinstance(pod := value.get("pod"), str) and pod:
-            store.pod_of[ident] = pod
-            if value.get("pause") is True or value.get("IsInfra") is True:
-                store.infra.add(ident)
-    elif "hasInfra" in value or "sharesNet" in value:  # a pod's config
-        store.pods[ident] = Pod(ident, name)
+def _unquote(raw: bytes) -> str:
+    try:
+        return str(json.loads(b'"' + raw + b'"'))
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 def pause_pids(proc: str = "/proc") -> dict[int, str]:
