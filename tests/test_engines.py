@@ -43,6 +43,18 @@ from runtimes import (
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="engines need root")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_daemon() -> Iterator[None]:
+    """Scans of our own: a `nsfs serve` someone runs on this machine must not answer for us."""
+    before = os.environ.get("NSFS_NO_DAEMON")
+    os.environ["NSFS_NO_DAEMON"] = "1"
+    yield
+    if before is None:
+        os.environ.pop("NSFS_NO_DAEMON", None)
+    else:
+        os.environ["NSFS_NO_DAEMON"] = before
+
+
 def _tree(roots: list[tuple[str, str]] | None = None) -> tuple[Snapshot, ContainerTree]:
     snap = core.snapshot(("process", "bindmount"))
     return snap, containers.find(snap, oci_roots=roots)

@@ -127,6 +127,18 @@ from namespacefs.model import Namespace  # noqa: E402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_daemon() -> Iterator[None]:
+    """Scans of our own: a `nsfs serve` someone runs on this machine must not answer for us."""
+    before = os.environ.get("NSFS_NO_DAEMON")
+    os.environ["NSFS_NO_DAEMON"] = "1"
+    yield
+    if before is None:
+        os.environ.pop("NSFS_NO_DAEMON", None)
+    else:
+        os.environ["NSFS_NO_DAEMON"] = before
+
+
 def _count_for(size: int) -> int:
     line = len(f"999 888 0:99 / /tmp/pytest-of-root/pytest-99/x0/{STEM}0000 rw,relatime shared:999 - tmpfs none rw,size=4k\n")
     return size // line + 20
