@@ -236,27 +236,33 @@ def test_docker_and_ip_netns_namespaces_are_found_on_a_long_mount_table_by_their
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def test_docker_names_in_the_http_api_and_the_fuse_view(dockerd: Dockerd) -> None:
+def _in_api_and_fuse(where: Path, path: str, engine: str, net: int, ns_name: str) -> None:
+    """The container is listed under its path by the HTTP API (a `nsfs serve` of our own) and its
+    net namespace carries ns_name there and in the FUSE view (a `nsfs mount` of our own)."""
     from test_fs import serve, stop  # the real filesystem server
     from test_service import Daemon  # the real HTTP service
 
-    web_net = os.stat(f"/proc/{_docker_pid(dockerd, 'web1')}/ns/net").st_ino
-    api = Daemon(dockerd.dir)
+    api = Daemon(where)
     try:
         def listed() -> bool:
             found = api.http.get("/api/containers").json()
-            return any(c["path"] == "/web1" and c["engine"] == "docker" for c in found.get("containers", []))
+            return any(c["path"] == path and c["engine"] == engine for c in found.get("containers", []))
         api.wait_for(listed)
-        assert api.http.get("/api/namespaces/net-web1").json()["inode"] == web_net
+        assert api.http.get(f"/api/namespaces/{ns_name}").json()["inode"] == net
     finally:
         api.stop()
-    mountpoint = dockerd.dir / "fs"
+    mountpoint = where / "fs"
     mountpoint.mkdir()
-    server = serve(mountpoint, "--db", str(dockerd.dir / "fs-names.db"))
+    server = serve(mountpoint, "--db", str(where / "fs-names.db"))
     try:
-        assert (mountpoint / "net" / str(web_net) / "name").read_text().strip() == "net-web1"
+        assert (mountpoint / "net" / str(net) / "name").read_text().strip() == ns_name
     finally:
         stop(server, mountpoint)
+
+
+def test_docker_names_in_the_http_api_and_the_fuse_view(dockerd: Dockerd, tmp_path: Path) -> None:
+    web_net = os.stat(f"/proc/{_docker_pid(dockerd, 'web1')}/ns/net").st_ino
+    _in_api_and_fuse(tmp_path, "/web1", "docker", web_net, "net-web1")
 
 
 # --- Podman --------------------------------------------------------------------------------------
@@ -320,6 +326,11 @@ def test_podman_containers_are_entered_shown_and_killed_precisely(podman: Podman
              what="podman to see pod1-db exit")
     assert all(_alive(p) for p in [*survivors, infra])
     assert sum(_alive(p) for p in conmons) >= len(conmons) - 1  # only pod1-db's conmon may go
+
+
+def test_podman_names_in_the_http_api_and_the_fuse_view(podman: Podman, tmp_path: Path) -> None:
+    net = os.stat(f"/proc/{_podman_pid(podman, 'pod1-web')}/ns/net").st_ino
+    _in_api_and_fuse(tmp_path, "/pod1/pod1-web", "podman", net, "net-pod1")  # the pod's net namespace
 
 
 def test_a_pods_namespaces_keep_its_name_when_its_infra_dies(podman: Podman) -> None:
