@@ -46,9 +46,16 @@ class World:
 
     @cached_property
     def states(self) -> dict[int, oci.State]:
-        roots = list(self.roots if self.roots is not None else oci.DEFAULT_ROOTS)
-        roots += [r for r in docker.oci_roots(self.daemons) if r not in roots]
-        return oci.scan(roots)
+        """init pid -> OCI state, from every root but Docker's (see docker_states)."""
+        roots = self.roots if self.roots is not None else oci.DEFAULT_ROOTS
+        return oci.scan([r for r in roots if r[1] != "docker"])
+
+    @cached_property
+    def docker_states(self) -> dict[int, oci.State]:
+        """Docker's runc states (each dockerd's exec-root): only for a container that neither its
+        containerd shim nor another runtime's state names (dockerd always starts one)."""
+        roots = [r for r in (self.roots if self.roots is not None else oci.DEFAULT_ROOTS) if r[1] == "docker"]
+        return oci.scan(roots + [r for r in docker.oci_roots(self.daemons) if r not in roots], extra=False)
 
     @cached_property
     def docker(self) -> dict[str, docker.Known]:
@@ -99,9 +106,13 @@ class World:
         if starter is not None and starter.comm.startswith("containerd-shim") and (
                 cid := option(starter.cmdline, "-id")):
             ns = option(starter.cmdline, "-namespace") or "default"
-            labels = {"containerd.namespace": ns, **_bundle_annotations(c.proc, starter.pid)}
+            labels = {"containerd.namespace": ns}
+            if ns != "moby":  # (Docker's names and labels come from Docker; CRI's from the bundle)
+                labels.update(_bundle_annotations(c.proc, starter.pid))
             return CONTAINERD_NAMESPACES.get(ns, "containerd"), cid, labels
-        state = next((self.states[p] for p in (c.init.pid, *c.pids[:64]) if p in self.states), None)
+        pids = (c.init.pid, *c.pids[:64])
+        state = next((self.states[p] for p in pids if p in self.states), None) or next(
+            (self.docker_states[p] for p in pids if p in self.docker_states), None)
         if state is not None:
             labels = dict(state.labels)
             if state.namespace:
