@@ -191,8 +191,31 @@ def test_a_docker_socket_that_hangs_or_answers_garbage_costs_half_a_second(
             took = time.monotonic() - started
         assert took < docker.API_TIMEOUT + 0.2
         assert _docker_id(dockerd, "web1") in found  # the listing is there, from the data-root
+        started = time.monotonic()
+        assert docker.containers(daemon) == found  # asked again (another tree): no second wait
+        assert time.monotonic() - started < 0.3
         warnings = [r.getMessage() for r in caplog.records if "Docker API" in r.getMessage()]
         assert len(warnings) == 1 and "\n" not in warnings[0]
+    finally:
+        peer.close()
+
+
+def test_a_hostile_docker_socket_costs_nsfs_one_warning_and_no_listing(
+        dockerd: Dockerd, tmp_path: Path, started: Started) -> None:
+    """A process called dockerd (a script of ours) whose -H socket hangs: `nsfs containers` still
+    lists every container by its Docker name, with one warning line, no traceback."""
+    peer = HostilePeer(tmp_path / "hang.sock", None)
+    fake = tmp_path / "dockerd"  # a script's comm is its file's name
+    fake.write_text("#!/bin/sh\nsleep 1000\n")
+    fake.chmod(0o755)
+    proc = start_group(started, [str(fake), "-H", f"unix://{tmp_path}/hang.sock", "--data-root", dockerd.data_root])
+    try:
+        wait_for(lambda: children(proc.pid), what="the fake dockerd")
+        result = nsfs("containers", "-J")
+        listed = {c["path"]: c for c in json.loads(result.stdout)["containers"]}
+        assert listed["/web1"]["engine"] == "docker"
+        warnings = [ln for ln in result.stderr.splitlines() if "Docker API" in ln]
+        assert len(warnings) == 1 and "hang.sock" in warnings[0] and "did not answer in time" in warnings[0]
     finally:
         peer.close()
 

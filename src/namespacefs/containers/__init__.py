@@ -17,7 +17,7 @@ namespace, else `COMM-PID`). Renames stored in the names database (see container
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 
 from namespacefs.containers import engines
@@ -216,7 +216,11 @@ class _Naming:
         return _safe(name), "engine", key
 
 
-def _place(entries: list[_Entry], path: str, parent: Combo, build, naming: _Naming,  # type: ignore[no-untyped-def]
+#: build(combo, path, identity, name, where the name came from, given name) -> the container
+Builder = Callable[[Combo, str, "Identity | None", str, str, str], Container]
+
+
+def _place(entries: list[_Entry], path: str, parent: Combo, build: Builder, naming: _Naming,
            depth: int = 0) -> tuple[Container, ...]:
     """The children of a container at path: plain ones built where they are, members of a group
     (a pod) inside a node for the group. Names are made unique among siblings first."""

@@ -32,7 +32,10 @@ DEFAULT_EXEC_ROOT = "/var/run/docker"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 DEFAULT_CONFIG = "/etc/docker/daemon.json"
 _MAX_ANSWER = 16 << 20
-_warned: set[str] = set()
+#: a socket that failed is not asked again for this long (one process may build several trees:
+#: the wait is paid, and the warning printed, once)
+RETRY_AFTER = 30.0
+_failed: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ def containers(daemon: Daemon) -> dict[str, Known]:
 def _api(path: str) -> dict[str, Known] | None:
     """GET /containers/json on a unix socket, in at most API_TIMEOUT; None (and a warning, once
     per socket) when it hangs, refuses or answers something that is not Docker's answer."""
+    if time.monotonic() - _failed.get(path, -RETRY_AFTER) < RETRY_AFTER:
+        return None
     try:
         body = _get(path, "/containers/json?all=1", time.monotonic() + API_TIMEOUT)
         items = json.loads(body)
@@ -116,10 +121,9 @@ def _api(path: str) -> dict[str, Known] | None:
     except FileNotFoundError:
         return None  # no such socket: nothing to say
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        if path not in _warned:
-            _warned.add(path)
-            why = "did not answer in time" if isinstance(e, TimeoutError) else f"answered badly ({e})"
-            log.warning("nsfs: the Docker API at %s %s; names are read from the data-root instead", path, why)
+        _failed[path] = time.monotonic()
+        why = "did not answer in time" if isinstance(e, TimeoutError) else f"answered badly ({e})"
+        log.warning("nsfs: the Docker API at %s %s; names are read from the data-root instead", path, why)
         return None
 
 
