@@ -23,6 +23,7 @@ from operator import itemgetter
 from namespacefs.containers import engines
 from namespacefs.containers.candidate import Candidate
 from namespacefs.containers.model import TRUSTED, Container, ContainerTree, Identity
+from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Process, Snapshot
@@ -132,11 +133,14 @@ def _ancestry(procs: Mapping[int, Process], combos: Mapping[int, Combo], members
     for combo, pids in members.items():
         tops = [p for p in pids if combos.get(procs[p].ppid) != combo]
         ones = [p for p in pids if procs[p].nspid and procs[p].nspid[-1] == 1 and len(procs[p].nspid) > 1]
-        init = min(ones or tops or pids)  # pid 1 inside (not a forker's parent half), else the topmost
-        inits[combo] = init
+        # pid 1 inside (not a forker's parent half), else the oldest of the topmost: a name made
+        # from it (COMM-PID) must not move to another process when pids wrap
         if combo == host:
+            inits[combo] = min(pids)
             parent_of[combo], starters[combo] = None, None
             continue
+        init = ones[0] if len(ones) == 1 else _oldest(ones or tops or pids)
+        inits[combo] = init
         anc = procs[init].ppid
         seen = {init}
         while anc in procs and combos.get(anc) == combo and anc not in seen:
@@ -146,6 +150,19 @@ def _ancestry(procs: Mapping[int, Process], combos: Mapping[int, Combo], members
         parent_of[combo] = combos.get(anc, host)
     _break_cycles(parent_of, host)
     return inits, parent_of, starters
+
+
+def _oldest(pids: list[int]) -> int:
+    """The process started first (its start time, field 22 of /proc/PID/stat), else the lowest pid."""
+    if len(pids) == 1:
+        return pids[0]
+    started = {}
+    for pid in pids[:64]:
+        try:
+            started[pid] = int(read_at(f"/proc/{pid}/stat").rpartition(b")")[2].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+    return min(started, key=lambda p: (started[p], p)) if started else min(pids)
 
 
 def _ancestor_combo(pid: int, procs: Mapping[int, Process], combos: Mapping[int, Combo]) -> Combo | None:
