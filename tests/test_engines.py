@@ -112,6 +112,9 @@ def test_docker_containers_are_named_as_docker_ps_names_them(dockerd: Dockerd) -
 
 def test_docker_container_is_entered_shown_and_killed_by_its_name(dockerd: Dockerd) -> None:
     assert nsfs("enter", "web1", "--", "hostname").stdout.strip() == "webhost"
+    web = _docker_pid(dockerd, "web1")
+    listed = {ns["inode"] for ns in json.loads(nsfs("ls", "web1", "-J").stdout)["namespaces"]}
+    assert listed == {os.stat(f"/proc/{web}/ns/{t}").st_ino for t in ("mnt", "uts", "ipc", "pid", "net")}
     shown = nsfs("show", "web1").stdout
     assert "docker" in shown and _docker_id(dockerd, "web1") in shown and "sleep 100000" in shown
     data = json.loads(nsfs("show", "web1", "-J").stdout)

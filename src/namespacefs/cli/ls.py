@@ -135,10 +135,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inodes(snap: Snapshot, spec: str) -> set[int]:
+    """The namespaces a selector names: one namespace, or (targets' grammar) a container's own
+    ones (the container tree is built only for a selector no namespace answers to)."""
+    try:
+        return {find(snap, spec).inode}
+    except UserError:
+        from namespacefs import containers, targets
+
+        tree = containers.find(snap)
+        try:
+            target = targets.resolve_target(snap, spec, tree)
+        except targets.NotFound as e:
+            raise UserError(str(e)) from None
+        if target.container is None:
+            raise
+        return set(target.container.own_namespaces(tree.parent(target.container)).values())
+
+
 def select(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
     chosen: Sequence[Namespace] = sorted(snap, key=lambda ns: (NS_TYPES.index(ns.type), ns.inode))
     if args.namespace:
-        wanted = {find(snap, spec).inode for spec in args.namespace}
+        wanted = {inode for spec in args.namespace for inode in _inodes(snap, spec)}
         chosen = [ns for ns in chosen if ns.inode in wanted]
     if args.type:
         chosen = [ns for ns in chosen if ns.type in args.type]
