@@ -442,6 +442,40 @@ def test_kubernetes_pods_from_the_annotations_cri_writes(tmp_path: Path) -> None
         stop(box)
 
 
+# --- LXC ---------------------------------------------------------------------------------------
+
+
+def test_an_lxc_container_is_named_entered_and_killed_by_its_name(tmp_path: Path) -> None:
+    if subprocess.run(["which", "lxc-start"], capture_output=True).returncode != 0:
+        pytest.skip("lxc is not installed (bootstrap.sh installs it)")
+    name = f"nsfs-lxc-{os.getpid()}"
+    rootfs(tmp_path / "rootfs")
+    (tmp_path / "config").write_text(f"lxc.uts.name = {name}-host\nlxc.rootfs.path = dir:{tmp_path}/rootfs\n"
+                                     "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 100000\n"
+                                     "lxc.mount.auto = proc:mixed sys:ro\n")
+    started = subprocess.run(["lxc-start", "-P", str(tmp_path), "-n", name, "-f", str(tmp_path / "config"), "-d",
+                              "-o", str(tmp_path / "lxc.log")], capture_output=True, text=True, timeout=60)
+    if started.returncode != 0:
+        pytest.skip(f"lxc-start cannot run a container here: {started.stderr.strip()[-300:]}")
+    try:
+        def init() -> int | None:
+            out = subprocess.run(["lxc-info", "-P", str(tmp_path), "-n", name, "-p", "-H"], capture_output=True, text=True)
+            return int(out.stdout) if out.stdout.strip().isdigit() else None
+        pid = wait_for(init, what="the LXC container's init")
+        _, tree = _tree()
+        c = tree.of_pid(pid)
+        assert c is not None and (c.path, c.engine, c.engine_id) == (f"/{name}", "lxc", name)
+        assert nsfs("enter", name, "--", "hostname").stdout.strip() == f"{name}-host"
+        assert f"/{name}" in nsfs("kill", name).stdout
+        def stopped() -> bool:  # (a container started from a config file alone is forgotten once stopped)
+            out = subprocess.run(["lxc-info", "-P", str(tmp_path), "-n", name, "-s"], capture_output=True, text=True)
+            return "STOPPED" in out.stdout or "doesn't exist" in out.stdout + out.stderr
+        wait_for(stopped, timeout=30, what="LXC to see it stopped")
+        assert gone(pid)
+    finally:
+        subprocess.run(["lxc-stop", "-P", str(tmp_path), "-n", name, "-k"], capture_output=True, timeout=60)
+
+
 # --- sandboxes and targets that containers cannot steal (issue 11) --------------------------------
 
 

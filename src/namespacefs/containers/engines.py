@@ -9,6 +9,7 @@ In order, for each container:
      Docker's API or data-root (docker.py), Podman's store and pods (podman.py), Kubernetes'
      OCI annotations (pod, namespace, container: CRI's `io.kubernetes.cri.*` or CRI-O's
      `io.kubernetes.pod.name` …);
+     LXC's monitor (`[lxc monitor] LXCPATH NAME`) names its container;
   3. the engines recognised by their processes alone: systemd-nspawn, bubblewrap/Flatpak, LXC and
      the others by cgroup, browsers, systemd services.
 """
@@ -110,6 +111,11 @@ class World:
             if ns != "moby":  # (Docker's names and labels come from Docker; CRI's from the bundle)
                 labels.update(_bundle_annotations(c.proc, starter.pid))
             return CONTAINERD_NAMESPACES.get(ns, "containerd"), cid, labels
+        if starter is not None and starter.comm == "lxc-start":
+            # the monitor LXC runs for each container retitles itself `[lxc monitor] LXCPATH NAME`
+            words = " ".join(starter.cmdline).split(" ")
+            if words[:2] == ["[lxc", "monitor]"] and len(words) == 4:
+                return "lxc", words[3], {"lxc.path": words[2], "lxc.monitor": str(starter.pid)}
         pids = (c.init.pid, *c.pids[:64])
         state = next((self.states[p] for p in pids if p in self.states), None) or next(
             (self.docker_states[p] for p in pids if p in self.docker_states), None)
@@ -148,6 +154,8 @@ class World:
                 return Identity("podman", name, ident, labels)
         if fallback is not None:
             return fallback
+        if engine == "lxc":
+            return Identity("lxc", ident, ident, labels)
         return Identity(engine, ident[:12] if len(ident) == 64 else ident, ident, labels)
 
 
