@@ -276,6 +276,9 @@ def _in_api_and_fuse(where: Path, path: str, engine: str, net: int, ns_name: str
             return any(c["path"] == path and c["engine"] == engine for c in found.get("containers", []))
         api.wait_for(listed)
         assert api.http.get(f"/api/namespaces/{ns_name}").json()["inode"] == net
+        one = api.http.get(f"/api/containers/{path.rsplit('/', 1)[-1]}").json()  # by its name
+        assert (one["path"], one["engine"], one["namespaces"]["net"]["inode"]) == (path, engine, net)
+        assert api.http.get("/api/containers/4999999").status_code == 404  # a number is no name
     finally:
         api.stop()
     mountpoint = where / "fs"

@@ -110,21 +110,9 @@ def _containers(snap: Snapshot, args: argparse.Namespace) -> ContainerTree:
     return containers.find(snap, names=renames)
 
 
-def describe_container(c: Container, tree: ContainerTree, snap: Snapshot) -> dict[str, Any]:
-    """A container's JSON form with its pod, processes and namespaces (each with its name)."""
-    info = c.to_dict(nested=False)
-    parent = tree.parent(c)
-    info["parent"] = parent.path if parent else None
-    if parent is not None and parent.group:
-        info["pod"] = {"path": parent.path, "name": parent.name, "engine_id": parent.engine_id}
-    info["children"] = [k.path for k in c.children]
-    info["processes"] = [{"pid": p, "command": snap.processes[p].command} for p in c.all_pids if p in snap.processes]
-    info["namespaces"] = {t: {"inode": i, "name": ns.name if (ns := snap.get(i)) else None,
-                              "own": t in c.own_namespaces(parent)} for t, i in c.namespaces.items()}
-    return info
-
-
 def _show_container(c: Container, tree: ContainerTree, snap: Snapshot, as_json: bool) -> int:
+    from namespacefs.containers import describe_container
+
     info = describe_container(c, tree, snap)
     if as_json:
         print(json.dumps(info, indent=2))

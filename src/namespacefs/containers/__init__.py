@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
+from typing import Any
 
 from namespacefs.containers import engines
 from namespacefs.containers.candidate import Candidate
@@ -28,7 +29,7 @@ from namespacefs.handles import Gone
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Process, Snapshot
 
-__all__ = ["ENGINES", "Container", "ContainerTree", "Identity", "engine_names", "find"]
+__all__ = ["ENGINES", "Container", "ContainerTree", "Identity", "describe_container", "engine_names", "find"]
 
 ENGINES = engines.FALLBACKS
 
@@ -327,3 +328,17 @@ def engine_names(snapshot: Snapshot, tree: ContainerTree | None = None) -> dict[
         for inode in c.own_namespaces(tree.parent(c)).values():
             found.setdefault(inode, c.name)
     return found
+
+
+def describe_container(c: Container, tree: ContainerTree, snap: Snapshot) -> dict[str, Any]:
+    """A container's JSON form with its pod, processes and namespaces (each with its name)."""
+    info = c.to_dict(nested=False)
+    parent = tree.parent(c)
+    info["parent"] = parent.path if parent else None
+    if parent is not None and parent.group:
+        info["pod"] = {"path": parent.path, "name": parent.name, "engine_id": parent.engine_id}
+    info["children"] = [k.path for k in c.children]
+    info["processes"] = [{"pid": p, "command": snap.processes[p].command} for p in c.all_pids if p in snap.processes]
+    info["namespaces"] = {t: {"inode": i, "name": ns.name if (ns := snap.get(i)) else None,
+                              "own": t in c.own_namespaces(parent)} for t, i in c.namespaces.items()}
+    return info
