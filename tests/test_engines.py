@@ -115,6 +115,12 @@ def test_docker_container_is_entered_shown_and_killed_by_its_name(dockerd: Docke
     web = _docker_pid(dockerd, "web1")
     listed = {ns["inode"] for ns in json.loads(nsfs("ls", "web1", "-J").stdout)["namespaces"]}
     assert listed == {os.stat(f"/proc/{web}/ns/{t}").st_ino for t in ("mnt", "uts", "ipc", "pid", "net")}
+    pin = dockerd.dir / f"web1-net-{os.getpid()}"
+    pinned = nsfs("pin", "web1", "-t", "net", str(pin)).stdout
+    try:
+        assert f"net:[{os.stat(f'/proc/{web}/ns/net').st_ino}]" in pinned
+    finally:
+        nsfs("unpin", str(pin))
     shown = nsfs("show", "web1").stdout
     assert "docker" in shown and _docker_id(dockerd, "web1") in shown and "sleep 100000" in shown
     data = json.loads(nsfs("show", "web1", "-J").stdout)
