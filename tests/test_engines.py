@@ -444,9 +444,15 @@ def test_kubernetes_pods_from_the_annotations_cri_writes(tmp_path: Path) -> None
         assert tree.get("/default/shop-7d9").engine_id == sandbox_id  # type: ignore[union-attr]
         env = dict(os.environ, NSFS_OCI_ROOTS=str(tmp_path / "runc-state"))
         assert nsfs("enter", "default/shop-7d9/nginx", "--", "cat", "/proc/self/comm", env=env).stdout.strip() == "cat"
+        shown = json.loads(nsfs("show", "/default/shop-7d9/nginx", "-J", env=env).stdout)
+        assert shown["pod"]["name"] == "shop-7d9" and shown["engine"] == "kubernetes"
         assert "nginx" in nsfs("kill", "/default/shop-7d9/nginx", env=env).stdout
         wait_for(lambda: gone(app), what="nginx to die")
         assert _alive(sandbox)
+        nginx_id = tree.of_pid(app).engine_id  # type: ignore[union-attr]
+        state = subprocess.run(["runc", "--root", str(tmp_path / "runc-state"), "state", nginx_id],
+                               capture_output=True, text=True)
+        assert json.loads(state.stdout)["status"] == "stopped"  # the runtime reports it exited
     finally:
         stop(box)
 
@@ -578,6 +584,13 @@ def test_rootless_podman_containers_are_named_inside_the_users_pause_container(r
     assert parent is not None and parent.name == f"podman-{rootless.user}" and rootless.pause_pid() in parent.pids
     assert web.path == f"/podman-{rootless.user}/rl-web"
     assert nsfs("enter", "rl-web", "--", "hostname").stdout.strip() == "rl-web-host"
+    shown = json.loads(nsfs("show", "rl-web", "-J").stdout)
+    assert (shown["engine"], shown["parent"]) == ("podman", f"/podman-{rootless.user}")
+
+
+def test_rootless_podman_names_in_the_http_api_and_the_fuse_view(rootless: RootlessPodman, tmp_path: Path) -> None:
+    net = os.stat(f"/proc/{_rootless_pid(rootless, 'rl-web')}/ns/net").st_ino
+    _in_api_and_fuse(tmp_path, f"/podman-{rootless.user}/rl-web", "podman", net, "net-rl-web")
 
 
 def test_a_rootless_container_is_killed_precisely(rootless: RootlessPodman) -> None:
