@@ -67,7 +67,7 @@ def _alive(pid: int) -> bool:
 # --- Docker --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one per session (only this module uses it), gone before later modules scan the host
 def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
     d = Dockerd(tmp_path_factory.mktemp("dockerd"))
     try:
@@ -304,7 +304,7 @@ def test_docker_names_in_the_http_api_and_the_fuse_view(dockerd: Dockerd, tmp_pa
 # --- Podman --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one per session (only this module uses it), gone before later modules scan the host
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     p = Podman(tmp_path_factory.mktemp("podman"))
     try:
@@ -557,7 +557,7 @@ def test_twins_are_ambiguous_and_kill_twice_never_kills_both(started: Started) -
 # --- rootless Podman ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one per session (only this module uses it), gone before later modules scan the host
 def rootless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootlessPodman]:
     p = RootlessPodman(tmp_path_factory.mktemp("rootless"))
     try:

@@ -17,6 +17,7 @@ In order, for each container:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
@@ -68,8 +69,10 @@ class World:
 
     @cached_property
     def podman(self) -> podman.Store:
+        """Every store's names and pods; a root-owned store's first (a rootless user's store is
+        the user's to write: it never renames or regroups what root's store names)."""
         merged = podman.Store()
-        for root in podman.stores(self.snapshot):
+        for root in sorted(podman.stores(self.snapshot), key=_owner):
             store = podman.read_store(root)
             for attr in ("names", "pod_of", "pods"):
                 for k, v in getattr(store, attr).items():
@@ -79,7 +82,11 @@ class World:
 
     @cached_property
     def pauses(self) -> dict[int, str]:
-        return podman.pause_pids()
+        """pid -> user, of each rootless user's pause process: only a process of that very user
+        (the pid file is the user's to write; it must not name someone else's container)."""
+        procs = self.snapshot.processes
+        return {pid: user for pid, (uid, user) in podman.pause_pids().items()
+                if pid in procs and procs[pid].uid == uid and uid != 0}
 
     def identify(self, c: Candidate) -> Identity | None:
         if (pause := next((p for p in c.pids if p in self.pauses), None)) is not None:
@@ -157,6 +164,13 @@ class World:
         if engine == "lxc":
             return Identity("lxc", ident, ident, labels)
         return Identity(engine, ident[:12] if len(ident) == 64 else ident, ident, labels)
+
+
+def _owner(path: str) -> int:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return 1 << 32
 
 
 def _kubernetes(labels: Mapping[str, str]) -> tuple[str, tuple[tuple[str, str | None], ...]] | None:

@@ -132,8 +132,9 @@ def _unquote(raw: bytes) -> str:
         return raw.decode(errors="replace")
 
 
-def pause_pids(proc: str = "/proc") -> dict[int, str]:
-    """pid -> user name, of each rootless user's pause process."""
+def pause_pids(proc: str = "/proc") -> dict[int, tuple[int, str]]:
+    """pid -> (uid, user name), of each rootless user's pause process as its pid file says (a file
+    the user writes: the caller checks the process is that user's)."""
     found: dict[int, str] = {}
     try:
         uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if d.isascii() and d.isdigit()]
@@ -148,7 +149,7 @@ def pause_pids(proc: str = "/proc") -> dict[int, str]:
             continue
         if pid > 0:
             try:
-                found[pid] = pwd.getpwuid(uid).pw_name
+                found[pid] = (uid, pwd.getpwuid(uid).pw_name)
             except KeyError:
-                found[pid] = str(uid)
+                found[pid] = (uid, str(uid))
     return found
