@@ -58,9 +58,10 @@ class Known:
 
 
 def daemons(snapshot: Snapshot) -> list[Daemon]:
-    """Every dockerd running in the snapshot, or the configured one when none runs."""
-    found = [_from_argv(p.cmdline, p.pid) for p in snapshot.processes.values() if p.comm == "dockerd"]
-    return found or [_from_argv(("dockerd",), None)]
+    """Every dockerd running in the snapshot (root's first: a name a user's daemon gives never
+    displaces one root's gives the same container), or the configured one when none runs."""
+    procs = sorted((p for p in snapshot.processes.values() if p.comm == "dockerd"), key=lambda p: (p.uid != 0, p.pid))
+    return [_from_argv(p.cmdline, p.pid) for p in procs] or [_from_argv(("dockerd",), None)]
 
 
 def _from_argv(argv: tuple[str, ...], pid: int | None) -> Daemon:
