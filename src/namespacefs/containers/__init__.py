@@ -53,8 +53,7 @@ def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
     """Group the snapshot's processes into the container tree. names: key -> name renames (from
     containers.names.load); oci_roots: extra OCI state roots as (directory, engine)."""
     procs = snapshot.processes
-    combos = _combos(procs)
-    host_combo = combos.get(next((p for p in (1, 2) if p in combos), min(combos, default=0)))
+    combos, host_combo = _combos(procs)
     if host_combo is None:
         return ContainerTree(Container("/", "", "host", None, 0, (), {}, name_from="host"))
     members: dict[Combo, list[int]] = {}
@@ -86,8 +85,8 @@ def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
     return ContainerTree(build(host_combo, "/", None, "", "host", ""))
 
 
-def _combos(procs: Mapping[int, Process]) -> dict[int, Combo]:
-    """pid -> its container's combination of namespaces."""
+def _combos(procs: Mapping[int, Process]) -> tuple[dict[int, Combo], Combo | None]:
+    """pid -> its container's combination of namespaces, and the host's combination."""
     combos: dict[int, Combo] = {}
     for pid, p in procs.items():
         combo = _combo(p)
@@ -104,7 +103,7 @@ def _combos(procs: Mapping[int, Process]) -> dict[int, Combo]:
             if found is not None:
                 combos[pid] = found
     _fold_forkers(procs, combos, host_combo)
-    return combos
+    return combos, host_combo
 
 
 def _fold_forkers(procs: Mapping[int, Process], combos: dict[int, Combo], host: Combo | None) -> None:
