@@ -523,6 +523,8 @@ def test_an_unshare_fork_sandbox_is_one_container(started: Started) -> None:
     assert c is not None and c.path == f"/solo-{os.getpid()}" and tree.parent(c) is tree.root
     unshare = started.groups[-1].pid
     assert tree.of_pid(unshare) == c and not c.children  # the forker is in it, nothing nested
+    report = json.loads(nsfs("kill", c.path, "-J").stdout)
+    assert sorted(report["pids"]) == sorted([unshare, sleeper]) and not report["gone"] and not report["left"]
 
 
 def test_a_number_is_never_a_name(started: Started) -> None:

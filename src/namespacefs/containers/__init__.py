@@ -115,12 +115,18 @@ def _fold_forkers(procs: Mapping[int, Process], combos: dict[int, Combo], host: 
         combo = combos.get(pid)
         if combo is None or combo == host:
             continue
-        inner = list(combo)
-        inner[_PID] = p.namespaces.get("pid_for_children", combo[_PID])
-        inner[_TIME] = p.namespaces.get("time_for_children", combo[_TIME])
-        folded = tuple(inner)
+        folded = for_children(combo, p.namespaces.get("pid_for_children"), p.namespaces.get("time_for_children"))
         if folded != combo and folded in present:
             combos[pid] = folded
+
+
+def for_children(combo: Combo, pid_ns: int | None, time_ns: int | None) -> Combo:
+    """The combination a process's children get: its own with the pid and time namespaces it made
+    for them (pid_for_children, time_for_children; None: its own)."""
+    inner = list(combo)
+    inner[_PID] = pid_ns or combo[_PID]
+    inner[_TIME] = time_ns or combo[_TIME]
+    return tuple(inner)
 
 
 def _ancestry(procs: Mapping[int, Process], combos: Mapping[int, Combo], members: Mapping[Combo, list[int]],
