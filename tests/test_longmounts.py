@@ -222,5 +222,7 @@ def test_a_bind_mount_in_a_mount_namespace_no_process_is_in_is_found(
     assert [(h.kind, h.mntns, h.path) for h in net.holders] == [("bindmount", info["mnt"], info["path"])]
     assert net.id is not None and net.owner is not None  # resolved like any other namespace
     assert not os.path.exists(info["path"])  # the file is only there, in that mount namespace
+    shown = json.loads(nsfs("show", f"mnt:[{info['mnt']}]", "-J").stdout)
+    assert shown["mounts"] == len(kernel.listmount(mnt.id)) and "details_error" not in shown  # type: ignore[arg-type]
     entered = nsfs("enter", f"net:[{info['net']}]", "--", "readlink", "/proc/self/ns/net")
     assert entered.stdout.strip() == f"net:[{info['net']}]"

@@ -84,6 +84,8 @@ def _type_details(ns: Namespace, snap: Snapshot) -> dict[str, Any]:
     if ns.type == "time":
         return {"offsets": details.time_offsets(ns)}
     if ns.type == "mnt":
+        if not ns.processes and ns.mounts is not None:
+            return {"mounts": ns.mounts}  # no process is in it: counted by listmount() in the scan
         return {"mounts": len(details.mountinfo(ns).splitlines())}
     if ns.type == "pid":
         init = next((p for p in ns.processes if snap.processes[p].nspid[-1] == 1), None)
