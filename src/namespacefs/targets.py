@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.procfs import parse_ns_link
+from namespacefs.syntax import is_number
 
 if TYPE_CHECKING:
     from namespacefs.containers import Container, ContainerTree
@@ -59,32 +60,35 @@ class Target:
 
 
 def number(text: str) -> int | None:
-    """The value of text if it is all ASCII digits (`²`, `١` and `1_000` are not numbers)."""
-    return int(text) if text and text.isascii() and text.isdigit() else None
+    """The value of text if it is a number (syntax.is_number: ASCII digits only; `²`, `١` and
+    `1_000` are not numbers), else None."""
+    return int(text) if is_number(text) else None
 
 
-def resolve(snapshot: Snapshot, spec: str, nstype: str | None = None) -> Namespace:
-    """The namespace spec names (see the module docstring), of type nstype if given."""
-    target = resolve_target(snapshot, spec, nstype=nstype)
+def resolve(snapshot: Snapshot, spec: str, nstype: str | None = None, files: bool = True) -> Namespace:
+    """The namespace spec names (see the module docstring), of type nstype if given. files=False: a
+    PATH is never looked up on the filesystem (a remote caller's selector must not tell which files
+    exist on this host); only name paths of the snapshot match."""
+    target = resolve_target(snapshot, spec, nstype=nstype, files=files)
     assert target.namespace is not None
     return target.namespace
 
 
 def resolve_target(snapshot: Snapshot, spec: str, tree: ContainerTree | None = None, nstype: str | None = None,
-                   pids: bool = False, namespaces: bool = True) -> Target:
+                   pids: bool = False, namespaces: bool = True, files: bool = True) -> Target:
     """What spec names: a namespace (of type nstype), a container of tree, or (pids=True) a process.
-    namespaces=False: only containers and processes (kill)."""
+    namespaces=False: only containers and processes (kill); files=False: as for resolve()."""
     spec = spec.strip()
     if not spec:
         raise NotFound("an empty name")
-    found = _resolve(snapshot, spec, tree, nstype, pids, namespaces)
+    found = _resolve(snapshot, spec, tree, nstype, pids, namespaces, files)
     if nstype and found.namespace is not None and found.namespace.type != nstype:
         raise NotFound(f"{spec} is a {found.namespace.type} namespace, not {nstype}")
     return found
 
 
 def _resolve(snapshot: Snapshot, spec: str, tree: ContainerTree | None, nstype: str | None, pids: bool,
-             namespaces: bool) -> Target:
+             namespaces: bool, files: bool) -> Target:
     if namespaces and (link := parse_ns_link(spec)):
         return Target(spec, _by_inode(snapshot, link[1], spec, link[0]))
     if namespaces and spec.startswith("id:"):
@@ -99,7 +103,7 @@ def _resolve(snapshot: Snapshot, spec: str, tree: ContainerTree | None, nstype: 
         return Target(spec, ns)
     if (value := number(spec)) is not None:
         return _by_number(snapshot, spec, value, pids, namespaces)
-    if namespaces and "/" in spec and os.path.exists(spec):
+    if namespaces and files and "/" in spec and os.path.exists(spec):
         try:
             return Target(spec, _by_path(snapshot, spec))
         except NotFound:

@@ -10,7 +10,7 @@ import sys
 from typing import Any, NoReturn
 
 from namespacefs import containers, core, kernel, targets
-from namespacefs.cli import UserError, duration
+from namespacefs.cli import UserError, duration, whole
 from namespacefs.cli.common import chosen_sources, report_errors
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         add_table_options(parser, COLUMNS, DEFAULT)
     elif command == "enter":
         _enter_options(parser)
-        parser.add_argument("-t", "--target", dest="target_pid", type=int, metavar="PID",
+        parser.add_argument("-t", "--target", dest="target_pid", type=whole("PID", 1, 2**22), metavar="PID",
                             help="the target process, as nsenter takes it (instead of TARGET)")
         parser.add_argument("target", nargs="?", help="a container (path, name or engine id), a pid, or a namespace")
         parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="[OPTIONS] -- CMD",
@@ -105,8 +105,8 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"-{LETTERS[t]}", f"--{LONG[t]}", dest=f"ns_{t}", action="store_true",
                             help=f"enter the {t} namespace")
     parser.add_argument("-a", "--all", action="store_true", help="enter every namespace (the default for a pid or container)")
-    parser.add_argument("-S", "--setuid", type=int, metavar="UID", help="run as this uid")
-    parser.add_argument("-G", "--setgid", type=int, metavar="GID", help="run as this gid")
+    parser.add_argument("-S", "--setuid", type=whole("UID", 0, 2**32 - 2), metavar="UID", help="run as this uid")
+    parser.add_argument("-G", "--setgid", type=whole("GID", 0, 2**32 - 2), metavar="GID", help="run as this gid")
     parser.add_argument("--wd", metavar="DIR", help="working directory (default: the target's)")
     parser.add_argument("--keep-root", action="store_true", help="keep our root directory in the mount namespace")
 
@@ -215,7 +215,7 @@ def _containers(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     snap, tree = _tree(args)
-    if args.rename or args.forget:
+    if args.rename or args.forget is not None:
         spec = args.rename[0] if args.rename else args.forget
         target = _container(tree, snap, spec)
         if target.path == "/":
@@ -419,8 +419,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"directory": report.directory, "containers": report.containers,
                             "namespaces": report.namespaces, "files": report.files, "dumped": report.dumped,
                             "criu": report.criu.to_dict()}
+    failed = report.criu.check_ok and not report.dumped  # CRIU could run, and wrote no image
     if args.json:
         print_json(data)
+        if failed:
+            raise UserError(f"no process images were written: {report.criu.message}")
         return 0
     print(f"wrote the topology and names of {', '.join(report.containers)} ({report.namespaces} namespaces) "
           f"to {report.directory}")
@@ -428,6 +431,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
         print(f"CRIU dumped the processes into {os.path.join(report.directory, 'images')}")
     else:
         print(f"CRIU: {report.criu.message}; no process images were written")
+    if failed:
+        raise UserError(f"no process images were written: {report.criu.message}")
     return 0
 
 

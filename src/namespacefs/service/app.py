@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from namespacefs import accounting, targets
+from namespacefs import access, accounting, targets
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.service import metrics
@@ -41,13 +41,38 @@ def _split(text: str | None, known: tuple[str, ...], what: str) -> frozenset[str
     return chosen
 
 
-def namespace_details(ns: Namespace, live: Live) -> dict[str, Any]:
-    snap = live.current()
+def reader_of(request: Request) -> access.Reader | None:
+    """Who asks, for access.may_see: None (everything) for root over the Unix socket and for a holder
+    of the token on the port (the token is root's); a Reader for any other user the socket's mode
+    let in (it is root's, 0600: only if someone opened it up)."""
+    peer = request.scope.get("nsfs.peer")
+    if peer is None or peer[1] == 0:
+        return None
+    pid, uid, gid = peer
+    return access.Reader(uid, gid, pid)
+
+
+def visible(snap: Snapshot, reader: access.Reader | None) -> Snapshot:
+    """The part of a snapshot a reader may see (access.may_see for each namespace and process)."""
+    if reader is None:
+        return snap
+    return snap.replace(
+        namespaces={i: ns for i, ns in snap.namespaces.items() if access.may_see(reader, ns, snap)},
+        processes={p: proc for p, proc in snap.processes.items() if access.may_see(reader, p, snap)})
+
+
+def namespace_details(ns: Namespace, live: Live, reader: access.Reader | None = None) -> dict[str, Any]:
+    snap = visible(live.current(), reader)
     d = ns.to_dict()
     d["children"] = [c.inode for c in snap.children(ns.inode)]
     d["owns"] = [o.inode for o in snap.owned_by(ns.inode)] if ns.type == "user" else []
     d["process_details"] = [snap.processes[p].to_dict() for p in ns.processes if p in snap.processes]
     return d
+
+
+def _root_only(request: Request) -> None:
+    if reader_of(request) is not None:
+        raise HTTPException(403, "only root (or a holder of the token) may read this")
 
 
 class TokenMiddleware:
@@ -101,26 +126,32 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         return live.status()
 
     @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)")
-    def snapshot() -> Response:
-        return Response(live.snapshot_json(), media_type="application/json")
+    def snapshot(request: Request) -> Response:
+        reader = reader_of(request)
+        if reader is None:
+            return Response(live.snapshot_json(), media_type="application/json")
+        return JSONResponse(visible(live.current(), reader).to_dict())
 
     @app.get("/api/namespaces", summary="Every namespace, optionally of some types")
-    def namespaces(type: str | None = Query(None, description="comma-separated types")) -> list[dict[str, Any]]:
+    def namespaces(request: Request, type: str | None = Query(None, description="comma-separated types")) -> list[dict[str, Any]]:
         types = _split(type, NS_TYPES, "namespace type")
-        return [ns.to_dict() for ns in live.current() if types is None or ns.type in types]
+        return [ns.to_dict() for ns in visible(live.current(), reader_of(request)) if types is None or ns.type in types]
 
     @app.get("/api/namespaces/{spec:path}", summary="One namespace: INODE, TYPE:INODE, id, name, PID:TYPE")
-    def namespace(spec: str, type: str | None = Query(None, description="namespace type")) -> dict[str, Any]:
+    def namespace(request: Request, spec: str,
+                  type: str | None = Query(None, description="namespace type")) -> dict[str, Any]:
         if type is not None and type not in NS_TYPES:
             raise HTTPException(400, f"unknown namespace type '{type}' (one of {', '.join(NS_TYPES)})")
-        try:
-            ns = targets.resolve(live.current(), spec, type)
+        reader = reader_of(request)
+        try:  # (a path selector is never looked up on the filesystem: files=False)
+            ns = targets.resolve(visible(live.current(), reader), spec, type, files=False)
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
-        return namespace_details(ns, live)
+        return namespace_details(ns, live, reader)
 
     @app.get("/api/containers", summary="Containers (nsfs containers -J): the tree and a flat list")
-    def containers() -> Any:
+    def containers(request: Request) -> Any:
+        _root_only(request)
         return live.derived("containers", lambda snap: _containers(snap))
 
     @app.get("/api/containers/{spec:path}", summary="One container (nsfs show CONTAINER -J): path, name, engine id or pid")
@@ -138,13 +169,16 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         return containers.describe_container(found, tree, snap)
 
     @app.get("/api/accounting", summary="Per-user-namespace accounting and uid-map overlaps")
-    def account(limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Any:
+    def account(request: Request,
+                limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Any:
+        _root_only(request)
         return accounting.compute(live.current(), limits=limits).to_dict()
 
     @app.get("/api/events", summary="Lifecycle events as server-sent events (data: one JSON object each)")
     async def events(request: Request, kinds: str | None = Query(None, description=f"comma list of {','.join(KINDS)}"),
                      type: str | None = Query(None, description="comma list of namespace types"),
                      since: int | None = Query(None, ge=0, description="resume after this seq")) -> StreamingResponse:
+        _root_only(request)
         want_kinds = _split(kinds, KINDS, "event kind")
         want_types = _split(type, NS_TYPES, "namespace type")
         last = request.headers.get("last-event-id") or since
@@ -157,7 +191,8 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/metrics", summary="Prometheus metrics")
-    def prometheus() -> Response:
+    def prometheus(request: Request) -> Response:
+        _root_only(request)
         return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
