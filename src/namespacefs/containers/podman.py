@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from namespacefs.model import Snapshot
+from namespacefs.syntax import is_number
 
 ROOTFUL_STORE = "/var/lib/containers/storage"
 RUNTIME_DIRS = "/run/user"
@@ -62,7 +63,7 @@ def stores(snapshot: Snapshot) -> list[str]:
 
 def _rootless_stores() -> list[str]:
     try:
-        uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if d.isascii() and d.isdigit()]
+        uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if is_number(d)]
     except OSError:
         return []
     found = []
@@ -137,14 +138,14 @@ def pause_pids(proc: str = "/proc") -> dict[int, tuple[int, str]]:
     the user writes: the caller checks the process is that user's)."""
     found: dict[int, str] = {}
     try:
-        uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if d.isascii() and d.isdigit()]
+        uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if is_number(d)]
     except OSError:
         return found
     for uid in uids:
         try:
             with open(os.path.join(RUNTIME_DIRS, str(uid), "libpod", "tmp", "pause.pid"), "rb") as f:
-                text = f.read(32).strip()
-            pid = int(text) if text.isascii() and text.isdigit() else 0
+                text = f.read(32).decode("ascii", "replace").strip()
+            pid = int(text) if is_number(text) else 0
         except (OSError, ValueError):
             continue
         if pid > 0:
