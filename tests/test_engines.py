@@ -260,6 +260,7 @@ def test_docker_and_ip_netns_namespaces_are_found_on_a_long_mount_table_by_their
         assert json.loads(nsfs("show", netns, "-J").stdout)["inode"] == ip_net
         entered = nsfs("enter", netns, "--", "readlink", "/proc/self/ns/net").stdout.strip()
         assert entered == f"net:[{ip_net}]"
+        assert ": lo:" in nsfs("enter", netns, "--", "ip", "link").stdout  # as `ip netns exec` would
         assert json.loads(nsfs("show", "net-web1", "-J").stdout)["inode"] == web_net
         assert nsfs("enter", "web1", "-n", "--", "readlink", "/proc/self/ns/net").stdout.strip() == f"net:[{web_net}]"
         listed = nsfs("ls", "-t", "net").stdout
