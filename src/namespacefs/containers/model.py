@@ -126,7 +126,7 @@ class ContainerTree:
 
     def names(self) -> list[str]:
         """Every name and path a user may give (for suggestions)."""
-        return [n for c in self if c.path != "/" for n in (c.name, c.path)]
+        return [n for c in self if c.path != "/" for n in ((c.name,) if c.path == f"/{c.name}" else (c.name, c.path))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root.to_dict(), "containers": [c.to_dict(nested=False) for c in self]}
