@@ -137,6 +137,22 @@ def test_docker_container_is_entered_shown_and_killed_by_its_name(dockerd: Docke
     dockerd.docker("rm", "-f", "victim")
 
 
+def test_a_container_naming_its_host_after_a_docker_container_never_takes_its_name(
+        dockerd: Dockerd, started: Started) -> None:
+    thief = _unshare(started, "late1")  # first: its init pid is the lower one
+    dockerd.docker("run", "-d", "--name", "late1", "--network", "none", IMAGE, "sleep", "100000")
+    try:
+        late = _docker_pid(dockerd, "late1")
+        assert thief < late
+        dry = nsfs("kill", "late1", "--dry-run").stdout
+        assert f"    {late} " in dry and f"    {thief} " not in dry
+        listed = {c["path"]: c for c in json.loads(nsfs("containers", "-J").stdout)["containers"]}
+        assert listed["/late1"]["engine"] == "docker" and listed["/late1"]["init"] == late
+        assert listed[f"/late1.{thief}"]["name_from"] == "hostname"
+    finally:
+        dockerd.docker("rm", "-f", "late1")
+
+
 def descendants_of(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -538,9 +554,10 @@ def test_a_number_is_never_a_name(started: Started) -> None:
 
 def test_a_hostname_never_takes_an_engine_or_user_given_name(started: Started, tmp_path: Path) -> None:
     db = str(tmp_path / "names.db")
+    thief = _unshare(started, f"named-{os.getpid()}")  # first (the lower init pid), then the one named so
     victim = _unshare(started, f"victim-{os.getpid()}")
+    assert thief < victim
     nsfs("containers", "--db", db, "--rename", f"/victim-{os.getpid()}", f"named-{os.getpid()}")
-    thief = _unshare(started, f"named-{os.getpid()}")  # names its host after the renamed one
     dry = nsfs("kill", "--db", db, f"named-{os.getpid()}", "--dry-run").stdout
     assert str(victim) in dry and str(thief) not in dry
     listed = {c["path"]: c["init"] for c in json.loads(nsfs("containers", "--db", db, "-J").stdout)["containers"]}
