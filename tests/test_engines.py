@@ -369,6 +369,13 @@ def test_a_podman_pod_holds_its_infra_and_members_named_as_podman_names_them(pod
     assert names[pod.namespaces["net"]] == "pod1"  # the shared namespaces are the pod's
 
 
+def test_a_pod_is_renamed_as_a_whole(podman: Podman, tmp_path: Path) -> None:
+    db = str(tmp_path / "names.db")
+    nsfs("containers", "--db", db, "--rename", "pod1", "storefront")
+    listed = {c["path"] for c in json.loads(nsfs("containers", "--db", db, "-J").stdout)["containers"]}
+    assert {"/storefront", "/storefront/pod1-web"} <= listed and "/pod1" not in listed
+
+
 def test_podman_containers_are_entered_shown_and_killed_precisely(podman: Podman) -> None:
     assert nsfs("enter", "pod1-web", "--", "hostname").stdout.strip() == "pod1"  # the pod's uts
     data = json.loads(nsfs("show", "pod1-db", "-J").stdout)
