@@ -330,6 +330,7 @@ class RootlessPodman:
     dir: Path
     user: str = "nsfs-rootless"
     uid: int = -1
+    made_run_user: bool = False  # /run/user did not exist: removed again at the end
 
     @property
     def runtime_dir(self) -> str:
@@ -357,6 +358,7 @@ class RootlessPodman:
                                    for _, f, n in [line.split(":")]])
         subprocess.run(["usermod", "--add-subuids", f"{base}-{base + 65535}", "--add-subgids",
                         f"{base}-{base + 65535}", self.user], check=True, capture_output=True)
+        self.made_run_user = not os.path.exists(os.path.dirname(self.runtime_dir))
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chown(self.runtime_dir, self.uid, self.uid)
         home = Path(f"/home/{self.user}")  # (the test's temp dirs are root's only)
@@ -392,6 +394,9 @@ class RootlessPodman:
             time.sleep(0.1)
         subprocess.run(["userdel", "-r", self.user], capture_output=True)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.made_run_user:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.runtime_dir))  # (only if it is empty: no one else's)
 
 
 def _lines(path: str) -> list[str]:
