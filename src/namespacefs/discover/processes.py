@@ -22,10 +22,11 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CHUNK = 65536
 
 
-def read_at(name: str, dir_fd: int | None = None) -> bytes:
+def read_at(name: str, dir_fd: int | None = None, records: bool = True) -> bytes:
     """The whole of a (/proc) file, relative to a directory handle if one is given: the one reader
     of /proc files. It reads until read() returns b"": a short read is NOT the end, since what the
-    kernel serves through seq_file (mountinfo, mounts, status, ...) comes about a page per read()."""
+    kernel serves through seq_file (mountinfo, mounts, status, ...) comes about a page per read().
+    (records: kept for callers that say so; every file is read to its end, whatever it is.)"""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
@@ -75,12 +76,12 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
         try:
             dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             continue
         try:
             _scan_process(state, pid, dir_fd, sources)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             state.processes.pop(pid, None)  # half read: as good as gone
         finally:
             os.close(dir_fd)
