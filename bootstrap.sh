@@ -13,6 +13,8 @@ APT_PACKAGES=(
   util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
   runc bubblewrap systemd-container busybox-static criu  # real containers in the tests
   chromium                                     # the web page test (headless)
+  docker.io containerd lxc                     # the engines users run, started by the tests themselves
+  podman crun uidmap slirp4netns catatonit fuse-overlayfs conmon golang-github-containers-common  # podman, rootless too
 )
 
 if [ "$(id -u)" -ne 0 ]; then

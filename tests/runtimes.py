@@ -182,3 +182,245 @@ def started_fixture() -> Iterator[Started]:
 def nsfs_env(state: Path, db: Path) -> dict[str, str]:
     """The environment for `nsfs` in a test: our runc root, and a names database of the test's own."""
     return dict(os.environ, NSFS_OCI_ROOTS=str(state), NSFS_DB=str(db))
+
+
+# --- engines the tests start themselves: dockerd and podman, each in a directory of its own ----------
+
+#: a busybox image is built from this root filesystem and imported: no image is ever pulled
+IMAGE = "nsfs-busybox:test"
+
+
+def busybox_tar(tmp: Path) -> Path:
+    tar = tmp / "busybox.tar"
+    if not tar.exists():
+        root = rootfs(tmp / "image-rootfs")
+        subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    return tar
+
+
+def unmount_under(where: Path) -> None:
+    """Detach every mount under where (what an engine left: overlays, netns bind mounts)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [ln.split()[4] for ln in f.read().splitlines()]
+    for point in reversed(points):
+        if point == str(where) or point.startswith(f"{where}/"):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+@dataclass
+class Dockerd:
+    """A dockerd of the tests' own: its own data-root, exec-root, socket and pid file."""
+
+    dir: Path
+    proc: subprocess.Popen[str] | None = None
+    log: Path | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "docker.sock")
+
+    @property
+    def data_root(self) -> str:
+        return str(self.dir / "root")
+
+    @property
+    def exec_root(self) -> str:
+        return str(self.dir / "exec")
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["docker", "-H", f"unix://{self.socket}", *args], capture_output=True, text=True,
+                                timeout=timeout, stdin=subprocess.DEVNULL)
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def start(self) -> str | None:
+        """Start it; None when it runs, else why it cannot here."""
+        if shutil.which("dockerd") is None:
+            return "dockerd is not installed (bootstrap.sh installs docker.io)"
+        self.log = self.dir / "dockerd.log"
+        (self.dir / "daemon.json").write_text('{"log-level": "warn"}\n')
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                ["dockerd", "--data-root", self.data_root, "--exec-root", self.exec_root, "-H", f"unix://{self.socket}",
+                 "--pidfile", str(self.dir / "docker.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
+                 "--config-file", str(self.dir / "daemon.json")],
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"dockerd exited ({self.proc.returncode}): {self.log.read_text()[-600:]}"
+            if os.path.exists(self.socket) and self.docker("version", check=False, timeout=10).returncode == 0:
+                return None
+            time.sleep(0.2)
+        return f"dockerd did not answer in 60 s: {self.log.read_text()[-600:]}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        unmount_under(self.dir)
+
+
+@dataclass
+class Podman:
+    """podman (rootful) with a store, run root and tmpdir of its own, runc as its runtime where crun
+    refuses the host (crun cannot run on hybrid cgroups), and limits the sandbox allows."""
+
+    dir: Path
+    runtime: str = "runc"
+    why_not_crun: str = ""
+
+    @property
+    def root(self) -> str:
+        return str(self.dir / "root")
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CONTAINERS_CONF=str(self.dir / "containers.conf"))
+
+    def podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = ["podman", "--root", self.root, "--runroot", str(self.dir / "run"), "--tmpdir", str(self.dir / "tmp"),
+                "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", self.runtime, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env(),
+                                stdin=subprocess.DEVNULL)
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def start(self, tar: Path) -> str | None:
+        if shutil.which("podman") is None:
+            return "podman is not installed (bootstrap.sh installs it)"
+        # the sandbox's hard limits are below podman's defaults (RLIMIT_NOFILE 1048576)
+        (self.dir / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+        imported = self.podman("import", str(tar), f"localhost/{IMAGE}", check=False)
+        if imported.returncode != 0:
+            return f"podman import failed: {imported.stderr.strip()[-400:]}"
+        for runtime in ("crun", "runc"):
+            self.runtime = runtime
+            probe = self.podman("run", "--rm", "--network", "none", f"localhost/{IMAGE}", "true", check=False)
+            if probe.returncode == 0:
+                return None
+            if runtime == "crun":
+                self.why_not_crun = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "failed"
+        return f"podman cannot run a container here: {probe.stderr.strip()[-400:]}"
+
+    def stop(self) -> None:
+        self.podman("pod", "rm", "-af", "-t", "0", check=False)
+        self.podman("rm", "-af", "-t", "0", check=False)
+        deadline = time.monotonic() + 20  # conmon's exit commands (podman … cleanup) may still run
+        while _processes_mentioning(self.root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        unmount_under(self.dir)
+
+
+@dataclass
+class RootlessPodman:
+    """podman run by a test user of its own (subuid/subgid ranges, a runtime dir /run/user/UID),
+    removed at the end with everything it ran."""
+
+    dir: Path
+    user: str = "nsfs-rootless"
+    uid: int = -1
+    made_run_user: bool = False  # /run/user did not exist: removed again at the end
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"/run/user/{self.uid}"
+
+    def podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": f"/home/{self.user}",
+               "XDG_RUNTIME_DIR": self.runtime_dir, "CONTAINERS_CONF": f"/home/{self.user}/containers.conf"}
+        argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups", "--",
+                "podman", "--cgroup-manager", "cgroupfs", "--runtime", "runc", "--events-backend", "file", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd="/",
+                                stdin=subprocess.DEVNULL)
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def start(self, tar: Path) -> str | None:
+        if shutil.which("podman") is None or shutil.which("newuidmap") is None:
+            return "podman or newuidmap (uidmap) is not installed"
+        if subprocess.run(["id", self.user], capture_output=True).returncode == 0:
+            return f"a user {self.user} exists already (left by another run?): not touched"
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", self.user], check=True, capture_output=True)
+        self.uid = int(subprocess.run(["id", "-u", self.user], capture_output=True, text=True, check=True).stdout)
+        base = 1 + max([400000] + [int(f) + int(n) for line in _lines("/etc/subuid") + _lines("/etc/subgid")
+                                   for _, f, n in [line.split(":")]])
+        subprocess.run(["usermod", "--add-subuids", f"{base}-{base + 65535}", "--add-subgids",
+                        f"{base}-{base + 65535}", self.user], check=True, capture_output=True)
+        self.made_run_user = not os.path.exists(os.path.dirname(self.runtime_dir))
+        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        os.chown(self.runtime_dir, self.uid, self.uid)
+        home = Path(f"/home/{self.user}")  # (the test's temp dirs are root's only)
+        (home / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+        shared = home / "busybox.tar"
+        shutil.copy(tar, shared)
+        for made in (home / "containers.conf", shared):
+            os.chown(made, self.uid, self.uid)
+        imported = self.podman("import", str(shared), f"localhost/{IMAGE}", check=False)
+        if imported.returncode != 0:
+            return f"rootless podman import failed: {imported.stderr.strip()[-400:]}"
+        probe = self.podman("run", "--rm", "--network", "none", f"localhost/{IMAGE}", "true", check=False)
+        if probe.returncode != 0:
+            return f"rootless podman cannot run a container here: {probe.stderr.strip()[-400:]}"
+        return None
+
+    def pause_pid(self) -> int | None:
+        try:
+            return int(Path(self.runtime_dir, "libpod", "tmp", "pause.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.uid < 0:
+            return
+        self.podman("rm", "-af", "-t", "0", check=False)
+        pause = self.pause_pid()
+        if pause:  # the pause process our podman started (it holds the user's namespaces)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pause, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _processes_of(self.uid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["userdel", "-r", self.user], capture_output=True)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.made_run_user:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.runtime_dir))  # (only if it is empty: no one else's)
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return [ln for ln in Path(path).read_text().splitlines() if ln.count(":") == 2]
+    except OSError:
+        return []
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+    return found
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+    return found

@@ -298,4 +298,5 @@ def test_containerd_and_docker_state_directories(tmp_path: Path) -> None:
     assert states[1].engine == "crun" and states[1].id == "plain"
     snap = core.snapshot(("process",))
     ident = oci.identify(_candidate(snap), states)
-    assert ident is not None and (ident.engine, ident.name, ident.engine_id) == ("kubernetes", "shop-7d9.nginx", DOCKER_ID)
+    assert ident is not None and (ident.engine, ident.name, ident.engine_id) == ("kubernetes", "nginx", DOCKER_ID)
+    assert ident.group == (("shop-7d9", None),)  # the container lives in its pod's node

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from namespacefs import kernel, procfs
+from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
 
@@ -51,8 +52,7 @@ def _member(ns: Namespace) -> int | None:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return read_at(path)
 
 
 def uname(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, str]:

@@ -30,7 +30,7 @@ def holder_path(nstype: str, h: Holder, proc: str = "/proc") -> str | None:
         return f"{proc}/{h.pid}/task/{h.tid}/ns/{link}" if h.tid else f"{proc}/{h.pid}/ns/{link}"
     if h.kind == "fd":
         return f"{proc}/{h.pid}/fd/{h.fd}"
-    if h.kind == "bindmount":
+    if h.kind == "bindmount" and h.pid is not None:  # (one in a mount namespace no process is in: no path)
         return f"{proc}/{h.pid}/root{h.path}"
     return None
 

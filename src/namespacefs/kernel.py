@@ -5,7 +5,8 @@ Sources (x86_64 and generic syscall numbers, uapi headers):
   include/uapi/linux/nsfs.h       NSIO ioctls, struct nsfs_file_handle, struct ns_id_req
   include/uapi/linux/sockios.h    SIOCGSKNS
   include/uapi/linux/mount.h      open_tree, move_mount (MOVE_MOUNT_T_EMPTY_PATH), mount_setattr, struct
-                                  mount_attr, fsopen/fsconfig/fsmount, MOUNT_ATTR_*
+                                  mount_attr, fsopen/fsconfig/fsmount, MOUNT_ATTR_*, listmount, statmount,
+                                  struct mnt_id_req, struct statmount
   include/uapi/linux/magic.h      filesystem magic numbers (fstatfs f_type)
   include/uapi/linux/fcntl.h      AT_* flags, FD_NSFS_ROOT
   arch/x86/entry/syscalls/syscall_64.tbl (the numbers below are the unified ones since 4.x
@@ -28,7 +29,7 @@ import errno
 import fcntl
 import os
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
     import socket
@@ -86,6 +87,8 @@ SYS_FSMOUNT: Final = 432
 SYS_PIDFD_GETFD: Final = 438
 SYS_MOUNT_SETATTR: Final = 442
 SYS_LISTNS: Final = 470  # Linux 6.19
+SYS_STATMOUNT: Final = 457  # Linux 6.8
+SYS_LISTMOUNT: Final = 458  # Linux 6.8
 
 # fcntl.h / mount.h flags
 AT_EMPTY_PATH: Final = 0x1000
@@ -289,6 +292,82 @@ def move_mount(from_fd: int, to_path: str, flags: int = MOVE_MOUNT_F_EMPTY_PATH)
             ctypes.c_uint(flags))
 
 
+# --- listmount() and statmount() (Linux 6.8; by mount namespace id from 6.11) --------------------
+# include/uapi/linux/mount.h: struct mnt_id_req (MNT_ID_REQ_SIZE_VER1 = 32, with mnt_ns_id), struct
+# statmount (a fixed part of 512 bytes, then str[]: the [str] fields are offsets into it).
+
+LSMT_ROOT: Final = 0xFFFF_FFFF_FFFF_FFFF
+STATMOUNT_SB_BASIC: Final = 0x01
+STATMOUNT_MNT_BASIC: Final = 0x02
+STATMOUNT_MNT_ROOT: Final = 0x08
+STATMOUNT_MNT_POINT: Final = 0x10
+STATMOUNT_FS_TYPE: Final = 0x20
+NSFS_MAGIC: Final = 0x6E736673  # include/uapi/linux/magic.h
+_STATMOUNT_FIXED = 512
+#: offsets in struct statmount: size (u32), sb_magic (u64), fs_type, mnt_id (u64), mnt_root, mnt_point
+_SM_SIZE, _SM_MAGIC, _SM_FS_TYPE, _SM_MNT_ID, _SM_ROOT, _SM_POINT = 0, 24, 36, 40, 104, 108
+
+
+class _MntIdReq(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("spare", ctypes.c_uint32),
+        ("mnt_id", ctypes.c_uint64),
+        ("param", ctypes.c_uint64),
+        ("mnt_ns_id", ctypes.c_uint64),
+    ]
+
+
+class StatMount(NamedTuple):
+    mnt_id: int
+    sb_magic: int
+    fs_type: str
+    root: str  # for a bind-mounted namespace file: "net:[4026532290]"
+    mountpoint: str  # relative to that mount namespace's root
+
+
+def listmount(mnt_ns_id: int) -> list[int] | None:
+    """The (unique, 64-bit) ids of every mount of a mount namespace, given its id, without being in
+    it; None where the kernel cannot (no listmount(), Linux < 6.8; no mnt_ns_id, < 6.11)."""
+    ids: list[int] = []
+    batch = (ctypes.c_uint64 * 512)()
+    last = 0
+    while True:
+        req = _MntIdReq(ctypes.sizeof(_MntIdReq), 0, LSMT_ROOT, last, mnt_ns_id)
+        n = _syscall(ctypes.c_long(SYS_LISTMOUNT), ctypes.byref(req), batch, ctypes.c_size_t(512), ctypes.c_uint(0))
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG) and not ids:
+                return None
+            raise OSError(err, os.strerror(err))
+        ids.extend(batch[:n])
+        if n < 512:
+            return ids
+        last = ids[-1]
+
+
+def statmount(mnt_id: int, mnt_ns_id: int) -> StatMount:
+    """Type, root and mountpoint of one mount of a mount namespace (given both ids)."""
+    size = 4096
+    while True:
+        buf = ctypes.create_string_buffer(_STATMOUNT_FIXED + size)
+        mask = STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT | STATMOUNT_FS_TYPE
+        req = _MntIdReq(ctypes.sizeof(_MntIdReq), 0, mnt_id, mask, mnt_ns_id)
+        if _syscall(ctypes.c_long(SYS_STATMOUNT), ctypes.byref(req), buf, ctypes.c_size_t(len(buf)),
+                    ctypes.c_uint(0)) >= 0:
+            break
+        err = ctypes.get_errno()
+        if err != errno.EOVERFLOW or size > 1 << 20:
+            raise OSError(err, os.strerror(err))
+        size *= 4  # the strings did not fit
+    raw = buf.raw
+
+    def text(field: int) -> str:
+        start = _STATMOUNT_FIXED + struct.unpack_from("I", raw, field)[0]
+        return os.fsdecode(raw[start:raw.index(b"\0", start)])
+
+    return StatMount(struct.unpack_from("Q", raw, _SM_MNT_ID)[0], struct.unpack_from("Q", raw, _SM_MAGIC)[0],
+                     text(_SM_FS_TYPE), text(_SM_ROOT), text(_SM_POINT))
 def clone_tree(fd: int, recursive: bool = False) -> int:
     """open_tree(fd, "", OPEN_TREE_CLONE | AT_EMPTY_PATH): a detached bind mount of what fd is (a
     directory, a file, an nsfs namespace file), to attach with move_mount_onto()."""

@@ -20,6 +20,7 @@ import stat
 from collections.abc import Iterator
 
 from namespacefs import kernel, procfs
+from namespacefs.discover.processes import read_at
 
 #: The filesystems a mount may go on, by f_type (linux/magic.h), as kernel.FS_MAGIC names them.
 ORDINARY = frozenset({"ext4", "xfs", "btrfs", "tmpfs", "overlay", "f2fs", "ramfs", "zfs", "bcachefs", "vfat",
@@ -45,8 +46,7 @@ def mount_of(fd: int) -> procfs.Mount | None:
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
             mnt_id = next((int(line.split()[1]) for line in f if line.startswith("mnt_id:")), None)
-        with open("/proc/self/mountinfo", "rb") as f:
-            table = procfs.parse_mountinfo(f.read())
+        table = procfs.parse_mountinfo(read_at("/proc/self/mountinfo"))
     except (OSError, ValueError, IndexError):
         return None
     return next((m for m in table if m.mount_id == mnt_id), None)

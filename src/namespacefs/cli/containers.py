@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from namespacefs import containers, core
+from namespacefs import containers, core, kernel, targets
 from namespacefs.cli import Parser, UserError, duration, whole
 from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
@@ -296,18 +296,38 @@ def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
 
 
 def _container(tree: ContainerTree, snap: Snapshot, spec: str, allow_pid: bool = True) -> Container:
+    """The container spec names (targets' grammar): a path, a name, an engine id or, all ASCII
+    digits, a pid in it (never a name)."""
     if not spec.strip():  # "" would otherwise match the host, whose name is empty
         raise UserError("an empty container name; give a path, a name, an engine id or a pid")
-    if allow_pid and is_number(spec) and int(spec) in snap.processes:
-        c = tree.of_pid(int(spec))
-        if c is not None:
-            return c
-    found = tree.lookup(spec)
-    if len(found) > 1:
-        raise UserError(f"'{spec}' is ambiguous: {', '.join(c.path for c in found)}; give the path")
-    if not found:
-        raise UserError(f"no container '{spec}' (see nsfs containers)")
-    return found[0]
+    try:
+        target = targets.resolve_target(snap, spec, tree, pids=allow_pid, namespaces=False)
+    except targets.NotFound as e:
+        raise UserError(f"{e} (see nsfs containers)") from None
+    c = target.container if target.container is not None else tree.of_pid(target.pid or 0)
+    if c is None:
+        raise UserError(f"process {target.pid} is in no container")
+    return c
+
+
+def _verified_pid(snap: Snapshot, pid: int) -> int:
+    """pid, checked through a pidfd to still be the process of the snapshot (same namespaces), so a
+    pid recycled since the scan is never entered."""
+    try:
+        fd = kernel.pidfd_open(pid)
+    except OSError:
+        raise UserError(f"process {pid} has gone") from None
+    try:
+        seen = snap.processes[pid].namespaces
+        for t in NS_TYPES:
+            if t in seen and os.stat(f"/proc/{pid}/ns/{t}").st_ino != seen[t]:
+                raise UserError(f"process {pid} is not the one the scan saw (its {t} namespace changed)")
+        kernel.pidfd_send_signal(fd, 0)  # still alive after the checks: they were of this process
+    except OSError:
+        raise UserError(f"process {pid} has gone") from None
+    finally:
+        os.close(fd)
+    return pid
 
 
 # --- containers --------------------------------------------------------------------------------
@@ -382,16 +402,16 @@ def _enter(args: argparse.Namespace) -> int:
     spec = args.target
     if not spec.strip():
         raise UserError("an empty target; give a container, a pid or a namespace")
-    if is_number(spec) and int(spec) in snap.processes:
-        pid = int(spec)
-    elif found := tree.lookup(spec):
-        if len(found) > 1:
-            raise UserError(f"'{spec}' is ambiguous: {', '.join(c.path for c in found)}; give the path")
-        pid = found[0].init
+    target, snap = _enter_target(args, snap, tree, spec)
+    if target.pid is not None:
+        pid = target.pid
+    elif target.container is not None:
+        pid = target.container.init
+        if target.container.group:  # a pod: what its members share, through one of them
+            chosen = chosen or tuple(t for t in NS_TYPES if t in target.container.own_namespaces(tree.root))
     else:
-        if args.sources == "process":  # a namespace may be held by no process: by a pin or an fd
-            snap = core.snapshot(chosen_sources("process,fd,bindmount"), db=args.db)
-        ns = target_ns = find(snap, _ip_netns_path(snap, spec))
+        ns = target_ns = target.namespace
+        assert ns is not None
         chosen = chosen or (ns.type,)
         if ns.processes:
             pid = ns.processes[0]
@@ -402,6 +422,8 @@ def _enter(args: argparse.Namespace) -> int:
                 fds[ns.type] = open_namespace(ns, snap)
             except Gone as e:
                 raise UserError(str(e)) from None
+    if pid is not None:
+        pid = _verified_pid(snap, pid)
     netns = _netns_name(target_ns, spec, chosen, args)
     try:
         if pid is not None and target_inode is not None:
@@ -561,6 +583,24 @@ def _netns_of_path(path: str | None) -> str | None:
 # --- kill --------------------------------------------------------------------------------------
 
 
+def _enter_target(args: argparse.Namespace, snap: Snapshot, tree: ContainerTree,
+                  spec: str) -> tuple[targets.Target, Snapshot]:
+    """What enter's TARGET names, and the snapshot it is in. A namespace that no process is in
+    (pinned, bound by ip netns, held by an fd) needs the fd and bindmount sources: scanned again
+    with them when the process scan does not have it."""
+    try:
+        return targets.resolve_target(snap, spec, tree, pids=True), snap
+    except targets.NotFound as e:
+        if args.sources != "process":
+            raise UserError(str(e)) from None
+    wider = core.snapshot(chosen_sources("process,fd,bindmount"), db=args.db)
+    try:
+        tree = containers.find(wider, names=_names(args), oci_roots=_roots(args))
+        return targets.resolve_target(wider, spec, tree, pids=True), wider
+    except targets.NotFound as e:
+        raise UserError(str(e)) from None
+
+
 def _signal(text: str) -> int:
     """A signal as kill(1) takes it: KILL, SIGKILL, 9, RTMIN+3, RTMAX-1."""
     try:
@@ -590,6 +630,8 @@ def _kill(args: argparse.Namespace) -> int:
         how = ", ".join(report.frozen_with) or "nothing to freeze"
         print(f"sent {ops_kill.signal_name(sig)} to {len(report.pids)} processes in "
               f"{', '.join(report.containers)} (frozen with {how})")
+        print(f"  target: {targets.Target(args.target, container=target).describe()}, "
+              f"pids {' '.join(map(str, report.pids))}")
         if report.late:
             print(f"  {len(report.late)} of them appeared while it was being frozen")
         if report.left:
@@ -603,7 +645,17 @@ def _kill(args: argparse.Namespace) -> int:
 
 def _pin(args: argparse.Namespace) -> int:
     snap = core.snapshot(chosen_sources("process,fd,bindmount"))
-    ns = find(snap, args.ns, args.nstype)
+    try:
+        target = targets.resolve_target(snap, args.ns, containers.find(snap), nstype=args.nstype)
+    except targets.NotFound as e:
+        raise UserError(str(e)) from None
+    ns = target.namespace
+    if target.container is not None:
+        if not args.nstype:
+            raise UserError(f"{target.describe()} is a container: say which of its namespaces with -t TYPE")
+        ns = snap.get(target.container.namespaces[args.nstype])
+    if ns is None:
+        raise UserError(f"{args.ns}: no such namespace")
     try:
         fd = open_namespace(ns, snap)
     except Gone as e:

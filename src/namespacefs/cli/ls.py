@@ -48,7 +48,7 @@ class Row:
         if self.ns.processes:
             return self.snap.processes.get(self.ns.processes[0])
         for h in self.ns.holders:
-            if h.pid is not None and h.pid in self.snap.processes:
+            if h.pid is not None and h.kind != "bindmount" and h.pid in self.snap.processes:
                 return self.snap.processes[h.pid]
         return None
 
@@ -88,10 +88,12 @@ def _netnsid(row: Row) -> object:
 
 
 def _command(row: Row) -> str | None:
-    """lsns's COMMAND: the command line, else the command name (kernel threads: `kthreadd`)."""
+    """lsns's COMMAND: the command line, else the command name (kernel threads: `kthreadd`); for a
+    namespace no process holds, what does: its bind mount (not the process that showed it)."""
     proc = row.process
     if proc is None:
-        return None
+        mounts = sorted({h.path for h in row.ns.holders if h.kind == "bindmount" and h.path})
+        return f"(bind mount {', '.join(mounts)})" if mounts else None
     return " ".join(proc.cmdline) if proc.cmdline else proc.comm
 
 
@@ -231,8 +233,26 @@ def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namesp
 
 
 def _positional(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
-    chosen = [find(snap, spec) for spec in args.namespace]
+    chosen = [ns for spec in args.namespace for inode in sorted(_inodes(snap, spec)) if (ns := snap.get(inode))]
     return list({ns.inode: ns for ns in chosen}.values())
+
+
+def _inodes(snap: Snapshot, spec: str) -> set[int]:
+    """The namespaces a selector names: one namespace, or (targets' grammar) a container's own
+    ones (the container tree is built only for a selector no namespace answers to)."""
+    try:
+        return {find(snap, spec).inode}
+    except UserError:
+        from namespacefs import containers, targets
+
+        tree = containers.find(snap)
+        try:
+            target = targets.resolve_target(snap, spec, tree)
+        except targets.NotFound as e:
+            raise UserError(str(e)) from None
+        if target.container is None:
+            raise
+        return set(target.container.own_namespaces(tree.parent(target.container)).values())
 
 
 def _members(ns: Namespace, snap: Snapshot) -> list[Process | None]:

@@ -16,6 +16,14 @@ class Identity:
     name: str  # the engine's name for it (container id, machine name, unit, hostname)
     engine_id: str | None = None  # the engine's own id (container id, pod uid, machine uuid)
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: the groups the engine puts it in, outermost first: (name, id) of a Podman pod, or of a
+    #: Kubernetes namespace and pod. Each is a node of the tree holding its members.
+    group: tuple[tuple[str, str | None], ...] = ()
+
+
+#: Where a container's name came from. A name the container itself can change (its hostname)
+#: never displaces one the user or an engine gave (see ContainerTree.lookup).
+TRUSTED = frozenset({"rename", "engine"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,10 @@ class Container:
     children: tuple[Container, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     key: str = ""  # what a rename is stored under (see containers.names)
+    #: where its name came from: "host", "rename", "engine", "hostname" or "command" (COMM-PID)
+    name_from: str = "engine"
+    given: str = ""  # its name before a sibling's made it NAME.PID ("" when it was not changed)
+    group: bool = False  # a pod (or Kubernetes namespace): a node with members, no processes of its own
 
     def walk(self) -> Iterator[Container]:
         """This container, then every container nested in it, depth first."""
@@ -52,7 +64,7 @@ class Container:
         data: dict[str, Any] = {
             "path": self.path, "name": self.name, "engine": self.engine, "engine_id": self.engine_id,
             "init": self.init, "pids": list(self.pids), "namespaces": dict(self.namespaces),
-            "labels": dict(self.labels), "key": self.key,
+            "labels": dict(self.labels), "key": self.key, "name_from": self.name_from, "group": self.group,
         }
         if nested:
             data["children"] = [c.to_dict() for c in self.children]
@@ -91,17 +103,30 @@ class ContainerTree:
         return None
 
     def lookup(self, spec: str) -> list[Container]:
-        """Containers a user may mean by spec: a path, a name, or an engine id (or its prefix of 12+)."""
+        """Containers a user may mean by spec: a path (its leading '/' may be left out), a name, or an
+        engine id (or its prefix of 12+). A name the user or an engine gave wins over one a container
+        chose (its hostname): a container that names its host after another never takes that name.
+        A name also matches the containers it was given to before siblings made them NAME.PID, so
+        two containers that both call themselves `twin` are ambiguous, never one then the other."""
         spec = spec.strip()
         if spec in self._by_path:
             return [self._by_path[spec]]
-        if "/" in spec:  # a path, with or without its leading '/'
+        if "/" in spec:
             spec_path = "/" + spec.strip("/")
             return [self._by_path[spec_path]] if spec_path in self._by_path else []
-        found = [c for c in self if c.name == spec]
-        if found:
-            return found
+        if not spec:
+            return []
+        named = [c for c in self if c.path != "/" and spec in (c.name, c.given)]
+        trusted = [c for c in named if c.name_from in TRUSTED]
+        if trusted:
+            return trusted
+        if named:
+            return named
         return [c for c in self if c.engine_id and (c.engine_id == spec or (len(spec) >= 12 and c.engine_id.startswith(spec)))]
+
+    def names(self) -> list[str]:
+        """Every name and path a user may give (for suggestions)."""
+        return [n for c in self if c.path != "/" for n in ((c.name,) if c.path == f"/{c.name}" else (c.name, c.path))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root.to_dict(), "containers": [c.to_dict(nested=False) for c in self]}

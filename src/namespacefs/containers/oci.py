@@ -1,15 +1,16 @@
 """OCI runtimes and the engines above them, from their state directories:
 runc (`/run/runc/ID/state.json`), crun (`/run/crun/ID/status`), containerd
 (`/run/containerd/runc/NAMESPACE/ID/state.json`; namespace `k8s.io` is Kubernetes, `moby` Docker),
-Docker (`/run/docker/runtime-runc/moby/ID/state.json`, names in
-`/var/lib/docker/containers/ID/config.v2.json`) and Podman (names in
-`/var/lib/containers/storage/overlay-containers/containers.json`). More roots (for example a
-`runc --root DIR`) come from `NSFS_OCI_ROOTS` (colon-separated) or the `roots` argument."""
+Docker (`EXEC_ROOT/runtime-runc/moby/ID/state.json`, for each dockerd: see docker.py). The names
+come from the engines (engines.py). More roots (for example a `runc --root DIR`) come from
+`NSFS_OCI_ROOTS` (colon-separated) or the `roots` argument. runc keeps a bundle's OCI annotations
+among the labels of its state (`KEY=VALUE`), which is where Kubernetes' pod names are."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,8 +26,6 @@ DEFAULT_ROOTS: tuple[tuple[str, str], ...] = (
     ("/run/user/0/runc", "runc"),
     ("/run/user/0/crun", "crun"),
 )
-DOCKER_STATE = "/var/lib/docker/containers"
-PODMAN_STATE = "/var/lib/containers/storage/overlay-containers/containers.json"
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,11 @@ def extra_roots() -> list[tuple[str, str]]:
     return [(r, "runc") for r in os.environ.get("NSFS_OCI_ROOTS", "").split(":") if r]
 
 
-def scan(roots: Iterable[tuple[str, str]] | None = None) -> dict[int, State]:
-    """init pid -> state, for every container the runtimes' state directories describe."""
+def scan(roots: Iterable[tuple[str, str]] | None = None, extra: bool = True) -> dict[int, State]:
+    """init pid -> state, for every container the runtimes' state directories describe (and the
+    roots of NSFS_OCI_ROOTS, unless extra=False)."""
     found: dict[int, State] = {}
-    for root, engine in list(roots if roots is not None else DEFAULT_ROOTS) + extra_roots():
+    for root, engine in list(roots if roots is not None else DEFAULT_ROOTS) + (extra_roots() if extra else []):
         for state in _scan_root(root, engine):
             found.setdefault(state.pid, state)
     return found
@@ -69,57 +69,56 @@ def _scan_root(root: str, engine: str) -> list[State]:
     return states
 
 
+#: runc's state.json carries the whole container config (tens of KiB): only its init pid and its
+#: labels are read, where they are, instead of decoding all of it
+_INIT_PID = re.compile(rb'"init_process_pid"\s*:\s*(\d+)')
+_LABELS = b'"labels":'
+
+
 def _read_state(directory: str, ident: str, engine: str) -> State | None:
     for name in ("state.json", "status"):
         try:
-            with open(os.path.join(directory, name)) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+            with open(os.path.join(directory, name), "rb") as f:
+                raw = f.read(64 << 20)
+        except OSError:
             continue
-        pid = data.get("init_process_pid") or data.get("pid")
+        try:
+            pid, items = _pid_and_labels(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
         if not isinstance(pid, int) or pid <= 0:
             return None
         labels = {}
-        for item in (data.get("config") or {}).get("labels") or []:
+        for item in items if isinstance(items, list) else []:
             key, _, value = str(item).partition("=")
             labels[key] = value
         return State(engine, ident, pid, labels)
     return None
 
 
-def _docker_name(ident: str) -> str | None:
-    try:
-        with open(os.path.join(DOCKER_STATE, ident, "config.v2.json")) as f:
-            return str(json.load(f).get("Name", "")).lstrip("/") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _podman_names() -> dict[str, str]:
-    try:
-        with open(PODMAN_STATE) as f:
-            return {c["id"]: c["names"][0] for c in json.load(f) if c.get("names")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+def _pid_and_labels(raw: bytes) -> tuple[object, object]:
+    """(init pid, config labels) of runc's state.json, or of crun's (small) status file."""
+    m = _INIT_PID.search(raw)
+    if m is None:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a state")
+        return data.get("init_process_pid") or data.get("pid"), (data.get("config") or {}).get("labels")
+    at = raw.find(_LABELS)
+    if at < 0:
+        return int(m.group(1)), []
+    text = raw[at + len(_LABELS):].decode()
+    return int(m.group(1)), json.JSONDecoder().raw_decode(text.lstrip())[0]
 
 
 def identify(c: Candidate, states: dict[int, State]) -> Identity | None:
+    """The container's identity from these OCI states alone (and the engines' names for it)."""
+    from namespacefs.containers.engines import World  # (engines builds on this module)
+
+    world = World(c.snapshot, [])
+    world.states, world.docker_states = states, {}  # type: ignore[misc]  # (cached properties: set, never read)
     state = next((states[p] for p in (c.init.pid, *c.pids) if p in states), None)
     if state is None:
         return None
-    labels = dict(state.labels)
-    name = state.id
-    engine = state.engine
-    if engine == "docker" and (docker := _docker_name(state.id)):
-        name = docker
-    elif engine == "kubernetes":
-        pod = labels.get("io.kubernetes.pod.name")
-        cname = labels.get("io.kubernetes.container.name")
-        name = f"{pod}.{cname}" if pod and cname else state.id[:12]
-    elif len(state.id) == 64 and (podman := _podman_names().get(state.id)):
-        engine, name = "podman", podman
-    elif len(state.id) == 64:
-        name = state.id[:12]
-    if state.namespace:
-        labels.setdefault("containerd.namespace", state.namespace)
-    return Identity(engine, name, state.id, labels)
+    base = world._base(c)
+    return world._named(*base) if base is not None else None

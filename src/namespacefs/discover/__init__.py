@@ -47,6 +47,8 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
         _read_user_maps(state)
         if "listns" in chosen:
             _cross_check_listns(state)
+        if "bindmount" in chosen:
+            mounts.scan_unentered(state)  # mount namespaces no process is in
     finally:
         state.close_fds()
     namespaces = _freeze(state)

@@ -37,26 +37,19 @@ _CHUNK = 65536
 TWO_THREADS_FROM = 200
 
 
-def read_at(name: str, dir_fd: int | None = None, records: bool = False) -> bytes:
-    """The whole of a (small, /proc) file, relative to a directory handle if one is given.
-    records: a file the kernel writes record by record (a seq_file such as mountinfo), which
-    answers at most about a page per read: read until EOF."""
+def read_at(name: str, dir_fd: int | None = None) -> bytes:
+    """The whole of a (/proc) file, relative to a directory handle if one is given: the one reader
+    of /proc files. It reads until read() returns b"": a short read is NOT the end, since what the
+    kernel serves through seq_file (mountinfo, mounts, status, ...) comes about a page per read()."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        # a one-shot /proc file answers a read in full when the buffer is large enough: a short
-        # read is the end, which saves the read that would return b"" (one syscall per file)
-        if records:
-            chunks = [data]
-            while chunks[-1]:
-                chunks.append(os.read(fd, _CHUNK))
-            return b"".join(chunks)
-        if len(data) < _CHUNK:
+        if not data:
             return data
         chunks = [data]
-        while len(chunks[-1]) == _CHUNK:
-            chunks.append(os.read(fd, _CHUNK))
-        return b"".join(chunks)
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return data if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 

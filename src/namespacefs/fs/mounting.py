@@ -17,6 +17,7 @@ import trio
 
 from namespacefs import kernel, mountpoints, procfs
 from namespacefs.discover import SOURCES
+from namespacefs.discover.processes import read_at
 from namespacefs.fs.operations import NamespaceFS
 from namespacefs.fs.source import Source, snapshot_taker
 
@@ -40,8 +41,7 @@ def absolute(path: str) -> str:
 
 def mounts_at(path: str) -> list[procfs.Mount]:
     """The mounts (ours or not) on this path in our mount namespace, oldest first."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        return [m for m in procfs.parse_mountinfo(f.read()) if m.mountpoint == path]
+    return [m for m in procfs.parse_mountinfo(read_at("/proc/self/mountinfo")) if m.mountpoint == path]
 
 
 def is_stale(path: str) -> bool:

@@ -23,10 +23,10 @@ from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.names.store import NameError, Row
 from namespacefs.syntax import MAX_NAME_BYTES, name_problem
+from namespacefs.targets import NETNS_DIR, netns_names  # noqa: F401  (the one rule for ip netns names)
 
 SHORT: Final = 6  # hex digits of a default name
 MAX_BYTES: Final = MAX_NAME_BYTES
-NETNS_DIR: Final = "/run/netns/"
 _DEFAULT_RE: Final = re.compile(rf"^({'|'.join(NS_TYPES)})-[0-9a-f]{{{SHORT},64}}$")
 
 # where a name came from
@@ -76,14 +76,6 @@ def _keyed(seed: str) -> hmac.HMAC:
 
 def default_name(ns: Namespace, seed: str, length: int = SHORT) -> str:
     return f"{ns.type}-{digest(ns.type, ns.id, ns.inode, seed)[:length]}"
-
-
-def netns_names(ns: Namespace) -> list[str]:
-    """The `ip netns` names of a net namespace (its bind mounts under /run/netns), sorted."""
-    if ns.type != "net":
-        return []
-    return sorted({h.path[len(NETNS_DIR):] for h in ns.holders
-                   if h.kind == "bindmount" and h.path and h.path.startswith(NETNS_DIR) and "/" not in h.path[len(NETNS_DIR):]})
 
 
 def world_name(ns: Namespace, engine: Mapping[int, str]) -> tuple[str, str] | None:

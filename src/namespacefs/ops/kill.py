@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from namespacefs import kernel
-from namespacefs.containers import Container, ContainerTree
+from namespacefs.containers import Container, ContainerTree, for_children
 from namespacefs.containers.candidate import read_cgroups
+from namespacefs.discover.processes import read_at
 from namespacefs.kernel import NS_TYPES
 from namespacefs.syntax import is_number, printable
 
@@ -179,6 +180,17 @@ def _combo_of(pid: int, proc: str) -> Combo | None:
         return None
 
 
+def _for_children(pid: int, combo: Combo, proc: str) -> Combo:
+    """The combination its children get (see containers.for_children)."""
+    made = []
+    for link in ("pid_for_children", "time_for_children"):
+        try:
+            made.append(os.stat(f"{proc}/{pid}/ns/{link}").st_ino)
+        except OSError:
+            made.append(None)
+    return for_children(combo, made[0], made[1])
+
+
 def _open_members(pids: Iterable[int], combos: set[Combo], outside: set[Combo], fds: dict[int, int],
                   gone: list[int], proc: str) -> None:
     """pidfds for the pids that are (still) in the tree; the check runs after the pidfd pins the
@@ -205,7 +217,7 @@ def _in_tree(pid: int, combos: set[Combo], outside: set[Combo], members: dict[in
     combo = _combo_of(pid, proc)
     if combo is None or combo in outside:
         return False
-    if combo in combos:
+    if combo in combos or _for_children(pid, combo, proc) in combos:  # (the parent half of `unshare --fork`)
         return True
     if _ppid(pid, proc) in members:
         combos.add(combo)
@@ -250,11 +262,10 @@ def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str)
 
 def _cgroup2_mount() -> str | None:
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.startswith("cgroup2 "):
-                    return left.split(" ")[4]
+        for line in read_at("/proc/self/mountinfo").decode(errors="surrogateescape").splitlines():
+            left, _, right = line.partition(" - ")
+            if right.startswith("cgroup2 "):
+                return left.split(" ")[4]
     except OSError:
         pass
     return None

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from namespacefs import kernel, mountpoints, procfs
+from namespacefs.discover.processes import read_at
 
 
 class PinError(RuntimeError):
@@ -31,8 +32,7 @@ class Pin:
 
 def _mount_of(path: str) -> tuple[procfs.Mount, list[str]] | None:
     """The mount that contains path, with its optional fields (shared:N, master:N ...)."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        data = f.read()
+    data = read_at("/proc/self/mountinfo")
     best: tuple[procfs.Mount, list[str]] | None = None
     lines = data.decode(errors="surrogateescape").splitlines()
     for m, line in zip(procfs.parse_mountinfo(data), lines, strict=False):

@@ -157,10 +157,10 @@ class MountInfo:
 
 def mounts(pid: str = "self") -> list[MountInfo]:
     """This process's mount table; the per-mount options field is what procfs.Mount leaves out."""
+    from namespacefs.discover.processes import read_at
     from namespacefs.procfs import parse_mountinfo
 
-    with open(f"/proc/{pid}/mountinfo", "rb") as f:
-        data = f.read()
+    data = read_at(f"/proc/{pid}/mountinfo")
     options = {}
     for line in data.decode(errors="surrogateescape").splitlines():
         fields = line.split(" ", 6)

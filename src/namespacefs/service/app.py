@@ -154,6 +154,20 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         _root_only(request)
         return live.derived("containers", lambda snap: _containers(snap))
 
+    @app.get("/api/containers/{spec:path}", summary="One container (nsfs show CONTAINER -J): path, name, engine id or pid")
+    def container(spec: str) -> Any:
+        from namespacefs import containers
+
+        snap, tree = live.derived("container-tree", lambda snap: (snap, containers.find(snap)))  # one snapshot
+        try:
+            target = targets.resolve_target(snap, spec, tree, pids=True, namespaces=False)
+        except targets.NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        found = target.container if target.container is not None else tree.of_pid(target.pid or 0)
+        if found is None:
+            raise HTTPException(404, f"process {target.pid} is in no container")
+        return containers.describe_container(found, tree, snap)
+
     @app.get("/api/accounting", summary="Per-user-namespace accounting and uid-map overlaps")
     def account(request: Request,
                 limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Any:

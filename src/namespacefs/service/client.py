@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from namespacefs import ownership, procfs
+from namespacefs.discover.processes import read_at
 from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 
@@ -102,8 +103,7 @@ def _behind_fuse(path: str) -> bool:
     """The socket lies under a FUSE mount (the namespacefs filesystem's default mountpoint is the
     socket's directory): looking it up could wait on a FUSE server that is this very process."""
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            mounts = procfs.parse_mountinfo(f.read())
+        mounts = procfs.parse_mountinfo(read_at("/proc/self/mountinfo"))
     except OSError:
         return False
     path = os.path.abspath(path)
