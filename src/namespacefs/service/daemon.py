@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from namespacefs.service import outside_name
 from namespacefs.service.live import Live
+from namespacefs.service.notify import sd_notify
 
 log = logging.getLogger("namespacefs.service")
 
@@ -154,11 +155,18 @@ def _server_class() -> type:
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the process
-        before the socket is removed; here the signal just ends serve() and the caller cleans up."""
+        before the socket is removed; here the signal just ends serve() and the caller cleans up.
+        It tells systemd (Type=notify) when it serves and when it stops."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening: the model is taken, requests are answered from now on
+                sd_notify("READY=1\nSTATUS=serving")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             from namespacefs.service.app import end_streams
 
+            sd_notify("STOPPING=1")
             end_streams(self.config.app)
             await super().shutdown(sockets)
             self._captured_signals.clear()
