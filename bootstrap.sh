@@ -94,6 +94,16 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
+# promtool checks the Prometheus alert rules in the tests. It comes in Debian's prometheus package,
+# unpacked here rather than installed: installing it would start a Prometheus server.
+if [ ! -x .venv/bin/promtool ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } \
+     && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) >&2
+  install -m 0755 "$tmp/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$tmp"
+fi
+
 # Bytecode for our own modules (an editable install has none, and with PYTHONDONTWRITEBYTECODE set
 # Python would compile every module at every start: ~20 ms of each command). Only changed files.
 .venv/bin/python -m compileall -q src >/dev/null
