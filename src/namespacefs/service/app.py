@@ -156,11 +156,11 @@ PAGE_HEADERS = {
 def make_app(live: Live, token: str | None = None) -> FastAPI:
     app = FastAPI(title="namespacefs", version=_version(), docs_url=None, redoc_url=None,
                   description="Every Linux namespace on this host, kept live. See docs/service.md.")
-    registries = metrics.registry_for(live)
+    app.state.streams = set()  # the queues of open event streams, ended on shutdown
+    registries = metrics.registry_for(live, clients=lambda: len(app.state.streams))
     hostnames = Hostnames()
 
     app.add_middleware(TokenMiddleware, token=token)
-    app.state.streams = set()  # the queues of open event streams, ended on shutdown
 
     @app.get("/", response_class=HTMLResponse, summary="The web page", responses={200: {"content": {"text/html": TEXT}}})
     def page() -> HTMLResponse:
@@ -186,7 +186,8 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
              response_model=models.Status, responses=ERRORS,
              response_model_exclude_unset=True)
     def status() -> dict[str, Any]:
-        return live.status()
+        # subscribers: the open event streams (the metrics' own counter of events is no client)
+        return {**live.status(), "subscribers": len(app.state.streams)}
 
     @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)",
              response_class=Response, responses={200: {"model": models.Snapshot}, **ERRORS})

@@ -35,7 +35,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -92,8 +92,8 @@ class EventCounter:
 
 
 class LiveCollector(Collector):
-    def __init__(self, live: Live) -> None:
-        self.live = live
+    def __init__(self, live: Live, clients: Callable[[], int]) -> None:
+        self.live, self.clients = live, clients
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._sum = 0.0
         self.events = EventCounter(live.bus)
@@ -161,9 +161,7 @@ class LiveCollector(Collector):
         yield proc
         yield CounterMetricFamily("nsfs_netlink_overruns", "Times the kernel dropped process events", value=live.overruns)
         yield from self._events()
-        # the bus also feeds this collector's own counter: not a client
-        yield GaugeMetricFamily("nsfs_event_subscribers", "Connected event-stream clients",
-                                value=max(0, live.bus.subscribers - 1))
+        yield GaugeMetricFamily("nsfs_event_subscribers", "Connected event-stream clients", value=self.clients())
 
     def _durations(self) -> Metric:
         for d in self.live.take_durations():
@@ -223,8 +221,8 @@ class UsernsCollector(Collector):
 class Registries:
     """The default registry (bounded) and the one with the per-user-namespace series too."""
 
-    def __init__(self, live: Live) -> None:
-        base = LiveCollector(live)
+    def __init__(self, live: Live, clients: Callable[[], int]) -> None:
+        base = LiveCollector(live, clients)
         own = (ProcessCollector(registry=None), PlatformCollector(registry=None))
         self.default = CollectorRegistry(auto_describe=False)
         self.userns = CollectorRegistry(auto_describe=False)
@@ -237,8 +235,10 @@ class Registries:
         return generate_latest(self.userns if userns else self.default)
 
 
-def registry_for(live: Live) -> Registries:
-    return Registries(live)
+def registry_for(live: Live, clients: Callable[[], int]) -> Registries:
+    """The registries for a live model; `clients` counts the open event streams (the bus has one
+    more subscriber: this module's own event counter)."""
+    return Registries(live, clients)
 
 
 def render(registries: Registries, userns: bool = False) -> bytes:
