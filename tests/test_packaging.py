@@ -270,6 +270,7 @@ def test_install_system_into_a_prefix_gives_a_working_command_pages_completion_a
     package = Path(located).parent
     assert str(package).startswith(str(tmp_path / "opt")), "a copy in the prefix, not the source tree"
     assert (package / "contrib" / "namespacefs.service").read_text() == UNIT.read_text()
+    assert (package / "contrib" / "namespacefs.rules.yml").read_text() == (ROOT / "contrib" / "namespacefs.rules.yml").read_text()
     assert (package / "service" / "web" / "index.html").is_file()
     for name in ("nsfs", *(f"nsfs-{c}" for c in COMMANDS)):
         assert (tmp_path / "share/man/man1" / f"{name}.1").is_file()
