@@ -5,6 +5,7 @@ shipped in the package) and its Type=notify readiness, and the system install in
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -173,6 +174,64 @@ def test_the_unit_passes_systemd_analyze_verify_and_is_hardened(tmp_path: Path) 
     assert level is not None, security.stdout[-500:]
     print(f"systemd-analyze security exposure: {level.group(1)}")
     assert float(level.group(1)) < 6.0  # "MEDIUM"; root with CAP_SYS_ADMIN cannot go much lower
+
+
+BOOT_CHECK = """#!/bin/sh
+# runs inside the container once namespacefs.service is up (or failed)
+systemctl show -p ActiveState,SubState,Result,StatusText,MainPID,Type namespacefs > /out/state
+{python} -c 'import json; from namespacefs.service.client import get_json
+print(json.dumps(get_json("/api/status", "/run/namespacefs-api.sock")))' > /out/status.json 2> /out/status.err
+systemctl stop namespacefs
+systemctl show -p ActiveState,Result,ExecMainStatus namespacefs > /out/stopped
+ls -ld /run/namespacefs /var/lib/namespacefs > /out/dirs 2>&1
+journalctl -u namespacefs --no-pager -o cat > /out/journal 2>&1
+systemctl poweroff
+"""
+
+
+def test_the_unit_runs_hardened_under_real_systemd_in_a_container(tmp_path: Path) -> None:
+    """The unit as install-system writes it, booted for real: systemd (PID 1 in a systemd-nspawn
+    container of the host's /usr, private network) starts it with all its hardening, waits for
+    its READY=1 and stops it. Only the ordering is changed (DefaultDependencies=no), so that
+    nothing but the journal and this unit starts."""
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("systemd-nspawn is not installed (bootstrap.sh installs systemd-container)")
+    units, out = tmp_path / "units", tmp_path / "out"
+    units.mkdir()
+    out.mkdir()
+    unit = UNIT.read_text().replace("/opt/namespacefs/", f"{VENV}/").replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n", 1)
+    (units / "namespacefs.service").write_text(unit)
+    (units / "check.sh").write_text(BOOT_CHECK.format(python=VENV / "bin" / "python"))
+    (units / "nsfs-check.service").write_text(
+        "[Unit]\nDefaultDependencies=no\nAfter=namespacefs.service\n[Service]\nType=oneshot\nExecStart=/bin/sh /units/check.sh\n")
+    (units / "nsfs-test.target").write_text(
+        "[Unit]\nDefaultDependencies=no\nWants=systemd-journald.socket namespacefs.service nsfs-check.service\n")
+    binds = [f"--bind-ro={ROOT}", f"--bind-ro={units}:/units", f"--bind={out}:/out"]
+    binds += [f"--bind-ro={units / n}:/etc/systemd/system/{n}" for n in ("namespacefs.service", "nsfs-check.service",
+                                                                        "nsfs-test.target")]
+    if str(VENV).startswith(str(ROOT)) is False:
+        binds.append(f"--bind-ro={VENV}")
+    boot = subprocess.Popen(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--directory=/", "--volatile=yes",
+                             "--private-network", f"--machine=nsfs-unit-{os.getpid()}", *binds, "--boot", "--",
+                             "systemd.unit=nsfs-test.target"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        console, _ = boot.communicate(timeout=240)
+    finally:
+        kill_group(boot)
+    state = dict(line.split("=", 1) for line in (out / "state").read_text().splitlines()) if (out / "state").exists() else {}
+    journal = (out / "journal").read_text() if (out / "journal").exists() else ""
+    assert state.get("ActiveState") == "active" and state.get("SubState") == "running", (state, journal, console[-3000:])
+    assert state["Type"] == "notify" and state["StatusText"] == "serving"  # it said READY=1 and STATUS=serving
+    status = json.loads((out / "status.json").read_text())
+    assert status["namespaces"] > 0 and status["processes"] > 0, status
+    print(f"under systemd: {status['namespaces']} namespaces, {status['processes']} processes, "
+          f"netlink={status['netlink']} ({status['netlink_error']})")
+    stopped = dict(line.split("=", 1) for line in (out / "stopped").read_text().splitlines())
+    assert stopped["ActiveState"] == "inactive" and stopped["Result"] == "success" and stopped["ExecMainStatus"] == "0"
+    dirs = (out / "dirs").read_text()
+    assert re.search(r"^drwx------ .* /run/namespacefs$", dirs, re.M) and "/var/lib/namespacefs" in dirs, dirs
+    assert "Traceback" not in journal and "second API socket" not in journal, journal
 
 
 # --- sd_notify -----------------------------------------------------------------------------------

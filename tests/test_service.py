@@ -310,7 +310,10 @@ def test_the_daemon_stays_reachable_when_the_filesystem_is_mounted_on_its_socket
     """Both defaults share /run/namespacefs: the socket's second name, beside the directory, is
     how processes started after the mount still reach the daemon."""
     directory = os.path.dirname(daemon.socket)
-    assert os.path.samefile(outside_name(daemon.socket), daemon.socket)
+    outside = outside_name(daemon.socket)
+    assert stat.S_ISSOCK(os.lstat(outside).st_mode) and stat.S_IMODE(os.lstat(outside).st_mode) == 0o600
+    with httpx.Client(transport=httpx.HTTPTransport(uds=outside), base_url="http://nsfs", timeout=30) as second:
+        assert second.get("/api/status").json()["started_at"] == daemon.status()["started_at"]  # the same daemon
     before = daemon.status()["taken_at"]
     mounted = subprocess.run([sys.executable, "-m", "namespacefs", "mount", directory, "--db", str(tmp_path / "n.db")],
                              capture_output=True, text=True, timeout=120)
