@@ -109,7 +109,7 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
 def test_bash_completion_is_valid_bash_and_completes_commands_and_options() -> None:
     script = VENV / "share/bash-completion/completions/nsfs"
     assert script.is_file(), "bootstrap.sh installs the completion script"
-    assert script.read_text() == manual.completion("bash"), "the installed script is the parsers' own"
+    assert script.read_text() == manual.completion("bash"), "stale completion: run bash bootstrap.sh again"
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     assert sorted(complete(script, "nsfs ")) == sorted(c for c in build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
