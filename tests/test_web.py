@@ -50,7 +50,10 @@ def shot(page: Any, path: Path, **kw: Any) -> Path:
 
 def test_the_token_is_traded_for_a_cookie_and_never_taken_from_a_url(daemon: Daemon) -> None:
     with httpx.Client(base_url=daemon.url, timeout=30) as tcp:
-        assert tcp.get("/").status_code == 200  # the page itself holds no data
+        page = tcp.get("/")
+        assert page.status_code == 200  # the page itself holds no data
+        csp = page.headers["content-security-policy"]
+        assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
         assert tcp.get("/api/status", params={"token": daemon.token}).status_code == 401
         assert tcp.post("/api/login", json={"token": daemon.token + "x"}).status_code == 401
         assert SESSION_COOKIE not in tcp.cookies
@@ -103,7 +106,7 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
             shot(page, tmp_path / "1-login.png")
             page.fill("#token", "not the token")
             page.click("#login-form button[type=submit]")
-            page.locator("#login-error", has_text="wrong token").wait_for(timeout=10_000)
+            page.locator("#login-error", has_text="wrong token").wait_for(timeout=30_000)
             page.fill("#token", daemon.token)
             page.click("#login-form button[type=submit]")
             page.locator("#login").wait_for(state="hidden", timeout=30_000)
@@ -138,12 +141,12 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
             owner = page.locator(f'li:has(> .row > .node[data-inode="{userns}"])')
             assert owner.locator(f'.node[data-inode="{uts}"]').count() == 1
             owner.locator("> .row > button.toggle").click()
-            page.locator(f'.node[data-inode="{uts}"]').wait_for(state="hidden", timeout=10_000)
+            page.locator(f'.node[data-inode="{uts}"]').wait_for(state="hidden", timeout=30_000)
             assert "below" in owner.locator("> .row").inner_text()
             assert owner.locator("> .row > button.toggle").get_attribute("aria-expanded") == "false"
             shot(page, tmp_path / "3-collapsed.png")
             owner.locator("> .row > button.toggle").click()
-            page.locator(f'.node[data-inode="{uts}"]').wait_for(state="visible", timeout=10_000)
+            page.locator(f'.node[data-inode="{uts}"]').wait_for(state="visible", timeout=30_000)
             # filtering a type out removes its boxes, and only those
             page.uncheck('input[data-type="uts"]')
             assert page.evaluate("document.querySelectorAll('.node.uts').length") == 0
@@ -154,12 +157,12 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
 
             # --- search: the count is what the current view highlights ------------------------
             page.fill("#search", hostname)
-            page.locator(f'.node.match[data-inode="{uts}"]').wait_for(timeout=10_000)
+            page.locator(f'.node.match[data-inode="{uts}"]').wait_for(timeout=30_000)
             tree_hits = page.locator("#view .match").count()
             assert tree_hits >= 1 and page.inner_text("#matches") == f"{tree_hits} match{'es' if tree_hits != 1 else ''}"
             page.select_option("#mode", "containers")
             row = page.locator("tr.container-row.match", has_text=hostname)
-            row.wait_for(timeout=10_000)
+            row.wait_for(timeout=30_000)
             assert page.inner_text("#matches") == f"{page.locator('#view .match').count()} match" + (
                 "es" if page.locator("#view .match").count() != 1 else "")
             cells = row.locator("td").all_inner_texts()
@@ -168,18 +171,18 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
             shot(page, tmp_path / "4-containers.png")
             # a click on a namespace link shows its details
             row.locator(f'a[data-inode="{uts}"]').click()
-            page.locator("#details", has_text=hostname).wait_for(timeout=10_000)
+            page.locator("#details", has_text=hostname).wait_for(timeout=30_000)
 
             # --- the pid view: pid namespaces with their processes ---------------------------
             page.fill("#search", "")
             page.select_option("#mode", "pid")
             pid_node = page.locator(f'.node.pid[data-inode="{pidns}"]')
-            pid_node.wait_for(timeout=10_000)
+            pid_node.wait_for(timeout=30_000)
             assert page.locator(".node:not(.pid)").count() == 0
             proc = page.locator(f'li.proc[data-pid="{sleeper}"]')
             assert "sleep" in proc.inner_text() and proc.inner_text().startswith("pid 2 (host ")
             page.fill("#search", str(sleeper))
-            page.locator(f'li.proc.match[data-pid="{sleeper}"]').wait_for(timeout=10_000)
+            page.locator(f'li.proc.match[data-pid="{sleeper}"]').wait_for(timeout=30_000)
             hits = page.locator("#view .match").count()
             assert page.inner_text("#matches") == f"{hits} match{'es' if hits != 1 else ''}"
             shot(page, tmp_path / "5-pid.png")
@@ -192,7 +195,7 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
 
             # --- logging out ends the session ------------------------------------------------
             page.click("#logout")
-            page.locator("#login").wait_for(state="visible", timeout=10_000)
+            page.locator("#login").wait_for(state="visible", timeout=30_000)
             assert page.evaluate("fetch('/api/status').then(r => r.status)") == 401
         finally:
             context.close()

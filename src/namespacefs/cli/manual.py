@@ -21,6 +21,18 @@ MANUAL = "namespacefs manual"
 SEE_ALSO_SERVICE = "systemd.service(5), and the unit namespacefs.service shipped in the package (namespacefs/contrib)"
 
 
+#: The FILES section of the pages whose command keeps files (roff: .TP tagged paragraphs).
+_DB = ".TP\n.I /var/lib/namespacefs/names.db\nthe names database ($NSFS_DB, --db)"
+FILES = {
+    "serve": ".TP\n.I /run/namespacefs/api.sock\nthe API socket, root only ($NSFS_SOCKET, --socket)\n"
+             ".TP\n.I /run/namespacefs-api.sock\nits second name, for when a filesystem is mounted on /run/namespacefs\n"
+             ".TP\n.I /run/namespacefs/token\nthe bearer token for --listen (--token-file)\n"
+             ".TP\n.I /var/lib/namespacefs/names.db\nthe names database it reads ($NSFS_DB)\n"
+             ".TP\n.I /etc/systemd/system/namespacefs.service\nthe systemd unit, as bash bootstrap.sh install-system puts it",
+    "rename": _DB, "names": _DB, "ls": _DB,
+}
+
+
 def full_parser() -> argparse.ArgumentParser:
     """`nsfs` with every command's own arguments under its subcommand (what completion needs)."""
     parser = build_parser()
@@ -53,6 +65,8 @@ def man_page(command: str | None) -> str:
     see_also = ", ".join(["nsfs(1)"] * (command is not None) + (others if command is None else []))
     extra = {"ls": "lsns(8)", "enter": "nsenter(1), ip-netns(8)", "serve": SEE_ALSO_SERVICE, "watch": "nsfs-serve(1)",
              "mount": "fusermount3(1)", "shift": "mount_setattr(2)"}.get(command or "", "")
+    if command in FILES:
+        page.add_section("files", ">", FILES[command])
     page.add_section("see also", ">", ", ".join(x for x in (see_also, extra, "namespaces(7)") if x))
     return str(page)
 
