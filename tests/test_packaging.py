@@ -60,6 +60,14 @@ def test_version_is_the_package_metadata_on_every_command() -> None:
         assert result.stderr == ""
 
 
+def test_the_version_costs_a_command_nothing_until_asked() -> None:
+    """Reading package metadata imports ~40 ms of modules: only -V/--version may pay for it."""
+    probe = ("import sys; from namespacefs.cli import command_parser; command_parser('ls').parse_args([]); "
+             "print('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False", out
+
+
 # --- man pages and completion -------------------------------------------------------------------
 
 
