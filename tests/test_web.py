@@ -169,6 +169,16 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
             assert cells[0] == hostname and cells[1].startswith("bwrap") and cells[2] == "—"
             assert row.locator(f'a[data-inode="{uts}"]').inner_text() == f"uts:[{uts}]"
             shot(page, tmp_path / "4-containers.png")
+            # the pod column: a pod is the group node its members hang below (the containers tree's
+            # shape for Podman and Kubernetes pods), or what an engine's labels name
+            pods = page.evaluate("""() => {
+                const pod = {path: "/shop", name: "shop", group: true, labels: {group: "pod"}};
+                const web = {path: "/shop/web", name: "web", labels: {}};
+                const k8s = {path: "/k", name: "k", labels: {"io.kubernetes.pod.name": "api-7f9"}};
+                const byPath = new Map([pod, web, k8s].map(c => [c.path, c]));
+                return [podOf(web, byPath), podOf(pod, byPath), podOf(k8s, byPath)];
+            }""")
+            assert pods == ["shop", "(pod itself)", "api-7f9"]
             # a click on a namespace link shows its details
             row.locator(f'a[data-inode="{uts}"]').click()
             page.locator("#details", has_text=hostname).wait_for(timeout=30_000)
