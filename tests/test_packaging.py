@@ -187,13 +187,24 @@ def test_the_unit_passes_systemd_analyze_verify_and_is_hardened(tmp_path: Path) 
 BOOT_CHECK = """#!/bin/sh
 # runs inside the container once namespacefs.service is up (or failed)
 systemctl show -p ActiveState,SubState,Result,StatusText,MainPID,Type namespacefs > /out/state
-{python} -c 'import json; from namespacefs.service.client import get_json
-print(json.dumps(get_json("/api/status", "/run/namespacefs-api.sock")))' > /out/status.json 2> /out/status.err
+# a user namespace with a hostname of its own: reading them means joining them, which the
+# hardening must allow (capabilities, RestrictNamespaces)
+unshare --user --map-root-user --uts sh -c 'hostname inbox && exec sleep 300' &
+{python} /units/query.py > /out/query.json 2> /out/query.err
 systemctl stop namespacefs
 systemctl show -p ActiveState,Result,ExecMainStatus namespacefs > /out/stopped
 ls -ld /run/namespacefs /var/lib/namespacefs > /out/dirs 2>&1
 journalctl -u namespacefs --no-pager -o cat > /out/journal 2>&1
 systemctl poweroff
+"""
+BOOT_QUERY = """import json, time
+from namespacefs.service.client import get_json
+second = "/run/namespacefs-api.sock"  # the socket's second name: it must work under systemd too
+deadline = time.monotonic() + 60
+while "inbox" not in get_json("/api/hostnames", second).values() and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(json.dumps({"status": get_json("/api/status", second), "hostnames": get_json("/api/hostnames", second),
+                  "accounting": get_json("/api/accounting?limits=true", second)}))
 """
 
 
@@ -210,6 +221,7 @@ def test_the_unit_runs_hardened_under_real_systemd_in_a_container(tmp_path: Path
     unit = UNIT.read_text().replace("/opt/namespacefs/", f"{VENV}/").replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n", 1)
     (units / "namespacefs.service").write_text(unit)
     (units / "check.sh").write_text(BOOT_CHECK.format(python=VENV / "bin" / "python"))
+    (units / "query.py").write_text(BOOT_QUERY)
     (units / "nsfs-check.service").write_text(
         "[Unit]\nDefaultDependencies=no\nAfter=namespacefs.service\n[Service]\nType=oneshot\nExecStart=/bin/sh /units/check.sh\n")
     (units / "nsfs-test.target").write_text(
@@ -231,8 +243,12 @@ def test_the_unit_runs_hardened_under_real_systemd_in_a_container(tmp_path: Path
     journal = (out / "journal").read_text() if (out / "journal").exists() else ""
     assert state.get("ActiveState") == "active" and state.get("SubState") == "running", (state, journal, console[-3000:])
     assert state["Type"] == "notify" and state["StatusText"] == "serving"  # it said READY=1 and STATUS=serving
-    status = json.loads((out / "status.json").read_text())
+    query = json.loads((out / "query.json").read_text() or "null") or pytest.fail((out / "query.err").read_text())
+    status = query["status"]
     assert status["namespaces"] > 0 and status["processes"] > 0, status
+    assert "inbox" in query["hostnames"].values(), query["hostnames"]  # it joined that uts namespace
+    inside = [u for u in query["accounting"]["user_namespaces"] if u["uid_map"] == [[0, 0, 1]] and u["level"] == 1]
+    assert inside and inside[0]["limits"] and not inside[0]["limits_error"], query["accounting"]  # and that user namespace
     print(f"under systemd: {status['namespaces']} namespaces, {status['processes']} processes, "
           f"netlink={status['netlink']} ({status['netlink_error']})")
     stopped = dict(line.split("=", 1) for line in (out / "stopped").read_text().splitlines())
