@@ -197,11 +197,16 @@ def test_the_page_in_chromium(daemon: Daemon, holders: Callable[..., Holder], st
             assert page.inner_text("#matches") == f"{hits} match{'es' if hits != 1 else ''}"
             shot(page, tmp_path / "5-pid.png")
 
-            # --- live: a namespace made now appears without a reload -------------------------
-            page.fill("#search", "")
+            # --- live: a namespace made now appears without a reload, and the count follows ----
             page.select_option("#mode", "owner")
+            page.fill("#search", "uts:[")
             later = holders("--uts")
-            page.locator(f'.node[data-inode="{later.ns("uts")[0]}"]').wait_for(timeout=60_000)
+            page.locator(f'.node.match[data-inode="{later.ns("uts")[0]}"]').wait_for(timeout=60_000)
+            now = page.evaluate("""() => ({text: document.getElementById('matches').textContent,
+                                        hits: document.querySelectorAll('#view .match').length,
+                                        uts: state.snap.namespaces.filter(ns => ns.type === 'uts').length})""")
+            assert now["hits"] == now["uts"] and now["text"] == f"{now['uts']} matches", now
+            page.fill("#search", "")
 
             # --- logging out ends the session ------------------------------------------------
             page.click("#logout")
