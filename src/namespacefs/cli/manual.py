@@ -68,7 +68,10 @@ def man_page(command: str | None) -> str:
     if command in FILES:
         page.add_section("files", ">", FILES[command])
     page.add_section("see also", ">", ", ".join(x for x in (see_also, extra, "namespaces(7)") if x))
-    return str(page)
+    text = str(page)
+    if command is None:  # the subcommands are argparse's "positional arguments": call them commands
+        text = text.replace(".SH\nPOSITIONAL ARGUMENTS\n", ".SH\nCOMMANDS\n", 1)
+    return text
 
 
 def completion(shell: str = "bash") -> str:
