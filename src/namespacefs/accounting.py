@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from namespacefs import handles, kernel
+from namespacefs.forking import fork_and_act
 from namespacefs.model import Namespace, Snapshot
 
 IdMap = tuple[tuple[int, int, int], ...]
@@ -211,20 +212,18 @@ def _is_own_userns(ns: Namespace) -> bool:
 
 def _in_child(userns_fd: int, func: Callable[[], dict[str, int]]) -> dict[str, int]:
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: join, read, report, exit without running any parent cleanup
-        status = 0
+
+    def child() -> int:  # join, read, report (fork_and_act: it never returns into the caller)
+        os.close(r)
         try:
-            os.close(r)
             kernel.setns(userns_fd, kernel.CLONE_FLAGS["user"])
-            out = json.dumps({"ok": func()}).encode()
+            out, status = json.dumps({"ok": func()}).encode(), 0
         except BaseException as e:  # everything goes back to the parent
-            out = json.dumps({"error": str(e)}).encode()
-            status = 1
-        try:
-            os.write(w, out)
-        finally:
-            os._exit(status)
+            out, status = json.dumps({"error": str(e)}).encode(), 1
+        os.write(w, out)
+        return status
+
+    pid = fork_and_act(child)
     os.close(w)
     chunks = []
     try:

@@ -12,13 +12,14 @@ from namespacefs.model import Snapshot
 
 
 def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | None = None,
-             alongside: Callable[[], object] | None = None) -> Snapshot:
+             alongside: Callable[[], object] | None = None, strict: bool = False) -> Snapshot:
     """A complete snapshot of the host, with every namespace named (Namespace.name and .path, from
     the names database `db`, else $NSFS_DB, else the default; see namespacefs.names). When a daemon
     (`nsfs serve`) is running and the caller wants every source, its live snapshot is used (no scan);
     fresh=True, other sources, or NSFS_NO_DAEMON=1 in the environment always scan. A names database
     that cannot be read is logged (namespacefs.names) and default names are used. `alongside`:
-    the caller's own preparation (imports), run while a scan's second reader scans."""
+    the caller's own preparation (imports), run while a scan's second reader scans. strict: a names
+    database that cannot be read is an error (names.NameError), for commands that write to it."""
     sources = tuple(sources)
     snap: Snapshot | None = None
     if not fresh and set(sources) == set(SOURCES) and not os.environ.get("NSFS_NO_DAEMON"):
@@ -34,7 +35,7 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
         snap = discover(sources, alongside=prepare)
     from namespacefs import names
 
-    return names.apply(snap, db, strict=False)
+    return names.apply(snap, db, strict=strict)
 
 
 def _import_names() -> None:

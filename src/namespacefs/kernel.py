@@ -4,7 +4,9 @@ Sources (x86_64 and generic syscall numbers, uapi headers):
   include/uapi/linux/sched.h      CLONE_NEW* flags
   include/uapi/linux/nsfs.h       NSIO ioctls, struct nsfs_file_handle, struct ns_id_req
   include/uapi/linux/sockios.h    SIOCGSKNS
-  include/uapi/linux/mount.h      open_tree, move_mount, mount_setattr, struct mount_attr
+  include/uapi/linux/mount.h      open_tree, move_mount (MOVE_MOUNT_T_EMPTY_PATH), mount_setattr, struct
+                                  mount_attr, fsopen/fsconfig/fsmount, MOUNT_ATTR_*
+  include/uapi/linux/magic.h      filesystem magic numbers (fstatfs f_type)
   include/uapi/linux/fcntl.h      AT_* flags, FD_NSFS_ROOT
   arch/x86/entry/syscalls/syscall_64.tbl (the numbers below are the unified ones since 4.x
   for every architecture except the legacy ones, which namespacefs does not support)
@@ -72,6 +74,9 @@ SYS_OPEN_BY_HANDLE_AT: Final = 304
 SYS_PIDFD_SEND_SIGNAL: Final = 424
 SYS_OPEN_TREE: Final = 428
 SYS_MOVE_MOUNT: Final = 429
+SYS_FSOPEN: Final = 430
+SYS_FSCONFIG: Final = 431
+SYS_FSMOUNT: Final = 432
 SYS_PIDFD_GETFD: Final = 438
 SYS_MOUNT_SETATTR: Final = 442
 SYS_LISTNS: Final = 470  # Linux 6.19
@@ -83,7 +88,16 @@ AT_SYMLINK_NOFOLLOW: Final = 0x100
 OPEN_TREE_CLONE: Final = 1
 OPEN_TREE_CLOEXEC: Final = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH: Final = 0x00000004
+MOVE_MOUNT_T_EMPTY_PATH: Final = 0x00000040  # mount.h: the target is to_dfd itself (no path walk, no race)
 MOUNT_ATTR_RDONLY: Final = 0x00000001
+MOUNT_ATTR_NOSUID: Final = 0x00000002
+MOUNT_ATTR_NODEV: Final = 0x00000004
+MOUNT_ATTR_NOATIME: Final = 0x00000010
+FSOPEN_CLOEXEC: Final = 0x00000001
+FSMOUNT_CLOEXEC: Final = 0x00000001
+FSCONFIG_SET_FLAG: Final = 0
+FSCONFIG_SET_STRING: Final = 1
+FSCONFIG_CMD_CREATE: Final = 6
 MOUNT_ATTR_IDMAP: Final = 0x00100000
 MOUNT_ATTR_SIZE_VER0: Final = 32
 FD_NSFS_ROOT: Final = -10003  # fcntl.h, Linux 6.18: the root of nsfs for file handles
@@ -267,6 +281,67 @@ def mount_setattr(fd: int, attr: MountAttr, flags: int = AT_EMPTY_PATH, path: st
 def move_mount(from_fd: int, to_path: str, flags: int = MOVE_MOUNT_F_EMPTY_PATH) -> None:
     syscall(SYS_MOVE_MOUNT, ctypes.c_int(from_fd), b"", ctypes.c_int(-100), os.fsencode(to_path),
             ctypes.c_uint(flags))
+
+
+def clone_tree(fd: int, recursive: bool = False) -> int:
+    """open_tree(fd, "", OPEN_TREE_CLONE | AT_EMPTY_PATH): a detached bind mount of what fd is (a
+    directory, a file, an nsfs namespace file), to attach with move_mount_onto()."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    return syscall(SYS_OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags))
+
+
+def move_mount_onto(from_fd: int, to_fd: int) -> None:
+    """move_mount(from_fd, "", to_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH): attach a
+    detached mount onto the very file or directory to_fd was opened on (an O_PATH handle that was
+    checked), whatever has been renamed or replaced on its path since."""
+    syscall(SYS_MOVE_MOUNT, ctypes.c_int(from_fd), b"", ctypes.c_int(to_fd), b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+
+
+def fsopen(fstype: str) -> int:
+    """fsopen(2): a filesystem context to configure (mount.h)."""
+    return syscall(SYS_FSOPEN, fstype.encode(), ctypes.c_uint(FSOPEN_CLOEXEC))
+
+
+def fsconfig(fs_fd: int, key: str, value: str | None = None) -> None:
+    """fsconfig(2): FSCONFIG_SET_STRING key=value, or FSCONFIG_SET_FLAG key when value is None."""
+    if value is None:
+        syscall(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_FLAG), key.encode(), None, ctypes.c_int(0))
+    else:
+        syscall(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_STRING), key.encode(), value.encode(),
+                ctypes.c_int(0))
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    """FSCONFIG_CMD_CREATE, then fsmount(2): a detached mount of the configured filesystem."""
+    syscall(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, ctypes.c_int(0))
+    return syscall(SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags))
+
+
+# --- fstatfs(2): which filesystem a file is on (include/uapi/linux/magic.h) ---------------------
+
+#: f_type of the filesystems namespacefs names in its messages (linux/magic.h).
+FS_MAGIC: Final[dict[int, str]] = {
+    0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs", 0x794C7630: "overlay",
+    0xF2F52010: "f2fs", 0x858458F6: "ramfs", 0x2FC12FC1: "zfs", 0xCA451A4E: "bcachefs", 0x4D44: "vfat",
+    0x6969: "nfs", 0x52654973: "reiserfs", 0x3153464A: "jfs",
+    0x9FA0: "proc", 0x62656572: "sysfs", 0x0027E0EB: "cgroup", 0x63677270: "cgroup2", 0x73636673: "securityfs",
+    0x64626720: "debugfs", 0x74726163: "tracefs", 0xCAFE4A11: "bpf", 0x6E736673: "nsfs", 0x65735546: "fuse",
+    0x1CD1: "devpts", 0x62656570: "configfs", 0x6165676C: "pstore", 0xDE5E81E4: "efivarfs",
+    0x958458F6: "hugetlbfs", 0x19800202: "mqueue", 0x42494E4D: "binfmt_misc", 0x0187: "autofs",
+    0xF97CFF8C: "selinuxfs", 0x43415D53: "smackfs", 0x73717368: "squashfs", 0xE0F5E1E2: "erofs",
+    0x50495045: "pipefs", 0x534F434B: "sockfs", 0x09041934: "anon_inode",
+}
+_statfs = _libc.fstatfs
+_statfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type of the filesystem fd (an O_PATH handle will do) is on: the first field of struct
+    statfs, a long (__fsword_t) on every 64-bit architecture."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+    _check(_statfs(fd, buf))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 # --- mount(2) and umount2(2) from libc ---------------------------------------------------------

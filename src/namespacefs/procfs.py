@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from namespacefs.syntax import is_number
+
 
 class Status(NamedTuple):
     """The fields of /proc/PID/status that discovery needs."""
@@ -54,12 +56,9 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
 def parse_ns_link(target: str) -> tuple[str, int] | None:
     """'net:[4026531840]' -> ('net', 4026531840); anything else (a file, a socket) -> None."""
     kind, sep, rest = target.partition(":[")
-    if not sep or not rest.endswith("]") or not kind.isalpha():
+    if not sep or not rest.endswith("]") or not kind.isalpha() or not is_number(rest[:-1]):
         return None
-    try:
-        return kind, int(rest[:-1])
-    except ValueError:
-        return None
+    return kind, int(rest[:-1])
 
 
 class Mount(NamedTuple):

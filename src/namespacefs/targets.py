@@ -16,42 +16,45 @@ import os
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.procfs import parse_ns_link
+from namespacefs.syntax import is_number
 
 
 class NotFound(LookupError):
     """The spec names no namespace in the snapshot; str() says why, for the user."""
 
 
-def resolve(snapshot: Snapshot, spec: str, nstype: str | None = None) -> Namespace:
+def resolve(snapshot: Snapshot, spec: str, nstype: str | None = None, files: bool = True) -> Namespace:
+    """files=False: a PATH is never looked up on the filesystem (a remote caller's selector must not
+    tell which files exist on this host); only name paths of the snapshot match."""
     spec = spec.strip()
     if not spec:
         raise NotFound("an empty namespace name")
-    ns = _resolve(snapshot, spec, nstype)
+    ns = _resolve(snapshot, spec, nstype, files)
     if nstype and ns.type != nstype:
         raise NotFound(f"{spec} is a {ns.type} namespace, not {nstype}")
     return ns
 
 
-def _resolve(snapshot: Snapshot, spec: str, nstype: str | None) -> Namespace:
+def _resolve(snapshot: Snapshot, spec: str, nstype: str | None, files: bool = True) -> Namespace:
     if link := parse_ns_link(spec):
         return _by_inode(snapshot, link[1], spec, link[0])
     if spec.startswith("id:"):
         return _by_id(snapshot, spec[3:], spec)
     pid, sep, kind = spec.partition(":")
-    if sep and pid.isdigit():
+    if sep and is_number(pid):
         if kind not in NS_TYPES:
             raise NotFound(f"'{kind}' is not a namespace type ({', '.join(NS_TYPES)})")
         ns = snapshot.namespace_of(int(pid), kind)
         if ns is None:
             raise NotFound(f"no process {pid} (or it is not visible)")
         return ns
-    if spec.isdigit():
+    if is_number(spec):
         number = int(spec)
         ns = snapshot.get(number) or snapshot.by_id(number)
         if ns is None:
             raise NotFound(f"no namespace has inode or id {number}")
         return ns
-    if "/" in spec and os.path.exists(spec):
+    if files and "/" in spec and os.path.exists(spec):
         return _by_path(snapshot, spec)
     named = _by_name(snapshot, spec, nstype)
     if named is not None:
@@ -67,7 +70,7 @@ def _by_inode(snapshot: Snapshot, inode: int, spec: str, nstype: str | None = No
 
 
 def _by_id(snapshot: Snapshot, text: str, spec: str) -> Namespace:
-    if not text.isdigit() or (ns := snapshot.by_id(int(text))) is None:
+    if not is_number(text) or (ns := snapshot.by_id(int(text))) is None:
         raise NotFound(f"no namespace has id {text}")
     return ns
 

@@ -13,7 +13,10 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from namespacefs.syntax import is_number, number
 
 #: command -> (module under namespacefs.cli, one-line help). Each module has
 #: `add_arguments(parser, command)` and `run(args) -> int`; a module may serve several commands
@@ -91,8 +94,23 @@ def add_version(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*free, action=VersionAction)
 
 
+def whole(what: str, minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a decimal number of ASCII digits in [minimum, maximum] (syntax.number)."""
+
+    def parse(text: str) -> int:
+        if not is_number(text):
+            raise ValueError(text)  # argparse: "invalid int value: 'TEXT'", as for type=int
+        try:
+            return number(text, what, minimum, maximum)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = "int"  # what argparse names in its message
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nsfs", description="See, name and act on every Linux namespace.")
+    parser = Parser(prog="nsfs", description="See, name and act on every Linux namespace.")
     add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
@@ -103,18 +121,68 @@ def build_parser() -> argparse.ArgumentParser:
 def command_parser(name: str) -> argparse.ArgumentParser:
     """The whole parser of one command (what `nsfs NAME --help` shows; the man pages are made from it)."""
     module_name, help_text = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"nsfs {name}", description=help_text)
+    parser = Parser(prog=f"nsfs {name}", description=help_text)
     importlib.import_module(f"namespacefs.cli.{module_name}").add_arguments(parser, name)
     add_version(parser)
     return parser
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (`nsfs CMD: message (see nsfs CMD --help)`)
+    and exit status 2, like any other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)", 2)
+
+
+def one_line(text: object) -> str:
+    """A message as one printable line: a message quoting what the user typed may hold newlines or
+    control characters, and those would make a second line (or move the terminal's cursor)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text).replace("\n", " "))
+
+
+#: Exit status of an error that was not foreseen (sysexits.h EX_SOFTWARE): still one line, no traceback.
+INTERNAL_ERROR = 70
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line, behind its error boundary: the one place that turns every error into one
+    line on stderr and an exit status. Nothing below it prints an error or exits on its own."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else "nsfs"
+    prefix = "nsfs" if name == "nsfs" else f"nsfs {name}"
+    try:
+        return _main(argv)
+    except UserError as e:
+        print(f"{prefix}: {one_line(e)}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stderr.close()  # `nsfs ls | head`: the reader left, not an error
+        return 0
+    except SystemExit as e:  # argparse's --help, or a library's exit: its status, never past main()
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except OSError as e:  # something of the host's that no command anticipated: still one line
+        where = f"{os.fsdecode(e.filename)}: " if isinstance(e.filename, (str, bytes)) else ""
+        print(f"{prefix}: {one_line(where)}{one_line(e.strerror or e)}", file=sys.stderr)
+        return 1
+    except (RecursionError, MemoryError) as e:
+        print(f"{prefix}: the input is too large or too deeply nested ({type(e).__name__})", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line that says so, not a traceback (NSFS_DEBUG=1 shows it)
+        if os.environ.get("NSFS_DEBUG"):
+            raise
+        print(f"{prefix}: internal error ({type(e).__name__}: {one_line(e)}); please report it with the command line",
+              file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         if argv and not argv[0].startswith("-"):
-            print(f"nsfs: unknown command '{argv[0]}' (see nsfs --help)", file=sys.stderr)
-            return 2
+            raise UserError(f"unknown command '{argv[0]}' (see nsfs --help)", 2)
         if not argv:
             argv = ["ls"]  # like lsns: no arguments lists the namespaces
         else:
@@ -122,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     name = argv[0]
     module = importlib.import_module(f"namespacefs.cli.{COMMANDS[name][0]}")
-    args = command_parser(name).parse_args(argv[1:])
+    parser = command_parser(name)
+    if getattr(module, "INTERMIXED", False) and name != "rename":
+        args = parser.parse_intermixed_args(argv[1:])  # options anywhere between the positionals
+    else:
+        args = parser.parse_args(argv[1:])
     args.command = name
     one_shot = not getattr(module, "KEEPS_RUNNING", False)
     if one_shot:
@@ -132,14 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.disable()
     try:
         return int(module.run(args) or 0)
-    except UserError as e:
-        print(f"nsfs {name}: {e}", file=sys.stderr)
-        return e.status
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        sys.stderr.close()  # `nsfs ls | head`: the reader left, not an error
-        return 0
     finally:
         if one_shot:
             gc.enable()

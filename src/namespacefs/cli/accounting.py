@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from namespacefs import accounting, handles
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import add_source_options, find, report_errors, take_snapshot, user_name
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.model import Namespace
@@ -302,14 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         add_source_options(parser)  # for --userns
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+_positive = whole("N", 1, 4096)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 from typing import Any, NoReturn
 
 from namespacefs import containers, core
-from namespacefs.cli import UserError, duration
+from namespacefs.cli import UserError, duration, whole
 from namespacefs.cli.common import chosen_sources, find, report_errors
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
@@ -22,6 +22,7 @@ from namespacefs.ops import checkpoint as ckpt
 from namespacefs.ops import enter as ops_enter
 from namespacefs.ops import kill as ops_kill
 from namespacefs.ops import pin as ops_pin
+from namespacefs.syntax import is_number
 
 #: nsenter's letters for the namespace types
 LETTERS = {"mnt": "m", "uts": "u", "ipc": "i", "net": "n", "pid": "p", "user": "U", "cgroup": "C", "time": "T"}
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         add_table_options(parser, COLUMNS, DEFAULT)
     elif command == "enter":
         _enter_options(parser)
-        parser.add_argument("-t", "--target", dest="target_pid", type=int, metavar="PID",
+        parser.add_argument("-t", "--target", dest="target_pid", type=whole("PID", 1, 2**22), metavar="PID",
                             help="the target process, as nsenter takes it (instead of TARGET)")
         parser.add_argument("target", nargs="?", help="a container (path, name or engine id), a pid, or a namespace")
         parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="[OPTIONS] -- CMD",
@@ -105,8 +106,8 @@ def _enter_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"-{LETTERS[t]}", f"--{LONG[t]}", dest=f"ns_{t}", action="store_true",
                             help=f"enter the {t} namespace")
     parser.add_argument("-a", "--all", action="store_true", help="enter every namespace (the default for a pid or container)")
-    parser.add_argument("-S", "--setuid", type=int, metavar="UID", help="run as this uid")
-    parser.add_argument("-G", "--setgid", type=int, metavar="GID", help="run as this gid")
+    parser.add_argument("-S", "--setuid", type=whole("UID", 0, 2**32 - 2), metavar="UID", help="run as this uid")
+    parser.add_argument("-G", "--setgid", type=whole("GID", 0, 2**32 - 2), metavar="GID", help="run as this gid")
     parser.add_argument("--wd", metavar="DIR", help="working directory (default: the target's)")
     parser.add_argument("--keep-root", action="store_true", help="keep our root directory in the mount namespace")
 
@@ -175,7 +176,7 @@ def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
 def _container(tree: ContainerTree, snap: Snapshot, spec: str, allow_pid: bool = True) -> Container:
     if not spec.strip():  # "" would otherwise match the host, whose name is empty
         raise UserError("an empty container name; give a path, a name, an engine id or a pid")
-    if allow_pid and spec.isdigit() and int(spec) in snap.processes:
+    if allow_pid and is_number(spec) and int(spec) in snap.processes:
         c = tree.of_pid(int(spec))
         if c is not None:
             return c
@@ -195,7 +196,7 @@ def _containers(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     snap, tree = _tree(args)
-    if args.rename or args.forget:
+    if args.rename or args.forget is not None:
         spec = args.rename[0] if args.rename else args.forget
         target = _container(tree, snap, spec)
         if target.path == "/":
@@ -245,7 +246,7 @@ def _enter(args: argparse.Namespace) -> int:
     spec = args.target
     if not spec.strip():
         raise UserError("an empty target; give a container, a pid or a namespace")
-    if spec.isdigit() and int(spec) in snap.processes:
+    if is_number(spec) and int(spec) in snap.processes:
         pid = int(spec)
     elif found := tree.lookup(spec):
         if len(found) > 1:
@@ -367,8 +368,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"directory": report.directory, "containers": report.containers,
                             "namespaces": report.namespaces, "files": report.files, "dumped": report.dumped,
                             "criu": report.criu.to_dict()}
+    failed = report.criu.check_ok and not report.dumped  # CRIU could run, and wrote no image
     if args.json:
         print_json(data)
+        if failed:
+            raise UserError(f"no process images were written: {report.criu.message}")
         return 0
     print(f"wrote the topology and names of {', '.join(report.containers)} ({report.namespaces} namespaces) "
           f"to {report.directory}")
@@ -376,6 +380,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
         print(f"CRIU dumped the processes into {os.path.join(report.directory, 'images')}")
     else:
         print(f"CRIU: {report.criu.message}; no process images were written")
+    if failed:
+        raise UserError(f"no process images were written: {report.criu.message}")
     return 0
 
 

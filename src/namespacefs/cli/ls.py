@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import add_source_options, find, ns_type, report_errors, take_snapshot, user_name
 from namespacefs.cli.output import (
     Column,
@@ -98,7 +98,7 @@ COLUMNS: list[Column[Row]] = [
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("namespace", nargs="*", help="only these namespaces (inode, TYPE:[INODE], path, PID:TYPE, id, name)")
     parser.add_argument("-t", "--type", action="append", type=ns_type, help="only namespaces of this type (repeatable)")
-    parser.add_argument("-p", "--task", metavar="PID", type=int, help="only the namespaces of this process")
+    parser.add_argument("-p", "--task", metavar="PID", type=whole("PID", 1, 2**22), help="only the namespaces of this process")
     parser.add_argument("-P", "--persistent", action="store_true", help="only namespaces no process is in")
     parser.add_argument("-l", "--list", action="store_true", help="a flat list (no tree)")
     parser.add_argument("-T", "--tree", nargs="?", const="owner", choices=("owner", "parent", "process"),

@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 import select
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
-from namespacefs.cli import UserError
+from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import add_source_options, chosen_sources
 from namespacefs.fs.mounting import DEFAULT_MOUNTPOINT, MountError, absolute
 
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="let every user read it; each reader sees only its own user namespace's subtree")
     parser.add_argument("--db", metavar="PATH", help="the names database (default: the naming core's own)")
     parser.add_argument("-d", "--debug", action="store_true", help="log every FUSE request (with --foreground)")
-    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: background start-up
+    # internal: background start-up
+    parser.add_argument("--ready-fd", type=whole("--ready-fd", 0, 2**31 - 1), help=argparse.SUPPRESS)
     add_source_options(parser)
 
 
@@ -56,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
 def _foreground(args: argparse.Namespace, sources: tuple[str, ...] | None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="nsfs mount: %(message)s")
-    report = os.fdopen(args.ready_fd, "w", buffering=1) if args.ready_fd is not None else None
+    report = None
+    if args.ready_fd is not None:
+        try:
+            if not stat.S_ISFIFO(os.fstat(args.ready_fd).st_mode):
+                raise UserError(f"--ready-fd {args.ready_fd} is not a pipe")
+        except OSError as e:
+            raise UserError(f"--ready-fd {args.ready_fd}: {e.strerror}") from None
+        report = os.fdopen(args.ready_fd, "w", buffering=1)
 
     def say(message: str) -> None:
         if report is not None:

@@ -17,13 +17,16 @@ import json
 import sys
 from typing import Any
 
-from namespacefs import names
+from namespacefs import core, names
 from namespacefs.cli import UserError, duration
-from namespacefs.cli.common import add_source_options, find, ns_type, take_snapshot
+from namespacefs.cli.common import add_source_options, chosen_sources, find, ns_type, take_snapshot
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.names import migrate
+
+#: `nsfs names import --dry-run FILE`: options may come between the action and the file.
+INTERMIXED = True
 
 
 class NameRow:
@@ -53,7 +56,7 @@ HISTORY_COLUMNS: list[Column[dict[str, Any]]] = [
     Column("FIRST", "named at", lambda h: _when(h["first_seen"])),
     Column("LAST", "last seen alive", lambda h: _when(h["last_seen"])),
     Column("ENDED", "found gone at", lambda h: _when(h["ended"])),
-    Column("REASON", "gone or reboot", lambda h: h["reason"]),
+    Column("REASON", "gone, reboot, or renamed (replaced by a rename or an import)", lambda h: h["reason"]),
     Column("BOOT", "boot id it lived in", lambda h: h["boot_id"]),
 ]
 HISTORY_DEFAULT = ("NAME", "TYPE", "ID", "NS", "FIRST", "LAST", "REASON")
@@ -100,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _snapshot(args: argparse.Namespace) -> Snapshot:
     """A snapshot named strictly: a broken database is an error here, not a warning."""
-    snap = take_snapshot(args)
-    return names.apply(snap, args.db)
+    return core.snapshot(chosen_sources(args.sources), db=args.db, strict=True)
 
 
 def _rename(args: argparse.Namespace) -> int:
@@ -173,36 +175,49 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The largest export (or pid map) an import reads: an export of 100,000 names is ~40 MB.
+MAX_IMPORT_BYTES = 64 << 20
+
+
+def _read_text(path: str, what: str) -> str:
+    """A text file given to import ('-': standard input), at most MAX_IMPORT_BYTES, valid UTF-8."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_IMPORT_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_IMPORT_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_IMPORT_BYTES:
+        raise UserError(f"{what} {path} is larger than {MAX_IMPORT_BYTES >> 20} MiB; refusing to read it")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file (not UTF-8)") from None
+
+
 def _import(args: argparse.Namespace) -> int:
     if not args.file:
         raise UserError("import needs the export file to read ('-' for standard input)")
-    try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file) as f:
-                text = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {args.file}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{args.file} is not a text file") from None
+    text = _read_text(args.file, "the export")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{args.file} is not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{args.file} is nested too deeply to be a names export") from None
     pid_map: dict[int, int] = {}
     for spec in args.pid_map:
         pid_map.update(migrate.parse_pid_map(spec))
     if args.pid_map_file:
-        try:
-            with open(args.pid_map_file) as f:
-                pid_map.update(migrate.parse_pid_map(f.read()))
-        except OSError as e:
-            raise UserError(f"cannot read {args.pid_map_file}: {e.strerror}") from None
+        pid_map.update(migrate.parse_pid_map(_read_text(args.pid_map_file, "the pid map")))
     result = migrate.import_names(data, _snapshot(args), args.db, pid_map, args.dry_run)
     verb = "would name" if args.dry_run else "named"
     for entry, ns, how in result.applied:
-        print(f"{verb} {ns.type} namespace {ns.inode} '{entry['name']}' (matched by {how})")
+        replaced = result.replaced.get(ns.inode)
+        instead = f", replacing its name '{replaced}'" if replaced else ""
+        print(f"{verb} {ns.type} namespace {ns.inode} '{entry['name']}' (matched by {how}{instead})")
     for entry, why in result.unmatched:
         print(f"nsfs names import: '{entry['name']}' ({entry['type']}): not applied: {why}", file=sys.stderr)
     return 1 if result.unmatched else 0

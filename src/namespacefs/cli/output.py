@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from namespacefs.cli import UserError
+from namespacefs.syntax import is_number
 
 Row = TypeVar("Row")
 
@@ -117,7 +118,7 @@ def _terminal_width(out: Any) -> int | None:
     except (AttributeError, OSError, ValueError):
         return None
     columns = os.environ.get("COLUMNS", "")  # as libsmartcols: $COLUMNS first, then the terminal
-    if columns.isdigit() and int(columns) > 0:
+    if is_number(columns) and int(columns) > 0:
         return int(columns)
     try:
         return os.get_terminal_size(out.fileno()).columns or 80

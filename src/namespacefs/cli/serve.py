@@ -10,7 +10,7 @@ import queue
 import sys
 from collections.abc import Callable
 
-from namespacefs.cli import UserError, interval
+from namespacefs.cli import UserError, interval, whole
 from namespacefs.kernel import NS_TYPES
 from namespacefs.service import DEFAULT_SOCKET
 from namespacefs.service.events import KINDS, Event
@@ -43,13 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def _rcvbuf(text: str) -> int:
     """A socket buffer size the kernel takes (an int for setsockopt; it clamps it further)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text}") from None
-    if not 0 < value < 2**31:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {2**31 - 1} bytes")
-    return value
+    return whole("BYTES", 1, 2**31 - 1)(text)
 
 
 def _check_list(text: str | None, known: tuple[str, ...], what: str) -> str | None:
@@ -62,6 +56,8 @@ def _check_list(text: str | None, known: tuple[str, ...], what: str) -> str | No
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.socket is not None and not args.socket.strip():
+        raise UserError("--socket: an empty path (leave the option out for the default)")
     return serve(args) if args.command == "serve" else watch(args)
 
 
@@ -71,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="nsfs serve: %(message)s")
     try:
         opts = daemon.Options(
-            socket_path=client.socket_path(args.socket), tcp=daemon.parse_listen(args.listen) if args.listen else None,
+            socket_path=client.socket_path(args.socket),
+            tcp=daemon.parse_listen(args.listen) if args.listen is not None else None,
             token_file=args.token_file, interval=args.interval, netlink=not args.no_netlink, rcvbuf=args.netlink_rcvbuf)
         daemon.serve(opts)
     except daemon.ServeError as e:

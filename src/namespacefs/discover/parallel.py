@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from namespacefs.discover.state import Scan
+from namespacefs.forking import fork_and_act
 
 #: Below this many processes one reader is faster: forking and merging cost more than they save.
 PARALLEL_FROM = 150
@@ -60,15 +61,14 @@ def _with_child(state: Scan, todo: list[int], read_part: ReadPart, alongside: Ca
     claims = state.claims = mmap.mmap(-1, _CLAIM_SLOTS)  # shared with the child: who resolves what
     gc.freeze()  # the collector then never walks (and so never copies) the pages both processes share
     try:
-        child = os.fork()
+        child = fork_and_act(lambda: _child(state.proc, read_part, _take(queue_r, todo, bounds, []), claims,
+                                            result_r, result_w))
     except OSError:
         gc.unfreeze()
         state.claims = None
         for fd in (queue_r, result_r, result_w):
             os.close(fd)
         return False
-    if child == 0:
-        _child(state.proc, read_part, _take(queue_r, todo, bounds, []), claims, result_r, result_w)
     os.close(result_w)
     import pickle  # here, not at the top: imported while the child reads, not before it starts
 
@@ -124,18 +124,13 @@ def _take(queue: int, todo: list[int], bounds: list[tuple[int, int]], taken: lis
 
 def _child(proc: str, read_part: ReadPart, pids: Iterator[int], claims: mmap.mmap, result_r: int,
            result_w: int) -> None:
-    """The forked reader: never returns into the caller, never flushes the parent's stdio."""
-    status = 1
-    try:
-        import pickle
+    """The forked reader (fork_and_act: it never returns into the caller, never flushes the parent's stdio)."""
+    import pickle
 
-        os.close(result_r)
-        part = Scan(proc=proc)
-        part.claims = claims
-        read_part(part, pids)
-        part.close_fds()
-        with os.fdopen(result_w, "wb") as out:
-            pickle.dump(part.portable(), out, protocol=pickle.HIGHEST_PROTOCOL)
-        status = 0
-    finally:
-        os._exit(status)
+    os.close(result_r)
+    part = Scan(proc=proc)
+    part.claims = claims
+    read_part(part, pids)
+    part.close_fds()
+    with os.fdopen(result_w, "wb") as out:
+        pickle.dump(part.portable(), out, protocol=pickle.HIGHEST_PROTOCOL)

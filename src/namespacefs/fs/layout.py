@@ -68,13 +68,14 @@ class View:
     _entries: dict[int | None, dict[str, Namespace]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, snapshot: Snapshot, user_ns: int | None) -> View:
+    def of(cls, snapshot: Snapshot, user_ns: int | None, seen: frozenset[int] | None = None) -> View:
         """The view of a reader in user namespace user_ns (None or the initial one: everything;
-        one not in the snapshot: nothing)."""
+        one not in the snapshot: nothing), narrowed to `seen` (access.visible_namespaces) if given."""
         initial = snapshot.initial_user
         if user_ns is None or (initial is not None and user_ns == initial.inode):
-            return cls(snapshot)
-        return cls(snapshot, user_ns, frozenset(subtree(snapshot, user_ns)))
+            return cls(snapshot, None, seen)
+        own = frozenset(subtree(snapshot, user_ns))
+        return cls(snapshot, user_ns, own if seen is None else own & seen)
 
     def can_see(self, ns: Namespace | None) -> bool:
         return ns is not None and (self.visible is None or ns.inode in self.visible)

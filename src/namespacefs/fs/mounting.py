@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from namespacefs import kernel, procfs
+from namespacefs import kernel, mountpoints, procfs
 from namespacefs.discover import SOURCES
 from namespacefs.fs.operations import NamespaceFS
 from namespacefs.fs.source import Source, snapshot_taker
@@ -63,7 +65,7 @@ def prepare(mountpoint: str, say: Callable[[str], None]) -> bool:
         say(f"cleared a stale namespacefs mount at {mountpoint} (its server had stopped)")
     elif mounts and is_stale(mountpoint):
         raise MountError(f"{mountpoint} is a dead mount of another filesystem ({mounts[-1].fstype}); unmount it first")
-    if os.path.isdir(mountpoint):
+    if os.path.isdir(mountpoint) and not os.path.islink(mountpoint):
         return False
     if os.path.lexists(mountpoint):
         raise MountError(f"{mountpoint} is not a directory")
@@ -72,6 +74,55 @@ def prepare(mountpoint: str, say: Callable[[str], None]) -> bool:
     except OSError as e:
         raise MountError(f"cannot create {mountpoint}: {e.strerror}") from None
     return True
+
+
+def open_mountpoint(mountpoint: str) -> int:
+    """The checked O_PATH handle of the mountpoint (namespacefs.mountpoints: an ordinary directory of
+    an ordinary filesystem, not a symlink) that the filesystem is then attached to."""
+    try:
+        parent, name = mountpoints.split(mountpoint)
+        with mountpoints.opened_dir(parent) as parent_fd:
+            fd = mountpoints.open_target(parent_fd, name, mountpoint)
+    except mountpoints.Refused as e:
+        raise MountError(str(e)) from None
+    if fd is None:
+        raise MountError(f"{mountpoint} went away")
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MountError(f"{mountpoint} is not a directory")
+    return fd
+
+
+def mount_fuse(target_fd: int, allow_other: bool) -> tuple[int, int]:
+    """Mount a FUSE filesystem onto the checked handle target_fd, as libfuse would (fd=, rootmode=,
+    user_id=, group_id=, nosuid, nodev, noatime) but with the new mount API: fsopen/fsconfig/fsmount,
+    then move_mount onto the handle. Returns (the /dev/fuse fd for pyfuse3, the new mount's id)."""
+    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fs_fd = kernel.fsopen("fuse")
+        try:
+            for key, value in (("source", FSNAME), ("subtype", FSNAME), ("fd", str(fuse_fd)), ("rootmode", "40000"),
+                               ("user_id", str(os.getuid())), ("group_id", str(os.getgid()))):
+                kernel.fsconfig(fs_fd, key, value)
+            if allow_other:
+                kernel.fsconfig(fs_fd, "allow_other")
+            tree = kernel.fsmount(fs_fd, kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NODEV | kernel.MOUNT_ATTR_NOATIME)
+        finally:
+            os.close(fs_fd)
+        try:
+            mountpoints.attach(tree, target_fd)
+            mount_id = _mount_id(tree)
+        finally:
+            os.close(tree)
+    except BaseException:
+        os.close(fuse_fd)
+        raise
+    return fuse_fd, mount_id
+
+
+def _mount_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next((int(line.split()[1]) for line in f if line.startswith("mnt_id:")), -1)
 
 
 def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
@@ -92,28 +143,41 @@ def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
         except OSError as e:
             raise MountError(f"cannot scan the namespaces: {e}") from None
         operations = NamespaceFS(source, filtered=allow_other, db=db)
-        options = {f"fsname={FSNAME}", f"subtype={FSNAME}", "noatime"}
-        if allow_other:
-            options.add("allow_other")
-        if debug:
-            options.add("debug")
+        target = open_mountpoint(mountpoint)
         try:
-            pyfuse3.init(operations, mountpoint, options)
+            fuse_fd, mount_id = mount_fuse(target, allow_other)
+        except OSError as e:
+            raise MountError(f"cannot mount on {mountpoint}: {e.strerror}") from None
+        finally:
+            os.close(target)
+        try:
+            # libfuse takes /dev/fd/N as "the mount is made already, serve this connection"
+            pyfuse3.init(operations, f"/dev/fd/{fuse_fd}", {"debug"} if debug else set())
         except RuntimeError as e:
-            raise MountError(f"cannot mount on {mountpoint}: {e}") from None
+            _unmount_ours(mountpoint, mount_id)
+            raise MountError(f"cannot serve the mount on {mountpoint}: {e}") from None
         try:
             if ready is not None:
                 ready(mountpoint)
             if not _Stop.requested:
                 trio.run(_main, source)
         finally:
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=False)
+            _unmount_ours(mountpoint, mount_id)
     finally:
         if created:
             try:
                 os.rmdir(mountpoint)
             except OSError as e:
                 log.warning("could not remove %s: %s", mountpoint, e.strerror)
+
+
+def _unmount_ours(mountpoint: str, mount_id: int) -> None:
+    """Detach our mount if it is still the top one at the mountpoint (a user may have unmounted it)."""
+    with contextlib.suppress(OSError):
+        mounts = mounts_at(mountpoint)
+        if mounts and mounts[-1].mount_id == mount_id:
+            kernel.umount(mountpoint, kernel.MNT_DETACH)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from namespacefs import kernel
+from namespacefs import access, kernel
 from namespacefs.fs import layout
 from namespacefs.fs.source import Source
 from namespacefs.handles import Gone, still_members
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot, diff
+from namespacefs.syntax import is_number
 
 log = logging.getLogger("namespacefs.fs")
 
@@ -42,6 +43,11 @@ READER_TTL = 0.25
 GONE_MEMORY = 30.0
 #: Files listing processes: only those still in the namespace when the file is opened are listed.
 MEMBER_FILES = frozenset({"tasks", "nspids", "init"})
+#: Renames through `mv` by a user other than root: at most this many in this many seconds.
+RENAME_BURST = 10
+RENAME_WINDOW = 10.0
+#: Files with a namespace's own state, shown to a reader only as the kernel would show it (access.py).
+GUARDED_FILES = frozenset({"uname", "hostname", "domainname", "interfaces", "mountinfo", "root", "offsets", "objects"})
 
 
 def NoEntry() -> pyfuse3.FUSEError:
@@ -90,7 +96,7 @@ class NamespaceFS(pyfuse3.Operations):
         self._reader_userns = reader_userns or userns_of_pid
         self._ino: dict[Key, int] = {ROOT: pyfuse3.ROOT_INODE}
         self._key: dict[int, Key] = {pyfuse3.ROOT_INODE: ROOT}
-        self._views: dict[int | None, layout.View] = {}
+        self._views: dict[tuple[int | None, int | None, int | None], layout.View] = {}
         self._views_of: Snapshot | None = None
         self._readers: dict[int, tuple[float, tuple[int, int | None]]] = {}
         self._open: dict[int, bytes] = {}
@@ -98,6 +104,7 @@ class NamespaceFS(pyfuse3.Operations):
         self._next_fh = 1
         self._gone: dict[str, float] = {}  # names of namespaces that vanished lately -> when
         self._gone_pruned = 0.0
+        self._renames: dict[int, list[float]] = {}  # uid -> when its recent renames were made
         self.started = time.time_ns()
         source.set_on_change(self._changed)
 
@@ -113,18 +120,24 @@ class NamespaceFS(pyfuse3.Operations):
     # --- who is asking ---------------------------------------------------------------------
 
     async def view(self, ctx: pyfuse3.RequestContext | None) -> layout.View:
+        """What the requesting reader may see: with --allow-other, its user namespace's tree,
+        narrowed to what the kernel would show it (access.visible_namespaces)."""
         snapshot = self.source.current
+        who: access.Reader | None = None
         if not self.filtered:
             user_ns: int | None = None
         elif ctx is None or not ctx.pid:
             user_ns = -1  # a request with no process behind it sees nothing
         else:
             user_ns, snapshot = await self.reader(ctx.pid)
+            who = access.Reader(ctx.uid, ctx.gid, ctx.pid)
         if self._views_of is not snapshot:
             self._views, self._views_of = {}, snapshot
-        view = self._views.get(user_ns)
+        key = (user_ns, who.uid, who.gid) if who is not None else (user_ns, None, None)
+        view = self._views.get(key)
         if view is None:
-            view = self._views[user_ns] = layout.View.of(snapshot, user_ns)
+            seen = await trio.to_thread.run_sync(access.visible_namespaces, who, snapshot) if who else None
+            view = self._views[key] = layout.View.of(snapshot, user_ns, seen)
         return view
 
     async def reader(self, pid: int) -> tuple[int, Snapshot]:
@@ -168,8 +181,10 @@ class NamespaceFS(pyfuse3.Operations):
         if key[0] in ("root", "tree", "type"):
             return Node(key)
         ns = self._find(view.snapshot, key[1])
-        if ns is None or not view.can_see(ns):
+        if ns is None:
             raise NoEntry()
+        if not view.can_see(ns):  # (reached through a handle someone else passed: the same answer for any name)
+            raise pyfuse3.FUSEError(errno.EPERM)
         if key[0] == "link" and view.link_target(ns, key[2]) is None:
             raise NoEntry()
         if key[0] in ("tdir", "tlink") and view.tree_chain(ns) is None:
@@ -232,7 +247,7 @@ class NamespaceFS(pyfuse3.Operations):
         """One entry of a directory, without listing it all."""
         kind, ns = node.key[0], node.ns
         if kind == "type":
-            if not name.isdigit():
+            if not is_number(name):
                 return None
             found = view.snapshot.get(int(name))
             if found is None or found.type != node.key[1] or not view.can_see(found):
@@ -316,14 +331,26 @@ class NamespaceFS(pyfuse3.Operations):
         node = self.node(view, inode)
         if node.key[0] != "file" or node.ns is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        data = await self.content(view.snapshot, node.ns, node.key[2])
+        reader = access.Reader(ctx.uid, ctx.gid, ctx.pid) if self.filtered else None
+        if reader is not None:  # (the probe forks: not in the event loop)
+            await trio.to_thread.run_sync(access.access_of, reader, view.snapshot)
+        data = await self.content(view.snapshot, node.ns, node.key[2], reader)
         fh = self._fh()
         self._open[fh] = data
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
-    async def content(self, snapshot: Snapshot, ns: Namespace, name: str) -> bytes:
+    async def content(self, snapshot: Snapshot, ns: Namespace, name: str, reader: access.Reader | None = None) -> bytes:
+        """A file's content as this reader may see it (access.may_see): only the processes and
+        holders it could see in /proc itself, and the state of a namespace only if it could read it
+        there (mountinfo, offsets) or by entering it (hostname, interfaces, ipc objects, cgroup root)."""
         if name in MEMBER_FILES:
             ns = ns._replace(processes=still_members(ns))
+        if name in MEMBER_FILES or name == "holders":
+            ns = ns._replace(processes=tuple(access.visible_pids(reader, ns.processes, snapshot)),
+                             holders=tuple(h for h in ns.holders
+                                           if h.pid is None or access.may_see(reader, h.pid, snapshot)))
+        elif name in GUARDED_FILES and not access.may_see(reader, ns, snapshot, enter=ns.type in access.ENTERED):
+            raise pyfuse3.FUSEError(errno.EACCES)
         text = layout.simple_content(snapshot, ns, name)
         if text is None:
             try:
@@ -379,6 +406,10 @@ class NamespaceFS(pyfuse3.Operations):
         user_ns = view.root if self.filtered else None
         if not privileged_over(view.snapshot, user_ns, ctx.uid, ns.owner):
             raise pyfuse3.FUSEError(errno.EPERM)
+        if ctx.uid != 0 and not self._rename_allowed(ctx.uid):
+            log.warning("renames by uid %d come too fast (%d in %.0f s); refused for now", ctx.uid, RENAME_BURST,
+                        RENAME_WINDOW)
+            raise pyfuse3.FUSEError(errno.EAGAIN)
         try:
             from namespacefs import names  # the naming core (optional until it lands)
         except ImportError:
@@ -390,6 +421,19 @@ class NamespaceFS(pyfuse3.Operations):
             log.warning("rename of %s to %s refused: %s", old, new, e)
             raise pyfuse3.FUSEError(getattr(e, "errno", None) or errno.EINVAL) from None
         await self.source.refresh(newer_than=time.time())
+
+    def _rename_allowed(self, uid: int) -> bool:
+        """At most RENAME_BURST renames per RENAME_WINDOW seconds for each unprivileged uid (each is a
+        write to root's names database; its history is bounded per user namespace as well)."""
+        now = time.monotonic()
+        recent = [t for t in self._renames.get(uid, []) if t > now - RENAME_WINDOW]
+        if len(recent) >= RENAME_BURST:
+            self._renames[uid] = recent
+            return False
+        self._renames[uid] = [*recent, now]
+        if len(self._renames) > 4096:
+            self._renames = {u: ts for u, ts in self._renames.items() if ts and ts[-1] > now - RENAME_WINDOW}
+        return True
 
     # Namespaces are made and ended by the kernel, not by this filesystem: every other change is
     # refused with EPERM ("Operation not permitted"), which says more to `rm` or `mkdir` users
@@ -432,7 +476,7 @@ class NamespaceFS(pyfuse3.Operations):
         unless it is the name of a namespace that vanished lately."""
         kind = parent.key[0]
         if kind == "type":
-            return name.isdigit()
+            return is_number(name)
         if kind not in ("tree", "tdir"):
             return False
         now = time.monotonic()

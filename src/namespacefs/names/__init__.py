@@ -216,6 +216,8 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                                     f" ({names[other.inode][1]} name) in the same user namespace", errno.EEXIST)
             old = next((r for r in stored if r.key == key), None)
             first = old.first_seen if old is not None and old.name == new_name else now
+            if old is not None and old.name != new_name:
+                _keep_replaced(conn, old, now)
             conn.execute(
                 "INSERT OR REPLACE INTO names (boot_id, key, type, ns_id, inode, dev, scope, name, first_seen, last_seen)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -225,6 +227,21 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                         errno.EEXIST) from None
     finally:
         conn.close()
+
+
+#: History rows of replaced names kept per user namespace (scope): anyone privileged in their own user
+#: namespace may rename its namespaces (`mv` in the filesystem), and must not grow root's history
+#: without bound. The oldest go first; the history of namespaces that are gone is never trimmed.
+MAX_REPLACED_PER_SCOPE = 100
+
+
+def _keep_replaced(conn: sqlite3.Connection, old: Row, now: float) -> None:
+    """A history row for a name that a rename replaces (inside the rename's transaction)."""
+    retire(conn, [old], now, "renamed")
+    conn.execute(
+        "DELETE FROM history WHERE reason = 'renamed' AND scope = ? AND seq NOT IN"
+        " (SELECT seq FROM history WHERE reason = 'renamed' AND scope = ? ORDER BY seq DESC LIMIT ?)",
+        (old.scope, old.scope, MAX_REPLACED_PER_SCOPE))
 
 
 def reset(snapshot: Snapshot, ns: Namespace, db: str | None = None) -> bool:

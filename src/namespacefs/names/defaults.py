@@ -22,12 +22,12 @@ from typing import Final
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.names.store import NameError, Row
+from namespacefs.syntax import MAX_NAME_BYTES, name_problem
 
 SHORT: Final = 6  # hex digits of a default name
-MAX_BYTES: Final = 255
+MAX_BYTES: Final = MAX_NAME_BYTES
 NETNS_DIR: Final = "/run/netns/"
 _DEFAULT_RE: Final = re.compile(rf"^({'|'.join(NS_TYPES)})-[0-9a-f]{{{SHORT},64}}$")
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 # where a name came from
 RENAME, ENGINE, NETNS, DEFAULT = "rename", "engine", "netns", "default"
@@ -38,23 +38,10 @@ def validate(name: str, nstype: str) -> None:
     components, and must not pass for another type's default name."""
     if nstype not in NS_TYPES:
         raise NameError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
-    if not isinstance(name, str) or name == "":
-        raise NameError("a name cannot be empty")
-    if name in (".", ".."):
-        raise NameError(f"'{name}' cannot be a name (it means a directory in a path)")
-    if "/" in name:
-        raise NameError(f"a name cannot contain '/' (names are path components): {name!r}")
-    if "\0" in name:
-        raise NameError(f"a name cannot contain a NUL character: {name!r}")
-    if _CONTROL.search(name):
-        raise NameError(f"a name cannot contain control characters: {name!r}")
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_BYTES:
-        raise NameError(f"a name can be at most {MAX_BYTES} bytes long (this one is {len(name.encode())})",
-                        errno.ENAMETOOLONG)
-    if name != name.strip():
-        raise NameError(f"a name cannot start or end with white space: {name!r}")
-    if name.isdigit():
-        raise NameError(f"a name cannot be a number ({name} would be read as an inode or id)")
+    problem = name_problem(name)
+    if problem is not None:
+        too_long = isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+        raise NameError(problem, errno.ENAMETOOLONG if too_long else None)
     m = _DEFAULT_RE.match(name)
     if m and m.group(1) != nstype:
         raise NameError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "

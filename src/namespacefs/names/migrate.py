@@ -24,6 +24,7 @@ from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.names import RENAME, NameError, assigned, engine_names, rename
 from namespacefs.names.defaults import netns_names
+from namespacefs.syntax import is_number, printable
 
 FORMAT: Final = "namespacefs-names"
 VERSION: Final = 1
@@ -55,6 +56,7 @@ def export(snapshot: Snapshot, db: str | None = None) -> dict[str, Any]:
 class ImportResult:
     applied: list[tuple[dict[str, Any], Namespace, str]] = field(default_factory=list)  # entry, ns, how matched
     unmatched: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # entry, why
+    replaced: dict[int, str] = field(default_factory=dict)  # inode -> the rename an entry replaces (kept in the history)
 
 
 def check(data: Any) -> list[dict[str, Any]]:
@@ -144,6 +146,7 @@ def import_names(data: Any, snapshot: Snapshot, db: str | None = None, pid_map: 
     names are in place for the paths of the rest)."""
     entries = check(data)
     engine = engine_names(snapshot)
+    current = assigned(snapshot, db).names
     same_boot = data.get("boot_id") == snapshot.boot_id
     result = ImportResult()
     used: set[int] = set()
@@ -163,6 +166,9 @@ def import_names(data: Any, snapshot: Snapshot, db: str | None = None, pid_map: 
             continue
         used.add(ns.inode)
         result.applied.append((entry, ns, how))
+        name, origin = current.get(ns.inode, ("", ""))
+        if origin == RENAME and name != entry["name"]:
+            result.replaced[ns.inode] = name
     return result
 
 
@@ -174,7 +180,7 @@ def parse_pid_map(text: str) -> dict[int, int]:
         if not part or part.startswith("#"):
             continue
         old, sep, new = part.replace(" ", ":").partition(":")
-        if not (sep and old.strip().isdigit() and new.strip().isdigit()):
-            raise NameError(f"bad pid map entry '{part}' (expected OLD:NEW, for example 1234:5678)")
+        if not (sep and is_number(old.strip()) and is_number(new.strip())):
+            raise NameError(f"bad pid map entry {printable(part)} (expected OLD:NEW, for example 1234:5678)")
         out[int(old)] = int(new)
     return out

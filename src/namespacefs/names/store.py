@@ -16,9 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from namespacefs import ownership
+
 DEFAULT_DB: Final = "/var/lib/namespacefs/names.db"
 #: How long a writer waits for another writer before giving up (seconds).
 BUSY_TIMEOUT: Final = 3.0
+#: How long a lookup waits (`nsfs ls` naming its namespaces): a database locked for longer, for
+#: example by `PRAGMA locking_mode=EXCLUSIVE` in another process, costs the names, not the listing.
+READ_TIMEOUT: Final = 0.2
 SCHEMA_VERSION: Final = 1
 
 SCHEMA: Final = """
@@ -92,47 +97,96 @@ def _checked_path(path: str | None) -> str:
     shared default database."""
     if path is not None and not path.strip():
         raise NameError("the names database path is empty (give --db a file name)")
-    return db_path(path)
+    full = db_path(path)
+    try:
+        full.encode("utf-8")  # (SQLite takes UTF-8 file names: bytes that are not text cannot name it)
+    except UnicodeEncodeError:
+        raise NameError(f"the names database path {full!a} is not valid UTF-8 text") from None
+    return full
 
 
-def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+def _trusted(path: str) -> bool:
+    """Whether the database exists; NameError unless it (with its -wal and -shm) and its directory
+    are trusted (namespacefs.ownership: a regular file, owned by root or us, writable by no one else)."""
+    try:
+        exists = ownership.check_file(path, "the names database")
+        for suffix in ("-wal", "-shm"):
+            ownership.check_file(path + suffix, "the names database's journal")
+    except ownership.Untrusted as e:
+        raise NameError(f"{e}; refusing to use it", errno.EACCES) from None
+    return exists
+
+
+class Connection(sqlite3.Connection):
+    """A connection that remembers whether its file passed PRAGMA quick_check: only those are ever written to."""
+
+    verified = False
+
+
+def verify(conn: sqlite3.Connection, path: str | None = None) -> None:
+    """NameError unless the database passes SQLite's quick_check (once per connection): a damaged
+    file is never written to, whoever writes (renames, container names, maintenance)."""
+    if getattr(conn, "verified", False):
+        return
+    path = path or conn_path(conn)
+    with translate_errors(path):
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
+    if problems != ["ok"]:
+        raise _corrupt(path, problems[0] if problems else "quick_check gave no answer")
+    if isinstance(conn, Connection):
+        conn.verified = True
+
+
+def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT, check: bool = True) -> sqlite3.Connection:
     """Open (creating it and its directory if needed) the names database, in WAL mode with a busy
-    timeout. Raises NameError for a locked, unreadable or corrupt database. Other parts may add
-    their own tables through this connection (prefix them with the part's name)."""
+    timeout. Raises NameError for a locked, unreadable, untrusted or corrupt database (check=False:
+    a lookup, which skips the quick_check; transaction() still runs it before any write). Other
+    parts may add their own tables through this connection (prefix them with the part's name)."""
     path = _checked_path(path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     except OSError as e:
         raise NameError(f"cannot create the directory of the names database {path}: {e.strerror}") from None
+    if not _trusted(path):
+        try:
+            os.close(ownership.create_file(path, 0o644))
+        except FileExistsError:
+            _trusted(path)  # someone made it meanwhile: it must pass the same check
+        except OSError as e:
+            raise NameError(f"cannot create the names database {path}: {e.strerror}") from None
     try:
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False,
+                               factory=Connection)
     except sqlite3.Error as e:
         raise NameError(f"cannot open the names database {path}: {e}") from None
     try:
         with translate_errors(path):
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
+            if check or not wal or version < SCHEMA_VERSION:
+                verify(conn, path)  # before anything is written, the switch to WAL included
+            if not wal:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:  # (idempotent: two first users may both get here)
                 conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-            elif version > SCHEMA_VERSION:
-                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def open_for_reading(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection | None:
+def open_for_reading(path: str | None = None, timeout: float = READ_TIMEOUT) -> sqlite3.Connection | None:
     """The database for a lookup, or None when it does not exist yet (no renames: nothing to read,
     and nothing is created just by listing)."""
     full = _checked_path(path)
-    if not os.path.exists(full):
+    if not os.path.exists(full) or not _trusted(full):  # (a file this user cannot even see: no names to read)
         return None
     if os.access(full, os.W_OK) and os.access(os.path.dirname(full), os.W_OK):
-        return open_db(full, timeout)
+        return open_db(full, timeout, check=False)
     # someone else's database (root's, read by a user): read-only, no schema change, no WAL switch.
     # A WAL database can be read so only while its -shm exists; with no -wal (every writer closed and
     # checkpointed) the main file is the whole truth and is read as immutable.
@@ -152,7 +206,7 @@ def open_for_reading(path: str | None = None, timeout: float = BUSY_TIMEOUT) -> 
 
 def _read_only(path: str, flags: str, timeout: float) -> sqlite3.Connection | None:
     conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=timeout, isolation_level=None,
-                           check_same_thread=False)
+                           check_same_thread=False, factory=Connection)
     try:
         if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             conn.close()
@@ -171,6 +225,7 @@ def transaction(conn: sqlite3.Connection, path: str | None = None) -> Iterator[s
     with translate_errors(path or conn_path(conn)):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            verify(conn, path)
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")

@@ -136,8 +136,19 @@ def checkpoint(snapshot: Snapshot, tree: ContainerTree, target: Container, direc
         if leave_running:
             argv.append("--leave-running")
         report.dumped, report.criu.message = _run_criu(argv, "dump", images)
+        if report.dumped and not _has_images(images):
+            report.dumped = False
+            report.criu.message = f"criu dump exited 0 but wrote no process image into {images}"
     _write(directory, "criu.json", {**report.criu.to_dict(), "dumped": report.dumped, "init": target.init}, report)
     return report
+
+
+def _has_images(images: str) -> bool:
+    """Whether CRIU left at least one image (*.img) behind: its exit status alone is not proof."""
+    try:
+        return any(name.endswith(".img") for name in os.listdir(images))
+    except OSError:
+        return False
 
 
 def _write(directory: str, name: str, data: Any, report: CheckpointReport) -> None:

@@ -115,13 +115,18 @@ class Status:
 class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        if os.path.isdir(path):
+            raise ShiftError(f"the journal {path} is a directory; give a file (or leave --journal out)")
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.Error as e:
+            raise ShiftError(f"cannot open the journal {path} ({e})") from None
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA cache_size=-131072")  # 128 MiB: a 500k-file plan is built without spilling
             self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except sqlite3.Error as e:  # (OperationalError too: a file that cannot be opened or locked)
             self.db.close()
             raise ShiftError(f"{path} is not a shift journal ({e})") from None
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from namespacefs import kernel
+from namespacefs.forking import fork_and_act
 from namespacefs.kernel import CLONE_FLAGS, NS_TYPES
 
 #: The order nsenter joins namespaces in when they come as separate fds: user first (it may be what
@@ -73,8 +74,8 @@ def default_shell(pid: int | None, proc: str = "/proc", in_its_root: bool = True
 
 def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
     """Run argv inside the planned namespaces; return its exit status."""
-    if not argv:
-        raise EnterError("no command to run")
+    if not argv or not argv[0]:
+        raise EnterError("no command to run" if not argv else "an empty command name")
     pidfd = rootfd = cwdfd = -1
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -89,10 +90,7 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
                 raise EnterError(f"process {plan.pid} has gone") from None
             except OSError as e:
                 raise EnterError(f"cannot open process {plan.pid}: {e.strerror}") from None
-        child = os.fork()
-        if child == 0:  # pragma: no cover - runs in the child
-            os.close(r)
-            _child(plan, list(argv), pidfd, rootfd, cwdfd, w)
+        child = fork_and_act(lambda: _child(plan, list(argv), pidfd, rootfd, cwdfd, w, r))
         os.close(w)
         w = -1
         message = _read_all(r)
@@ -133,7 +131,9 @@ def _fail(w: int, message: str, code: int = 126) -> None:  # pragma: no cover - 
         os._exit(code)
 
 
-def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: int) -> None:  # pragma: no cover
+def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: int, r: int) -> None:  # pragma: no cover
+    """In the forked child (fork_and_act: it never returns into the caller): join, then exec."""
+    os.close(r)
     stage = "setns"
     try:
         _join(plan, pidfd)
@@ -158,19 +158,23 @@ def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command's to handle; we only wait
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         try:
-            grandchild = os.fork()
+            grandchild = fork_and_act(lambda: _exec(argv, w, reset_signals=True))
         except OSError as e:
             _fail(w, f"fork: {e.strerror}")
-        if grandchild:
-            os.close(w)
-            _, status = _wait(grandchild)
-            os._exit(_exit_status(status))
+        os.close(w)
+        _, status = _wait(grandchild)
+        os._exit(_exit_status(status))
+    _exec(argv, w)
+
+
+def _exec(argv: list[str], w: int, reset_signals: bool = False) -> None:  # pragma: no cover - child only
+    if reset_signals:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
-    except OSError as e:
-        _fail(w, f"{argv[0]}: {e.strerror}", 127 if isinstance(e, FileNotFoundError) else 126)
+    except (OSError, ValueError) as e:  # ValueError: an argument with a NUL byte, an empty name
+        _fail(w, f"{argv[0]}: {getattr(e, 'strerror', None) or e}", 127 if isinstance(e, FileNotFoundError) else 126)
 
 
 def _join(plan: Plan, pidfd: int) -> None:  # pragma: no cover - child only

@@ -24,6 +24,7 @@ from namespacefs import kernel
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.containers.candidate import read_cgroups
 from namespacefs.kernel import NS_TYPES
+from namespacefs.syntax import is_number, printable
 
 Combo = tuple[int, ...]
 FREEZER_V1 = "/sys/fs/cgroup/freezer"
@@ -64,9 +65,9 @@ def parse_signal(text: str) -> int:
     name = text.strip().upper()
     name = name[3:] if name.startswith("SIG") else name
     base, sign, offset = name.partition("+") if "+" in name else name.partition("-")
-    if name.isdigit():
+    if is_number(name):
         number = int(name)
-    elif base in ("RTMIN", "RTMAX") and (not sign or offset.isdigit()):
+    elif base in ("RTMIN", "RTMAX") and (not sign or is_number(offset)):
         step = int(offset or 0) * (1 if sign == "+" else -1)
         number = (signal.SIGRTMIN if base == "RTMIN" else signal.SIGRTMAX) + step
         if not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
@@ -75,9 +76,9 @@ def parse_signal(text: str) -> int:
     elif name and f"SIG{name}" in signal.Signals.__members__:
         number = int(signal.Signals[f"SIG{name}"])
     else:
-        raise ValueError(f"unknown signal '{text}'")
+        raise ValueError(f"unknown signal {printable(text)}")
     if number not in signal.valid_signals():
-        raise ValueError(f"unknown signal '{text}'")
+        raise ValueError(f"unknown signal {printable(text)}")
     return number
 
 
@@ -86,6 +87,11 @@ def subtree(tree: ContainerTree, target: Container) -> list[Container]:
 
 
 FREEZERS: tuple[str, ...] = ("freezer", "cgroup2")  # tried in this order
+#: Signals that end a process: only these may resume what the user had stopped (state T) or frozen
+#: before the kill (SIGTERM to a stopped process would wait for a SIGCONT; SIGKILL needs none).
+#: Any other signal (USR1, HUP for a reload, STOP...) leaves every process as stopped or running
+#: as it was, and a freezer as frozen or thawed as it was.
+ENDING: frozenset[int] = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_run: bool = False,
@@ -103,11 +109,13 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
     fds: dict[int, int] = {}
     stopped: list[int] = []
     frozen: list[str] = []
+    was_stopped: set[int] = set()  # stopped by the user before the kill: resumed only by an ENDING signal
     try:
         _open_members(report.pids, combos, outside, fds, report.gone, proc)
-        frozen_pids = _freeze(tree, target, set(report.pids), frozen, report, proc, freezers)
+        was_stopped.update(pid for pid in fds if _stopped(pid, proc))
+        frozen_pids = _freeze(tree, target, set(report.pids), frozen, report, proc, freezers, sig in ENDING)
         for pid, fd in fds.items():
-            if pid not in frozen_pids and _signal(fd, signal.SIGSTOP):
+            if pid not in frozen_pids and pid not in was_stopped and _signal(fd, signal.SIGSTOP):
                 stopped.append(pid)
         for _ in range(20):  # members forked before they were stopped
             new = _find_new(combos, set(fds), set(fds) | set(report.gone), proc)
@@ -117,7 +125,9 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
             _open_members(new, combos, outside, fds, report.gone, proc)
             for pid in set(fds) - before:
                 report.late.append(pid)
-                if _signal(fds[pid], signal.SIGSTOP):
+                if _stopped(pid, proc):
+                    was_stopped.add(pid)
+                elif _signal(fds[pid], signal.SIGSTOP):
                     stopped.append(pid)
         if stopped:
             report.frozen_with.append(f"SIGSTOP {len(stopped)}")
@@ -130,6 +140,9 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
         if sig != signal.SIGSTOP:
             for pid in stopped:
                 _signal(fds[pid], signal.SIGCONT)
+        if sig in ENDING:  # (they could not act on the signal while stopped)
+            for pid in was_stopped:
+                _signal(fds[pid], signal.SIGCONT)
         try:
             report.left = _wait_gone(fds, timeout if sig == signal.SIGKILL else min(timeout, 1.0))
         finally:
@@ -140,6 +153,15 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
 
 def _combo(c: Container) -> Combo:
     return tuple(c.namespaces[t] for t in NS_TYPES)
+
+
+def _stopped(pid: int, proc: str) -> bool:
+    """In state T (stopped by a signal) or t (stopped by a tracer), from /proc/PID/stat."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def _ppid(pid: int, proc: str) -> int | None:
@@ -211,7 +233,7 @@ def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str)
     pid_inodes = {c[NS_TYPES.index("pid")] for c in combos}
     found = []
     for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) in known:
+        if not is_number(entry) or int(entry) in known:
             continue
         pid = int(entry)
         try:
@@ -251,8 +273,9 @@ def _procs_below(directory: str) -> set[int] | None:
 
 
 def _freeze(tree: ContainerTree, target: Container, pids: set[int], frozen: list[str],
-            report: KillReport, proc: str, freezers: tuple[str, ...]) -> set[int]:
-    """Freeze the target's own cgroup if it has one holding only tree processes; returns the pids it holds."""
+            report: KillReport, proc: str, freezers: tuple[str, ...], may_thaw: bool = True) -> set[int]:
+    """Freeze the target's own cgroup if it has one holding only tree processes; returns the pids it
+    holds. A cgroup frozen already is used as it is and thawed afterwards only if may_thaw."""
     mine = read_cgroups(target.init, proc)
     parent = tree.parent(target)
     theirs = read_cgroups(parent.init, proc) if parent else {}
@@ -270,16 +293,30 @@ def _freeze(tree: ContainerTree, target: Container, pids: set[int], frozen: list
         held = _procs_below(directory)
         if not held or not held <= pids or not os.path.exists(os.path.join(directory, control)):
             continue  # shared with processes outside the tree: freezing it would touch them
-        try:
-            with open(os.path.join(directory, control), "w") as f:
-                f.write(value)
-        except OSError:
-            continue
-        frozen.append(f"{key or 'cgroup2'}:{directory}")
+        already = _is_frozen(directory, key)
+        if not already:
+            try:
+                with open(os.path.join(directory, control), "w") as f:
+                    f.write(value)
+            except OSError:
+                continue
+        if not already or may_thaw:
+            frozen.append(f"{key or 'cgroup2'}:{directory}")
         report.frozen_with.append(f"{'freezer' if key else 'cgroup2'}:{path}")
         _wait_frozen(directory, key)
         return held
     return set()
+
+
+def _is_frozen(directory: str, key: str) -> bool:
+    try:
+        if key == "freezer":
+            with open(os.path.join(directory, "freezer.state")) as f:
+                return f.read().strip() == "FROZEN"
+        with open(os.path.join(directory, "cgroup.freeze")) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def _wait_frozen(directory: str, key: str, timeout: float = 2.0) -> None:

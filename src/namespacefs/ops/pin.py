@@ -8,11 +8,13 @@ could never be freed, so the kernel refuses it (EINVAL). We check first and say 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
-from namespacefs import kernel, procfs
+from namespacefs import kernel, mountpoints, procfs
 
 
 class PinError(RuntimeError):
@@ -55,56 +57,82 @@ def propagation(path: str) -> str:
 
 
 def pin(ns_fd: int, dest: str) -> Pin:
-    """Bind-mount the namespace behind ns_fd on dest (a file, created if missing)."""
+    """Bind-mount the namespace behind ns_fd on dest (a file, created if missing), through
+    namespacefs.mountpoints: only on an ordinary filesystem, onto the very file that was checked."""
     nstype = kernel.ns_type(ns_fd)
     inode = os.fstat(ns_fd).st_ino
     if not dest:
         raise PinError("an empty path; give the file to pin the namespace on")
     dest = os.path.abspath(dest)
-    parent = os.path.dirname(dest)
-    if not os.path.isdir(parent):
-        raise PinError(f"{parent} is not a directory")
-    _check_dest(dest, nstype, inode)
-    if nstype == "mnt" and propagation(parent) == "shared":
-        raise PinError(
-            f"{parent} is on a shared mount: a mount namespace pinned there could propagate into itself "
-            f"(a loop the kernel refuses). Pin it under a private mount, for example: "
-            f"mount --bind {parent} {parent} && mount --make-private {parent}")
-    created = False
-    if not os.path.exists(dest):
-        try:
-            os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444))
-        except OSError as e:
-            raise PinError(f"cannot create {dest}: {e.strerror}") from None
-        created = True
     try:
-        kernel.mount(f"/proc/self/fd/{ns_fd}", dest, None, kernel.MS_BIND)
+        parent, name = mountpoints.split(dest)
+        with mountpoints.opened_dir(parent) as parent_fd:
+            return _pin_in(ns_fd, nstype, inode, parent_fd, parent, name, dest)
+    except mountpoints.Refused as e:
+        raise PinError(str(e)) from None
+
+
+def _pin_in(ns_fd: int, nstype: str, inode: int, parent_fd: int, parent: str, name: str, dest: str) -> Pin:
+    if (held := pinned(dest)) is not None:  # (a pin's handle is the nsfs file: say what it pins)
+        same = held == (nstype, inode)
+        raise PinError(f"{dest} already pins {held[0]}:[{held[1]}]" +
+                       ("" if same else "; unpin it first or choose another file"))
+    target = mountpoints.open_target(parent_fd, name, dest)
+    created = target is None
+    try:
+        if target is None:
+            try:
+                mountpoints.check(parent_fd, parent)
+            except mountpoints.Refused as e:
+                raise PinError(f"cannot create {dest}: {e}") from None
+        else:
+            _check_dest(target, dest)
+        if nstype == "mnt" and propagation(parent) == "shared":
+            raise PinError(
+                f"{parent} is on a shared mount: a mount namespace pinned there could propagate into itself "
+                f"(a loop the kernel refuses). Pin it under a private mount, for example: "
+                f"mount --bind {parent} {parent} && mount --make-private {parent}")
+        if target is None:
+            try:
+                target = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
+                                 dir_fd=parent_fd)
+            except OSError as e:
+                raise PinError(f"cannot create {dest}: {e.strerror}") from None
+        _attach(ns_fd, nstype, target, dest)
+    except BaseException:
+        if created and target is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent_fd)
+        raise
+    finally:
+        if target is not None:
+            os.close(target)
+    return Pin(dest, nstype, inode, created)
+
+
+def _attach(ns_fd: int, nstype: str, target: int, dest: str) -> None:
+    try:
+        tree = kernel.clone_tree(ns_fd)
     except OSError as e:
-        if created:
-            os.unlink(dest)
+        raise PinError(f"cannot bind-mount the {nstype} namespace: {e.strerror}") from None
+    try:
+        mountpoints.attach(tree, target)
+    except OSError as e:
         if e.errno == errno.EINVAL and nstype == "mnt":
             raise PinError(f"the kernel refused to pin this mount namespace on {dest} (EINVAL): it would make "
                            f"a loop, since the namespace is not newer than the one {dest} lives in, or "
                            f"the mount there propagates") from None
         raise PinError(f"cannot bind-mount the {nstype} namespace on {dest}: {e.strerror}") from None
-    return Pin(dest, nstype, inode, created)
+    finally:
+        os.close(tree)
 
 
-def _check_dest(dest: str, nstype: str, inode: int) -> None:
-    """Refuse what would stack a second mount on a pin or hide a file's contents under one."""
-    if os.path.isdir(dest):
+def _check_dest(target: int, dest: str) -> None:
+    """Refuse what would hide a file's contents (or a directory) under a pin."""
+    st = os.fstat(target)
+    if stat.S_ISDIR(st.st_mode):
         raise PinError(f"{dest} is a directory; a namespace is pinned on a file")
-    if (held := pinned(dest)) is not None:
-        same = held == (nstype, inode)
-        raise PinError(f"{dest} already pins {held[0]}:[{held[1]}]" +
-                       ("" if same else "; unpin it first or choose another file"))
-    try:
-        st = os.stat(dest)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise PinError(f"{dest}: {e.strerror}") from None
-    if not os.path.isfile(dest) or st.st_size > 0:  # a bind mount would hide it until unpinned
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 0:  # a bind mount would hide it until unpinned
         raise PinError(f"{dest} exists and is not an empty file; pin on a new or empty file")
 
 

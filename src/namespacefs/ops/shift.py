@@ -21,7 +21,9 @@ import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from namespacefs import kernel
+from namespacefs import kernel, mountpoints
+from namespacefs.forking import fork_and_act
+from namespacefs.syntax import is_number, number
 
 IdMap = tuple[tuple[int, int, int], ...]
 MAX_ID = 2**32 - 1  # (u32)-1 is never a valid id
@@ -44,8 +46,10 @@ def parse_map(text: str) -> tuple[int, int, int]:
     parts = text.split(":")
     if len(parts) != 3:
         raise ShiftError(f"malformed map '{text}': expected FROM:TO:COUNT, e.g. 0:100000:65536")
+    if any(p.startswith("-") and is_number(p[1:]) for p in parts):
+        raise ShiftError(f"malformed map '{text}': ids must be >= 0 and COUNT >= 1")
     try:
-        inside, outside, count = (int(p, 10) for p in parts)
+        inside, outside, count = (number(p) for p in parts)
     except ValueError:
         raise ShiftError(f"malformed map '{text}': FROM, TO and COUNT must be decimal numbers") from None
     if inside < 0 or outside < 0 or count < 1:
@@ -95,18 +99,15 @@ def transient_userns(uid_map: IdMap, gid_map: IdMap) -> Iterator[int]:
     the child is released and reaped (the fd, and any mount made with it, keep the namespace)."""
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            os.close(ready_r)
-            os.close(hold_w)
-            kernel.unshare(kernel.CLONE_FLAGS["user"])
-            os.write(ready_w, b"1")
-            os.read(hold_r, 1)  # until the parent closes its end
-        except BaseException:
-            status = 1
-        os._exit(status)
+
+    def child() -> None:  # (fork_and_act: it never returns into the caller)
+        os.close(ready_r)
+        os.close(hold_w)
+        kernel.unshare(kernel.CLONE_FLAGS["user"])
+        os.write(ready_w, b"1")
+        os.read(hold_r, 1)  # until the parent closes its end
+
+    pid = fork_and_act(child)
     os.close(ready_w)
     os.close(hold_r)
     fd = -1
@@ -192,10 +193,12 @@ def shift(src: str, dst: str, userns_fd: int, recursive: bool = False, read_only
     """Mount SRC at DST, idmapped through the user namespace behind userns_fd. Returns the new mount."""
     src_real, dst_real = _check_paths(src, dst)
     src_mount = mount_of(src_real)
+    dst_fd = _mount_target(dst_real, dst)
     flags = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC | (kernel.AT_RECURSIVE if recursive else 0)
     try:
         tree = kernel.open_tree(src_real, flags)
     except OSError as e:
+        os.close(dst_fd)
         raise ShiftError(f"cannot clone the mount of {src}: {e.strerror}") from None
     try:
         attr = kernel.MountAttr(kernel.MOUNT_ATTR_IDMAP | (kernel.MOUNT_ATTR_RDONLY if read_only else 0), 0, 0, userns_fd)
@@ -204,15 +207,29 @@ def shift(src: str, dst: str, userns_fd: int, recursive: bool = False, read_only
         except OSError as e:
             raise ShiftError(_idmap_failure(e, src, src_mount, recursive)) from None
         try:
-            kernel.move_mount(tree, dst_real)
+            mountpoints.attach(tree, dst_fd)
         except OSError as e:
             raise ShiftError(f"cannot attach the idmapped mount at {dst}: {e.strerror}") from None
     finally:
         os.close(tree)
+        os.close(dst_fd)
     made = mount_of(dst_real)
     if made is None or not made.idmapped:
         raise ShiftError(f"the mount at {dst} is not idmapped after all (kernel {platform.release()})")
     return made
+
+
+def _mount_target(dst_real: str, dst: str) -> int:
+    """The checked O_PATH handle of DST the mount is attached to (namespacefs.mountpoints)."""
+    try:
+        parent, name = mountpoints.split(dst_real)
+        with mountpoints.opened_dir(parent) as parent_fd:
+            fd = mountpoints.open_target(parent_fd, name, dst)
+    except mountpoints.Refused as e:
+        raise ShiftError(str(e)) from None
+    if fd is None:
+        raise ShiftError(f"{dst}: no such file or directory (it went away)")
+    return fd
 
 
 def _check_paths(src: str, dst: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from namespacefs import accounting, targets
+from namespacefs import access, accounting, targets
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.service import metrics, models
@@ -47,13 +47,38 @@ def _split(text: str | None, known: tuple[str, ...], what: str) -> frozenset[str
     return chosen
 
 
-def namespace_details(ns: Namespace, live: Live) -> dict[str, Any]:
-    snap = live.current()
+def reader_of(request: Request) -> access.Reader | None:
+    """Who asks, for access.may_see: None (everything) for root over the Unix socket and for a holder
+    of the token on the port (the token is root's); a Reader for any other user the socket's mode
+    let in (it is root's, 0600: only if someone opened it up)."""
+    peer = request.scope.get("nsfs.peer")
+    if peer is None or peer[1] == 0:
+        return None
+    pid, uid, gid = peer
+    return access.Reader(uid, gid, pid)
+
+
+def visible(snap: Snapshot, reader: access.Reader | None) -> Snapshot:
+    """The part of a snapshot a reader may see (access.may_see for each namespace and process)."""
+    if reader is None:
+        return snap
+    return snap.replace(
+        namespaces={i: ns for i, ns in snap.namespaces.items() if access.may_see(reader, ns, snap)},
+        processes={p: proc for p, proc in snap.processes.items() if access.may_see(reader, p, snap)})
+
+
+def namespace_details(ns: Namespace, live: Live, reader: access.Reader | None = None) -> dict[str, Any]:
+    snap = visible(live.current(), reader)
     d = ns.to_dict()
     d["children"] = [c.inode for c in snap.children(ns.inode)]
     d["owns"] = [o.inode for o in snap.owned_by(ns.inode)] if ns.type == "user" else []
     d["process_details"] = [snap.processes[p].to_dict() for p in ns.processes if p in snap.processes]
     return d
+
+
+def _root_only(request: Request) -> None:
+    if reader_of(request) is not None:
+        raise HTTPException(403, "only root (or a holder of the token) may read this")
 
 
 #: The browser session cookie (its value is derived from the token, so it is not the token itself,
@@ -141,8 +166,7 @@ def end_streams(app: FastAPI) -> None:
         queue.put_nowait(None)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": models.Error}, 401: {"model": models.Error},
-                                           404: {"model": models.Error}}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": models.Error} for code in (400, 401, 403, 404)}
 TEXT = {"schema": {"type": "string"}}
 #: The page is one file with its script inline; it talks to this origin only and is never framed.
 PAGE_HEADERS = {
@@ -191,43 +215,55 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
 
     @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)",
              response_class=Response, responses={200: {"model": models.Snapshot}, **ERRORS})
-    def snapshot() -> Response:
-        # serialized once per model change (Live.snapshot_json): not passed through the model
-        return Response(live.snapshot_json(), media_type="application/json")
+    def snapshot(request: Request) -> Response:
+        reader = reader_of(request)
+        if reader is None:  # serialized once per model change (Live.snapshot_json), not through the model
+            return Response(live.snapshot_json(), media_type="application/json")
+        return _json(visible(live.current(), reader).to_dict())
 
     @app.get("/api/namespaces", summary="Every namespace, optionally of some types", response_class=Response,
              responses={200: {"model": list[models.Namespace]}, **ERRORS})
-    def namespaces(type: str | None = Query(None, description="comma-separated types")) -> Response:
+    def namespaces(request: Request, type: str | None = Query(None, description="comma-separated types")) -> Response:
         types = _split(type, NS_TYPES, "namespace type")
-        return _json([ns.to_dict() for ns in live.current() if types is None or ns.type in types])
+        return _json([ns.to_dict() for ns in visible(live.current(), reader_of(request)) if types is None or ns.type in types])
 
     @app.get("/api/namespaces/{spec:path}", summary="One namespace: INODE, TYPE:INODE, id, name, PID:TYPE",
              response_model=models.NamespaceDetails, responses=ERRORS,
              response_model_exclude_unset=True)
-    def namespace(spec: str, type: str | None = Query(None, description="namespace type")) -> dict[str, Any]:
+    def namespace(request: Request, spec: str,
+                  type: str | None = Query(None, description="namespace type")) -> dict[str, Any]:
         if type is not None and type not in NS_TYPES:
             raise HTTPException(400, f"unknown namespace type '{type}' (one of {', '.join(NS_TYPES)})")
-        try:
-            ns = targets.resolve(live.current(), spec, type)
+        reader = reader_of(request)
+        try:  # (a path selector is never looked up on the filesystem: files=False)
+            ns = targets.resolve(visible(live.current(), reader), spec, type, files=False)
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
-        return namespace_details(ns, live)
+        return namespace_details(ns, live, reader)
 
     @app.get("/api/containers", summary="Containers (nsfs containers -J): the tree and a flat list",
              response_class=Response, responses={200: {"model": models.Containers}, **ERRORS})
-    def containers() -> Response:
+    def containers(request: Request) -> Response:
+        _root_only(request)
         return Response(live.derived("containers-json", lambda snap: _json_bytes(_containers(snap))),
                         media_type="application/json")
 
     @app.get("/api/hostnames", summary="The hostname of every uts namespace (inode -> hostname)",
              response_model=models.Hostnames, responses=ERRORS,
              response_model_exclude_unset=True)
-    def uts_hostnames() -> Any:
-        return live.derived("hostnames", hostnames.of)
+    def uts_hostnames(request: Request) -> Any:
+        names = live.derived("hostnames", hostnames.of)
+        reader = reader_of(request)
+        if reader is None:
+            return names
+        seen = visible(live.current(), reader).namespaces
+        return {inode: name for inode, name in names.items() if int(inode) in seen}
 
     @app.get("/api/accounting", summary="Per-user-namespace accounting and uid-map overlaps",
              response_class=Response, responses={200: {"model": models.Accounting}, **ERRORS})
-    def account(limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Response:
+    def account(request: Request,
+                limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Response:
+        _root_only(request)
         return _json(accounting.compute(live.current(), limits=limits).to_dict())
 
     @app.get("/api/events", summary="Lifecycle events as server-sent events (data: one JSON object each)",
@@ -237,6 +273,7 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
     async def events(request: Request, kinds: str | None = Query(None, description=f"comma list of {','.join(KINDS)}"),
                      type: str | None = Query(None, description="comma list of namespace types"),
                      since: int | None = Query(None, ge=0, description="resume after this seq")) -> StreamingResponse:
+        _root_only(request)
         want_kinds = _split(kinds, KINDS, "event kind")
         want_types = _split(type, NS_TYPES, "namespace type")
         last = request.headers.get("last-event-id") or since
@@ -249,8 +286,10 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/metrics", summary="Prometheus metrics (bounded series; userns=1 adds one set per user namespace)",
-             response_class=Response, responses={200: {"content": {"text/plain": TEXT}}, 401: {"model": models.Error}})
-    def prometheus(userns: bool = Query(False, description="also the per-user-namespace series (unbounded: opt in)")) -> Response:
+             response_class=Response, responses={200: {"content": {"text/plain": TEXT}}, **ERRORS})
+    def prometheus(request: Request,
+                   userns: bool = Query(False, description="also the per-user-namespace series (unbounded: opt in)")) -> Response:
+        _root_only(request)
         return Response(metrics.render(registries, userns), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

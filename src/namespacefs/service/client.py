@@ -11,7 +11,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from namespacefs import procfs
+from namespacefs import ownership, procfs
 from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 from namespacefs.service.events import Event
@@ -57,10 +57,29 @@ def _behind_fuse(path: str) -> bool:
     return any(m.fstype.startswith("fuse") and (path + "/").startswith(m.mountpoint.rstrip("/") + "/") for m in mounts)
 
 
+def _trusted(path: str) -> bool:
+    """A daemon answers for the host only through a socket root (or we) made, in a directory no one
+    else can write: anyone could otherwise plant one that serves a made-up snapshot. An untrusted one
+    is ignored (the caller scans itself) with a warning."""
+    try:
+        ownership.check_dir(os.path.dirname(os.path.abspath(path)), "the API socket's directory")
+        st = os.lstat(path)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ownership.Untrusted(f"the API socket {path} is owned by uid {st.st_uid}, not by root or by you")
+    except ownership.Untrusted as e:
+        import logging
+
+        logging.getLogger("namespacefs.service").warning("nsfs: %s; not using it", e)
+        return False
+    except OSError:
+        return False
+    return True
+
+
 def _open(path: str, url: str, timeout: float | None) -> tuple[_UnixConnection, http.client.HTTPResponse] | None:
     if _behind_fuse(path):
         path = outside_name(path)  # the filesystem is mounted on the socket's directory: its other name
-    if _behind_fuse(path) or not os.path.exists(path):
+    if _behind_fuse(path) or not os.path.exists(path) or not _trusted(path):
         return None
     conn = _UnixConnection(path, timeout)
     try:

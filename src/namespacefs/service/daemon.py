@@ -10,12 +10,15 @@ import os
 import secrets
 import socket
 import stat
+import struct
 import sys
 from dataclasses import dataclass
 
+from namespacefs import ownership
 from namespacefs.service import outside_name
 from namespacefs.service.live import Live
 from namespacefs.service.notify import sd_notify
+from namespacefs.syntax import number
 
 log = logging.getLogger("namespacefs.service")
 
@@ -44,20 +47,21 @@ def parse_listen(text: str) -> tuple[str, int]:
         host = "127.0.0.1"
     try:
         addr = ipaddress.ip_address(host)
-        number = int(port)
+        port_number = number(port, "the port")
     except ValueError:
         raise ServeError(f"--listen wants [HOST:]PORT with a loopback HOST, not '{text}'") from None
     if not addr.is_loopback:
         raise ServeError(f"--listen: {host} is not a loopback address (the API is for this host; use a proxy to export it)")
-    if not 0 < number < 65536:
+    if not 0 < port_number < 65536:
         raise ServeError(f"--listen: bad port {port}")
-    return host, number
+    return host, port_number
 
 
 def unix_listener(path: str) -> socket.socket:
     """Bind the API socket, root only. A stale socket file is replaced; a live one is an error."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not path.strip():
+        raise ServeError("the socket path is empty")
+    _socket_dir(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -138,24 +142,51 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_token(path: str) -> str:
-    """The bearer token in `path`; a new random one is written there (0600) when it does not exist."""
+def _socket_dir(path: str) -> str:
+    """The socket's directory, created (0700) if missing, refused if someone else could write there."""
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        try:
-            with open(path) as f:
-                token = f.read().strip()
-        except FileNotFoundError:
+        ownership.make_dir(directory, "the socket directory")
+    except ownership.Untrusted as e:
+        raise ServeError(str(e)) from None
+    return directory
+
+
+#: The most a token file may hold: a token is one line of 43 characters.
+MAX_TOKEN_BYTES = 4096
+
+
+def load_token(path: str) -> str:
+    """The bearer token in `path`; a new random one is written there (0600) when it does not exist.
+    The file and its directory must be trusted (namespacefs.ownership) and the file readable by its
+    owner only: a token someone else planted, or could read, would let them in."""
+    if not path.strip():
+        raise ServeError("the token file path is empty")
+    try:
+        if not ownership.check_file(path, "the token file"):
             return _new_token(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_mode & 0o077:
+                raise ServeError(f"the token file {path} can be read by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                                 f"chmod 600 {path}, or remove it and a new token is made")
+            token = f.read(MAX_TOKEN_BYTES + 1).decode("ascii").strip()
+    except ownership.Untrusted as e:
+        raise ServeError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:  # a directory, no such directory, not readable, binary
         raise ServeError(f"token file {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not token:
-        raise ServeError(f"token file {path} is empty")
+    if not token or len(token) > MAX_TOKEN_BYTES or any(not c.isprintable() or c.isspace() for c in token):
+        raise ServeError(f"token file {path} holds no token (one line of printable ASCII)")
     return token
 
 
 def _new_token(path: str) -> str:
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = ownership.create_file(path, 0o600)
+    except OSError as e:
+        raise ServeError(f"cannot create the token file {path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     log.warning("wrote a new API token to %s", path)
@@ -186,6 +217,62 @@ def _server_class() -> type:
     return Server
 
 
+#: A client must send a whole request (head and body) within this many seconds of connecting, or of
+#: the previous response: a connection that sends nothing, or a byte now and then (slowloris), is
+#: closed instead of being held open forever. An answer being streamed (events) is not limited.
+REQUEST_TIMEOUT = 5.0
+
+
+def _protocol_class() -> type:
+    import asyncio
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        """uvicorn's h11 protocol with a deadline for each request (REQUEST_TIMEOUT): uvicorn itself
+        times out only idle keep-alive connections, after a first response."""
+
+        _deadline: asyncio.TimerHandle | None = None
+
+        _peer: tuple[int, int, int] | None = None  # (pid, uid, gid) of a Unix-socket client
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                self._peer = struct.unpack("3i", creds)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None:  # (its task has not run yet: the app sees who is asking)
+                self.cycle.scope.setdefault("nsfs.peer", self._peer)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request on this connection has its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+                log.info("closing a connection that sent no whole request in %.0f s", REQUEST_TIMEOUT)
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
 def serve(opts: Options) -> None:
     """Run until SIGINT/SIGTERM."""
     import uvicorn
@@ -196,6 +283,7 @@ def serve(opts: Options) -> None:
 
     token = None
     tcp_sock = None
+    _socket_dir(opts.socket_path)  # first: the token's default place is in it
     if opts.tcp is not None:
         token = load_token(opts.token_file or os.path.join(os.path.dirname(os.path.abspath(opts.socket_path)), "token"))
         tcp_sock = tcp_listener(*opts.tcp)
@@ -211,7 +299,7 @@ def serve(opts: Options) -> None:
     try:
         live.start()
         config = uvicorn.Config(make_app(live, token), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=2, http=_protocol_class(), timeout_keep_alive=5)
         server = _Server(config)
         log.warning("serving on %s%s (%d namespaces)", opts.socket_path,
                     f" and http://{opts.tcp[0]}:{opts.tcp[1]}" if opts.tcp else "", len(live.current()))
