@@ -281,6 +281,30 @@ def test_a_sample_as_real_processes(world: dict[str, Any], argv: list[str]) -> N
     check(argv, result.returncode, result.stderr.decode(errors="replace"))
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | TEXT,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=20)
+ENTRY = st.fixed_dictionaries({"name": st.one_of(TEXT, JSON), "type": st.one_of(st.sampled_from(["net", "uts"]), JSON)},
+                              optional={"id": JSON, "container": JSON, "netns": JSON, "processes": JSON, "inode": JSON})
+EXPORT = st.one_of(JSON, st.fixed_dictionaries({"format": st.just("namespacefs-names"), "version": st.just(1),
+                                                "names": st.one_of(st.lists(ENTRY, max_size=4), JSON)},
+                                               optional={"boot_id": JSON}))
+
+
+@settings(FUZZ, max_examples=500)
+@given(EXPORT)
+def test_a_names_import_of_any_json_renames_or_says_why(world: dict[str, Any], data: Any) -> None:
+    from namespacefs.names import migrate
+
+    for dry_run in (True, False):  # (into the private database)
+        try:
+            result = migrate.import_names(data, world["real"], os.environ["NSFS_DB"], {}, dry_run=dry_run)
+        except names.NameError as e:
+            assert str(e)
+        else:
+            assert all(isinstance(why, str) for _, why in result.unmatched)
+    COUNT["in_process"] += 1
+
+
 def test_zz_the_fuzz_ran_at_least_5000_invocations() -> None:
     """(Runs after the fuzz tests of this module: their count, not a promise.)"""
     assert COUNT["in_process"] + COUNT["subprocess"] >= 5000, COUNT

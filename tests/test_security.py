@@ -745,3 +745,29 @@ def test_shift_chown_with_a_directory_as_journal_is_one_line(tmp_path: Path) -> 
     one_line_error(result, "is a directory")
     after = os.stat(src / "file")
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)  # nothing was shifted
+
+
+def test_a_reader_unmapped_in_its_user_namespace_sees_nothing_never_everything(started: Started) -> None:
+    from namespacefs import access, core
+
+    proc = start_group(started, [*AS_NOBODY, "unshare", "-U", "sleep", "1000"])  # no map: its uid is unmapped inside
+    wait_for(lambda: _inode(proc.pid, "user") != _inode(os.getpid(), "user") or None, what="the user namespace")
+    snap = core.snapshot(fresh=True)
+    got = access.access_of(access.Reader(65534, 65534, proc.pid), snap)
+    assert got.pids == frozenset() and got.entered is not None and not access.may_see(
+        access.Reader(65534, 65534, proc.pid), os.getpid(), snap)
+
+
+def test_checkpoint_fails_when_criu_writes_no_image(tmp_path: Path, started: Started) -> None:
+    _, _init = start_bwrap(started, "no-image", ["sleep", "1000"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "criu"  # says yes to everything and writes nothing: its exit status alone is no proof
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Version: 9.9'\nexit 0\n")
+    fake.chmod(0o755)
+    env = {**nsfs_env(tmp_path / "no-runc", tmp_path / "names.db"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out_dir = tmp_path / "ckpt"
+    result = nsfs("checkpoint", "no-image", str(out_dir), check=False, env=env)
+    one_line_error(result, "no process images were written")
+    assert (out_dir / "topology.json").exists()  # what could be saved is saved, and said so
+    assert "exited 0 but wrote no process image" in json.loads((out_dir / "criu.json").read_text())["message"]

@@ -138,6 +138,9 @@ def _probe(reader: Reader, snapshot: Snapshot) -> Access:
     same = userns_fd_is_ours(userns_fd)
     ids = (reader.uid, reader.gid) if same else (_inside(reader.pid, "uid_map", reader.uid),
                                                   _inside(reader.pid, "gid_map", reader.gid))
+    if min(ids) < 0:  # unmapped in its own user namespace (and setres*id(-1) would change nothing)
+        os.close(userns_fd)
+        return NOTHING
     own = _own_namespaces(reader.pid)  # what it is in, it reads without entering (uname(), ...)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -178,12 +181,16 @@ def _as_reader(userns_fd: int | None, ids: tuple[int, int], pids: list[int], ent
                w: int) -> int:  # pragma: no cover - runs in the child (fork_and_act)
     """In the child: become the reader, then try what it may. Plain os calls only (a forked child of
     a threaded server must not take locks another thread may have held)."""
+    if min(ids) < 0:  # (never: setres*id(-1) would keep root's ids)
+        return 1
     os.setgroups([])  # (here, before a user namespace whose setgroups may be denied)
     if userns_fd is not None:
         kernel.setns(userns_fd, kernel.CLONE_FLAGS["user"])  # (ids are those of the reader in there)
     uid, gid = ids
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from here on, only what the reader's own credentials allow
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        return 1  # (the parent then shows nothing)
     seen = []
     for pid in pids:
         try:
