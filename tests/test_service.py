@@ -208,12 +208,12 @@ def test_events_for_a_namespace_created_and_destroyed(daemon: Daemon, holders: C
     h = holders("--uts", "--net")
     uts, uts_id = h.ns("uts")
     net, net_id = h.ns("net")
-    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts and e.id == uts_id)
     assert (made.type, made.id, made.pid) == ("uts", uts_id, h.pid)
     assert made.comm in ("unshare", "sleep")  # seen before or after its exec of sleep, on a busy host
-    assert wait_event(q, lambda e: e.kind == "created" and e.inode == net).id == net_id
+    assert wait_event(q, lambda e: e.kind == "created" and e.inode == net and e.id == net_id).id == net_id
     h.kill()
-    gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts)
+    gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts and e.id == uts_id)
     assert gone.id == uts_id and gone.time >= made.time
 
 
@@ -224,7 +224,7 @@ def test_events_for_a_process_joining_and_leaving_and_a_rename(daemon: Daemon, h
     time.sleep(0.3)
     h = holders("--uts")
     uts, uts_id = h.ns("uts")
-    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts and e.id == uts_id)
     # a second process enters the namespace (setns, then exec: no fork of its own) and leaves again
     joiner = subprocess.Popen(["nsenter", "-t", str(h.pid), "-u", "sleep", "600"], start_new_session=True)
     try:
@@ -238,7 +238,7 @@ def test_events_for_a_process_joining_and_leaving_and_a_rename(daemon: Daemon, h
     renamed = subprocess.run([sys.executable, "-m", "namespacefs", "rename", f"uts:[{uts}]", "audited-uts"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "NSFS_DB": daemon.db})
     assert renamed.returncode == 0, renamed.stderr
-    event = wait_event(q, lambda e: e.kind == "renamed" and e.inode == uts)
+    event = wait_event(q, lambda e: e.kind == "renamed" and e.inode == uts and e.id == uts_id)
     assert (event.id, event.name, event.old_name) == (uts_id, "audited-uts", made.name)
 
 
