@@ -346,8 +346,10 @@ def fstatfs_type(fd: int) -> int:
 
 # --- mount(2) and umount2(2) from libc ---------------------------------------------------------
 
+MS_RDONLY: Final = 0x1
 MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
+MS_SLAVE: Final = 1 << 19
 MNT_DETACH: Final = 2
 
 
@@ -361,6 +363,26 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 # --- accounting and id shifting (issue 6) ------------------------------------------------------
+
+
+#: include/uapi/linux/prctl.h and include/uapi/linux/capability.h (nsenter --keep-caps)
+PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_RAISE: Final = 2
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
+
+
+def keep_permitted_caps() -> None:
+    """Make every permitted capability ambient, so it survives execve() (nsenter --keep-caps):
+    capset(2) puts them in the inheritable set, prctl(PR_CAP_AMBIENT_RAISE) raises each."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct {effective, permitted, inheritable}
+    _check(_libc.capget(header, data))
+    data[2], data[5] = data[1], data[4]  # inheritable = permitted
+    _check(_libc.capset(header, data))
+    permitted = data[1] | data[4] << 32
+    for cap in range(64):
+        if permitted >> cap & 1:
+            _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, ctypes.c_ulong(cap), 0, 0))
 
 
 def unshare(flags: int) -> None:

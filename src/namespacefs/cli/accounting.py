@@ -58,13 +58,13 @@ def userns_columns(acct: accounting.Accounting) -> list[Column[accounting.Userns
         Column("PROCS", "processes in it", lambda a: a.processes, right=True),
         Column("THREADS", "tasks in it (what RLIMIT_NPROC counts)", lambda a: a.threads, right=True),
         Column("UIDS", "distinct uids running in it", lambda a: len(a.uids), right=True),
-        Column("OWNER", "the user that created it", lambda a: user_name(a.namespace.owner_uid)),
-        Column("UIDMAP", "uid map (inside:host:count)", lambda a: _fmt_map(a.namespace.uid_map)),
-        Column("GIDMAP", "gid map (inside:host:count)", lambda a: _fmt_map(a.namespace.gid_map)),
+        Column("OWNER", "the user that created it", lambda a: user_name(a.namespace.owner_uid), trunc=True),
+        Column("UIDMAP", "uid map (inside:host:count)", lambda a: _fmt_map(a.namespace.uid_map), trunc=True),
+        Column("GIDMAP", "gid map (inside:host:count)", lambda a: _fmt_map(a.namespace.gid_map), trunc=True),
         Column("FLAGS", "host-root-uid/gid, shared-uids/gids (overlap with another), nproc-at-limit",
-               lambda a: _flags(acct, a)),
+               lambda a: _flags(acct, a), trunc=True),
         *_limit_columns(),
-        Column("NAME", "name (or name path)", lambda a: a.namespace.path or a.namespace.name, wrap=True),
+        Column("NAME", "name (or name path)", lambda a: a.namespace.path or a.namespace.name, trunc=True),
     ]
 
 
@@ -75,14 +75,15 @@ UID_COLUMNS: list[Column[UidRow]] = [
     Column("NS", "user namespace inode", lambda r: r[0].namespace.inode, right=True),
     Column("UID", "uid inside the namespace", lambda r: r[1].uid, right=True),
     Column("HOSTUID", "the same uid on the host", lambda r: r[1].host_uid, right=True),
-    Column("USER", "host user name", lambda r: user_name(r[1].host_uid)),
+    Column("USER", "host user name", lambda r: user_name(r[1].host_uid), trunc=True),
     Column("PROCS", "processes", lambda r: r[1].processes, right=True),
     Column("THREADS", "tasks (what RLIMIT_NPROC counts)", lambda r: r[1].threads, right=True),
     Column("NPROC", "lowest soft RLIMIT_NPROC among them (empty: unlimited)", lambda r: r[1].nproc_limit, right=True),
     Column("CHARGED", "tasks the kernel checks NPROC against: these, and those of the user namespaces this uid "
            "created below (before Linux 5.14: HOSTTASKS)", lambda r: r[1].charged, right=True),
     Column("HOSTTASKS", "tasks with this host uid in every namespace", lambda r: r[1].host_threads, right=True),
-    Column("FLAGS", "at-limit: CHARGED reached NPROC (the next fork fails)", lambda r: "at-limit" if r[1].at_limit else ""),
+    Column("FLAGS", "at-limit: CHARGED reached NPROC (the next fork fails)",
+           lambda r: "at-limit" if r[1].at_limit else "", trunc=True),
 ]
 UID_DEFAULT = ("NS", "UID", "HOSTUID", "USER", "PROCS", "THREADS", "NPROC", "CHARGED", "HOSTTASKS", "FLAGS")
 
@@ -113,7 +114,7 @@ def run_accounting(args: argparse.Namespace) -> int:
         cols.sort(key=lambda c: chosen_names.index(c.name))
         by_inode = {a.namespace.inode: a for a in acct.users}
         if args.tree:  # the tree prefix reads better on a left-aligned first column
-            cols = [Column(c.name, c.help, c.value) if i == 0 else c for i, c in enumerate(cols)]
+            cols = [c._replace(right=False) if i == 0 else c for i, c in enumerate(cols)]
             roots = [a for a in acct.users if a.namespace.parent not in by_inode]
             rows = tree_rows(roots, lambda a: [by_inode[c.inode] for c in snap.children(a.namespace.inode)
                                                if c.inode in by_inode])

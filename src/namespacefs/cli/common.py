@@ -21,9 +21,37 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources", metavar="LIST",
         help=f"discovery sources to use (default: all of {','.join(SOURCES)}); --sources=-LIST leaves some out")
+    with contextlib.suppress(argparse.ArgumentError):  # (a command may have a -v of its own)
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="name each entry that could not be read (pid, path and reason), on stderr")
     with contextlib.suppress(argparse.ArgumentError):  # (a command may already have its own --db)
         parser.add_argument("--db", metavar="PATH", default=os.environ.get("NSFS_DB") or None,
                             help="the names database (default: $NSFS_DB, else /var/lib/namespacefs/names.db)")
+
+
+def version_string() -> str:
+    """What `nsfs --version`, `nsfs ls -V` and `nsfs enter -V` print (as lsns -V and nsenter -V do)."""
+    import namespacefs
+
+    found = getattr(namespacefs, "__version__", None)
+    if found is None:
+        from importlib.metadata import version
+
+        found = version("namespacefs")
+    return f"nsfs from namespacefs {found}"
+
+
+class PrintVersion(argparse.Action):
+    """-V/--version of a command: print version_string() and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_kw: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_string())
+        parser.exit()
 
 
 def chosen_sources(spec: str | None) -> tuple[str, ...]:
@@ -38,7 +66,9 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
 
 
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
+    verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
+                         fresh=bool(getattr(args, "verbose", False)),
                          alongside=load_encoder if getattr(args, "json", False) else None)
 
 
@@ -67,9 +97,26 @@ def user_name(uid: int | None) -> str:
 
 
 def report_errors(snapshot: Snapshot) -> None:
-    """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one."""
-    denied = snapshot.errors.get("denied", 0)
+    """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one
+    (with -v/--verbose the scan has named each entry as it met it: see verbose_scan)."""
+    from namespacefs.discover import state
+
+    denied, protected = snapshot.errors.get("denied", 0), snapshot.errors.get("protected", 0)
+    more = "" if state.REPORT_TO is not None else "; -v names each"
     if denied:
-        hint = "run as root to see everything" if os.geteuid() else "protected by the kernel or a security module"
         what = "entry" if denied == 1 else "entries"
-        print(f"nsfs: {denied} {what} could not be read (permission denied; {hint})", file=sys.stderr)
+        print(f"nsfs: {denied} {what} could not be read (permission denied; run as root to see everything{more})",
+              file=sys.stderr)
+    if protected:
+        what = "entry" if protected == 1 else "entries"
+        print(f"nsfs: {protected} {what} could not be read even as root (protected by the kernel or a security "
+              f"module{more})", file=sys.stderr)
+
+
+def verbose_scan(args: argparse.Namespace) -> None:
+    """-v/--verbose: the scan names each entry it cannot read on stderr (a scan of our own: a
+    daemon's snapshot would not say)."""
+    if getattr(args, "verbose", False):
+        from namespacefs.discover import state
+
+        state.REPORT_TO = sys.stderr

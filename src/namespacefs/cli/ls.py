@@ -4,13 +4,15 @@ exist, plus ours (ID, NAME, HOLDERS, ...)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from namespacefs.cli import UserError, whole
-from namespacefs.cli.common import add_source_options, find, ns_type, report_errors, take_snapshot, user_name
+from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
 from namespacefs.cli.output import (
     Column,
     add_table_options,
+    json_cell,
+    json_rows,
     pick_columns,
     print_columns_help,
     print_json,
@@ -18,23 +20,31 @@ from namespacefs.cli.output import (
     tree_rows,
 )
 from namespacefs.handles import holder_path
-from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Process, Snapshot
 
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
+#: lsns's columns for a positional namespace: the processes in it
+PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
+#: The keys of lsns -J (util-linux 2.42 sys-utils/lsns.c, all its columns but PATH, whose key the
+#: JSON contract already gives the name path) added to every namespace object of `nsfs ls -J`
+LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID", "NSFS", "PNS", "ONS")
+TREES = ("owner", "parent", "process")
 
 
 class Row:
-    """A namespace with the snapshot around it, for column functions."""
+    """A namespace with the snapshot around it, for column functions; `proc` is the process a
+    row stands for where it lists the processes of a namespace (lsns NS)."""
 
-    __slots__ = ("ns", "snap")
+    __slots__ = ("_proc", "ns", "snap")
 
-    def __init__(self, ns: Namespace, snap: Snapshot) -> None:
-        self.ns, self.snap = ns, snap
+    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None) -> None:
+        self.ns, self.snap, self._proc = ns, snap, proc
 
     @property
     def process(self) -> Process | None:
         """The process lsns shows: the lowest pid in it, else the first process holding it."""
+        if self._proc is not None:
+            return self._proc
         if self.ns.processes:
             return self.snap.processes.get(self.ns.processes[0])
         for h in self.ns.holders:
@@ -48,9 +58,12 @@ class Row:
 
     @property
     def path(self) -> str | None:
+        proc = self.process
+        if proc is not None and proc.namespaces.get(self.ns.type) == self.ns.inode:
+            return f"/proc/{proc.pid}/ns/{self.ns.type}"  # as lsns shows it
         for h in self.ns.holders:
             if h.kind == "bindmount":
-                return h.path  # the mountpoint, as lsns shows it
+                return h.path  # the mountpoint
             if path := holder_path(self.ns.type, h):
                 return path
         return None
@@ -65,72 +78,172 @@ def _nsfs(row: Row) -> str:
 
 
 def _netnsid(row: Row) -> object:
+    """lsns's NETNSID: the id our net namespace gave it, else `unassigned`; empty for other types."""
     if row.ns.type != "net":
         return None
     from namespacefs import details
 
-    return details.netnsid(row.ns, row.snap)
+    found = details.netnsid(row.ns, row.snap)
+    return "unassigned" if found is None else str(found)
 
 
-COLUMNS: list[Column[Row]] = [
-    Column("NS", "namespace identifier (inode number)", lambda r: r.ns.inode, right=True),
-    Column("TYPE", "kind of namespace", lambda r: r.ns.type),
-    Column("PATH", "path to the namespace", lambda r: r.path),
-    Column("NPROCS", "number of processes in the namespace", lambda r: len(r.ns.processes), right=True),
-    Column("PID", "lowest PID in the namespace (or of a process holding it)", lambda r: r.of_process("pid"), right=True),
-    Column("PPID", "PPID of the PID", lambda r: r.of_process("ppid"), right=True),
-    Column("COMMAND", "command line of the PID", lambda r: r.of_process("command"), wrap=True),
-    Column("UID", "UID of the PID", lambda r: r.of_process("uid"), right=True),
-    Column("USER", "username of the PID", lambda r: user_name(r.of_process("uid"))),  # type: ignore[arg-type]
+def _command(row: Row) -> str | None:
+    """lsns's COMMAND: the command line, else the command name (kernel threads: `kthreadd`)."""
+    proc = row.process
+    if proc is None:
+        return None
+    return " ".join(proc.cmdline) if proc.cmdline else proc.comm
+
+
+def _uid(row: Row) -> int | None:
+    """lsns's UID: of the process, else (a user namespace) of its creator."""
+    proc = row.process
+    if proc is not None:
+        return proc.uid
+    return row.ns.owner_uid
+
+
+def _relative(inode: int | None) -> int:
+    return 0 if inode is None else inode  # lsns prints 0 for no parent or owner
+
+
+COLUMNS: list[Column[Row]] = [  # lsns.c 2.42's infos[] (width hints, flags, JSON types), then ours
+    Column("NS", "namespace identifier (inode number)", lambda r: r.ns.inode, right=True, number=True, whint=10),
+    Column("TYPE", "kind of namespace", lambda r: r.ns.type, whint=5),
+    Column("PATH", "path to the namespace", lambda r: r.path, trunc=True),
+    Column("NPROCS", "number of processes in the namespace", lambda r: len(r.ns.processes),
+           right=True, number=True, whint=5),
+    Column("PID", "lowest PID in the namespace (or of a process holding it)", lambda r: r.of_process("pid"),
+           right=True, number=True, whint=5),
+    Column("PPID", "PPID of the PID", lambda r: r.of_process("ppid"), right=True, number=True, whint=5),
+    Column("COMMAND", "command line of the PID", _command, trunc=True),
+    Column("UID", "UID of the PID", _uid, right=True, number=True),
+    Column("USER", "username of the PID", lambda r: user_name(_uid(r)) or None),
     Column("NETNSID", "namespace ID as used by network subsystem", _netnsid, right=True),
     Column("NSFS", "nsfs mountpoint (usually used by ip netns)", _nsfs),
-    Column("PNS", "parent namespace identifier (inode number)", lambda r: r.ns.parent, right=True),
-    Column("ONS", "owner namespace identifier (inode number)", lambda r: r.ns.owner, right=True),
-    Column("ID", "64-bit namespace id (never reused)", lambda r: r.ns.id, right=True),
-    Column("NAME", "namespace name", lambda r: r.ns.name),
-    Column("NSPATH", "name path through the owning user namespaces", lambda r: r.ns.path),
-    Column("HOLDERS", "what keeps it alive (process, task, fd, bindmount, socket, ...)", _holders),
-    Column("LEVEL", "depth below the initial pid/user namespace", lambda r: r.ns.level, right=True),
-    Column("OWNER_UID", "user namespaces: uid of the creator", lambda r: r.ns.owner_uid, right=True),
+    Column("PNS", "parent namespace identifier (inode number)", lambda r: _relative(r.ns.parent),
+           right=True, number=True, whint=10),
+    Column("ONS", "owner namespace identifier (inode number)", lambda r: _relative(r.ns.owner),
+           right=True, number=True, whint=10),
+    Column("ID", "64-bit namespace id (never reused)", lambda r: r.ns.id, right=True, number=True),
+    Column("NAME", "namespace name", lambda r: r.ns.name, trunc=True),
+    Column("NSPATH", "name path through the owning user namespaces", lambda r: r.ns.path, trunc=True),
+    Column("HOLDERS", "what keeps it alive (process, task, fd, bindmount, socket, ...)", _holders, trunc=True),
+    Column("LEVEL", "depth below the initial pid/user namespace", lambda r: r.ns.level, right=True, number=True),
+    Column("OWNER_UID", "user namespaces: uid of the creator", lambda r: r.ns.owner_uid, right=True, number=True),
 ]
+BY_NAME = {c.name: c for c in COLUMNS}
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("namespace", nargs="*", help="only these namespaces (inode, TYPE:[INODE], path, PID:TYPE, id, name)")
+    parser.add_argument("namespace", nargs="*",
+                        help="list the processes in these namespaces, as lsns NS does (inode, TYPE:[INODE], path, "
+                             "PID:TYPE, id, name)")
     parser.add_argument("-t", "--type", action="append", type=ns_type, help="only namespaces of this type (repeatable)")
     parser.add_argument("-p", "--task", metavar="PID", type=whole("PID", 1, 2**22), help="only the namespaces of this process")
     parser.add_argument("-P", "--persistent", action="store_true", help="only namespaces no process is in")
     parser.add_argument("-l", "--list", action="store_true", help="a flat list (no tree)")
-    parser.add_argument("-T", "--tree", nargs="?", const="owner", choices=("owner", "parent", "process"),
+    parser.add_argument("-T", "--tree", nargs="?", const="owner", metavar="RELATION",
                         help="show namespaces as a tree by owner (default), parent or process")
+    parser.add_argument("-Q", "--filter", metavar="EXPR",
+                        help="only the rows for which EXPR holds (libsmartcols filter, as lsns -Q: "
+                             "'TYPE == \"net\" && NPROCS > 1', 'NAME =~ \"^web\"'); any column may be used")
+    parser.add_argument("-V", "--version", action=PrintVersion)
     add_table_options(parser, COLUMNS, DEFAULT_COLUMNS)
     add_source_options(parser)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """lsns's rules for its options: mutually exclusive pairs, -T's optional RELATION (a value that
+    is none, `-T 4026531837`, is the namespace argument, as getopt reads it)."""
+    if args.tree is not None:
+        relation = args.tree.lstrip("=")
+        if relation not in TREES:
+            args.namespace.insert(0, args.tree)
+            relation = "owner"
+        args.tree = relation
+    for a, b, both in (("json", "raw", "-J and -r"), ("persistent", "task", "-P and -p"),
+                       ("list", "tree", "-l and -T")):
+        if getattr(args, a) and getattr(args, b) not in (None, False):
+            raise UserError(f"{both} are mutually exclusive")
+    if args.namespace and args.task is not None:
+        raise UserError("--task is mutually exclusive with <namespace>")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.list_columns:
         print_columns_help(COLUMNS)
         return 0
-    columns = pick_columns(args, COLUMNS, DEFAULT_COLUMNS)
+    check_arguments(args)
+    lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
+    default = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
+    if not args.namespace and args.type and "net" in args.type:  # lsns -t net: NETNSID and NSFS too
+        default = (*DEFAULT_COLUMNS[:-1], "NETNSID", "NSFS", DEFAULT_COLUMNS[-1])
+    columns = pick_columns(args, COLUMNS, default)
+    keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
-    selected = select(snap, args)
-    if args.json:
-        data = snap.to_dict()
-        keep = {ns.inode for ns in selected}
-        data["namespaces"] = [d for d in data["namespaces"] if d["inode"] in keep]
-        print_json(data)
+    if args.namespace:
+        rows = [Row(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
-        rows = [Row(ns, snap) for ns in selected]
-        render(_arrange(rows, snap, args), columns, args)
+        rows = [Row(ns, snap) for ns in select(snap, args)]
+    if keep is not None:
+        rows = [r for r in rows if keep(r)]
+    if args.json and not lsns_shape:
+        print_json(_contract(snap, [r.ns for r in rows], args))
+    else:
+        tree_at = _tree_column(columns, args)
+        roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
+        if args.json:
+            print_json({"namespaces": json_rows(roots, columns, lambda r: kids.get(id(r), []), args.nowrap)})
+        else:
+            render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, tree_column=tree_at or 0)
     report_errors(snap)
     return 0
 
 
+def _compile_filter(text: str) -> Callable[[Row], bool]:
+    from namespacefs.cli.filter import FilterError, compile_filter
+
+    def column(name: str) -> tuple[Callable[[Row], object], bool] | None:
+        col = BY_NAME.get(name.upper())
+        return (col.value, col.number) if col else None
+
+    try:
+        return compile_filter(text, column)
+    except FilterError as e:
+        raise UserError(f"failed to parse \"{text}\": {e}") from None
+
+
+def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace) -> dict[str, object]:
+    """The documented object (README, the JSON contract), each namespace with lsns's keys too,
+    in lsns's order (by inode)."""
+    data = snap.to_dict()
+    keep = {ns.inode for ns in chosen}
+    extra = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
+    namespaces = []
+    for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
+        row = Row(snap.namespaces[item["inode"]], snap)
+        for key, c in extra:
+            item[key] = json_cell(c, c.value(row), args.nowrap)
+        namespaces.append(item)
+    data["namespaces"] = namespaces
+    return data
+
+
+def _positional(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
+    chosen = [find(snap, spec) for spec in args.namespace]
+    return list({ns.inode: ns for ns in chosen}.values())
+
+
+def _members(ns: Namespace, snap: Snapshot) -> list[Process | None]:
+    """The processes in a namespace, by pid (lsns NS); a namespace no process is in gives one row
+    of its own (lsns prints none: it would hide a pinned namespace named on the command line)."""
+    procs = [snap.processes[pid] for pid in sorted(ns.processes) if pid in snap.processes]
+    return list(procs) if procs else [None]
+
+
 def select(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
-    chosen: Sequence[Namespace] = sorted(snap, key=lambda ns: (NS_TYPES.index(ns.type), ns.inode))
-    if args.namespace:
-        wanted = {find(snap, spec).inode for spec in args.namespace}
-        chosen = [ns for ns in chosen if ns.inode in wanted]
+    chosen: Sequence[Namespace] = sorted(snap, key=lambda ns: ns.inode)  # lsns's order
     if args.type:
         chosen = [ns for ns in chosen if ns.type in args.type]
     if args.task is not None:
@@ -144,28 +257,74 @@ def select(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
     return list(chosen)
 
 
-def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> list[tuple[str, Row]]:
-    if not args.tree or args.list:
-        return [("", r) for r in rows]
-    by_inode = {r.ns.inode: r for r in rows}
-    up = {r.ns.inode: _tree_parent(r, snap, args.tree) for r in rows}
-    kids: dict[int | None, list[Row]] = {}
+def _tree_column(columns: Sequence[Column[Row]], args: argparse.Namespace) -> int | None:
+    """Which column carries the tree: COMMAND in a process tree, NS in an owner or parent tree
+    (lsns); None for no tree: without -T or with -l, or when that column is not shown (lsns then
+    prints its rows flat, in their order)."""
+    how = _relation(args)
+    if how is None:
+        return None
+    names = [c.name for c in columns]
+    want = "COMMAND" if how == "process" else "NS"
+    return names.index(want) if want in names else None
+
+
+def _relation(args: argparse.Namespace) -> str | None:
+    """The tree lsns draws: -T's, else (without -l) the process tree of its default output."""
+    if args.list:
+        return None
+    return args.tree or "process"
+
+
+def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple[list[Row], dict[int, list[Row]]]:
+    """The roots and each row's children (keyed by id(row)) in lsns's tree: by owner or parent
+    namespace (a relative is shown before the rows under it), or the process tree (a row under the
+    last row before it that shows its parent process, as lsns links a line to its parent process's
+    line)."""
+    how = _relation(args)
+    if how is None:
+        return rows, {}
+    if how in ("owner", "parent"):
+        # the processes of a namespace (lsns NS) have no owner or parent among them: flat
+        return (rows, {}) if any(r._proc is not None for r in rows) else _namespace_tree(rows, how)
+    kids: dict[int, list[Row]] = {}
+    roots: list[Row] = []
+    shown: dict[int, Row] = {}  # pid -> the last row shown for it
     for r in rows:
-        parent = up[r.ns.inode]
-        kids.setdefault(parent if parent in by_inode else None, []).append(r)
-    return tree_rows(kids.get(None, []), lambda r: kids.get(r.ns.inode, []))
+        up: Row | None = None
+        if (proc := r.process) is not None:
+            up = shown.get(proc.ppid)
+            if up is not None and r._proc is not None and up.process is not None \
+                    and up.process.namespaces.get(r.ns.type) != r.ns.inode:
+                up = None  # lsns NS: only a parent in the same namespace
+            shown[proc.pid] = r
+        if up is None:
+            roots.append(r)
+        else:
+            kids.setdefault(id(up), []).append(r)
+    return roots, kids
 
 
-def _tree_parent(row: Row, snap: Snapshot, how: str) -> int | None:
-    ns = row.ns
-    if how == "owner":
-        return ns.owner
-    if how == "parent":
-        return ns.parent
-    # process: the namespace (of the same type) of the parent of its first process
-    proc = row.process
-    if proc is None:
-        return ns.owner if ns.type == "user" else None
-    parent = snap.processes.get(proc.ppid)
-    up = parent.namespaces.get(ns.type) if parent else None
-    return up if up != ns.inode else None
+def _namespace_tree(rows: list[Row], how: str) -> tuple[list[Row], dict[int, list[Row]]]:
+    """lsns's show_namespace(): in inode order, each row after its relative (the owner; in a parent
+    tree the parent, else the owner), under that relative when it is the owner of an owner tree
+    or the parent of a parent tree, else a root."""
+    by_inode = {r.ns.inode: r for r in rows}
+    kids: dict[int, list[Row]] = {}
+    roots: list[Row] = []
+    done: set[int] = set()
+
+    def show(r: Row) -> None:
+        ns = r.ns
+        done.add(ns.inode)
+        first = ns.owner if how == "owner" or ns.parent is None else ns.parent
+        if first in by_inode and first not in done:
+            show(by_inode[first])
+        link = ns.owner if how == "owner" else ns.parent
+        up = by_inode.get(link) if link != ns.inode else None
+        (kids.setdefault(id(up), []) if up is not None else roots).append(r)
+
+    for r in rows:
+        if r.ns.inode not in done:
+            show(r)
+    return roots, kids

@@ -1,6 +1,7 @@
 """Output in the util-linux manner (libsmartcols): one table of column definitions per command,
-`-o` to choose, `-n`, `-r`, `-J`, `-l`, tree prefixes, and a truncated last column on a terminal.
-Shared by every command that prints a table."""
+`-o` to choose, `-n`, `-r`, `-J`, `-l`, `-u`, `-W`, tree prefixes, and tables fitted to a terminal's
+width by truncating the columns flagged for it. The one table renderer of every command that
+prints a table (ls, containers, accounting, names)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,24 @@ Row = TypeVar("Row")
 
 class Column(NamedTuple, Generic[Row]):
     """One column of a table (a named tuple: `ls` imports this before its scan forks, and
-    dataclasses would cost that moment 11 ms)."""
+    dataclasses would cost that moment 11 ms). The flags are libsmartcols's: `trunc`
+    (SCOLS_FL_TRUNC) lets the renderer shrink it when the table is wider than the terminal (down
+    to its header's width), `right` (SCOLS_FL_RIGHT) aligns it right, `whint` is its absolute width
+    hint (it is at least that wide, as lsns's NS is 10 and PID 5); `number` is its JSON type
+    (SCOLS_JSON_NUMBER; otherwise a string, as in util-linux)."""
 
     name: str
     help: str
     value: Callable[[Row], Any]
     right: bool = False  # numbers are right-aligned
-    wrap: bool = False  # may be truncated to fit the terminal (free text such as COMMAND)
+    trunc: bool = False  # may be truncated to fit the terminal (free text such as COMMAND)
+    number: bool = False  # a number in JSON (and in -Q/--filter comparisons)
+    whint: int = 0  # at least this wide (0: as wide as its header and cells)
+
+    @property
+    def key(self) -> str:
+        """Its JSON key, as libsmartcols writes it: the name in lower case."""
+        return self.name.lower()
 
 
 def add_table_options(parser: Any, columns: Sequence[Column[Any]], default: Sequence[str]) -> None:
@@ -35,6 +47,7 @@ def add_table_options(parser: Any, columns: Sequence[Column[Any]], default: Sequ
     parser.add_argument("-r", "--raw", action="store_true", help="raw output: columns separated by one space, no alignment")
     parser.add_argument("-n", "--noheadings", action="store_true", help="do not print a header line")
     parser.add_argument("-u", "--notruncate", action="store_true", help="do not truncate text in columns")
+    parser.add_argument("-W", "--nowrap", action="store_true", help="do not use multi-line cells (join their lines with ',')")
     parser.add_argument("-H", "--list-columns", action="store_true", help="list the available columns")
 
 
@@ -69,31 +82,72 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args: Any, out: Any = None) -> None:
-    """Print rows, each with its tree prefix ('' in a flat list). The first column carries the
-    prefix, as in lsns -T."""
+def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args: Any, out: Any = None,
+           tree_column: int = 0) -> None:
+    """Print rows, each with its tree prefix ('' in a flat list). The column at tree_column (the
+    first unless told) carries the prefix, as in lsns -T. On a terminal the table is fitted to its width as libsmartcols does:
+    only `trunc` columns shrink (widest first, never below their header), so rows do not wrap;
+    -u/--notruncate keeps every cell whole. A cell with newlines (lsns's NSFS) takes several lines
+    unless -W/--nowrap or -r, where its lines are joined with commas."""
     out = out or sys.stdout
-    table = [(prefix, [cell(c.value(row)) for c in columns]) for prefix, row in rows]
+    nowrap = args.raw or getattr(args, "nowrap", False)
+    table = [(prefix, [_one_line(cell(c.value(row))) if nowrap else cell(c.value(row)) for c in columns])
+             for prefix, row in rows]
+    t = tree_column if 0 <= tree_column < len(columns) else 0
+    lines = [[*cells[:t], prefix + cells[t], *cells[t + 1:]] if prefix else cells for prefix, cells in table]
     if args.raw:
-        if not args.noheadings:
-            print(" ".join(c.name for c in columns), file=out)
-        for _prefix, cells in table:
-            print(" ".join(_raw(v) for v in cells), file=out)
+        raw = [" ".join(c.name for c in columns)] if not args.noheadings else []
+        raw += [" ".join(_raw(v) for v in cells) for cells in lines]
+        if raw:
+            out.write("\n".join(raw) + "\n")
         return
-    lines = [[prefix + cells[0], *cells[1:]] for prefix, cells in table]
     if any(prefix for prefix, _cells in table):
         # the tree column is left-aligned (as in lsns -T), or the branches would not line up
-        columns = [columns[0]._replace(right=False), *columns[1:]]
+        columns = [c._replace(right=False) if i == t else c for i, c in enumerate(columns)]
     header = [c.name for c in columns]
-    widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(len(columns))]
-    limit = _terminal_width(out) if not args.notruncate else None
-    if limit and columns and columns[-1].wrap:
-        fixed = sum(widths[:-1]) + len(widths) - 1
-        widths[-1] = max(len(header[-1]), min(widths[-1], limit - fixed))
-    if not args.noheadings:
-        print(_line(header, widths, columns), file=out)
+    widths = [max([len(header[i]), columns[i].whint] + [_width(line[i]) for line in lines]) for i in range(len(columns))]
+    limit = None if args.notruncate else _terminal_width(out)
+    if limit:
+        widths = fit(widths, columns, limit)
+    printed = [_line(header, widths, columns)] if not args.noheadings else []
     for line in lines:
-        print(_line(line, widths, columns), file=out)
+        printed += [_line(physical, widths, columns) for physical in _physical_lines(line)]
+    if printed:
+        out.write("\n".join(printed) + "\n")  # one write: a line at a time costs a terminal 50 us each
+
+
+def fit(widths: Sequence[int], columns: Sequence[Column[Any]], limit: int) -> list[int]:
+    """Column widths that fit in `limit` characters (one space between columns) where they can:
+    libsmartcols's reduce stages in short. Only truncatable columns shrink, the widest above its
+    minimum first, one character at a time; a table that still does not fit overflows."""
+    widths = list(widths)
+    floor = [len(c.name) if c.trunc else w for c, w in zip(columns, widths, strict=True)]
+    excess = sum(widths) + len(widths) - 1 - limit
+    while excess > 0:
+        slack = [(w - f, i) for i, (w, f) in enumerate(zip(widths, floor, strict=True)) if w > f]
+        if not slack:
+            break
+        _, i = max(slack)
+        widths[i] -= 1
+        excess -= 1
+    return widths
+
+
+def _width(text: str) -> int:
+    return max(map(len, text.split("\n"))) if "\n" in text else len(text)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", ",") if "\n" in text else text
+
+
+def _physical_lines(cells: list[str]) -> list[list[str]]:
+    """A row whose cells hold newlines, as several printed lines (the other cells blank below)."""
+    if not any("\n" in c for c in cells):
+        return [cells]
+    split = [c.split("\n") for c in cells]
+    height = max(map(len, split))
+    return [[parts[k] if k < len(parts) else "" for parts in split] for k in range(height)]
 
 
 def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column[Any]]) -> str:
@@ -106,9 +160,35 @@ def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column[
     return " ".join(parts).rstrip()
 
 
+def json_rows(rows: Iterable[Row], columns: Sequence[Column[Row]], children: Callable[[Row], Sequence[Row]] | None = None,
+              nowrap: bool = False) -> list[dict[str, Any]]:
+    """Rows as libsmartcols prints them in JSON: one object per row keyed by the lower-case column
+    names, numbers for number columns, null for empty cells, and a row's tree children (lsns -T
+    and its default process tree) under "children"."""
+    result = []
+    for row in rows:
+        item = {c.key: json_cell(c, c.value(row), nowrap) for c in columns}
+        if children is not None and (kids := children(row)):
+            item["children"] = json_rows(kids, columns, children, nowrap)
+        result.append(item)
+    return result
+
+
+def json_cell(column: Column[Any], value: Any, nowrap: bool = False) -> Any:
+    """One cell in JSON: libsmartcols writes an empty cell as null, a number column's cell raw and
+    any other cell as a string."""
+    if value is None or value == "":
+        return None
+    if column.number and isinstance(value, int):
+        return value
+    text = cell(value)
+    return _one_line(text) if nowrap else text
+
+
 def _raw(value: str) -> str:
-    # like libsmartcols raw mode: escape what would break the one-space separation
-    return value.replace("\\", "\\x5c").replace(" ", "\\x20").replace("\n", "\\x0a") if value else '""'
+    # like libsmartcols raw mode (fputs_nonblank): escape what would break the one-space separation;
+    # an empty cell is nothing between two spaces
+    return value.replace("\\", "\\x5c").replace(" ", "\\x20").replace("\n", "\\x0a")
 
 
 def _terminal_width(out: Any) -> int | None:

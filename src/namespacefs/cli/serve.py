@@ -13,7 +13,7 @@ from collections.abc import Callable
 from namespacefs.cli import UserError, interval, whole
 from namespacefs.kernel import NS_TYPES
 from namespacefs.service import DEFAULT_SOCKET
-from namespacefs.service.events import KINDS, Event
+from namespacefs.service.events import KINDS, LIFECYCLE, Event
 
 #: These commands run until stopped: the cyclic collector stays on (see cli.main).
 KEEPS_RUNNING = True
@@ -36,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("-v", "--verbose", action="store_true", help="log scans and requests")
     else:
         parser.add_argument("-J", "--json", action="store_true", help="one JSON object per line")
-        parser.add_argument("-e", "--events", metavar="LIST", help=f"only these events ({','.join(KINDS)})")
+        parser.add_argument("-e", "--events", metavar="LIST",
+                            help=f"only these events (of {','.join(KINDS)}; default: {','.join(LIFECYCLE)})")
+        parser.add_argument("-p", "--processes", action="store_true",
+                            help="also process membership: joined and left (one per namespace per fork and exit)")
         parser.add_argument("-t", "--type", metavar="LIST", help="only namespaces of these types")
         parser.add_argument("--no-daemon", action="store_true", help="watch with an own event loop, even if a daemon runs")
 
@@ -84,7 +87,9 @@ def serve(args: argparse.Namespace) -> int:
 def watch(args: argparse.Namespace) -> int:
     from namespacefs.service import client
 
-    kinds = _check_list(args.events, KINDS, "event")
+    kinds = _check_list(args.events, KINDS, "event") or ",".join(LIFECYCLE)
+    if args.processes:
+        kinds = ",".join(k for k in KINDS if k in kinds.split(",") or k in ("joined", "left"))
     types = _check_list(args.type, NS_TYPES, "namespace type")
 
     def show(e: Event) -> None:

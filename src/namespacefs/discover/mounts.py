@@ -39,7 +39,7 @@ def _first_readable(state: Scan, readers: list[int]) -> tuple[int, bytes] | None
     scan and here answers ENOENT, or EINVAL while it is tearing down its mount namespace."""
     for pid in readers:
         try:
-            return pid, read_at(f"{state.proc}/{pid}/mountinfo")
+            return pid, read_at(f"{state.proc}/{pid}/mountinfo", records=True)  # pages, not one read
         except OSError as e:
             if e.errno == errno.EINVAL:
                 state.errors["vanished"] += 1

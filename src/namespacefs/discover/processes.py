@@ -22,13 +22,20 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CHUNK = 65536
 
 
-def read_at(name: str, dir_fd: int | None = None) -> bytes:
-    """The whole of a (small, /proc) file, relative to a directory handle if one is given."""
+def read_at(name: str, dir_fd: int | None = None, records: bool = False) -> bytes:
+    """The whole of a (small, /proc) file, relative to a directory handle if one is given.
+    records: a file the kernel writes record by record (a seq_file such as mountinfo), which
+    answers at most about a page per read: read until EOF."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        # /proc answers a read in full when the buffer is large enough: a short read is the end,
-        # which saves the read that would return b"" (one syscall per file, two per process)
+        # a one-shot /proc file answers a read in full when the buffer is large enough: a short
+        # read is the end, which saves the read that would return b"" (one syscall per file)
+        if records:
+            chunks = [data]
+            while chunks[-1]:
+                chunks.append(os.read(fd, _CHUNK))
+            return b"".join(chunks)
         if len(data) < _CHUNK:
             return data
         chunks = [data]
@@ -75,12 +82,12 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int]) -> None:
         try:
             dir_fd = os.open(f"{state.proc}/{pid}", _DIR_FLAGS)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             continue
         try:
             _scan_process(state, pid, dir_fd, sources)
         except OSError as e:
-            state.failed(e)
+            state.failed(e, pid)
             state.processes.pop(pid, None)  # half read: as good as gone
         finally:
             os.close(dir_fd)

@@ -14,6 +14,9 @@ GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR,
                   errno.EBADF})  # EBADF: pidfd_getfd of an fd closed since it was listed (issue 7)
 #: errno values that mean "not allowed to look".
 DENIED = frozenset({errno.EACCES, errno.EPERM})
+#: Where Scan.failed names each entry it skips (`nsfs ls -v`): None, or a file such as sys.stderr.
+#: A module setting, so a forked reader inherits it.
+REPORT_TO = None
 
 class Found:
     """One namespace as seen so far. It is opened again (by the hierarchy pass) through an fd in
@@ -132,14 +135,29 @@ class Scan:
         self.mounts_read |= mounts_read
         self.user_maps.update(user_maps)
 
-    def failed(self, err: OSError) -> None:
-        """Count an error that a source chose to skip; raise what is not a normal race."""
+    def failed(self, err: OSError, pid: int | None = None) -> None:
+        """Count an error that a source chose to skip; raise what is not a normal race. What root
+        itself may not read (this sandbox's pid 1, say) the kernel or a security module protects:
+        counted as "protected", apart from "denied" (what a user may not read)."""
         if err.errno in GONE:
-            self.errors["vanished"] += 1
+            reason = "vanished"
         elif err.errno in DENIED:
-            self.errors["denied"] += 1
+            reason = "protected" if os.geteuid() == 0 else "denied"
         else:
             raise err
+        self.errors[reason] += 1
+        if REPORT_TO is not None:
+            print(f"nsfs: {reason}: {self._where(err, pid)}: {err.strerror}", file=REPORT_TO)
+
+    def _where(self, err: OSError, pid: int | None) -> str:
+        """'pid N /proc/N/...' for -v: the pid given, else the one the path names."""
+        path = str(err.filename or "")
+        if pid is not None and not path.startswith("/"):
+            path = f"{self.proc}/{pid}/{path}"  # read through the process's directory fd
+        if pid is None and path.startswith(self.proc + "/"):
+            head = path[len(self.proc) + 1:].split("/", 1)[0]
+            pid = int(head) if head.isdigit() else None
+        return f"pid {pid} {path}" if pid is not None else path
 
     def close_fds(self) -> None:
         for ns in self.found.values():

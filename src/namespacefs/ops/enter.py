@@ -6,6 +6,12 @@ pinned one, say) is joined through its own fd. Joining a pid or time namespace o
 children, so a second fork runs the command; our exit status is the command's (128+N when it died
 of signal N). With the mount namespace the command also gets the target's root and working
 directory (nsenter -r -w), unless --wd says otherwise.
+
+nsenter's other habits are Plan fields: no second fork (-F), credentials left alone
+(--preserve-credentials), the target's environment (-e), capabilities kept (--keep-caps), the
+target's SELinux context (-Z), its cgroup (-c), a root of our choosing (-r DIR). A net namespace
+entered by name as `ip netns exec NAME` would be (netns_exec) also gets a mount namespace of its
+own with a fresh /sys and /etc/netns/NAME/* bound over /etc (iproute2 lib/namespace.c).
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ class Plan:
     gid: int | None = None
     wd: str | None = None
     follow_root: bool = True
+    follow_wd: bool = False  # -w: the target's working directory even without its mount namespace
+    root: str | None = None  # -r DIR: this root directory (opened before joining), not the target's
+    fork: bool = True  # False: -F, no second fork for a pid or time namespace
+    preserve_credentials: bool = False  # do not become root of an entered user namespace
+    env: dict[bytes, bytes] | None = None  # -e: the target's environment
+    keep_caps: bool = False
+    selinux_context: bytes | None = None  # -Z: the exec context to set
+    cgroup: str | None = None  # -c: the cgroup.procs file to join
+    netns_exec: str | None = None  # the name: behave like `ip netns exec NAME`
 
 
 def needed_types(pid: int, types: Sequence[str], proc: str = "/proc") -> tuple[str, ...]:
@@ -82,14 +97,20 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
         if plan.pid is not None:
             try:
                 pidfd = kernel.pidfd_open(plan.pid)
-                if "mnt" in plan.types and plan.follow_root:
+                with_its_root = "mnt" in plan.types and plan.follow_root and plan.root is None
+                if with_its_root:
                     rootfd = os.open(f"{proc}/{plan.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                    if plan.wd is None:
-                        cwdfd = os.open(f"{proc}/{plan.pid}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                if plan.wd is None and (with_its_root or plan.follow_wd):
+                    cwdfd = os.open(f"{proc}/{plan.pid}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except ProcessLookupError:
                 raise EnterError(f"process {plan.pid} has gone") from None
             except OSError as e:
                 raise EnterError(f"cannot open process {plan.pid}: {e.strerror}") from None
+        if plan.root is not None:
+            try:
+                rootfd = os.open(plan.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise EnterError(f"{plan.root}: {e.strerror}") from None
         child = fork_and_act(lambda: _child(plan, list(argv), pidfd, rootfd, cwdfd, w, r))
         os.close(w)
         w = -1
@@ -137,6 +158,9 @@ def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: 
     stage = "setns"
     try:
         _join(plan, pidfd)
+        if plan.netns_exec is not None:
+            stage = "ip netns exec's mounts"
+            _like_ip_netns_exec(plan.netns_exec)
         stage = "the target's root directory"
         if rootfd >= 0:
             os.fchdir(rootfd)
@@ -148,30 +172,44 @@ def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: 
             os.chdir(plan.wd)
         elif rootfd >= 0:
             os.chdir("/")
+        if plan.cgroup is not None:
+            stage = f"joining the cgroup ({plan.cgroup})"
+            with open(plan.cgroup, "w") as f:
+                f.write("0")  # 0: the writing process
+        if plan.keep_caps and "user" in plan.types:
+            stage = "keeping the capabilities (--keep-caps)"
+            kernel.keep_permitted_caps()
         stage = "switching to the -S/-G ids (are they mapped in its user namespace?)"
         _credentials(plan)
+        if plan.selinux_context is not None:
+            stage = "setting the SELinux exec context (-Z)"
+            with open("/proc/thread-self/attr/exec", "wb") as f:
+                f.write(plan.selinux_context)
     except OSError as e:
         _fail(w, f"{e.filename or stage}: {e.strerror}")
     except BaseException as e:  # the child must never return into the caller
         _fail(w, str(e))
-    if "pid" in plan.types or "time" in plan.types:
+    if plan.fork and ("pid" in plan.types or "time" in plan.types):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command's to handle; we only wait
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         try:
-            grandchild = fork_and_act(lambda: _exec(argv, w, reset_signals=True))
+            grandchild = fork_and_act(lambda: _exec(argv, w, plan.env, reset_signals=True))
         except OSError as e:
             _fail(w, f"fork: {e.strerror}")
         os.close(w)
         _, status = _wait(grandchild)
         os._exit(_exit_status(status))
-    _exec(argv, w)
+    _exec(argv, w, plan.env)
 
 
-def _exec(argv: list[str], w: int, reset_signals: bool = False) -> None:  # pragma: no cover - child only
+def _exec(argv: list[str], w: int, env: dict[bytes, bytes] | None,
+          reset_signals: bool = False) -> None:  # pragma: no cover - child only
     if reset_signals:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
+        if env is not None:
+            os.execvpe(argv[0], argv, env)
         os.execvp(argv[0], argv)
     except (OSError, ValueError) as e:  # ValueError: an argument with a NUL byte, an empty name
         _fail(w, f"{argv[0]}: {getattr(e, 'strerror', None) or e}", 127 if isinstance(e, FileNotFoundError) else 126)
@@ -201,9 +239,147 @@ def _join_paths(pid: int | None, types: list[str]) -> None:  # pragma: no cover 
             kernel.setns(fds[t], CLONE_FLAGS[t])
 
 
+def _like_ip_netns_exec(name: str) -> None:  # pragma: no cover - child only
+    """What `ip netns exec NAME` does once in the net namespace (iproute2 lib/namespace.c
+    netns_switch): a mount namespace of our own whose mounts do not propagate back, /sys mounted
+    afresh (so /sys/class/net shows this namespace's interfaces), and each /etc/netns/NAME/FILE
+    bound over /etc/FILE (resolv.conf, hosts, ...)."""
+    kernel.unshare(CLONE_FLAGS["mnt"])
+    kernel.mount("", "/", None, kernel.MS_SLAVE | kernel.MS_REC)
+    readonly = os.statvfs("/sys").f_flag & os.ST_RDONLY
+    kernel.umount("/sys", kernel.MNT_DETACH)
+    kernel.mount(name, "/sys", "sysfs", kernel.MS_RDONLY if readonly else 0)
+    etc = f"/etc/netns/{name}"
+    if os.path.isdir(etc):
+        for entry in sorted(os.listdir(etc)):
+            try:
+                kernel.mount(f"{etc}/{entry}", f"/etc/{entry}", None, kernel.MS_BIND)
+            except OSError as e:  # as ip does: say so and go on
+                os.write(2, f"nsfs enter: bind {etc}/{entry} -> /etc/{entry} failed: {e.strerror}\n".encode())
+
+
+def open_namespace_file(path: str, nstype: str) -> int:
+    """An fd of the namespace file `path` (nsenter --net=FILE), checked to be a `nstype` namespace."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnterError(f"{path}: {e.strerror}") from None
+    try:
+        found = kernel.ns_type(fd)
+    except OSError:
+        os.close(fd)
+        raise EnterError(f"{path} is not a namespace file") from None
+    if found != nstype:
+        os.close(fd)
+        raise EnterError(f"{path} is a {found} namespace, not {nstype}")
+    return fd
+
+
+def socket_netns(pid: int, fd: int) -> int:
+    """An fd of the net namespace of process pid's socket fd (nsenter -N/--net-socket)."""
+    try:
+        pidfd = kernel.pidfd_open(pid)
+    except OSError as e:
+        raise EnterError(f"process {pid}: {e.strerror}") from None
+    try:
+        sock = kernel.pidfd_getfd(pidfd, fd)
+    except OSError as e:
+        raise EnterError(f"fd {fd} of process {pid}: {e.strerror}") from None
+    finally:
+        os.close(pidfd)
+    try:
+        return kernel.socket_netns_fd(sock)
+    except OSError as e:
+        raise EnterError(f"fd {fd} of process {pid} is not a socket ({e.strerror})") from None
+    finally:
+        os.close(sock)
+
+
+def user_parent(fd: int) -> int:
+    """The parent user namespace of a user namespace fd, or the owner of any other (--user-parent)."""
+    try:
+        up = kernel.ns_parent_fd(fd) if kernel.ns_type(fd) == "user" else kernel.ns_owner_fd(fd)
+    except OSError as e:
+        raise EnterError(f"the parent user namespace: {e.strerror}") from None
+    if up is None:
+        raise EnterError("the parent user namespace is not visible from here")
+    return up
+
+
+def check_pidfs_inode(pid: int, inode: int) -> None:
+    """-t PID:INODE (nsenter 2.42): the process must still be the one whose pidfd has this inode."""
+    try:
+        pidfd = kernel.pidfd_open(pid)
+    except OSError as e:
+        raise EnterError(f"process {pid}: {e.strerror}") from None
+    try:
+        if os.fstat(pidfd).st_ino != inode:
+            raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
+    finally:
+        os.close(pidfd)
+
+
+def process_exists(pid: int, proc: str = "/proc") -> bool:
+    """Is there a process with this pid (nsenter -t PID of one that is not: say so)?"""
+    return os.path.exists(f"{proc}/{pid}")
+
+
+def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
+    """An fd of /proc/PID/ns/LINK."""
+    try:
+        return os.open(f"{proc}/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
+
+
+def target_ids(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
+    """The real uid and gid of a process (nsenter -S follow, -G follow)."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def target_environment(pid: int, proc: str = "/proc") -> dict[bytes, bytes]:
+    """The environment of process pid (nsenter -e)."""
+    try:
+        with open(f"{proc}/{pid}/environ", "rb") as f:
+            return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    except OSError as e:
+        raise EnterError(f"the environment of process {pid}: {e.strerror}") from None
+
+
+def target_cgroup(pid: int, proc: str = "/proc") -> str:
+    """The cgroup.procs file of process pid's cgroup v2 (nsenter -c)."""
+    try:
+        with open(f"{proc}/{pid}/cgroup") as f:
+            path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        with open("/proc/self/mounts") as f:
+            roots = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
+    except OSError as e:
+        raise EnterError(f"the cgroup of process {pid}: {e.strerror}") from None
+    if path is None or not roots:
+        raise EnterError(f"process {pid} has no cgroup v2 to join")
+    return f"{roots[0]}{path.rstrip('/')}/cgroup.procs"
+
+
+def selinux_context(pid: int, proc: str = "/proc") -> bytes | None:
+    """The SELinux context of process pid (nsenter -Z), or None when SELinux is off (no-op)."""
+    if not os.path.exists("/sys/fs/selinux/enforce"):
+        return None
+    try:
+        with open(f"{proc}/{pid}/attr/current", "rb") as f:
+            return f.read().rstrip(b"\0\n")
+    except OSError as e:
+        raise EnterError(f"the SELinux context of process {pid}: {e.strerror}") from None
+
+
 def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
     uid, gid = plan.uid, plan.gid
-    if "user" in plan.types:  # nsenter: in a user namespace become its root unless told otherwise
+    # nsenter: in a user namespace become its root unless told otherwise
+    if "user" in plan.types and not plan.preserve_credentials:
         uid = 0 if uid is None else uid
         gid = 0 if gid is None else gid
     if gid is not None:
@@ -217,4 +393,6 @@ def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
         os.setuid(uid)
 
 
-__all__ = ["NS_TYPES", "EnterError", "Plan", "default_shell", "needed_types", "run"]
+__all__ = ["NS_TYPES", "EnterError", "Plan", "check_pidfs_inode", "default_shell", "needed_types", "open_namespace_file",
+           "open_ns_link", "process_exists", "run", "selinux_context", "socket_netns", "target_cgroup",
+           "target_environment", "target_ids", "user_parent"]

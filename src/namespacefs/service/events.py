@@ -4,6 +4,7 @@ the bus that hands them to every subscriber (SSE clients, `nsfs watch`, metrics)
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -14,6 +15,9 @@ from namespacefs.model import Namespace, Snapshot, diff
 
 #: Every event kind, in the order they are reported for one change.
 KINDS: Final[tuple[str, ...]] = ("created", "renamed", "joined", "left", "destroyed")
+#: What happens to namespaces (what `nsfs watch` shows unless asked for more); the other kinds,
+#: joined and left, are process membership: one per namespace per fork and exit on a busy host.
+LIFECYCLE: Final[tuple[str, ...]] = ("created", "renamed", "destroyed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +76,26 @@ def creator(ns: Namespace, snap: Snapshot) -> int | None:
     return min(pids) if pids else None
 
 
+def own_helpers(snap: Snapshot, me: int | None = None) -> set[int]:
+    """The processes of ours in a snapshot: children of this process (`me`) that are forks of it,
+    not programs it ran (the same command line): discovery's second reader, which the daemon forks
+    on every rescan and which would otherwise join and leave all its namespaces each time."""
+    me = os.getpid() if me is None else me
+    mine = snap.processes.get(me)
+    if mine is None:
+        return set()
+    return {p.pid for p in snap.processes.values() if p.ppid == me and p.cmdline == mine.cmdline}
+
+
 def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
-    """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one)."""
+    """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one).
+    Our own helper processes (own_helpers) are in no event."""
     d = diff(old, new)
+    ours = own_helpers(old) | own_helpers(new)
     out = [_event("created", now, ns, new, creator(ns, new)) for ns in d.appeared]
     out += [_event("renamed", now, b, new, old_name=a.name) for a, b in d.changed if a.name != b.name]
-    out += [_event("joined", now, ns, new, pid) for pid, ns in d.joined]
-    out += [_event("left", now, ns, old, pid) for pid, ns in d.left]
+    out += [_event("joined", now, ns, new, pid) for pid, ns in d.joined if pid not in ours]
+    out += [_event("left", now, ns, old, pid) for pid, ns in d.left if pid not in ours]
     out += [_event("destroyed", now, ns, old) for ns in d.vanished]
     return out
 
