@@ -44,12 +44,11 @@ from prometheus_client.registry import Collector
 from namespacefs import accounting
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import HOLDER_KINDS, Snapshot
-from namespacefs.service.events import Bus, Event
+from namespacefs.service.events import LIFECYCLE, Bus, Event
 from namespacefs.service.live import Live
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Event kinds counted per namespace in nsfs_events_total; the others are process moves.
-LIFECYCLE = ("created", "renamed", "destroyed")
+#: Event kinds counted per namespace in nsfs_events_total are events.LIFECYCLE; these are process moves.
 MOVES = ("joined", "left")
 
 
