@@ -208,12 +208,12 @@ def test_events_for_a_namespace_created_and_destroyed(daemon: Daemon, holders: C
     h = holders("--uts", "--net")
     uts, uts_id = h.ns("uts")
     net, net_id = h.ns("net")
-    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts and e.id == uts_id)
     assert (made.type, made.id, made.pid) == ("uts", uts_id, h.pid)
     assert made.comm in ("unshare", "sleep")  # seen before or after its exec of sleep, on a busy host
-    assert wait_event(q, lambda e: e.kind == "created" and e.inode == net).id == net_id
+    assert wait_event(q, lambda e: e.kind == "created" and e.inode == net and e.id == net_id).id == net_id
     h.kill()
-    gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts)
+    gone = wait_event(q, lambda e: e.kind == "destroyed" and e.inode == uts and e.id == uts_id)
     assert gone.id == uts_id and gone.time >= made.time
 
 
@@ -224,7 +224,7 @@ def test_events_for_a_process_joining_and_leaving_and_a_rename(daemon: Daemon, h
     time.sleep(0.3)
     h = holders("--uts")
     uts, uts_id = h.ns("uts")
-    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts)
+    made = wait_event(q, lambda e: e.kind == "created" and e.inode == uts and e.id == uts_id)
     # a second process enters the namespace (setns, then exec: no fork of its own) and leaves again
     joiner = subprocess.Popen(["nsenter", "-t", str(h.pid), "-u", "sleep", "600"], start_new_session=True)
     try:
@@ -238,7 +238,7 @@ def test_events_for_a_process_joining_and_leaving_and_a_rename(daemon: Daemon, h
     renamed = subprocess.run([sys.executable, "-m", "namespacefs", "rename", f"uts:[{uts}]", "audited-uts"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "NSFS_DB": daemon.db})
     assert renamed.returncode == 0, renamed.stderr
-    event = wait_event(q, lambda e: e.kind == "renamed" and e.inode == uts)
+    event = wait_event(q, lambda e: e.kind == "renamed" and e.inode == uts and e.id == uts_id)
     assert (event.id, event.name, event.old_name) == (uts_id, "audited-uts", made.name)
 
 
@@ -310,7 +310,10 @@ def test_the_daemon_stays_reachable_when_the_filesystem_is_mounted_on_its_socket
     """Both defaults share /run/namespacefs: the socket's second name, beside the directory, is
     how processes started after the mount still reach the daemon."""
     directory = os.path.dirname(daemon.socket)
-    assert os.path.samefile(outside_name(daemon.socket), daemon.socket)
+    outside = outside_name(daemon.socket)
+    assert stat.S_ISSOCK(os.lstat(outside).st_mode) and stat.S_IMODE(os.lstat(outside).st_mode) == 0o600
+    with httpx.Client(transport=httpx.HTTPTransport(uds=outside), base_url="http://nsfs", timeout=30) as second:
+        assert second.get("/api/status").json()["started_at"] == daemon.status()["started_at"]  # the same daemon
     before = daemon.status()["taken_at"]
     mounted = subprocess.run([sys.executable, "-m", "namespacefs", "mount", directory, "--db", str(tmp_path / "n.db")],
                              capture_output=True, text=True, timeout=120)
@@ -331,10 +334,11 @@ def test_tcp_needs_the_token_and_the_socket_is_root_only(daemon: Daemon) -> None
     with httpx.Client(base_url=daemon.url, timeout=30) as tcp:
         assert tcp.get("/api/status").status_code == 401
         assert tcp.get("/api/snapshot", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert tcp.get("/metrics", params={"token": daemon.token + "x"}).status_code == 401
+        assert tcp.get("/metrics", params={"token": daemon.token}).status_code == 401  # never a token in a URL
         ok = tcp.get("/api/status", headers={"Authorization": f"Bearer {daemon.token}"})
         assert ok.status_code == 200 and ok.json()["namespaces"] > 0
-        assert tcp.get("/openapi.json", params={"token": daemon.token}).json()["info"]["title"] == "namespacefs"
+        bearer = {"Authorization": f"Bearer {daemon.token}"}
+        assert tcp.get("/openapi.json", headers=bearer).json()["info"]["title"] == "namespacefs"
 
 
 def test_malformed_requests_get_a_4xx_and_the_daemon_lives_on(daemon: Daemon) -> None:
@@ -354,19 +358,6 @@ def test_malformed_requests_get_a_4xx_and_the_daemon_lives_on(daemon: Daemon) ->
             answer = s.recv(200)
         assert answer.startswith(b"HTTP/1.1 4"), answer
     assert daemon.proc.poll() is None and daemon.http.get("/api/status").status_code == 200
-
-
-def test_metrics_count_what_the_test_made(daemon: Daemon, holders: Callable[..., Holder]) -> None:
-    h = holders("--user", "--map-root-user")
-    inode, ident = h.ns("user")
-    daemon.wait_for(lambda: daemon.has(inode))
-    text = daemon.http.get("/metrics").text
-    prefix = f'nsfs_user_namespace_processes{{id="{ident}",inode="{inode}",name="'
-    mine = [x for x in text.splitlines() if x.startswith(prefix)]
-    assert len(mine) == 1 and mine[0].endswith("} 1.0"), mine
-    for name in ("nsfs_namespaces{type=\"uts\"}", "nsfs_discovery_duration_seconds_count", "nsfs_uid_map_overlaps",
-                 "nsfs_proc_events_total{event=\"fork\"}", "nsfs_netlink_overruns_total"):
-        assert name in text
 
 
 def test_a_client_that_leaves_mid_stream_is_forgotten(daemon: Daemon, holders: Callable[..., Holder]) -> None:
@@ -428,32 +419,6 @@ def test_nsfs_watch_rejects_unknown_filters() -> None:
     result = subprocess.run([sys.executable, "-m", "namespacefs", "watch", "-e", "exploded"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1 and "unknown event: exploded" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_the_web_page_shows_a_namespace_the_test_made(daemon: Daemon, holders: Callable[..., Holder]) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("Debian's chromium is not installed")
-    h = holders("--uts")
-    inode, ident = h.ns("uts")
-    daemon.wait_for(lambda: daemon.has(inode))
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{daemon.url}/?token={daemon.token}")
-            node = page.locator(f'[data-inode="{inode}"]')
-            node.wait_for(timeout=60_000)
-            assert f"uts:[{inode}]" in node.text_content()  # type: ignore[operator]
-            page.fill("#search", str(inode))
-            page.locator(f'[data-inode="{inode}"].match').wait_for(timeout=10_000)
-            page.locator(f'[data-inode="{inode}"]').click()
-            page.locator("#details", has_text=str(ident)).wait_for(timeout=10_000)
-            assert str(h.pid) in page.locator("#details").inner_text()
-            later = holders("--uts")  # live: a namespace made after the page loaded appears without a reload
-            page.locator(f'[data-inode="{later.ns("uts")[0]}"]').wait_for(timeout=60_000)
-        finally:
-            browser.close()
 
 
 def test_nsfs_watch_without_a_daemon_runs_its_own_event_loop(holders: Callable[..., Holder], tmp_path: Path) -> None:

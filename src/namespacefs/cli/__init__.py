@@ -67,6 +67,29 @@ def interval(text: str) -> float:
     return value
 
 
+class VersionAction(argparse.Action):
+    """-V/--version: print the installed version and exit. The version is looked up only when asked
+    (package metadata costs imports every other command would pay)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_kwargs: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        import namespacefs
+
+        print(f"nsfs from namespacefs {namespacefs.__version__}")
+        parser.exit()
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """-V and --version on a parser, those of the two that its command does not use otherwise."""
+    free = [flag for flag in ("-V", "--version") if flag not in parser._option_string_actions]
+    if free:
+        parser.add_argument(*free, action=VersionAction)
+
+
 def whole(what: str, minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: a decimal number of ASCII digits in [minimum, maximum] (syntax.number)."""
 
@@ -84,9 +107,19 @@ def whole(what: str, minimum: int = 0, maximum: int | None = None) -> Callable[[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="nsfs", description="See, name and act on every Linux namespace.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The whole parser of one command (what `nsfs NAME --help` shows; the man pages are made from it)."""
+    module_name, help_text = COMMANDS[name]
+    parser = Parser(prog=f"nsfs {name}", description=help_text)
+    importlib.import_module(f"namespacefs.cli.{module_name}").add_arguments(parser, name)
+    add_version(parser)
     return parser
 
 
@@ -156,10 +189,8 @@ def _main(argv: list[str]) -> int:
             build_parser().parse_args(argv)  # --help / --version
             return 0
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(f"namespacefs.cli.{module_name}")
-    parser = Parser(prog=f"nsfs {name}", description=help_text)
-    module.add_arguments(parser, name)
+    module = importlib.import_module(f"namespacefs.cli.{COMMANDS[name][0]}")
+    parser = command_parser(name)
     if getattr(module, "INTERMIXED", False) and name != "rename":
         args = parser.parse_intermixed_args(argv[1:])  # options anywhere between the positionals
     else:

@@ -1,28 +1,34 @@
 """The HTTP API (FastAPI): JSON for the snapshot, one namespace, containers and accounting; a
-server-sent event stream; Prometheus metrics; the web page. The OpenAPI document is /openapi.json.
+server-sent event stream; Prometheus metrics; the web page. The OpenAPI document is /openapi.json,
+made from the response models in service.models.
 
 Over the Unix socket (root only, mode 0600) no token is needed: the file mode is the access
-control. Any other transport (the loopback TCP port) needs `Authorization: Bearer TOKEN` (or
-`?token=TOKEN`, for the web page and EventSource, which cannot send headers)."""
+control. Any other transport (the loopback TCP port) needs `Authorization: Bearer TOKEN`, or the
+session cookie a browser gets by POSTing the token to /api/login once (HttpOnly, SameSite=Strict:
+the page's scripts never hold the token, and no other site can send the cookie). A token is never
+taken from a URL (they end up in histories, logs and screenshots)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from namespacefs import access, accounting, targets
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
-from namespacefs.service import metrics
+from namespacefs.service import metrics, models
 from namespacefs.service.events import KINDS, Event
 from namespacefs.service.live import Live
 
@@ -75,25 +81,77 @@ def _root_only(request: Request) -> None:
         raise HTTPException(403, "only root (or a holder of the token) may read this")
 
 
+#: The browser session cookie (its value is derived from the token, so it is not the token itself,
+#: and rotating the token ends every session).
+SESSION_COOKIE = "nsfs_session"
+#: Paths a browser may load before it logs in: the page (it holds no data) and the login itself.
+OPEN_PATHS = frozenset({"/", "/api/login"})
+
+
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"namespacefs web session", hashlib.sha256).hexdigest()
+
+
+def _over_tcp(scope: Scope) -> bool:
+    """A request that came in over a port, not the Unix socket (whose scope server is (path, None))."""
+    server = scope.get("server")
+    return server is not None and server[1] is not None
+
+
+def _cookie(request: Request, token: str) -> bool:
+    given = request.cookies.get(SESSION_COOKIE, "")
+    return bool(given) and hmac.compare_digest(given.encode(), session_value(token).encode())
+
+
+def _bearer(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    return given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].encode(), token.encode())
+
+
 class TokenMiddleware:
-    """Requests that came in over a port (not the Unix socket, whose scope server is (path, None))
-    need the bearer token. Plain ASGI, so event streams pass through untouched."""
+    """Requests over a port need the bearer token or the session cookie. Plain ASGI, so event
+    streams pass through untouched."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] is not None:
+        if scope["type"] == "http" and _over_tcp(scope) and scope.get("path") not in OPEN_PATHS:
             request = Request(scope)
-            given = request.headers.get("authorization", "")
-            given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
-            if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+            if not self.token or not (_bearer(request, self.token) or _cookie(request, self.token)):
                 refuse = JSONResponse({"detail": "a valid bearer token is required on this transport"}, 401,
                                       headers={"WWW-Authenticate": "Bearer"})
                 await refuse(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class Hostnames:
+    """uts namespace inode -> hostname, for the web page. Reading one joins the namespace (a thread
+    setns()es in, see namespacefs.details), so each is kept for a few seconds across model changes
+    instead of being read again for every snapshot."""
+
+    KEEP = 5.0
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, int], tuple[float, str | None]] = {}
+
+    def of(self, snap: Snapshot) -> dict[str, str]:
+        from namespacefs import details
+        from namespacefs.handles import Gone
+
+        now = time.monotonic()
+        seen: dict[tuple[str, int], tuple[float, str | None]] = {}
+        for ns in snap.of_type("uts"):
+            hit = self._seen.get(ns.key)
+            if hit is None or now - hit[0] > self.KEEP:
+                try:
+                    hit = (now, details.uname(ns, snap)["nodename"])
+                except (Gone, OSError):  # it went away, or cannot be joined: no name to show
+                    hit = (now, None)
+            seen[ns.key] = hit
+        self._seen = seen
+        return {str(ns.inode): seen[ns.key][1] or "" for ns in snap.of_type("uts") if seen[ns.key][1]}
 
 
 def _containers(snap: Snapshot) -> dict[str, Any]:
@@ -108,36 +166,70 @@ def end_streams(app: FastAPI) -> None:
         queue.put_nowait(None)
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": models.Error} for code in (400, 401, 403, 404)}
+TEXT = {"schema": {"type": "string"}}
+#: The page is one file with its script inline; it talks to this origin only and is never framed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+}
+
+
 def make_app(live: Live, token: str | None = None) -> FastAPI:
-    app = FastAPI(title="namespacefs", version="0.1.0", docs_url=None, redoc_url=None,
+    app = FastAPI(title="namespacefs", version=_version(), docs_url=None, redoc_url=None,
                   description="Every Linux namespace on this host, kept live. See docs/service.md.")
-    registry = metrics.registry_for(live)
+    app.state.streams = set()  # the queues of open event streams, ended on shutdown
+    registries = metrics.registry_for(live, clients=lambda: len(app.state.streams))
+    hostnames = Hostnames()
 
     app.add_middleware(TokenMiddleware, token=token)
-    app.state.streams = set()  # the queues of open event streams, ended on shutdown
 
-    @app.get("/", response_class=HTMLResponse, summary="The web page")
+    @app.get("/", response_class=HTMLResponse, summary="The web page", responses={200: {"content": {"text/html": TEXT}}})
     def page() -> HTMLResponse:
         html = resources.files("namespacefs.service").joinpath("web/index.html").read_text()
-        return HTMLResponse(html)
+        return HTMLResponse(html, headers=PAGE_HEADERS)
 
-    @app.get("/api/status", summary="Daemon state: snapshot age, scans, proc connector, clients")
+    @app.post("/api/login", summary="Trade the token for a session cookie (HttpOnly, SameSite=Strict)",
+              response_model=models.LoggedIn, responses={401: {"model": models.Error}})
+    def login(body: models.Login, request: Request, response: Response) -> models.LoggedIn:
+        if not _over_tcp(request.scope):
+            return models.LoggedIn(ok=True)  # the Unix socket needs no token
+        if not token or not hmac.compare_digest(body.token.encode(), token.encode()):
+            raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
+        response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
+        return models.LoggedIn(ok=True)
+
+    @app.post("/api/logout", summary="End the browser session (remove its cookie)", response_model=models.LoggedIn)
+    def logout(response: Response) -> models.LoggedIn:
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return models.LoggedIn(ok=False)
+
+    @app.get("/api/status", summary="Daemon state: snapshot age, scans, proc connector, clients",
+             response_model=models.Status, responses=ERRORS,
+             response_model_exclude_unset=True)
     def status() -> dict[str, Any]:
-        return live.status()
+        # subscribers: the open event streams (the metrics' own counter of events is no client)
+        return {**live.status(), "subscribers": len(app.state.streams)}
 
-    @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)")
+    @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)",
+             response_class=Response, responses={200: {"model": models.Snapshot}, **ERRORS})
     def snapshot(request: Request) -> Response:
         reader = reader_of(request)
-        if reader is None:
+        if reader is None:  # serialized once per model change (Live.snapshot_json), not through the model
             return Response(live.snapshot_json(), media_type="application/json")
-        return JSONResponse(visible(live.current(), reader).to_dict())
+        return _json(visible(live.current(), reader).to_dict())
 
-    @app.get("/api/namespaces", summary="Every namespace, optionally of some types")
-    def namespaces(request: Request, type: str | None = Query(None, description="comma-separated types")) -> list[dict[str, Any]]:
+    @app.get("/api/namespaces", summary="Every namespace, optionally of some types", response_class=Response,
+             responses={200: {"model": list[models.Namespace]}, **ERRORS})
+    def namespaces(request: Request, type: str | None = Query(None, description="comma-separated types")) -> Response:
         types = _split(type, NS_TYPES, "namespace type")
-        return [ns.to_dict() for ns in visible(live.current(), reader_of(request)) if types is None or ns.type in types]
+        return _json([ns.to_dict() for ns in visible(live.current(), reader_of(request)) if types is None or ns.type in types])
 
-    @app.get("/api/namespaces/{spec:path}", summary="One namespace: INODE, TYPE:INODE, id, name, PID:TYPE")
+    @app.get("/api/namespaces/{spec:path}", summary="One namespace: INODE, TYPE:INODE, id, name, PID:TYPE",
+             response_model=models.NamespaceDetails, responses=ERRORS,
+             response_model_exclude_unset=True)
     def namespace(request: Request, spec: str,
                   type: str | None = Query(None, description="namespace type")) -> dict[str, Any]:
         if type is not None and type not in NS_TYPES:
@@ -149,15 +241,19 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
             raise HTTPException(404, str(e)) from None
         return namespace_details(ns, live, reader)
 
-    @app.get("/api/containers", summary="Containers (nsfs containers -J): the tree and a flat list")
-    def containers(request: Request) -> Any:
+    @app.get("/api/containers", summary="Containers (nsfs containers -J): the tree and a flat list",
+             response_class=Response, responses={200: {"model": models.Containers}, **ERRORS})
+    def containers(request: Request) -> Response:
         _root_only(request)
-        return live.derived("containers", lambda snap: _containers(snap))
+        return Response(live.derived("containers-json", lambda snap: _json_bytes(_containers(snap))),
+                        media_type="application/json")
 
-    @app.get("/api/containers/{spec:path}", summary="One container (nsfs show CONTAINER -J): path, name, engine id or pid")
-    def container(spec: str) -> Any:
+    @app.get("/api/containers/{spec:path}", summary="One container (nsfs show CONTAINER -J): path, name, engine id or pid",
+             response_model=models.ContainerDetails, responses=ERRORS)
+    def container(request: Request, spec: str) -> Any:
         from namespacefs import containers
 
+        _root_only(request)
         snap, tree = live.derived("container-tree", lambda snap: (snap, containers.find(snap)))  # one snapshot
         try:
             target = targets.resolve_target(snap, spec, tree, pids=True, namespaces=False)
@@ -168,13 +264,28 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"process {target.pid} is in no container")
         return containers.describe_container(found, tree, snap)
 
-    @app.get("/api/accounting", summary="Per-user-namespace accounting and uid-map overlaps")
-    def account(request: Request,
-                limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Any:
-        _root_only(request)
-        return accounting.compute(live.current(), limits=limits).to_dict()
+    @app.get("/api/hostnames", summary="The hostname of every uts namespace (inode -> hostname)",
+             response_model=models.Hostnames, responses=ERRORS,
+             response_model_exclude_unset=True)
+    def uts_hostnames(request: Request) -> Any:
+        names = live.derived("hostnames", hostnames.of)
+        reader = reader_of(request)
+        if reader is None:
+            return names
+        seen = visible(live.current(), reader).namespaces
+        return {inode: name for inode, name in names.items() if int(inode) in seen}
 
-    @app.get("/api/events", summary="Lifecycle events as server-sent events (data: one JSON object each)")
+    @app.get("/api/accounting", summary="Per-user-namespace accounting and uid-map overlaps",
+             response_class=Response, responses={200: {"model": models.Accounting}, **ERRORS})
+    def account(request: Request,
+                limits: bool = Query(False, description="also read /proc/sys/user inside each (one fork each)")) -> Response:
+        _root_only(request)
+        return _json(accounting.compute(live.current(), limits=limits).to_dict())
+
+    @app.get("/api/events", summary="Lifecycle events as server-sent events (data: one JSON object each)",
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {"schema": {
+                 "type": "string", "description": "`id: SEQ` and `data: EVENT` lines per event; "
+                 "EVENT is one Event object as JSON (components/schemas/Event)"}}}}, **ERRORS})
     async def events(request: Request, kinds: str | None = Query(None, description=f"comma list of {','.join(KINDS)}"),
                      type: str | None = Query(None, description="comma list of namespace types"),
                      since: int | None = Query(None, ge=0, description="resume after this seq")) -> StreamingResponse:
@@ -190,12 +301,57 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    def prometheus(request: Request) -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (bounded series; userns=1 adds one set per user namespace)",
+             response_class=Response, responses={200: {"content": {"text/plain": TEXT}}, **ERRORS})
+    def prometheus(request: Request,
+                   userns: bool = Query(False, description="also the per-user-namespace series (unbounded: opt in)")) -> Response:
         _root_only(request)
-        return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(registries, userns), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _json_bytes(data: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _json(data: Any) -> Response:
+    """JSON of the contract's to_dict() as it is. Big answers (every namespace, with every holder)
+    skip FastAPI's per-object encoding and its model validation, seconds at 5,000 namespaces; the
+    tests check that what is served fits the models the OpenAPI document declares."""
+    return Response(_json_bytes(data), media_type="application/json")
+
+
+def _version() -> str:
+    import namespacefs
+
+    return namespacefs.__version__
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus what FastAPI cannot see: the authentication the middleware does
+    (bearer token or session cookie on TCP; none on the Unix socket, whose mode is the check) and
+    the Event schema of the event stream."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = doc.setdefault("components", {})
+        components.setdefault("schemas", {})["Event"] = models.Event.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "the daemon's token file; needed on TCP, not on the Unix socket"},
+            "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                        "description": "what POST /api/login sets for a browser"},
+        }
+        doc["security"] = [{"bearer": []}, {"session": []}]
+        for path in OPEN_PATHS:
+            for operation in doc["paths"].get(path, {}).values():
+                operation["security"] = []
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 Streams = set[asyncio.Queue[list[Event] | None]]

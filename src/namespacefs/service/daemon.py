@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from namespacefs import ownership
 from namespacefs.service import outside_name
 from namespacefs.service.live import Live
+from namespacefs.service.notify import sd_notify
 from namespacefs.syntax import number
 
 log = logging.getLogger("namespacefs.service")
@@ -90,30 +91,42 @@ def unix_listener(path: str) -> socket.socket:
     return sock
 
 
-def link_outside(path: str) -> str | None:
-    """Give the bound socket its second name (service.outside_name): a hard link, so it is the same
-    socket, root only like the first. A stale link of an earlier daemon is replaced (the first name
-    was free, so no daemon is listening); anything else in the way is left alone (None)."""
+def outside_listener(path: str) -> socket.socket | None:
+    """The API's second name (service.outside_name), beside the socket's directory: a second
+    listening socket of the same server, root only like the first. Not a hard link: under systemd
+    the socket's directory (RuntimeDirectory=) is a mount of its own in the service's mount
+    namespace, and link() across mounts fails (EXDEV). A stale socket of an earlier daemon is
+    replaced; anything else in the way is left alone (None, with a warning)."""
     outside = outside_name(path)
     try:
-        if stat.S_ISSOCK(os.lstat(outside).st_mode):
-            os.unlink(outside)
-    except FileNotFoundError:
-        pass
-    try:
-        os.link(path, outside)
-    except OSError as e:
-        log.warning("cannot link the API socket as %s (%s): a filesystem mounted over %s would hide it",
-                    outside, e.strerror, os.path.dirname(path))
+        return unix_listener(outside)
+    except (ServeError, OSError) as e:
+        log.warning("no second API socket %s (%s): a filesystem mounted over %s would hide the first",
+                    outside, e, os.path.dirname(path))
         return None
-    return outside
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samestat(os.lstat(a), os.lstat(b))
-    except OSError:
-        return False
+Bound = tuple[socket.socket, str, int]
+
+
+def _bound(sock: socket.socket | None) -> Bound | None:
+    """A listening Unix socket, its path and the inode of that file (what may be removed at exit)."""
+    if sock is None:
+        return None
+    path = sock.getsockname()
+    return sock, path, os.lstat(path).st_ino
+
+
+def _remove_socket(bound: Bound | None) -> None:
+    """Unlink the file a listening Unix socket was bound to, if it is still that socket's (a daemon
+    started after this one may have replaced it), and close the socket."""
+    if bound is None:
+        return
+    sock, path, inode = bound
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    sock.close()
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -185,11 +198,18 @@ def _server_class() -> type:
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the process
-        before the socket is removed; here the signal just ends serve() and the caller cleans up."""
+        before the socket is removed; here the signal just ends serve() and the caller cleans up.
+        It tells systemd (Type=notify) when it serves and when it stops."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening: the model is taken, requests are answered from now on
+                sd_notify("READY=1\nSTATUS=serving")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             from namespacefs.service.app import end_streams
 
+            sd_notify("STOPPING=1")
             end_streams(self.config.app)
             await super().shutdown(sockets)
             self._captured_signals.clear()
@@ -268,12 +288,14 @@ def serve(opts: Options) -> None:
         token = load_token(opts.token_file or os.path.join(os.path.dirname(os.path.abspath(opts.socket_path)), "token"))
         tcp_sock = tcp_listener(*opts.tcp)
     unix_sock = unix_listener(opts.socket_path)
+    first = _bound(unix_sock)
     # the full scan runs in a thread of this process: hand the GIL over more often than every 5 ms,
     # so requests are not queued behind it
     sys.setswitchinterval(0.001)
     live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
                 rcvbuf=opts.rcvbuf)
-    outside = link_outside(opts.socket_path)
+    outside = outside_listener(opts.socket_path)
+    second = _bound(outside)
     try:
         live.start()
         config = uvicorn.Config(make_app(live, token), log_level="warning", access_log=False, lifespan="off",
@@ -281,13 +303,10 @@ def serve(opts: Options) -> None:
         server = _Server(config)
         log.warning("serving on %s%s (%d namespaces)", opts.socket_path,
                     f" and http://{opts.tcp[0]}:{opts.tcp[1]}" if opts.tcp else "", len(live.current()))
-        server.run(sockets=[s for s in (unix_sock, tcp_sock) if s is not None])
+        server.run(sockets=[s for s in (unix_sock, outside, tcp_sock) if s is not None])
     finally:
         live.stop()
-        if outside is not None and _same_file(outside, opts.socket_path):
-            os.unlink(outside)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(opts.socket_path)
-        unix_sock.close()
+        _remove_socket(second)
+        _remove_socket(first)
         if tcp_sock is not None:
             tcp_sock.close()
