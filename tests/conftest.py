@@ -38,6 +38,20 @@ def private_names_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         os.environ["NSFS_DB"] = before
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_host_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test talks to a daemon the host (or another checkout) runs on the default socket: its
+    snapshot would stand in for the scan a test expects. Tests that start a daemon of their own
+    point NSFS_SOCKET at it."""
+    before = os.environ.get("NSFS_SOCKET")
+    os.environ["NSFS_SOCKET"] = str(tmp_path_factory.mktemp("nodaemon") / "api.sock")
+    yield
+    if before is None:
+        os.environ.pop("NSFS_SOCKET", None)
+    else:
+        os.environ["NSFS_SOCKET"] = before
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start a command in a process group of its own; every group is killed at teardown."""
