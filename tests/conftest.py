@@ -25,17 +25,26 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
     proc.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the duration, then as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_names_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test touches the host's names database: whatever a test runs without --db (in this
     process or as `nsfs`) uses one of the session's own."""
-    before = os.environ.get("NSFS_DB")
-    os.environ["NSFS_DB"] = str(tmp_path_factory.mktemp("names") / "names.db")
-    yield
-    if before is None:
-        os.environ.pop("NSFS_DB", None)
-    else:
-        os.environ["NSFS_DB"] = before
+    with environment("NSFS_DB", str(tmp_path_factory.mktemp("names") / "names.db")):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -43,13 +52,8 @@ def no_host_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test talks to a daemon the host (or another checkout) runs on the default socket: its
     snapshot would stand in for the scan a test expects. Tests that start a daemon of their own
     point NSFS_SOCKET at it."""
-    before = os.environ.get("NSFS_SOCKET")
-    os.environ["NSFS_SOCKET"] = str(tmp_path_factory.mktemp("nodaemon") / "api.sock")
-    yield
-    if before is None:
-        os.environ.pop("NSFS_SOCKET", None)
-    else:
-        os.environ["NSFS_SOCKET"] = before
+    with environment("NSFS_SOCKET", str(tmp_path_factory.mktemp("nodaemon") / "api.sock")):
+        yield
 
 
 @pytest.fixture
