@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import nsfs
+from conftest import environment, nsfs
 from namespacefs import containers, core
 from namespacefs.containers import ContainerTree, docker
 from namespacefs.model import Snapshot
@@ -46,13 +46,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="engines need root")
 @pytest.fixture(autouse=True, scope="module")
 def no_daemon() -> Iterator[None]:
     """Scans of our own: a `nsfs serve` someone runs on this machine must not answer for us."""
-    before = os.environ.get("NSFS_NO_DAEMON")
-    os.environ["NSFS_NO_DAEMON"] = "1"
-    yield
-    if before is None:
-        os.environ.pop("NSFS_NO_DAEMON", None)
-    else:
-        os.environ["NSFS_NO_DAEMON"] = before
+    with environment("NSFS_NO_DAEMON", "1"):
+        yield
 
 
 def _tree(roots: list[tuple[str, str]] | None = None) -> tuple[Snapshot, ContainerTree]:

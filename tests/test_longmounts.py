@@ -119,7 +119,7 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
-from conftest import nsfs  # noqa: E402
+from conftest import environment, nsfs  # noqa: E402
 from namespacefs import discover  # noqa: E402
 from namespacefs.discover.processes import read_at  # noqa: E402
 from namespacefs.model import Namespace  # noqa: E402
@@ -130,13 +130,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 @pytest.fixture(autouse=True, scope="module")
 def no_daemon() -> Iterator[None]:
     """Scans of our own: a `nsfs serve` someone runs on this machine must not answer for us."""
-    before = os.environ.get("NSFS_NO_DAEMON")
-    os.environ["NSFS_NO_DAEMON"] = "1"
-    yield
-    if before is None:
-        os.environ.pop("NSFS_NO_DAEMON", None)
-    else:
-        os.environ["NSFS_NO_DAEMON"] = before
+    with environment("NSFS_NO_DAEMON", "1"):
+        yield
 
 
 def _count_for(size: int) -> int:
