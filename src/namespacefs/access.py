@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from namespacefs import kernel
-from namespacefs.forking import fork_and_act
+from namespacefs.forking import fork_and_act, output_of
 from namespacefs.model import Namespace, Snapshot
 
 #: Namespace types whose state a reader can only read by entering them (details.inside).
@@ -152,14 +152,7 @@ def _probe(reader: Reader, snapshot: Snapshot) -> Access:
         return NOTHING
     os.close(w)
     os.close(userns_fd)
-    chunks = []
-    try:
-        while chunk := os.read(r, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(child, 0)
-    seen, _, inside = b"".join(chunks).partition(b"|")
+    seen, _, inside = output_of(child, r).partition(b"|")
     if not _:  # the child failed before it answered: nothing may be shown
         return NOTHING
     return Access(frozenset(int(p) for p in seen.split()), frozenset(int(i) for i in inside.split()) | own)

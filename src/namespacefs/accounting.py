@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from namespacefs import handles, kernel
-from namespacefs.forking import fork_and_act
+from namespacefs.forking import fork_and_act, output_of
 from namespacefs.model import Namespace, Snapshot
 
 IdMap = tuple[tuple[int, int, int], ...]
@@ -225,14 +225,7 @@ def _in_child(userns_fd: int, func: Callable[[], dict[str, int]]) -> dict[str, i
 
     pid = fork_and_act(child)
     os.close(w)
-    chunks = []
-    try:
-        while chunk := os.read(r, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    reply = json.loads(b"".join(chunks) or b'{"error": "the helper process died"}')
+    reply = json.loads(output_of(pid, r) or b'{"error": "the helper process died"}')
     if "error" in reply:
         raise OSError(reply["error"])
     return {str(k): int(v) for k, v in reply["ok"].items()}

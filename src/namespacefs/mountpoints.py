@@ -120,6 +120,14 @@ def open_target(parent_fd: int, name: str, path: str) -> int | None:
     return fd
 
 
+def open_checked(path: str, shown: str) -> int | None:
+    """The checked O_PATH handle of path (shown to the user as `shown`) that a mount is attached
+    to; None if it went away meanwhile. Refused says why a path may not carry a mount."""
+    parent, name = split(path)
+    with opened_dir(parent) as parent_fd:
+        return open_target(parent_fd, name, shown)
+
+
 def attach(tree_fd: int, target_fd: int) -> None:
     """Attach the detached mount tree_fd onto the checked handle target_fd (OSError from the kernel)."""
     kernel.move_mount_onto(tree_fd, target_fd)

@@ -80,9 +80,7 @@ def open_mountpoint(mountpoint: str) -> int:
     """The checked O_PATH handle of the mountpoint (namespacefs.mountpoints: an ordinary directory of
     an ordinary filesystem, not a symlink) that the filesystem is then attached to."""
     try:
-        parent, name = mountpoints.split(mountpoint)
-        with mountpoints.opened_dir(parent) as parent_fd:
-            fd = mountpoints.open_target(parent_fd, name, mountpoint)
+        fd = mountpoints.open_checked(mountpoint, mountpoint)
     except mountpoints.Refused as e:
         raise MountError(str(e)) from None
     if fd is None:

@@ -222,9 +222,7 @@ def shift(src: str, dst: str, userns_fd: int, recursive: bool = False, read_only
 def _mount_target(dst_real: str, dst: str) -> int:
     """The checked O_PATH handle of DST the mount is attached to (namespacefs.mountpoints)."""
     try:
-        parent, name = mountpoints.split(dst_real)
-        with mountpoints.opened_dir(parent) as parent_fd:
-            fd = mountpoints.open_target(parent_fd, name, dst)
+        fd = mountpoints.open_checked(dst_real, dst)
     except mountpoints.Refused as e:
         raise ShiftError(str(e)) from None
     if fd is None:
