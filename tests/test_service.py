@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import signal
 import socket
@@ -136,28 +135,39 @@ def holders() -> Iterator[Callable[..., Holder]]:
         h.kill()
 
 
-def collect(stream: Iterator[Event]) -> queue.Queue[Event]:
-    q: queue.Queue[Event] = queue.Queue()
+class Events:
+    """Every event the stream has delivered, kept: waiting for one never throws away another, so the
+    order the daemon reports two events of one scan in (uts before net, or after) does not matter."""
 
-    def pump() -> None:
+    def __init__(self, stream: Iterator[Event]) -> None:
+        self.seen: list[Event] = []
+        self.arrived = threading.Condition()
+        threading.Thread(target=self.pump, args=(stream,), daemon=True).start()
+
+    def pump(self, stream: Iterator[Event]) -> None:
         for e in stream:
-            q.put(e)
+            with self.arrived:
+                self.seen.append(e)
+                self.arrived.notify_all()
 
-    threading.Thread(target=pump, daemon=True).start()
-    return q
+    def wait(self, match: Callable[[Event], bool], timeout: float = 60.0) -> Event:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                found = next((e for e in self.seen if match(e)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                assert left > 0, "event not seen"
+                self.arrived.wait(left)
 
 
-def wait_event(q: queue.Queue[Event], match: Callable[[Event], bool], timeout: float = 60.0) -> Event:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, "event not seen"
-        try:
-            e = q.get(timeout=left)
-        except queue.Empty:
-            continue
-        if match(e):
-            return e
+def collect(stream: Iterator[Event]) -> Events:
+    return Events(stream)
+
+
+def wait_event(events: Events, match: Callable[[Event], bool], timeout: float = 60.0) -> Event:
+    return events.wait(match, timeout)
 
 
 def scan(sources: tuple[str, ...] | None = None) -> Snapshot:
