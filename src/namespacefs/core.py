@@ -27,6 +27,12 @@ def snapshot(sources: Iterable[str] = SOURCES, fresh: bool = False, db: str | No
         snap = fetch_snapshot(timeout=2.0)
     if snap is None:
         snap = discover(sources)
+    return name(snap, db, strict)
+
+
+def name(snap: Snapshot, db: str | None = None, strict: bool = False) -> Snapshot:
+    """The one naming pass: containers recognised, then names and name paths applied. Every part that
+    names a snapshot (the CLI, the FUSE server, the daemon) calls this and nothing else."""
     from namespacefs import names
 
     return names.apply(snap, db, strict=strict)
