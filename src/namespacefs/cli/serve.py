@@ -19,8 +19,13 @@ from namespacefs.service.events import KINDS, LIFECYCLE, Event
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--socket", metavar="PATH", default=None,
                         help=f"the API's Unix socket (default $NSFS_SOCKET or {DEFAULT_SOCKET})")
-    parser.add_argument("--interval", type=interval, default=2.0, metavar="SECONDS",
-                        help="full rescan at least this often (default 2; unshare/setns make no process event)")
+    parser.add_argument("--interval", type=interval, default=300.0, metavar="SECONDS",
+                        help="full rescan at least this often (default 300; events and the sweep keep the model current)")
+    parser.add_argument("--sweep", type=interval, default=30.0, metavar="SECONDS",
+                        help="re-read every process (fds, sockets, threads, bind mounts) once per this many seconds "
+                             "(default 30): the bound for changes no event reports")
+    parser.add_argument("--no-tracepoints", action="store_true",
+                        help="do not use the syscall tracepoints (unshare/setns/clone are then seen by the sweep)")
     if command == "serve":
         parser.add_argument("--listen", metavar="[HOST:]PORT",
                             help="also serve HTTP on a loopback TCP port; requests need the bearer token")
@@ -69,7 +74,8 @@ def serve(args: argparse.Namespace) -> int:
         opts = daemon.Options(
             socket_path=client.socket_path(args.socket),
             tcp=daemon.parse_listen(args.listen) if args.listen is not None else None,
-            token_file=args.token_file, interval=args.interval, netlink=not args.no_netlink, rcvbuf=args.netlink_rcvbuf)
+            token_file=args.token_file, interval=args.interval, netlink=not args.no_netlink, rcvbuf=args.netlink_rcvbuf,
+            sweep=args.sweep, trace=not args.no_tracepoints)
         daemon.serve(opts)
     except daemon.ServeError as e:
         raise UserError(str(e)) from None
@@ -103,18 +109,19 @@ def watch(args: argparse.Namespace) -> int:
             for event in stream:
                 show(event)
             raise UserError("the daemon went away")
-    return _watch_locally(args.interval, show)
+    return _watch_locally(args, show)
 
 
-def _watch_locally(interval: float, show: Callable[[Event], None]) -> int:
+def _watch_locally(args: argparse.Namespace, show: Callable[[Event], None]) -> int:
     from namespacefs.service.live import Live
 
     events: queue.Queue[list[Event]] = queue.Queue()
-    live = Live(interval=interval)
+    live = Live(interval=args.interval, sweep=args.sweep, trace=not args.no_tracepoints)
     live.bus.subscribe(events.put)
     live.start()
-    if live.netlink_error:
-        print(f"nsfs watch: {live.netlink_error}", file=sys.stderr)
+    for problem in (live.netlink_error, live.trace_watch.error if live.trace_watch else None):
+        if problem:
+            print(f"nsfs watch: {problem}", file=sys.stderr)
     try:
         while True:
             for event in events.get():

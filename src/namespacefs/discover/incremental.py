@@ -1,13 +1,25 @@
-"""A cheap partial rescan: the previous snapshot with a few processes read again.
+"""A cheap partial rescan: the previous snapshot with a few processes (and mount tables) read again.
 
-    new = refresh(old, {pid, ...})
+    new = refresh(old, {pid, ...})                 # on fork/exec/exit, unshare/setns
+    new = refresh(old, pids, mounts=True)          # also their mount namespaces' bind mounts
 
-Used by the live service on process events (fork, exec, exit): each touched process is read again
-with the per-process sources (process, task, for_children, fd) exactly as the full scan reads it;
-a process that is gone is removed with everything it held; namespaces nothing holds any more
-vanish, and new ones are opened for their id, owner and parent. What a process cannot tell (bind
-mounts, sockets, things held by untouched processes that changed without an event) stays as the
-last full scan saw it: the full scan remains the reference and runs periodically.
+Each touched process is read again with the per-process sources (process, task, for_children, fd,
+socket) exactly as the full scan reads it; with mounts=True the mount tables of the mount
+namespaces they are in are read again too (the bindmount source). A process that is gone is
+removed with everything it held; namespaces nothing holds any more vanish; new ones are opened for
+their id, owner and parent. What the touched processes cannot tell (things held by untouched
+processes that changed without an event) stays as it was: the live service's sweep re-reads every
+process within a bounded time, and a full scan remains the reference.
+
+Identity is the kernel's 64-bit namespace id: a namespace of the old snapshot is the same as a
+fresh one only if type *and* id agree. An inode that now belongs to another namespace proves the
+old one dead (nsfs inodes are freed when a namespace dies), and with it every namespace it owned
+or was parent of (a live namespace pins its owner and parent): they are dropped, and the processes
+that held them are read again (they changed without telling: setns, unshare, a closed fd). So no
+namespace of the result ever points at a reused inode.
+
+The work is proportional to what was touched (an index of who holds what is built once per
+snapshot), and an update that changes nothing returns `old` itself.
 """
 
 from __future__ import annotations
@@ -16,70 +28,219 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, processes
+from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, mounts, processes
 from namespacefs.discover.state import Scan
-from namespacefs.model import DIRECT_KINDS, Namespace, Snapshot, indirect_holders
+from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
+#: The holder kinds each per-process source gives (and takes away when its process goes).
+KINDS_OF: dict[str, frozenset[str]] = {
+    "process": frozenset({"process", "zombie"}), "task": frozenset({"task"}),
+    "for_children": frozenset({"pid_for_children", "time_for_children"}), "fd": frozenset({"fd"}),
+    "socket": frozenset({"socket"}),
+}
 #: Holder kinds a process gives (and takes away when it goes).
-PER_PROCESS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children", "fd"})
+PER_PROCESS = frozenset().union(*KINDS_OF.values())
+#: How often suspects found through a reused inode are read again within one refresh.
+MAX_ROUNDS = 3
 
 
-def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
-    """`old` with the processes in `pids` read again (those that are gone removed)."""
+class _Index:
+    """Who holds what in one snapshot: pid -> inodes it is in or holds, mount namespace -> inodes
+    bind-mounted in it. Built once per snapshot (the last one asked for is kept)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.by_pid: dict[int, set[int]] = {}
+        self.by_mntns: dict[int, set[int]] = {}
+        for inode, ns in snap.namespaces.items():
+            for pid in ns.processes:
+                self.by_pid.setdefault(pid, set()).add(inode)
+            for h in ns.holders:
+                if h.pid is not None and h.kind in PER_PROCESS:
+                    self.by_pid.setdefault(h.pid, set()).add(inode)
+                elif h.kind == "bindmount" and h.mntns is not None:
+                    self.by_mntns.setdefault(h.mntns, set()).add(inode)
+
+
+_last: list[_Index] = []
+
+
+def _index(snap: Snapshot) -> _Index:
+    if not _last or _last[0].snap is not snap:
+        _last[:] = [_Index(snap)]
+    return _last[0]
+
+
+def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES, proc: str = "/proc",
+            mounts: bool = False) -> Snapshot:
+    """`old` with the processes in `pids` read again (those that are gone removed); with mounts=True
+    also the bind mounts of their mount namespaces. `old` itself when nothing changed."""
     clock = time.perf_counter()
-    touched = frozenset(pids)
-    chosen = frozenset(sources) & {"process", "task", "for_children", "fd"}
+    chosen = frozenset(sources)
+    new, touched, suspects = old, frozenset(pids), frozenset[int]()
+    errors: Counter[str] = Counter()
+    for _round in range(MAX_ROUNDS):
+        new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors)
+        touched = suspects - touched
+        if not touched:
+            break
+    if new is old:
+        return old
+    total = Counter(old.errors)
+    total.update(errors)
+    return new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=dict(total))
+
+
+def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,
+                  errors: Counter[str]) -> tuple[Snapshot, frozenset[int]]:
+    """One round: (the new snapshot, pids that held a namespace found dead and must be re-read)."""
     state = Scan(proc=proc)
     try:
-        processes.scan(state, chosen, sorted(touched))
+        processes.scan(state, chosen & set(KINDS_OF), sorted(touched))
+        if remount:
+            mounts.scan(state)
         hierarchy.resolve(state)
         _read_user_maps(state)
     finally:
         state.close_fds()
-    fresh = _freeze(state)
-
-    namespaces: dict[int, Namespace] = {}
-    for inode, ns in old.namespaces.items():
-        holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and not (h.kind in PER_PROCESS and h.pid in touched))
-        procs = tuple(p for p in ns.processes if p not in touched)
-        # unchanged namespaces stay the same objects (front ends cache per object)
-        same = holders == ns.holders and procs == ns.processes
-        namespaces[inode] = ns if same else ns._replace(holders=holders, processes=procs)
-    for inode, ns in fresh.items():
-        prev = namespaces.get(inode)
-        direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
-        if prev is not None and prev.type == ns.type and prev.id == ns.id:
-            namespaces[inode] = prev._replace(
-                holders=prev.holders + direct, processes=tuple(sorted({*prev.processes, *ns.processes})),
-                uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
-                setgroups=ns.setgroups or prev.setgroups)
-        else:  # new (or an inode reused by a new namespace)
-            namespaces[inode] = ns._replace(holders=direct)
-    _drop_unheld(namespaces, old.namespaces)
-
-    procs = {pid: p for pid, p in old.processes.items() if pid not in touched}
-    procs.update(state.processes)
-    errors = Counter(old.errors)
     errors.update(state.errors)
-    return old.replace(taken_at=time.time(), duration=time.perf_counter() - clock, namespaces=namespaces,
-                       processes=procs, errors=dict(errors))
+    merge = _Merge(old, touched, chosen, state.mounts_read if remount else set())
+    merge.add_fresh(_freeze(state))
+    merge.settle()
+    procs = _processes(old.processes, touched, state.processes)
+    if procs is old.processes and not merge.changed:
+        return old, frozenset(merge.suspects)
+    return old.replace(namespaces=merge.table, processes=procs), frozenset(merge.suspects)
 
 
-def _drop_unheld(namespaces: dict[int, Namespace], before: Mapping[int, Namespace]) -> None:
-    """Remove namespaces with no direct holder that no kept namespace needs as owner or parent;
-    give those that are kept only by a child their `owner`/`parent` holders back."""
-    while True:
-        needed = {r for ns in namespaces.values() for r in (ns.owner, ns.parent) if r is not None}
-        drop = [i for i, ns in namespaces.items() if not ns.holders and i not in needed]
-        if not drop:
-            break
-        for inode in drop:
-            del namespaces[inode]
-    indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in namespaces.items())
-    for inode, ns in list(namespaces.items()):
-        if not ns.holders and inode in indirect:
-            namespaces[inode] = ns._replace(holders=tuple(indirect[inode]))
-    for inode, ns in list(namespaces.items()):  # keep the object where nothing changed after all
-        prev = before.get(inode)
-        if prev is not None and prev is not ns and prev == ns:
-            namespaces[inode] = prev
+def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mapping[int, Process]) -> Mapping[int, Process]:
+    """The process table with the touched processes replaced (an unchanged one keeps its object)."""
+    same = all(old.get(pid) == p for pid, p in read.items()) and all(pid in read for pid in touched if pid in old)
+    if same:
+        return old
+    procs = {pid: p for pid, p in old.items() if pid not in touched}
+    for pid, p in read.items():
+        prev = old.get(pid)
+        procs[pid] = prev if prev is not None and prev == p else p
+    return procs
+
+
+class _Merge:
+    """The old namespace table, with what the touched processes held taken out and what was read
+    put in."""
+
+    def __init__(self, old: Snapshot, touched: frozenset[int], chosen: frozenset[str], remounted: set[int]) -> None:
+        self.old = old
+        self.table: dict[int, Namespace] = dict(old.namespaces)
+        self.changed = False
+        self.suspects: set[int] = set()
+        self.fresh: set[int] = set()  # inodes whose entry now comes from this read
+        self.kids: dict[int, set[int]] = {}  # owner/parent inode -> fresh namespaces naming it
+        self.todo: set[int] = set()  # inodes to check for being held at the end
+        self.dropped: set[int] = set()  # inodes removed as dead
+        kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF))
+        index = _index(old)
+        affected = set().union(*(index.by_pid.get(p, ()) for p in touched),
+                               *(index.by_mntns.get(m, ()) for m in remounted))
+        for inode in affected:
+            ns = self.table[inode]
+            holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS
+                            and not (h.kind in kinds and h.pid in touched)
+                            and not (h.kind == "bindmount" and h.mntns in remounted))
+            procs = tuple(p for p in ns.processes if p not in touched)
+            if holders != ns.holders or procs != ns.processes:
+                self.table[inode] = ns._replace(holders=holders, processes=procs)
+            self.todo.add(inode)
+
+    def add_fresh(self, fresh: Mapping[int, Namespace]) -> None:
+        for inode, ns in fresh.items():
+            prev = self.table.get(inode)
+            direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
+            if prev is not None and prev.type == ns.type and prev.id == ns.id:
+                merged = prev._replace(
+                    holders=_union(prev.holders, direct), processes=tuple(sorted({*prev.processes, *ns.processes})),
+                    uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
+                    setgroups=ns.setgroups or prev.setgroups, mounts=ns.mounts if ns.mounts is not None else prev.mounts)
+            else:
+                if prev is not None:  # the inode was reused: the namespace that had it is dead
+                    self._dead(prev)
+                merged = ns._replace(holders=direct)
+            if merged != self.table.get(inode):
+                self.table[inode] = merged
+            self.fresh.add(inode)
+            self.todo.add(inode)
+            for ref in (ns.owner, ns.parent):
+                if ref is not None:
+                    self.kids.setdefault(ref, set()).add(inode)
+
+    def _dead(self, ns: Namespace) -> None:
+        """`ns` (of the old snapshot) is dead, and so is everything it owns or is parent of: drop
+        them (where their inode was not just read afresh) and suspect the processes that held them."""
+        stack = [ns]
+        while stack:
+            dead = stack.pop()
+            self.suspects.update(dead.processes)
+            self.suspects.update(h.pid for h in dead.holders if h.pid is not None and h.kind in PER_PROCESS)
+            if dead.inode not in self.fresh and self.table.get(dead.inode) is not None and self.table[dead.inode].id == dead.id:
+                del self.table[dead.inode]
+                self.dropped.add(dead.inode)
+            stack.extend(k for k in (*self.old.owned_by(dead.inode), *self.old.children(dead.inode))
+                         if k.inode != dead.inode and k.inode in self.table and self.table[k.inode].id == k.id
+                         and k.inode not in self.fresh)
+            for ref in (dead.owner, dead.parent):
+                if ref is not None:
+                    self.todo.add(ref)
+
+    def _children(self, inode: int) -> list[Namespace]:
+        """The namespaces of the table that name `inode` as owner or parent."""
+        found: dict[int, Namespace] = {}
+        for k in (*self.old.owned_by(inode), *self.old.children(inode)):
+            now = self.table.get(k.inode)
+            if now is not None and k.inode not in self.fresh and now.id == k.id:
+                found[k.inode] = now
+        for kid in self.kids.get(inode, ()):
+            if kid in self.table:
+                found[kid] = self.table[kid]
+        return [n for n in found.values() if n.inode != inode and inode in (n.owner, n.parent)]
+
+    def settle(self) -> None:
+        """Every namespace to check: kept with its direct holders, else with `owner`/`parent`
+        holders from the namespaces that name it, else dropped (and its owner and parent checked).
+        Where nothing changed after all, the old object stays (front ends cache per object)."""
+        todo, seen = list(self.todo), set(self.todo)
+        while todo:
+            inode = todo.pop()
+            ns = self.table.get(inode)
+            if ns is None:
+                continue
+            direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
+            holders = direct or _indirect(inode, self._children(inode))
+            if not holders:
+                del self.table[inode]
+                refs = [r for r in (ns.owner, ns.parent) if r is not None]
+                todo.extend(refs)
+                seen.update(refs)
+            elif holders != ns.holders:
+                self.table[inode] = ns._replace(holders=holders)
+        self.changed = False
+        for inode in seen | self.dropped:
+            now, prev = self.table.get(inode), self.old.namespaces.get(inode)
+            if now is not None and prev is not None and now is not prev and now == prev:
+                self.table[inode] = now = prev
+            self.changed = self.changed or now is not prev
+
+
+def _indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
+    """The `owner` and `parent` holders a namespace gets from those that name it (a user
+    namespace's owner is its parent: counted once), as discovery gives them."""
+    out = []
+    for k in sorted(kids, key=lambda n: n.inode):
+        if k.owner == inode and k.owner != k.parent:
+            out.append(Holder("owner", via=k.inode))
+        if k.parent == inode:
+            out.append(Holder("parent", via=k.inode))
+    return tuple(out)
+
+
+def _union(old: tuple[Holder, ...], new: tuple[Holder, ...]) -> tuple[Holder, ...]:
+    return old + tuple(h for h in new if h not in old)

@@ -32,7 +32,9 @@ class Options:
     socket_path: str
     tcp: tuple[str, int] | None = None
     token_file: str | None = None
-    interval: float = 2.0
+    interval: float = 300.0
+    sweep: float = 30.0
+    trace: bool = True
     debounce: float = 0.01
     settle: float = 0.25
     netlink: bool = True
@@ -293,7 +295,7 @@ def serve(opts: Options) -> None:
     # so requests are not queued behind it
     sys.setswitchinterval(0.001)
     live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
-                rcvbuf=opts.rcvbuf)
+                rcvbuf=opts.rcvbuf, sweep=opts.sweep, trace=opts.trace)
     outside = outside_listener(opts.socket_path)
     second = _bound(outside)
     try:

@@ -1,117 +1,86 @@
-"""The live model: the current snapshot, kept up to date by three threads.
+"""The live model: the current snapshot, kept up to date from events, at little cost at rest.
 
-- the listener reads process events (fork, exec, exit) from the kernel's proc connector and notes
-  the pids; an overrun of the netlink socket (events lost) asks for a full scan;
-- the updater re-reads just those processes (discover.incremental.refresh), debounced:
-  `debounce` after the first event of a burst, and once more `settle` after it (a process that
-  forks and then unshares shows up the second time); it is the only thread that changes the model;
-- the full scanner runs core.snapshot() (in a child interpreter, so it holds no GIL here) every
-  `interval` seconds (the safety net: unshare() and setns() make no process event, and bind
-  mounts and sockets change silently), and never more
-  than half the time. Processes touched while it ran are re-read on top of its result before it
-  replaces the model, so a slow full scan cannot bring back what already went.
+- Watchers (service.watchers) name the processes that changed: the proc connector (fork, exec,
+  exit) and the syscall tracepoints (unshare, setns, clone, clone3). The updater re-reads just
+  those (discover.incremental.refresh) `debounce` after the first of a burst. Without tracepoints a
+  process is read once more `settle` later (a fork followed by unshare() shows up then).
+- The sweep re-reads every process, with its mount namespace's bind mounts, in slices, once per
+  `sweep` seconds: what changes silently (an fd passed or closed, a socket, a bind mount, a thread's
+  setns) is in the model within that bound.
+- A full scan (discovery in a child interpreter, so it holds no GIL here) every `interval`
+  seconds, and at once after an overrun (events the kernel dropped). Processes touched while it
+  ran are re-read on top of its result before it replaces the model.
+- Every update that changed the model is named by core.name (the one naming pass: containers,
+  names, name paths), unless only holders changed; names are also re-read when the names database
+  changes and every `rename_every` seconds (container engines rename too). Updates are spaced so
+  that the updater spends at most `duty` of its time on them under churn.
 
-Each new snapshot is compared with the previous one; the differences go out as lifecycle events on
-the bus.
+Each new model is compared with the previous one; the differences go out as lifecycle events.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
-import pickle
-import socket
-import subprocess
-import sys
+import math
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-from namespacefs import kernel
 from namespacefs.discover import incremental
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Process, Snapshot
+from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
+from namespacefs.service.scanning import ScanFailed, core_name, fresh_snapshot, scan_in_child  # noqa: F401  (their home before)
+from namespacefs.service.served import Served
+from namespacefs.service.watchers import ProcConnector, Tracepoints
 
 log = logging.getLogger("namespacefs.service")
 
 Scanner = Callable[[], Snapshot]
+Refresher = Callable[..., Snapshot]  # (snapshot, pids, mounts=bool) -> snapshot
+Namer = Callable[[Snapshot], Snapshot]
+T = TypeVar("T")
 
 
-def fresh_snapshot() -> Snapshot:
-    """A full scan through the core (names and containers included), never through a daemon."""
-    from namespacefs import core
-
-    return core.snapshot(fresh=True)
+def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False) -> Snapshot:
+    return incremental.refresh(snap, pids, mounts=mounts)
 
 
-_SCAN_CHILD = ("import pickle, sys\n"
-               "from namespacefs.service.live import fresh_snapshot\n"
-               "sys.stdout.buffer.write(pickle.dumps(fresh_snapshot(), protocol=5))\n")
-
-
-class ScanFailed(OSError):
-    """The scanning child process failed (its last line of stderr says why)."""
-
-
-def scan_in_child() -> Snapshot:
-    """fresh_snapshot() in a child interpreter: a full scan of a big host takes seconds of CPU,
-    and in a thread of the daemon it would hold the GIL that requests and partial updates need."""
-    done = subprocess.run([sys.executable, "-c", _SCAN_CHILD], capture_output=True, timeout=900, check=False)
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise ScanFailed(f"scanning process failed ({lines[-1] if lines else f'status {done.returncode}'})")
-    snap = pickle.loads(done.stdout)
-    if not isinstance(snap, Snapshot):
-        raise ScanFailed("scanning process answered with something else than a snapshot")
-    return snap
-
-
-def named_refresh(old: Snapshot, pids: set[int]) -> Snapshot:
-    """incremental.refresh, with names carried over; a namespace new since the last full scan gets
-    its default name (the full scan, which reads the names database and the container engines,
-    may later give it another one: a `renamed` event)."""
-    new = incremental.refresh(old, pids)
-    if not any(ns.name for ns in old):
-        return new  # no naming in this build
-    from namespacefs.names.defaults import default_name
-
-    named = []
-    for ns in new:
-        if ns.name is None:
-            name = default_name(ns, new.boot_id)
-            owner = new.get(ns.owner) if ns.owner is not None else None
-            named.append(ns.named(name, f"{owner.path}/{name}" if owner and owner.path else name))
-    return new.with_namespaces(named) if named else new
+class Job(NamedTuple):
+    kind: str  # full, overrun, process, settle, sweep, names
+    pids: frozenset[int]
+    full: Snapshot | None  # the full scan to start from
+    mounts: bool  # re-read the bind mounts of the touched processes' mount namespaces
+    rename: bool  # run the naming pass even if nothing it depends on changed in the model
 
 
 class Live:
-    def __init__(self, scan: Scanner = scan_in_child, interval: float = 2.0, debounce: float = 0.01,
+    def __init__(self, scan: Scanner = scan_in_child, interval: float = 300.0, debounce: float = 0.01,
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
-                 refresh: Callable[[Snapshot, set[int]], Snapshot] | None = named_refresh) -> None:
-        if interval <= 0 or debounce < 0 or settle < 0:
-            raise ValueError("interval must be > 0, debounce and settle >= 0")
-        self.scan_func, self.refresh_func = scan, refresh
-        self.interval, self.debounce, self.settle = interval, debounce, settle
-        self.want_netlink, self.rcvbuf = netlink, rcvbuf
+                 refresh: Refresher | None = _refresh, sweep: float = 30.0, trace: bool = True,
+                 name: Namer | None = core_name, duty: float = 0.25, rename_every: float = 60.0,
+                 names_db: str | None = None) -> None:
+        if interval <= 0 or debounce < 0 or settle < 0 or sweep <= 0 or not 0 < duty <= 1:
+            raise ValueError("interval and sweep must be > 0, debounce and settle >= 0, duty in (0, 1]")
+        self.scan_func, self.refresh_func, self.name_func = scan, refresh, name
+        self.interval, self.debounce, self.settle, self.sweep, self.duty = interval, debounce, settle, sweep, duty
+        self.rename_every, self.names_db = rename_every, names_db
+        self.want_netlink, self.want_trace, self.rcvbuf = netlink, trace, rcvbuf
         self.bus = Bus()
+        self.served = Served()
         self.snapshot: Snapshot | None = None
         self.started_at = time.time()
-        self.scans: Counter[str] = Counter()  # kind -> updates done (initial, full, overrun, process, settle)
+        self.scans: Counter[str] = Counter()  # kind -> updates done (initial, full, overrun, process, ...)
         self.scan_errors = 0
-        self.proc_events: Counter[str] = Counter()  # fork/exec/exit -> events read
-        self.overruns = 0
-        self.netlink_error: str | None = None  # why there is no proc connector, if there is none
         self.durations: list[float] = []  # full-scan durations not yet taken by the metrics
         self.last_full_duration = 0.0
         self.full_taken_at = 0.0  # when the full scan behind the model started
-        self._json: bytes | None = None
-        self._derived: dict[str, tuple[Snapshot, Any]] = {}
-        self._pieces: dict[int, tuple[object, str]] = {}  # id(namespace or process) -> (it, its JSON)
-        self._lock = threading.Lock()  # the snapshot and its JSON
+        self.last_update = (0.0, 0.0)  # (seconds the last update took, of which naming)
+        self.netlink_watch: ProcConnector | None = None
+        self.trace_watch: Tracepoints | None = None
+        self._lock = threading.Lock()  # the snapshot
         self._cond = threading.Condition()  # everything below
         self._pending: set[int] = set()  # pids with events not yet re-read
         self._due: float | None = None
@@ -119,24 +88,22 @@ class Live:
         self._full_result: tuple[Snapshot, str] | None = None
         self._full_wanted: str | None = None  # why a full scan is wanted now (overrun)
         self._touched_since_full: set[int] = set()
+        self._sweep_todo: list[int] = []
+        self._sweep_size = 1
+        self._sweep_at = self._names_at = 0.0
+        self._names_stamp: tuple[float, int] | None = None
+        self._not_before = 0.0  # the next update waits until then (duty)
+        self._naming = 0.0  # seconds the current update spent naming
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._sock: socket.socket | None = None
         self._generation = 0
 
     # --- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the proc connector, take the first snapshot (no events for it) and start the threads."""
-        if self.want_netlink:
-            try:
-                self._sock = kernel.proc_connector_open(self.rcvbuf)
-                self._sock.settimeout(0.5)
-            except OSError as e:
-                self.netlink_error = f"proc connector unavailable ({e.strerror or e}); rescanning every {self.interval:g}s"
-                log.warning("%s", self.netlink_error)
-        else:
-            self.netlink_error = "proc connector not used (disabled)"
+        """Open the watchers, take the first snapshot (no events for it) and start the threads."""
+        self.netlink_watch = ProcConnector(self.touch, self.rescan, self.want_netlink, self.rcvbuf)
+        self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace)
         clock = time.monotonic()
         for attempt in range(3):  # a scan can trip over a process dying mid-read; try again
             try:
@@ -147,9 +114,12 @@ class Live:
                     raise
                 log.warning("first scan failed: %s; retrying", e)
         self.last_full_duration = time.monotonic() - clock
-        self._commit(first, "initial", first)
-        if self._sock is not None:
-            self._threads.append(threading.Thread(target=self._listen, name="nsfs-netlink", daemon=True))
+        self._names_stamp = self._db_stamp()
+        self._commit(self._named(first, True), "initial", first)
+        now = time.monotonic()
+        self._sweep_at, self._names_at = now + self._tick(), now + self.rename_every
+        self.netlink_watch.start()
+        self.trace_watch.start()
         self._threads.append(threading.Thread(target=self._update, name="nsfs-updater", daemon=True))
         self._threads.append(threading.Thread(target=self._full_scans, name="nsfs-fullscan", daemon=True))
         for t in self._threads:
@@ -161,17 +131,34 @@ class Live:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        if self._sock is not None:
-            self._sock.close()
+        for w in (self.netlink_watch, self.trace_watch):
+            if w is not None:
+                w.stop()
 
     @property
     def netlink(self) -> bool:
-        return self._sock is not None
+        return self.netlink_watch is not None and self.netlink_watch.running
+
+    @property
+    def netlink_error(self) -> str | None:
+        return self.netlink_watch.error if self.netlink_watch is not None else None
+
+    @property
+    def tracing(self) -> bool:
+        return self.trace_watch is not None and self.trace_watch.running
+
+    @property
+    def overruns(self) -> int:
+        return sum(w.overruns for w in (self.netlink_watch, self.trace_watch) if w is not None)
+
+    @property
+    def proc_events(self) -> Counter[str]:
+        return self.netlink_watch.counts if self.netlink_watch is not None else Counter()
 
     # --- asking for updates ----------------------------------------------------------------------
 
     def touch(self, pids: Iterable[int]) -> None:
-        """These processes changed (fork, exec, exit): read them again soon, and once more later."""
+        """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
         now = time.monotonic()
         with self._cond:
             self._pending.update(pids)
@@ -202,36 +189,6 @@ class Live:
 
     # --- the threads -----------------------------------------------------------------------------
 
-    def _listen(self) -> None:
-        assert self._sock is not None
-        names = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
-                    self.overruns += 1
-                    if self.overruns in (1, 10, 100) or self.overruns % 1000 == 0:  # not a line per overrun
-                        log.warning("netlink overrun (%d so far): events were lost; rescanning", self.overruns)
-                    self.rescan("overrun")
-                    continue
-                if self._stop.is_set():
-                    return
-                log.error("proc connector failed: %s; falling back to periodic rescans", e)
-                self.netlink_error = f"proc connector failed ({e}); rescanning every {self.interval:g}s"
-                return
-            pids = []
-            for what, pid, tgid in kernel.parse_proc_events(data):
-                name = names.get(what)
-                if name is None or pid != tgid:  # threads come and go too often; the full scan sees them
-                    continue
-                self.proc_events[name] += 1
-                pids.append(pid)
-            if pids:
-                self.touch(pids)
-
     def _full_scans(self) -> None:
         last_end = time.monotonic()
         while not self._stop.is_set():
@@ -246,16 +203,7 @@ class Live:
                 reason, self._full_wanted = self._full_wanted or "full", None
                 self._touched_since_full = set()
             clock = time.monotonic()
-            try:
-                snap = self.scan_func()
-            except OSError as e:  # a race discovery did not absorb (a process died mid-read): next time
-                self.scan_errors += 1
-                log.warning("full scan failed: %s; keeping the model, trying again", e)
-                snap = None
-            except Exception:  # a bug; it must not kill the daemon: keep the model
-                self.scan_errors += 1
-                log.exception("full scan failed")
-                snap = None
+            snap = self._guarded(self.scan_func, "full scan")
             last_end = time.monotonic()
             self.last_full_duration = last_end - clock
             if snap is not None:
@@ -263,65 +211,148 @@ class Live:
                     self._full_result = (snap, reason)
                     self._cond.notify_all()
 
+    def _guarded(self, work: Callable[[], T], what: str) -> T | None:
+        """work(), or None after a failure (logged and counted; the model stays as it was)."""
+        try:
+            return work()
+        except OSError as e:  # a race discovery did not absorb (a process died mid-read): next time
+            self.scan_errors += 1
+            log.warning("%s failed: %s; keeping the model", what, e)
+        except Exception:  # a bug; it must not kill the daemon
+            self.scan_errors += 1
+            log.exception("%s failed", what)
+        return None
+
+    def _tick(self) -> float:
+        return min(1.0, self.sweep)
+
     def _update(self) -> None:
         while not self._stop.is_set():
-            with self._cond:
-                while not self._stop.is_set():
-                    now = time.monotonic()
-                    dues = [d for d in (self._due, self._settling[0][0] if self._settling else None) if d is not None]
-                    if self._full_result is not None or (dues and min(dues) <= now):
-                        break
-                    self._cond.wait(min(dues) - now if dues else None)
-                if self._stop.is_set():
-                    return
+            job = self._next_job()
+            if job is None:
+                return
+            clock = time.monotonic()
+            self._naming = 0.0
+            result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
+            spent = time.monotonic() - clock
+            self.last_update = (spent, self._naming)
+            self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
+            if result is not None:
+                self._commit(*result)
+
+    def _apply(self, job: Job) -> tuple[Snapshot, str, Snapshot | None]:
+        """(the new model, the kind of update, the full scan behind it if any)."""
+        full = job.full
+        base = full if full is not None else self.current()
+        if job.pids and self.refresh_func is not None:
+            raw = self.refresh_func(base, set(job.pids), mounts=job.mounts)
+        elif job.pids and full is None:
+            raw = full = self.scan_func()  # no partial rescan: a full one
+        else:
+            raw = base
+        if job.rename:
+            self._names_stamp = self._db_stamp()
+        return self._named(raw, full is not None or job.rename, base), job.kind, full
+
+    def _named(self, raw: Snapshot, force: bool, base: Snapshot | None = None) -> Snapshot:
+        """raw named by the naming pass, unless nothing a name depends on changed (the processes
+        and the set of namespaces are the same objects and keys as in `base`)."""
+        if self.name_func is None:
+            return raw
+        if force or base is None:
+            return self._run_namer(raw)
+        if raw is base:
+            return raw
+        same_inputs = raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys()
+        if same_inputs and all(ns.name is not None for ns in raw):
+            return raw
+        return self._run_namer(raw)
+
+    def _run_namer(self, raw: Snapshot) -> Snapshot:
+        assert self.name_func is not None
+        clock = time.monotonic()
+        named = self.name_func(raw)
+        self._naming = time.monotonic() - clock
+        return named
+
+    def _next_job(self) -> Job | None:
+        """Wait until something is due; take it."""
+        with self._cond:
+            while not self._stop.is_set():
                 now = time.monotonic()
-                full, self._full_result = self._full_result, None
-                pids: set[int] = set()
-                kind = ""
-                if self._due is not None and self._due <= now:
-                    pids, self._pending, self._due = self._pending, set(), None
-                    kind = "process"
-                    if self.settle:
-                        self._settling.append((now + self.settle, set(pids)))
-                while self._settling and self._settling[0][0] <= now:
-                    pids |= self._settling.pop(0)[1]
-                    kind = kind or "settle"
-                if full is not None:
-                    pids |= self._touched_since_full
-                self._touched_since_full |= pids
-            try:
-                scanned = full[0] if full is not None else None
-                if full is not None:
-                    base, kind = full[0], full[1]
-                else:
-                    base = self.current()
-                new = self.refresh_func(base, pids) if pids and self.refresh_func is not None else base
-                if self.refresh_func is None and pids and full is None:
-                    new = scanned = self.scan_func()  # no partial rescan: a full one
-            except OSError as e:
-                self.scan_errors += 1
-                log.warning("update failed: %s; the next full scan will catch up", e)
-                continue
-            except Exception:
-                self.scan_errors += 1
-                log.exception("update failed")
-                continue
-            self._commit(new, kind, scanned)
+                if self._full_result is not None:
+                    break
+                dues = [d for d in (self._due, self._settling[0][0] if self._settling else None,
+                                    self._sweep_at, self._names_at) if d is not None]
+                due = max(min(dues), self._not_before)
+                if due <= now:
+                    break
+                self._cond.wait(due - now)
+            if self._stop.is_set():
+                return None
+            return self._take_job(time.monotonic())
+
+    def _take_job(self, now: float) -> Job:
+        full, self._full_result = self._full_result, None
+        pids: set[int] = set()
+        kind, mounts = "", False
+        if self._due is not None and self._due <= now:
+            pids, self._pending, self._due = self._pending, set(), None
+            kind = "process"
+            if self.settle and not self.tracing:
+                self._settling.append((now + self.settle, set(pids)))
+        while self._settling and self._settling[0][0] <= now:
+            pids |= self._settling.pop(0)[1]
+            kind = kind or "settle"
+        if self._sweep_at <= now:
+            pids |= self._sweep_slice()
+            kind, mounts = kind or "sweep", True
+        rename = self._names_at <= now or self._db_stamp() != self._names_stamp
+        if rename:
+            self._names_at = now + self.rename_every
+        if full is not None:
+            pids |= self._touched_since_full
+            kind = full[1]
+        self._touched_since_full |= pids
+        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename)
+
+    def _sweep_slice(self) -> set[int]:
+        """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick."""
+        tick = self._tick()
+        self._sweep_at = time.monotonic() + tick
+        if not self._sweep_todo:
+            self._sweep_todo = sorted(self.current().processes, reverse=True)
+            self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / self.sweep))
+        part = self._sweep_todo[-self._sweep_size:]
+        del self._sweep_todo[-self._sweep_size:]
+        return set(part)
+
+    def _db_stamp(self) -> tuple[float, int] | None:
+        """(mtime, size) of the names database: a rename changes it."""
+        from namespacefs.names import db_path
+
+        try:
+            st = os.stat(db_path(self.names_db))
+            return st.st_mtime, st.st_size
+        except (OSError, ValueError):
+            return None
 
     def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
         """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
         any: its start and duration are the full scan's own, not those of the re-read of touched
         processes that `new` may carry on top of it."""
         old = self.snapshot
-        events = events_between(old, new, time.time()) if old is not None else []
-        with self._lock:
-            self.snapshot, self._json = new, None
-            if scanned is not None:
+        if scanned is not None:
+            with self._lock:
                 self.full_taken_at = scanned.taken_at
                 self.durations.append(scanned.duration)
                 del self.durations[:-1000]
-        self.bus.publish(events)
         self.scans[kind] += 1
+        if new is not old:
+            events = events_between(old, new, time.time()) if old is not None else []
+            with self._lock:
+                self.snapshot = new
+            self.bus.publish(events)
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
@@ -335,49 +366,33 @@ class Live:
         return snap
 
     def snapshot_json(self) -> bytes:
-        """Snapshot.to_dict() as JSON, made once per snapshot from per-object pieces: namespaces and
-        processes are immutable and a partial update keeps the unchanged ones, so only what changed
-        is serialized again."""
-        with self._lock:
-            if self._json is None:
-                self._json = self._assemble(self.current())
-            return self._json
-
-    def _assemble(self, snap: Snapshot) -> bytes:
-        cache: dict[int, tuple[object, str]] = {}
-
-        def piece(obj: Namespace | Process) -> str:
-            hit = self._pieces.get(id(obj))
-            text = hit[1] if hit is not None and hit[0] is obj else json.dumps(obj.to_dict(), separators=(",", ":"))
-            cache[id(obj)] = (obj, text)
-            return text
-
-        head = snap.replace(namespaces={}, processes={}).to_dict()
-        head["namespaces"] = head["processes"] = None
-        order = {t: i for i, t in enumerate(NS_TYPES)}
-        namespaces = ",".join(piece(ns) for ns in sorted(snap.namespaces.values(), key=lambda n: (order[n.type], n.inode)))
-        processes = ",".join(piece(p) for _pid, p in sorted(snap.processes.items()))
-        text = json.dumps(head, separators=(",", ":"))
-        text = text.replace('"namespaces":null', f'"namespaces":[{namespaces}]', 1)
-        text = text.replace('"processes":null', f'"processes":[{processes}]', 1)
-        self._pieces = cache
-        return text.encode()
+        """Snapshot.to_dict() as JSON, made once per snapshot (service.served)."""
+        return self.served.snapshot_json(self.current())
 
     def derived(self, what: str, compute: Callable[[Snapshot], Any]) -> Any:
         """compute(snapshot), made once per snapshot (containers, overlaps, ...)."""
-        snap = self.current()
-        cached = self._derived.get(what)
-        if cached is not None and cached[0] is snap:
-            return cached[1]
-        value = compute(snap)
-        self._derived[what] = (snap, value)
-        return value
+        return self.served.derived(self.current(), what, compute)
 
     def take_durations(self) -> list[float]:
         """The scan durations since the last call (for the metrics histogram)."""
         with self._lock:
             taken, self.durations = self.durations, []
         return taken
+
+    def mechanisms(self) -> dict[str, dict[str, object]]:
+        """How each kind of change reaches the model, and what is missing (for /api/status)."""
+        net, trace = self.netlink_watch, self.trace_watch
+        return {
+            "proc_connector": {"running": self.netlink, "error": self.netlink_error,
+                               "events": dict(net.counts) if net else {}},
+            "tracepoints": {"running": self.tracing, "error": trace.error if trace else None,
+                            "calls": dict(trace.counts) if trace else {},
+                            "mounted_tracefs": trace.mounted_tracefs if trace else None},
+            "mountinfo_poll": {"running": False, "error": f"not implemented: bind mounts are re-read by the sweep "
+                                                          f"(within {self.sweep:g}s)"},
+            "sweep": {"running": True, "period": self.sweep, "left_in_round": len(self._sweep_todo)},
+            "full_scan": {"running": True, "interval": self.interval},
+        }
 
     def status(self) -> dict[str, object]:
         snap = self.current()
@@ -387,5 +402,7 @@ class Live:
             "full_taken_at": self.full_taken_at, "full_duration": self.last_full_duration,
             "scans": dict(self.scans), "scan_errors": self.scan_errors, "netlink": self.netlink,
             "netlink_error": self.netlink_error, "overruns": self.overruns, "proc_events": dict(self.proc_events),
-            "subscribers": self.bus.subscribers, "interval": self.interval,
+            "subscribers": self.bus.subscribers, "interval": self.interval, "sweep": self.sweep,
+            "tracepoints": self.tracing, "mechanisms": self.mechanisms(),
+            "last_update": {"seconds": self.last_update[0], "naming": self.last_update[1]},
         }

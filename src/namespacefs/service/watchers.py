@@ -1,0 +1,155 @@
+"""What tells the live model that something changed: the kernel's proc connector (fork, exec, exit)
+and the syscall tracepoints (unshare, setns, clone; namespacefs.tracing). Each runs in a thread of
+its own and hands pids to `touch`; an overrun (events the kernel dropped) asks for a full rescan.
+Where a mechanism is missing, `error` says why, and the model relies on the sweep and the full
+rescans for that part alone."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from namespacefs import kernel, tracing
+
+log = logging.getLogger("namespacefs.service")
+
+Touch = Callable[[Iterable[int]], None]
+Rescan = Callable[[str], None]
+_PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
+
+
+class Watcher:
+    """A source of pids to re-read, in a thread."""
+
+    name = "watcher"
+
+    def __init__(self, touch: Touch, rescan: Rescan) -> None:
+        self.touch, self.rescan = touch, rescan
+        self.error: str | None = None  # why it does not run, if it does not
+        self.counts: Counter[str] = Counter()  # what it saw, by kind
+        self.overruns = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self.error is None
+
+    def start(self) -> None:
+        if self.error is None:
+            self._thread = threading.Thread(target=self._run, name=f"nsfs-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.close()
+
+    def _overrun(self, what: str) -> None:
+        self.overruns += 1
+        if self.overruns in (1, 10, 100) or self.overruns % 1000 == 0:  # not a line per overrun
+            log.warning("%s overrun (%d so far): events were lost; rescanning", what, self.overruns)
+        self.rescan("overrun")
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ProcConnector(Watcher):
+    """fork, exec and exit of every process (threads are left to the sweep)."""
+
+    name = "netlink"
+
+    def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True, rcvbuf: int = 8 << 20) -> None:
+        super().__init__(touch, rescan)
+        self.sock: socket.socket | None = None
+        if not enabled:
+            self.error = "proc connector not used (disabled)"
+            return
+        try:
+            self.sock = kernel.proc_connector_open(rcvbuf)
+            self.sock.settimeout(0.5)
+        except OSError as e:
+            self.error = f"proc connector unavailable ({e.strerror or e})"
+            log.warning("%s", self.error)
+
+    def _run(self) -> None:
+        assert self.sock is not None
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
+                    self._overrun("netlink")
+                    continue
+                if not self._stop.is_set():
+                    self.error = f"proc connector failed ({e})"
+                    log.error("%s; relying on the sweep and full rescans", self.error)
+                return
+            pids = []
+            for what, pid, tgid in kernel.parse_proc_events(data):
+                name = _PROC_EVENTS.get(what)
+                if name is None or pid != tgid:
+                    continue
+                self.counts[name] += 1
+                pids.append(pid)
+            if pids:
+                self.touch(pids)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+class Tracepoints(Watcher):
+    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read;
+    a clone's child comes from the proc connector)."""
+
+    name = "tracepoints"
+
+    def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True) -> None:
+        super().__init__(touch, rescan)
+        self.tracer: tracing.Tracer | None = None
+        if not enabled:
+            self.error = "syscall tracepoints not used (disabled)"
+            return
+        self.tracer, self.error = tracing.open_tracer()
+        if self.error:
+            log.warning("%s", self.error)
+
+    @property
+    def mounted_tracefs(self) -> str | None:
+        return self.tracer.mounted if self.tracer is not None else None
+
+    def _run(self) -> None:
+        assert self.tracer is not None
+        me, lost = os.getpid(), 0
+        while not self._stop.is_set():
+            try:
+                calls = self.tracer.poll_calls(0.5)
+            except OSError as e:
+                self.error = f"syscall tracepoints failed ({e})"
+                log.error("%s; relying on the sweep and full rescans", self.error)
+                return
+            if self.tracer.lost > lost:
+                lost = self.tracer.lost
+                self._overrun("tracepoint")
+            self.counts.update(c.syscall for c in calls)
+            pids = {c.pid for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
+            if pids:
+                self.touch(pids)
+
+    def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
