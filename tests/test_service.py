@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 class Daemon:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, options: tuple[str, ...] = ("--interval", "1")) -> None:
         self.socket = str(tmp / "api.sock")
         self.token_file = str(tmp / "token")
         self.db = str(tmp / "names.db")
@@ -46,7 +46,7 @@ class Daemon:
         self.port = probe.getsockname()[1]
         probe.close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "namespacefs", "serve", "--socket", self.socket, "--interval", "1",
+            [sys.executable, "-m", "namespacefs", "serve", "--socket", self.socket, *options,
              "--listen", f"127.0.0.1:{self.port}", "--token-file", self.token_file],
             start_new_session=True, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "NSFS_DB": self.db})  # never the host's names database

@@ -32,6 +32,7 @@ import mmap
 import os
 import select
 import struct
+import time
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
@@ -164,6 +165,7 @@ class Tracer:
         self.rings: list[_Ring] = []
         self.names: dict[int, str] = {}  # tracepoint id -> syscall name
         self.lost = 0
+        self.read_at = time.time()
         self.poller = select.poll()
         try:
             root = self._tracefs()
@@ -207,6 +209,7 @@ class Tracer:
         """The successful calls since the last time, waiting up to `timeout` seconds for one."""
         with contextlib.suppress(InterruptedError):
             self.poller.poll(None if timeout is None else int(timeout * 1000))
+        self.read_at = time.time()  # every call before this is in the rings read now
         calls: list[Call] = []
         for ring in self.rings:
             for kind, body in ring.records():

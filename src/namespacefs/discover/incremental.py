@@ -24,10 +24,12 @@ snapshot), and an update that changes nothing returns `old` itself.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from namespacefs import kernel
 from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, mounts, processes
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
@@ -42,6 +44,10 @@ KINDS_OF: dict[str, frozenset[str]] = {
 PER_PROCESS = frozenset().union(*KINDS_OF.values())
 #: How often suspects found through a reused inode are read again within one refresh.
 MAX_ROUNDS = 3
+#: What a namespace is held by when the touched processes no longer hold it, yet the kernel says
+#: it is alive (open by its id): a holder no re-read process showed (an fd passed to a process that
+#: was not touched, a bind mount elsewhere). The sweep finds the real holder, or its end.
+KERNEL_HELD = Holder("listns")
 
 
 class _Index:
@@ -52,7 +58,10 @@ class _Index:
         self.snap = snap
         self.by_pid: dict[int, set[int]] = {}
         self.by_mntns: dict[int, set[int]] = {}
+        self.kernel_held: set[int] = set()  # namespaces known only through the kernel (KERNEL_HELD)
         for inode, ns in snap.namespaces.items():
+            if ns.holders == (KERNEL_HELD,):
+                self.kernel_held.add(inode)
             for pid in ns.processes:
                 self.by_pid.setdefault(pid, set()).add(inode)
             for h in ns.holders:
@@ -141,10 +150,11 @@ class _Merge:
         kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF))
         index = _index(old)
         affected = set().union(*(index.by_pid.get(p, ()) for p in touched),
-                               *(index.by_mntns.get(m, ()) for m in remounted))
+                               *(index.by_mntns.get(m, ()) for m in remounted),
+                               index.kernel_held if remounted else ())
         for inode in affected:
             ns = self.table[inode]
-            holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS
+            holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and h != KERNEL_HELD
                             and not (h.kind in kinds and h.pid in touched)
                             and not (h.kind == "bindmount" and h.mntns in remounted))
             procs = tuple(p for p in ns.processes if p not in touched)
@@ -157,8 +167,9 @@ class _Merge:
             prev = self.table.get(inode)
             direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
             if prev is not None and prev.type == ns.type and prev.id == ns.id:
+                kept = tuple(h for h in prev.holders if h != KERNEL_HELD) if direct else prev.holders
                 merged = prev._replace(
-                    holders=_union(prev.holders, direct), processes=tuple(sorted({*prev.processes, *ns.processes})),
+                    holders=_union(kept, direct), processes=tuple(sorted({*prev.processes, *ns.processes})),
                     uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
                     setgroups=ns.setgroups or prev.setgroups, mounts=ns.mounts if ns.mounts is not None else prev.mounts)
             else:
@@ -214,7 +225,7 @@ class _Merge:
             if ns is None:
                 continue
             direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
-            holders = direct or _indirect(inode, self._children(inode))
+            holders = direct or _indirect(inode, self._children(inode)) or _kernel_held(ns)
             if not holders:
                 del self.table[inode]
                 refs = [r for r in (ns.owner, ns.parent) if r is not None]
@@ -240,6 +251,23 @@ def _indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
         if k.parent == inode:
             out.append(Holder("parent", via=k.inode))
     return tuple(out)
+
+
+def _kernel_held(ns: Namespace) -> tuple[Holder, ...]:
+    """(KERNEL_HELD,) if the kernel still has this namespace (opened by its 64-bit id, Linux 6.18),
+    else (): a namespace that lost every holder we know of is dropped only when it is really gone
+    (or where the kernel cannot be asked: no id, not allowed)."""
+    if ns.id is None:
+        return ()
+    try:
+        fd = kernel.open_ns_by_id(ns.id, ns.type, ns.inode)
+    except OSError:  # ESTALE: gone; EPERM, EINVAL, ...: cannot be asked here
+        return ()
+    try:
+        alive = os.fstat(fd).st_ino == ns.inode
+    finally:
+        os.close(fd)
+    return (KERNEL_HELD,) if alive else ()
 
 
 def _union(old: tuple[Holder, ...], new: tuple[Holder, ...]) -> tuple[Holder, ...]:

@@ -218,7 +218,7 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
     def snapshot(request: Request) -> Response:
         reader = reader_of(request)
         if reader is None:  # serialized once per model change (Live.snapshot_json), not through the model
-            return Response(live.snapshot_json(), media_type="application/json")
+            return Response(live.snapshot_json(live_time=True), media_type="application/json")
         return _json(visible(live.current(), reader).to_dict())
 
     @app.get("/api/namespaces", summary="Every namespace, optionally of some types", response_class=Response,

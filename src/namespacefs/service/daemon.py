@@ -267,8 +267,8 @@ def _protocol_class() -> type:
             self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._too_slow)
 
         def _too_slow(self) -> None:
-            self._deadline = None
-            if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+            self._deadline = None  # (a whole request with `Connection: close` is MUST_CLOSE, not DONE)
+            if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE) and not self.transport.is_closing():
                 log.info("closing a connection that sent no whole request in %.0f s", REQUEST_TIMEOUT)
                 self.transport.close()
 

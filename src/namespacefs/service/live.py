@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 from namespacefs.discover import incremental
-from namespacefs.model import Snapshot
+from namespacefs.model import Namespace, Snapshot
 from namespacefs.service.events import Bus, events_between
 from namespacefs.service.scanning import ScanFailed, core_name, fresh_snapshot, scan_in_child  # noqa: F401  (their home before)
 from namespacefs.service.served import Served
@@ -48,6 +48,16 @@ def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False) -> Snapshot:
     return incremental.refresh(snap, pids, mounts=mounts)
 
 
+def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
+    """`new`, with each namespace equal to the one `old` has kept as that object (the naming pass
+    makes every namespace anew; what is served is cached per object)."""
+    if old is None:
+        return new
+    same = [prev for inode, ns in new.namespaces.items() if (prev := old.namespaces.get(inode)) is not None
+            and prev is not ns and prev == ns]
+    return new.with_namespaces(same) if same else new
+
+
 class Job(NamedTuple):
     kind: str  # full, overrun, process, settle, sweep, names
     pids: frozenset[int]
@@ -59,15 +69,15 @@ class Job(NamedTuple):
 class Live:
     def __init__(self, scan: Scanner = scan_in_child, interval: float = 300.0, debounce: float = 0.01,
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
-                 refresh: Refresher | None = _refresh, sweep: float = 30.0, trace: bool = True,
+                 refresh: Refresher | None = _refresh, sweep: float | None = None, trace: bool | None = None,
                  name: Namer | None = core_name, duty: float = 0.25, rename_every: float = 60.0,
                  names_db: str | None = None) -> None:
-        if interval <= 0 or debounce < 0 or settle < 0 or sweep <= 0 or not 0 < duty <= 1:
+        if interval <= 0 or debounce < 0 or settle < 0 or (sweep is not None and sweep <= 0) or not 0 < duty <= 1:
             raise ValueError("interval and sweep must be > 0, debounce and settle >= 0, duty in (0, 1]")
         self.scan_func, self.refresh_func, self.name_func = scan, refresh, name
         self.interval, self.debounce, self.settle, self.sweep, self.duty = interval, debounce, settle, sweep, duty
         self.rename_every, self.names_db = rename_every, names_db
-        self.want_netlink, self.want_trace, self.rcvbuf = netlink, trace, rcvbuf
+        self.want_netlink, self.want_trace, self.rcvbuf = netlink, netlink if trace is None else trace, rcvbuf
         self.bus = Bus()
         self.served = Served()
         self.snapshot: Snapshot | None = None
@@ -84,6 +94,7 @@ class Live:
         self._cond = threading.Condition()  # everything below
         self._pending: set[int] = set()  # pids with events not yet re-read
         self._due: float | None = None
+        self._waiting_since: float | None = None  # time.time() of the first touch not applied yet
         self._settling: list[tuple[float, set[int]]] = []  # (when, pids) to read once more
         self._full_result: tuple[Snapshot, str] | None = None
         self._full_wanted: str | None = None  # why a full scan is wanted now (overrun)
@@ -94,6 +105,8 @@ class Live:
         self._names_stamp: tuple[float, int] | None = None
         self._not_before = 0.0  # the next update waits until then (duty)
         self._naming = 0.0  # seconds the current update spent naming
+        self._whole_naming = 0.0  # seconds the last naming pass over the whole model took
+        self._named_at = 0.0  # when it ended (time.monotonic())
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._generation = 0
@@ -117,7 +130,8 @@ class Live:
         self._names_stamp = self._db_stamp()
         self._commit(self._named(first, True), "initial", first)
         now = time.monotonic()
-        self._sweep_at, self._names_at = now + self._tick(), now + self.rename_every
+        self._sweep_at = now + self._tick() if self.sweep is not None else math.inf
+        self._names_at = now + self.rename_every
         self.netlink_watch.start()
         self.trace_watch.start()
         self._threads.append(threading.Thread(target=self._update, name="nsfs-updater", daemon=True))
@@ -164,6 +178,8 @@ class Live:
             self._pending.update(pids)
             if self._due is None:
                 self._due = now + self.debounce
+                if self._waiting_since is None:  # what is touched now happened after the last drain
+                    self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
             self._cond.notify_all()
 
     def rescan(self, reason: str = "request") -> None:
@@ -224,7 +240,7 @@ class Live:
         return None
 
     def _tick(self) -> float:
-        return min(1.0, self.sweep)
+        return min(1.0, self.sweep) if self.sweep is not None else math.inf
 
     def _update(self) -> None:
         while not self._stop.is_set():
@@ -239,6 +255,9 @@ class Live:
             self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
             if result is not None:
                 self._commit(*result)
+                with self._cond:
+                    if job.kind == "process" and self._due is None:
+                        self._waiting_since = None
 
     def _apply(self, job: Job) -> tuple[Snapshot, str, Snapshot | None]:
         """(the new model, the kind of update, the full scan behind it if any)."""
@@ -255,25 +274,51 @@ class Live:
         return self._named(raw, full is not None or job.rename, base), job.kind, full
 
     def _named(self, raw: Snapshot, force: bool, base: Snapshot | None = None) -> Snapshot:
-        """raw named by the naming pass, unless nothing a name depends on changed (the processes
-        and the set of namespaces are the same objects and keys as in `base`)."""
+        """raw named by the naming pass. Skipped where nothing a name depends on changed (the same
+        processes, the same namespaces, all named); where only new namespaces came and the last
+        whole pass was recent (it costs ~30 us per namespace), the pass runs over just them and
+        their owners (provisional) and a whole pass is scheduled (it may rename: `renamed`)."""
         if self.name_func is None:
             return raw
         if force or base is None:
             return self._run_namer(raw)
         if raw is base:
             return raw
-        same_inputs = raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys()
-        if same_inputs and all(ns.name is not None for ns in raw):
+        unnamed = [ns for ns in raw if ns.name is None]
+        if raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys() and not unnamed:
             return raw
+        gap = max(1.0, self._whole_naming * (1 / self.duty - 1))
+        if time.monotonic() < self._named_at + gap:
+            with self._cond:
+                self._names_at = min(self._names_at, self._named_at + gap)
+            return self._provisional(raw, unnamed) if unnamed else raw
         return self._run_namer(raw)
+
+    def _provisional(self, raw: Snapshot, unnamed: list[Namespace]) -> Snapshot:
+        """The naming pass over the unnamed namespaces, their owners and parents and the processes
+        in them (no sources: the names database is not maintained from a partial view)."""
+        keep: dict[int, Namespace] = {}
+        todo = [ns.inode for ns in unnamed]
+        while todo:
+            inode = todo.pop()
+            ns = raw.namespaces.get(inode)
+            if ns is None or inode in keep:
+                continue
+            keep[inode] = ns
+            todo.extend(r for r in (ns.owner, ns.parent) if r is not None)
+        pids = {pid for ns in unnamed for pid in ns.processes}
+        sub = raw.replace(namespaces={i: raw.namespaces[i] for i in keep},
+                          processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
+        named = self.name_func(sub) if self.name_func is not None else sub
+        return raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed)
 
     def _run_namer(self, raw: Snapshot) -> Snapshot:
         assert self.name_func is not None
         clock = time.monotonic()
         named = self.name_func(raw)
-        self._naming = time.monotonic() - clock
-        return named
+        self._naming = self._whole_naming = time.monotonic() - clock
+        self._named_at = time.monotonic()
+        return _same_objects(named, self.snapshot)
 
     def _next_job(self) -> Job | None:
         """Wait until something is due; take it."""
@@ -322,7 +367,7 @@ class Live:
         self._sweep_at = time.monotonic() + tick
         if not self._sweep_todo:
             self._sweep_todo = sorted(self.current().processes, reverse=True)
-            self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / self.sweep))
+            self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / (self.sweep or tick)))
         part = self._sweep_todo[-self._sweep_size:]
         del self._sweep_todo[-self._sweep_size:]
         return set(part)
@@ -365,9 +410,27 @@ class Live:
             raise RuntimeError("no snapshot yet")
         return snap
 
-    def snapshot_json(self) -> bytes:
-        """Snapshot.to_dict() as JSON, made once per snapshot (service.served)."""
-        return self.served.snapshot_json(self.current())
+    def snapshot_json(self, live_time: bool = False) -> bytes:
+        """Snapshot.to_dict() as JSON, made once per snapshot (service.served); with live_time, its
+        taken_at is as_of() (what GET /api/snapshot serves)."""
+        as_of = self.as_of() if live_time else None  # first: the model read next is at least that new
+        return self.served.snapshot_json(self.current(), as_of)
+
+    def _watchers(self) -> list[ProcConnector | Tracepoints]:
+        return [w for w in (self.netlink_watch, self.trace_watch) if w is not None and w.running]
+
+    def as_of(self) -> float:
+        """The time up to which the model has applied every event: when each watcher last found
+        nothing more to read, or, if processes touched are still waiting to be re-read, when the
+        first of them was touched. Without watchers, when the model last changed. Changes no event
+        reports reach it within the sweep (`sweep` seconds)."""
+        watchers = self._watchers()
+        if not watchers:
+            return self.current().taken_at
+        with self._cond:
+            waiting = self._waiting_since
+        drained = min(w.drained_at for w in watchers)
+        return drained if waiting is None else min(drained, waiting)
 
     def derived(self, what: str, compute: Callable[[Snapshot], Any]) -> Any:
         """compute(snapshot), made once per snapshot (containers, overlaps, ...)."""
@@ -389,15 +452,16 @@ class Live:
                             "calls": dict(trace.counts) if trace else {},
                             "mounted_tracefs": trace.mounted_tracefs if trace else None},
             "mountinfo_poll": {"running": False, "error": f"not implemented: bind mounts are re-read by the sweep "
-                                                          f"(within {self.sweep:g}s)"},
-            "sweep": {"running": True, "period": self.sweep, "left_in_round": len(self._sweep_todo)},
+                                                          f"(within {self.sweep or self.interval:g}s)"},
+            "sweep": {"running": self.sweep is not None, "period": self.sweep, "left_in_round": len(self._sweep_todo)},
             "full_scan": {"running": True, "interval": self.interval},
         }
 
     def status(self) -> dict[str, object]:
         snap = self.current()
         return {
-            "boot_id": snap.boot_id, "kernel": snap.kernel, "taken_at": snap.taken_at, "duration": snap.duration,
+            "boot_id": snap.boot_id, "kernel": snap.kernel, "taken_at": self.as_of(), "duration": snap.duration,
+            "changed_at": snap.taken_at,
             "namespaces": len(snap.namespaces), "processes": len(snap.processes), "started_at": self.started_at,
             "full_taken_at": self.full_taken_at, "full_duration": self.last_full_duration,
             "scans": dict(self.scans), "scan_errors": self.scan_errors, "netlink": self.netlink,

@@ -19,17 +19,23 @@ class Served:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snap: Snapshot | None = None
-        self._json: bytes | None = None
+        self._json: tuple[bytes, bytes] | None = None  # the JSON before and after the value of taken_at
         self._pieces: dict[int, tuple[object, str]] = {}  # id(namespace or process) -> (it, its JSON)
         self._derived: dict[str, tuple[Snapshot, Any]] = {}
 
-    def snapshot_json(self, snap: Snapshot) -> bytes:
+    def snapshot_json(self, snap: Snapshot, taken_at: float | None = None) -> bytes:
         """Snapshot.to_dict() as JSON: namespaces and processes are immutable and a partial update
-        keeps the unchanged ones, so only what changed is serialized again."""
+        keeps the unchanged ones, so only what changed is serialized again. `taken_at`, if given,
+        replaces the snapshot's own (a live model is current up to the last event it applied)."""
         with self._lock:
             if self._snap is not snap or self._json is None:
-                self._json, self._snap = self._assemble(snap), snap
-            return self._json
+                text = self._assemble(snap)
+                marker = b'"taken_at":' + json.dumps(snap.taken_at).encode()
+                before, _, after = text.partition(marker)
+                self._json, self._snap = (before + b'"taken_at":', after), snap
+            before, after = self._json
+        value = snap.taken_at if taken_at is None else taken_at
+        return before + json.dumps(value).encode() + after
 
     def _assemble(self, snap: Snapshot) -> bytes:
         cache: dict[int, tuple[object, str]] = {}

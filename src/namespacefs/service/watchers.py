@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -20,6 +22,9 @@ log = logging.getLogger("namespacefs.service")
 
 Touch = Callable[[Iterable[int]], None]
 Rescan = Callable[[str], None]
+#: Seconds a watcher sleeps at most: how stale drained_at (and so the model's as-of time) gets on a
+#: host where nothing happens.
+WAKE = 0.2
 _PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
@@ -33,6 +38,7 @@ class Watcher:
         self.error: str | None = None  # why it does not run, if it does not
         self.counts: Counter[str] = Counter()  # what it saw, by kind
         self.overruns = 0
+        self.drained_at = time.time()  # every event before this was handed to touch()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,7 +83,6 @@ class ProcConnector(Watcher):
             return
         try:
             self.sock = kernel.proc_connector_open(rcvbuf)
-            self.sock.settimeout(0.5)
         except OSError as e:
             self.error = f"proc connector unavailable ({e.strerror or e})"
             log.warning("%s", self.error)
@@ -86,8 +91,11 @@ class ProcConnector(Watcher):
         assert self.sock is not None
         while not self._stop.is_set():
             try:
-                data = self.sock.recv(1 << 16)
-            except TimeoutError:
+                asked = time.time()
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:  # nothing queued: every event before `asked` was handled
+                self.drained_at = asked
+                select.select([self.sock], [], [], WAKE)
                 continue
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
@@ -137,7 +145,7 @@ class Tracepoints(Watcher):
         me, lost = os.getpid(), 0
         while not self._stop.is_set():
             try:
-                calls = self.tracer.poll_calls(0.5)
+                calls = self.tracer.poll_calls(WAKE)
             except OSError as e:
                 self.error = f"syscall tracepoints failed ({e})"
                 log.error("%s; relying on the sweep and full rescans", self.error)
@@ -149,6 +157,7 @@ class Tracepoints(Watcher):
             pids = {c.pid for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
             if pids:
                 self.touch(pids)
+            self.drained_at = self.tracer.read_at
 
     def close(self) -> None:
         if self.tracer is not None:
