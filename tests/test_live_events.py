@@ -93,8 +93,8 @@ def quiet_daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def _watch(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "namespacefs", "watch", "-J", "-p", "-t", "uts", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "namespacefs", "watch", "-J", "-p", "-t", "uts", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _live_target(events: Lines) -> Holder:
@@ -105,7 +105,7 @@ def _live_target(events: Lines) -> Holder:
         target = Holder("--uts")
         t_id = target.ns("uts")[1]
         try:
-            events.wait(lambda e: e["event"] == "created" and e["id"] == t_id, timeout=5)
+            events.wait(lambda e, t_id=t_id: e["event"] == "created" and e["id"] == t_id, timeout=5)
             return target
         except AssertionError:
             target.kill()

@@ -52,26 +52,61 @@ KERNEL_HELD = Holder("listns")
 
 class _Index:
     """Who holds what in one snapshot: pid -> inodes it is in or holds, mount namespace -> inodes
-    bind-mounted in it. Built once per snapshot (the last one asked for is kept)."""
+    bind-mounted in it, and the namespaces known only through the kernel. Built once for the first
+    snapshot, then derived for each next one from what changed (the last one is kept)."""
 
-    def __init__(self, snap: Snapshot) -> None:
+    def __init__(self, snap: Snapshot, base: _Index | None = None) -> None:
         self.snap = snap
-        self.by_pid: dict[int, set[int]] = {}
-        self.by_mntns: dict[int, set[int]] = {}
-        self.kernel_held: set[int] = set()  # namespaces known only through the kernel (KERNEL_HELD)
-        for inode, ns in snap.namespaces.items():
+        self.by_pid: dict[int, frozenset[int]] = dict(base.by_pid) if base is not None else {}
+        self.by_mntns: dict[int, frozenset[int]] = dict(base.by_mntns) if base is not None else {}
+        self.kernel_held: set[int] = set(base.kernel_held) if base is not None else set()
+        if base is None:
+            self._change(snap.namespaces, add=True)
+
+    def derive(self, new: Snapshot, changed: Iterable[int]) -> _Index:
+        """The index of `new`, which differs from this snapshot in the inodes `changed` only."""
+        index = _Index(new, self)
+        changed = set(changed)
+        index._change({i: ns for i in changed if (ns := self.snap.namespaces.get(i)) is not None}, add=False)
+        index._change({i: ns for i in changed if (ns := new.namespaces.get(i)) is not None}, add=True)
+        return index
+
+    def _change(self, namespaces: Mapping[int, Namespace], add: bool) -> None:
+        by_pid: dict[int, set[int]] = {}
+        by_mntns: dict[int, set[int]] = {}
+        for inode, ns in namespaces.items():
             if ns.holders == (KERNEL_HELD,):
-                self.kernel_held.add(inode)
+                (self.kernel_held.add if add else self.kernel_held.discard)(inode)
             for pid in ns.processes:
-                self.by_pid.setdefault(pid, set()).add(inode)
+                by_pid.setdefault(pid, set()).add(inode)
             for h in ns.holders:
                 if h.pid is not None and h.kind in PER_PROCESS:
-                    self.by_pid.setdefault(h.pid, set()).add(inode)
+                    by_pid.setdefault(h.pid, set()).add(inode)
                 elif h.kind == "bindmount" and h.mntns is not None:
-                    self.by_mntns.setdefault(h.mntns, set()).add(inode)
+                    by_mntns.setdefault(h.mntns, set()).add(inode)
+        for table, delta in ((self.by_pid, by_pid), (self.by_mntns, by_mntns)):
+            for key, inodes in delta.items():
+                now = table.get(key, frozenset()) | inodes if add else table.get(key, frozenset()) - inodes
+                if now:
+                    table[key] = frozenset(now)
+                else:
+                    table.pop(key, None)
 
 
 _last: list[_Index] = []
+
+
+def kernel_held(snap: Snapshot) -> int:
+    """How many namespaces of `snap` are known only through the kernel (0 if not known here)."""
+    return len(_last[0].kernel_held) if _last and _last[0].snap is snap else 0
+
+
+def renamed(old: Snapshot, new: Snapshot) -> None:
+    """`new` is `old` with other names only (a naming pass): the next refresh of `new` reuses the
+    index of `old` instead of building one."""
+    if _last and _last[0].snap is old and new.namespaces.keys() == old.namespaces.keys():
+        index = _Index(new, _last[0])
+        _last[:] = [index]
 
 
 def _index(snap: Snapshot) -> _Index:
@@ -81,15 +116,18 @@ def _index(snap: Snapshot) -> _Index:
 
 
 def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES, proc: str = "/proc",
-            mounts: bool = False) -> Snapshot:
+            mounts: bool = False, recheck: bool | None = None) -> Snapshot:
     """`old` with the processes in `pids` read again (those that are gone removed); with mounts=True
-    also the bind mounts of their mount namespaces. `old` itself when nothing changed."""
+    also the bind mounts of their mount namespaces; with recheck (default: = mounts), the namespaces
+    known only through the kernel are asked again. `old` itself when nothing changed."""
     clock = time.perf_counter()
     chosen = frozenset(sources)
     new, touched, suspects = old, frozenset(pids), frozenset[int]()
     errors: Counter[str] = Counter()
+    changed: set[int] = set()
     for _round in range(MAX_ROUNDS):
-        new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors)
+        new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors, changed,
+                                      mounts if recheck is None else recheck)
         touched = suspects - touched
         if not touched:
             break
@@ -97,12 +135,16 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
         return old
     total = Counter(old.errors)
     total.update(errors)
-    return new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=dict(total))
+    index = _index(old)
+    new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=dict(total))
+    _last[:] = [index.derive(new, changed)]  # the next refresh starts from `new`, most likely
+    return new
 
 
 def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,
-                  errors: Counter[str]) -> tuple[Snapshot, frozenset[int]]:
-    """One round: (the new snapshot, pids that held a namespace found dead and must be re-read)."""
+                  errors: Counter[str], changed: set[int], recheck: bool) -> tuple[Snapshot, frozenset[int]]:
+    """One round: (the new snapshot, pids that held a namespace found dead and must be re-read);
+    the inodes whose entry may differ are added to `changed`."""
     state = Scan(proc=proc)
     try:
         processes.scan(state, chosen & set(KINDS_OF), sorted(touched))
@@ -113,10 +155,11 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     finally:
         state.close_fds()
     errors.update(state.errors)
-    merge = _Merge(old, touched, chosen, state.mounts_read if remount else set())
+    merge = _Merge(old, touched, chosen, state.mounts_read if remount else set(), recheck)
     merge.add_fresh(_freeze(state))
     merge.settle()
     procs = _processes(old.processes, touched, state.processes)
+    changed |= merge.visited
     if procs is old.processes and not merge.changed:
         return old, frozenset(merge.suspects)
     return old.replace(namespaces=merge.table, processes=procs), frozenset(merge.suspects)
@@ -138,7 +181,8 @@ class _Merge:
     """The old namespace table, with what the touched processes held taken out and what was read
     put in."""
 
-    def __init__(self, old: Snapshot, touched: frozenset[int], chosen: frozenset[str], remounted: set[int]) -> None:
+    def __init__(self, old: Snapshot, touched: frozenset[int], chosen: frozenset[str], remounted: set[int],
+                 recheck: bool) -> None:
         self.old = old
         self.table: dict[int, Namespace] = dict(old.namespaces)
         self.changed = False
@@ -147,11 +191,12 @@ class _Merge:
         self.kids: dict[int, set[int]] = {}  # owner/parent inode -> fresh namespaces naming it
         self.todo: set[int] = set()  # inodes to check for being held at the end
         self.dropped: set[int] = set()  # inodes removed as dead
+        self.visited: set[int] = set()  # every inode whose entry may have changed
         kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF))
         index = _index(old)
         affected = set().union(*(index.by_pid.get(p, ()) for p in touched),
                                *(index.by_mntns.get(m, ()) for m in remounted),
-                               index.kernel_held if remounted else ())
+                               index.kernel_held if recheck else ())
         for inode in affected:
             ns = self.table[inode]
             holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and h != KERNEL_HELD
@@ -234,7 +279,8 @@ class _Merge:
             elif holders != ns.holders:
                 self.table[inode] = ns._replace(holders=holders)
         self.changed = False
-        for inode in seen | self.dropped:
+        self.visited = seen | self.dropped | self.fresh
+        for inode in self.visited:
             now, prev = self.table.get(inode), self.old.namespaces.get(inode)
             if now is not None and prev is not None and now is not prev and now == prev:
                 self.table[inode] = now = prev
@@ -253,11 +299,26 @@ def _indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
     return tuple(out)
 
 
+#: (inode, id) -> when a namespace was first kept as KERNEL_HELD (time.monotonic()).
+_held_since: dict[tuple[int, int], float] = {}
+#: Seconds a namespace stays KERNEL_HELD: by then the sweep has re-read every process, so a holder
+#: that a scan can see would have been found (what is left is held by nothing a scan shows, such as
+#: a net namespace the kernel is still cleaning up; the scan is the reference). Set by the caller.
+KERNEL_GRACE = [60.0]
+
+
 def _kernel_held(ns: Namespace) -> tuple[Holder, ...]:
-    """(KERNEL_HELD,) if the kernel still has this namespace (opened by its 64-bit id, Linux 6.18),
-    else (): a namespace that lost every holder we know of is dropped only when it is really gone
-    (or where the kernel cannot be asked: no id, not allowed)."""
+    """(KERNEL_HELD,) if the kernel still has this namespace (opened by its 64-bit id, Linux 6.18)
+    and it has not been kept so for longer than KERNEL_GRACE, else (): a namespace that lost every
+    holder we know of is dropped only when it is really gone, or no holder was found in time (or
+    where the kernel cannot be asked: no id, not allowed)."""
     if ns.id is None:
+        return ()
+    now = time.monotonic()
+    if len(_held_since) > 10_000:  # forget the oldest (what is long gone)
+        for key in sorted(_held_since, key=_held_since.__getitem__)[:5_000]:
+            del _held_since[key]
+    if now - _held_since.setdefault((ns.inode, ns.id), now) > KERNEL_GRACE[0]:
         return ()
     try:
         fd = kernel.open_ns_by_id(ns.id, ns.type, ns.inode)

@@ -185,6 +185,16 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
     hostnames = Hostnames()
 
     app.add_middleware(TokenMiddleware, token=token)
+    _session_routes(app, token)
+    _model_routes(app, live)
+    _container_routes(app, live, hostnames)
+    _service_routes(app, live, registries)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _session_routes(app: FastAPI, token: str | None) -> None:
+    """The page, and trading the token for a browser session."""
 
     @app.get("/", response_class=HTMLResponse, summary="The web page", responses={200: {"content": {"text/html": TEXT}}})
     def page() -> HTMLResponse:
@@ -205,6 +215,10 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
     def logout(response: Response) -> models.LoggedIn:
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return models.LoggedIn(ok=False)
+
+
+def _model_routes(app: FastAPI, live: Live) -> None:
+    """What the model holds: status, snapshot, namespaces."""
 
     @app.get("/api/status", summary="Daemon state: snapshot age, scans, proc connector, clients",
              response_model=models.Status, responses=ERRORS,
@@ -240,6 +254,10 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
         return namespace_details(ns, live, reader)
+
+
+def _container_routes(app: FastAPI, live: Live, hostnames: Hostnames) -> None:
+    """What is derived from the model: containers, hostnames, accounting."""
 
     @app.get("/api/containers", summary="Containers (nsfs containers -J): the tree and a flat list",
              response_class=Response, responses={200: {"model": models.Containers}, **ERRORS})
@@ -282,6 +300,10 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         _root_only(request)
         return _json(accounting.compute(live.current(), limits=limits).to_dict())
 
+
+def _service_routes(app: FastAPI, live: Live, registries: metrics.Registries) -> None:
+    """The event stream and the metrics."""
+
     @app.get("/api/events", summary="Lifecycle events as server-sent events (data: one JSON object each)",
              response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {"schema": {
                  "type": "string", "description": "`id: SEQ` and `data: EVENT` lines per event; "
@@ -308,8 +330,11 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
         _root_only(request)
         return Response(metrics.render(registries, userns), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return app
+
+def _sse(batch: list[Event], sent: int, kinds: frozenset[str] | None, types: frozenset[str] | None) -> str:
+    """The server-sent events of a batch the client has not had and asked for."""
+    return "".join(f"id: {e.seq}\ndata: {json.dumps(e.to_dict())}\n\n" for e in batch if e.seq > sent
+                   and (kinds is None or e.kind in kinds) and (types is None or e.type in types))
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -357,25 +382,32 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 Streams = set[asyncio.Queue[list[Event] | None]]
 
 
+class _Feed:
+    """One stream's queue: batches from the bus (published in the updater's thread) into the event
+    loop; None ends the stream (the server stops, or the client does not keep up)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
+        self.pending = 0
+
+    def put(self, batch: list[Event] | None) -> None:
+        if batch is not None:
+            self.pending += len(batch)
+            if self.pending > CLIENT_BACKLOG:  # the client does not keep up: end its stream
+                batch = None
+        self.queue.put_nowait(batch)
+
+    def deliver(self, batch: list[Event]) -> None:  # runs in the publisher's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
+            self.loop.call_soon_threadsafe(self.put, batch)
+
+
 async def _stream(request: Request, streams: Streams, live: Live, kinds: frozenset[str] | None, types: frozenset[str] | None,
                   resume: int | None) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
-    pending = [0]
-    sent = resume or 0  # the last seq handed to the client (the backlog and the live feed may overlap)
-
-    def put(batch: list[Event] | None) -> None:
-        if batch is not None:
-            pending[0] += len(batch)
-            if pending[0] > CLIENT_BACKLOG:  # the client does not keep up: end its stream
-                batch = None
-        queue.put_nowait(batch)
-
-    def deliver(batch: list[Event]) -> None:  # runs in the scanner thread
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
-            loop.call_soon_threadsafe(put, batch)
-
-    subscription = live.bus.subscribe(deliver)
+    feed = _Feed(asyncio.get_running_loop())
+    queue, sent = feed.queue, resume or 0  # sent: the last seq handed to the client (backlog and feed may overlap)
+    subscription = live.bus.subscribe(feed.deliver)
     streams.add(queue)
     try:
         yield "retry: 1000\n\n"
@@ -391,20 +423,18 @@ async def _stream(request: Request, streams: Streams, live: Live, kinds: frozens
                 # uvicorn drops writes to a closed connection silently: ask whether the client left
                 if await request.is_disconnected():
                     return
-                quiet += 1.0
-                if quiet >= KEEPALIVE:
-                    quiet = 0.0
+                quiet = quiet + 1.0 if quiet + 1.0 < KEEPALIVE else 0.0
+                if not quiet:
                     yield ": keepalive\n\n"
                 continue
             quiet = 0.0
             if batch is None:
                 return
-            pending[0] = max(0, pending[0] - len(batch))
-            out = [f"id: {e.seq}\ndata: {json.dumps(e.to_dict())}\n\n" for e in batch if e.seq > sent
-                   and (kinds is None or e.kind in kinds) and (types is None or e.type in types)]
+            feed.pending = max(0, feed.pending - len(batch))
+            out = _sse(batch, sent, kinds, types)
             sent = max(sent, batch[-1].seq)
             if out:
-                yield "".join(out)
+                yield out
     finally:
         streams.discard(queue)
         live.bus.unsubscribe(subscription)

@@ -65,7 +65,7 @@ class _Response:
         if length is not None:
             yield self.stream.read(int(length))
             return
-        while data := self.stream.read1(65536):
+        while data := self.stream.read1(65536):  # type: ignore[attr-defined]  # (a socket makefile is buffered)
             yield data
 
     def read(self) -> bytes:

@@ -212,7 +212,7 @@ def _server_class() -> type:
             from namespacefs.service.app import end_streams
 
             sd_notify("STOPPING=1")
-            end_streams(self.config.app)
+            end_streams(self.config.app)  # type: ignore[arg-type]  # (make_app's FastAPI, as serve() passes it)
             await super().shutdown(sockets)
             self._captured_signals.clear()
 
@@ -250,7 +250,7 @@ def _protocol_class() -> type:
         def handle_events(self) -> None:
             super().handle_events()
             if self.cycle is not None:  # (its task has not run yet: the app sees who is asking)
-                self.cycle.scope.setdefault("nsfs.peer", self._peer)
+                self.cycle.scope.setdefault("nsfs.peer", self._peer)  # type: ignore[typeddict-item]  # (our own key)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

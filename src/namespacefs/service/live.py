@@ -10,9 +10,8 @@
 - A full scan (discovery in a child interpreter, so it holds no GIL here) every `interval`
   seconds, and at once after an overrun (events the kernel dropped). Processes touched while it
   ran are re-read on top of its result before it replaces the model.
-- Every update that changed the model is named by core.name (the one naming pass: containers,
-  names, name paths), unless only holders changed; names are also re-read when the names database
-  changes and every `rename_every` seconds (container engines rename too). Updates are spaced so
+- Every update that changed the model is named by core.name (service.naming); names are also
+  re-read when the names database changes and every `rename_every` seconds. Updates are spaced so
   that the updater spends at most `duty` of its time on them under churn.
 
 Each new model is compared with the previous one; the differences go out as lifecycle events.
@@ -30,9 +29,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 from namespacefs.discover import incremental
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
-from namespacefs.service.scanning import ScanFailed, core_name, fresh_snapshot, scan_in_child  # noqa: F401  (their home before)
+from namespacefs.service.naming import Namer, Naming
+from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
 from namespacefs.service.watchers import ProcConnector, Tracepoints
 
@@ -40,22 +40,13 @@ log = logging.getLogger("namespacefs.service")
 
 Scanner = Callable[[], Snapshot]
 Refresher = Callable[..., Snapshot]  # (snapshot, pids, mounts=bool) -> snapshot
-Namer = Callable[[Snapshot], Snapshot]
 T = TypeVar("T")
 
 
-def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False) -> Snapshot:
-    return incremental.refresh(snap, pids, mounts=mounts)
+def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False, recheck: bool = False) -> Snapshot:
+    return incremental.refresh(snap, pids, mounts=mounts, recheck=mounts or recheck)
 
-
-def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
-    """`new`, with each namespace equal to the one `old` has kept as that object (the naming pass
-    makes every namespace anew; what is served is cached per object)."""
-    if old is None:
-        return new
-    same = [prev for inode, ns in new.namespaces.items() if (prev := old.namespaces.get(inode)) is not None
-            and prev is not ns and prev == ns]
-    return new.with_namespaces(same) if same else new
+RECHECK = 0.3  # s: namespaces kept while the kernel had them are asked again (a user namespace dies late)
 
 
 class Job(NamedTuple):
@@ -64,6 +55,7 @@ class Job(NamedTuple):
     full: Snapshot | None  # the full scan to start from
     mounts: bool  # re-read the bind mounts of the touched processes' mount namespaces
     rename: bool  # run the naming pass even if nothing it depends on changed in the model
+    recheck: bool  # ask the kernel again about namespaces no known holder holds
 
 
 class Live:
@@ -74,7 +66,9 @@ class Live:
                  names_db: str | None = None) -> None:
         if interval <= 0 or debounce < 0 or settle < 0 or (sweep is not None and sweep <= 0) or not 0 < duty <= 1:
             raise ValueError("interval and sweep must be > 0, debounce and settle >= 0, duty in (0, 1]")
-        self.scan_func, self.refresh_func, self.name_func = scan, refresh, name
+        self.scan_func, self.refresh_func = scan, refresh
+        incremental.KERNEL_GRACE[0] = (sweep or interval) + 2.0  # a whole sweep round, and a little
+        self.naming = Naming(name, duty)
         self.interval, self.debounce, self.settle, self.sweep, self.duty = interval, debounce, settle, sweep, duty
         self.rename_every, self.names_db = rename_every, names_db
         self.want_netlink, self.want_trace, self.rcvbuf = netlink, netlink if trace is None else trace, rcvbuf
@@ -104,9 +98,7 @@ class Live:
         self._sweep_at = self._names_at = 0.0
         self._names_stamp: tuple[float, int] | None = None
         self._not_before = 0.0  # the next update waits until then (duty)
-        self._naming = 0.0  # seconds the current update spent naming
-        self._whole_naming = 0.0  # seconds the last naming pass over the whole model took
-        self._named_at = 0.0  # when it ended (time.monotonic())
+        self._recheck_at: float | None = None  # when to ask the kernel again about kernel-held namespaces
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._generation = 0
@@ -128,14 +120,14 @@ class Live:
                 log.warning("first scan failed: %s; retrying", e)
         self.last_full_duration = time.monotonic() - clock
         self._names_stamp = self._db_stamp()
-        self._commit(self._named(first, True), "initial", first)
+        self._commit(self.naming.named(first, True, None, None), "initial", first)
         now = time.monotonic()
         self._sweep_at = now + self._tick() if self.sweep is not None else math.inf
         self._names_at = now + self.rename_every
         self.netlink_watch.start()
         self.trace_watch.start()
-        self._threads.append(threading.Thread(target=self._update, name="nsfs-updater", daemon=True))
-        self._threads.append(threading.Thread(target=self._full_scans, name="nsfs-fullscan", daemon=True))
+        self._threads = [threading.Thread(target=self._update, name="nsfs-updater", daemon=True),
+                         threading.Thread(target=self._full_scans, name="nsfs-fullscan", daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -145,16 +137,15 @@ class Live:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        for w in (self.netlink_watch, self.trace_watch):
-            if w is not None:
-                w.stop()
+        for w in (w for w in (self.netlink_watch, self.trace_watch) if w is not None):
+            w.stop()
 
     @property
     def netlink(self) -> bool:
         return self.netlink_watch is not None and self.netlink_watch.running
 
     @property
-    def netlink_error(self) -> str | None:
+    def netlink_error(self) -> str | None:  # (why there is no proc connector)
         return self.netlink_watch.error if self.netlink_watch is not None else None
 
     @property
@@ -166,10 +157,8 @@ class Live:
         return sum(w.overruns for w in (self.netlink_watch, self.trace_watch) if w is not None)
 
     @property
-    def proc_events(self) -> Counter[str]:
+    def proc_events(self) -> Counter[str]:  # (fork, exec, exit)
         return self.netlink_watch.counts if self.netlink_watch is not None else Counter()
-
-    # --- asking for updates ----------------------------------------------------------------------
 
     def touch(self, pids: Iterable[int]) -> None:
         """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
@@ -248,10 +237,9 @@ class Live:
             if job is None:
                 return
             clock = time.monotonic()
-            self._naming = 0.0
             result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
             spent = time.monotonic() - clock
-            self.last_update = (spent, self._naming)
+            self.last_update = (spent, self.naming.spent)
             self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
             if result is not None:
                 self._commit(*result)
@@ -263,62 +251,15 @@ class Live:
         """(the new model, the kind of update, the full scan behind it if any)."""
         full = job.full
         base = full if full is not None else self.current()
-        if job.pids and self.refresh_func is not None:
-            raw = self.refresh_func(base, set(job.pids), mounts=job.mounts)
+        if (job.pids or job.recheck) and self.refresh_func is not None:
+            raw = self.refresh_func(base, set(job.pids), mounts=job.mounts, recheck=job.recheck)
         elif job.pids and full is None:
             raw = full = self.scan_func()  # no partial rescan: a full one
         else:
             raw = base
         if job.rename:
             self._names_stamp = self._db_stamp()
-        return self._named(raw, full is not None or job.rename, base), job.kind, full
-
-    def _named(self, raw: Snapshot, force: bool, base: Snapshot | None = None) -> Snapshot:
-        """raw named by the naming pass. Skipped where nothing a name depends on changed (the same
-        processes, the same namespaces, all named); where only new namespaces came and the last
-        whole pass was recent (it costs ~30 us per namespace), the pass runs over just them and
-        their owners (provisional) and a whole pass is scheduled (it may rename: `renamed`)."""
-        if self.name_func is None:
-            return raw
-        if force or base is None:
-            return self._run_namer(raw)
-        if raw is base:
-            return raw
-        unnamed = [ns for ns in raw if ns.name is None]
-        if raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys() and not unnamed:
-            return raw
-        gap = max(1.0, self._whole_naming * (1 / self.duty - 1))
-        if time.monotonic() < self._named_at + gap:
-            with self._cond:
-                self._names_at = min(self._names_at, self._named_at + gap)
-            return self._provisional(raw, unnamed) if unnamed else raw
-        return self._run_namer(raw)
-
-    def _provisional(self, raw: Snapshot, unnamed: list[Namespace]) -> Snapshot:
-        """The naming pass over the unnamed namespaces, their owners and parents and the processes
-        in them (no sources: the names database is not maintained from a partial view)."""
-        keep: dict[int, Namespace] = {}
-        todo = [ns.inode for ns in unnamed]
-        while todo:
-            inode = todo.pop()
-            ns = raw.namespaces.get(inode)
-            if ns is None or inode in keep:
-                continue
-            keep[inode] = ns
-            todo.extend(r for r in (ns.owner, ns.parent) if r is not None)
-        pids = {pid for ns in unnamed for pid in ns.processes}
-        sub = raw.replace(namespaces={i: raw.namespaces[i] for i in keep},
-                          processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
-        named = self.name_func(sub) if self.name_func is not None else sub
-        return raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed)
-
-    def _run_namer(self, raw: Snapshot) -> Snapshot:
-        assert self.name_func is not None
-        clock = time.monotonic()
-        named = self.name_func(raw)
-        self._naming = self._whole_naming = time.monotonic() - clock
-        self._named_at = time.monotonic()
-        return _same_objects(named, self.snapshot)
+        return self.naming.named(raw, full is not None or job.rename, base, self.snapshot), job.kind, full
 
     def _next_job(self) -> Job | None:
         """Wait until something is due; take it."""
@@ -328,7 +269,7 @@ class Live:
                 if self._full_result is not None:
                     break
                 dues = [d for d in (self._due, self._settling[0][0] if self._settling else None,
-                                    self._sweep_at, self._names_at) if d is not None]
+                                    self._sweep_at, self._names_at, self._recheck_at, self.naming.due) if d is not None]
                 due = max(min(dues), self._not_before)
                 if due <= now:
                     break
@@ -352,14 +293,17 @@ class Live:
         if self._sweep_at <= now:
             pids |= self._sweep_slice()
             kind, mounts = kind or "sweep", True
-        rename = self._names_at <= now or self._db_stamp() != self._names_stamp
+        recheck = self._recheck_at is not None and self._recheck_at <= now
+        if recheck:
+            self._recheck_at, kind = None, kind or "recheck"
+        rename = self._names_at <= now or self.naming.due <= now or self._db_stamp() != self._names_stamp
         if rename:
             self._names_at = now + self.rename_every
         if full is not None:
             pids |= self._touched_since_full
             kind = full[1]
         self._touched_since_full |= pids
-        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename)
+        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename, recheck)
 
     def _sweep_slice(self) -> set[int]:
         """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick."""
@@ -394,6 +338,8 @@ class Live:
                 del self.durations[:-1000]
         self.scans[kind] += 1
         if new is not old:
+            if kind != "recheck" and self._recheck_at is None and incremental.kernel_held(new):
+                self._recheck_at = time.monotonic() + RECHECK  # a user namespace dies a little after its last process
             events = events_between(old, new, time.time()) if old is not None else []
             with self._lock:
                 self.snapshot = new
@@ -442,31 +388,12 @@ class Live:
             taken, self.durations = self.durations, []
         return taken
 
-    def mechanisms(self) -> dict[str, dict[str, object]]:
-        """How each kind of change reaches the model, and what is missing (for /api/status)."""
-        net, trace = self.netlink_watch, self.trace_watch
-        return {
-            "proc_connector": {"running": self.netlink, "error": self.netlink_error,
-                               "events": dict(net.counts) if net else {}},
-            "tracepoints": {"running": self.tracing, "error": trace.error if trace else None,
-                            "calls": dict(trace.counts) if trace else {},
-                            "mounted_tracefs": trace.mounted_tracefs if trace else None},
-            "mountinfo_poll": {"running": False, "error": f"not implemented: bind mounts are re-read by the sweep "
-                                                          f"(within {self.sweep or self.interval:g}s)"},
-            "sweep": {"running": self.sweep is not None, "period": self.sweep, "left_in_round": len(self._sweep_todo)},
-            "full_scan": {"running": True, "interval": self.interval},
-        }
+    @property
+    def sweep_left(self) -> int:
+        """Processes the current round of the sweep has still to re-read."""
+        return len(self._sweep_todo)
 
     def status(self) -> dict[str, object]:
-        snap = self.current()
-        return {
-            "boot_id": snap.boot_id, "kernel": snap.kernel, "taken_at": self.as_of(), "duration": snap.duration,
-            "changed_at": snap.taken_at,
-            "namespaces": len(snap.namespaces), "processes": len(snap.processes), "started_at": self.started_at,
-            "full_taken_at": self.full_taken_at, "full_duration": self.last_full_duration,
-            "scans": dict(self.scans), "scan_errors": self.scan_errors, "netlink": self.netlink,
-            "netlink_error": self.netlink_error, "overruns": self.overruns, "proc_events": dict(self.proc_events),
-            "subscribers": self.bus.subscribers, "interval": self.interval, "sweep": self.sweep,
-            "tracepoints": self.tracing, "mechanisms": self.mechanisms(),
-            "last_update": {"seconds": self.last_update[0], "naming": self.last_update[1]},
-        }
+        from namespacefs.service.status import status
+
+        return status(self)

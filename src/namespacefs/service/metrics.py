@@ -19,6 +19,8 @@ a separate `_info` series to join on, so a rename does not split a series.
     nsfs_scan_errors_total
     nsfs_proc_events_total{event}                fork/exec/exit events read from the proc connector
     nsfs_netlink_overruns_total                  times the kernel dropped events (each one forces a rescan)
+    nsfs_children_cpu_seconds_total              CPU of the daemon's reaped children (the full-scan child)
+    nsfs_traced_calls_total{syscall}             successful unshare/setns/clone/clone3 read from the tracepoints
     nsfs_events_total{event,type}                lifecycle events: created, renamed, destroyed
     nsfs_process_changes_total{event}            processes that joined / left namespaces (one per process
                                                  and model update, not one per namespace: a fork is 1)
@@ -33,6 +35,7 @@ a separate `_info` series to join on, so a rename does not split a series.
 from __future__ import annotations
 
 import platform
+import resource
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -99,7 +102,8 @@ class LiveCollector(Collector):
 
     def accounts(self, snap: Snapshot) -> accounting.Accounting:
         """Once per model change: reads /proc/PID/limits of every process (no forks: limits=False)."""
-        return self.live.derived("metrics-accounting", lambda s: accounting.compute(s, limits=False))
+        found: accounting.Accounting = self.live.derived("metrics-accounting", lambda s: accounting.compute(s, limits=False))
+        return found
 
     def _overlap_counts(self, snap: Snapshot) -> dict[str, int]:
         counts = {"uid": 0, "gid": 0}
@@ -159,6 +163,14 @@ class LiveCollector(Collector):
             proc.add_metric([name], live.proc_events.get(name, 0))
         yield proc
         yield CounterMetricFamily("nsfs_netlink_overruns", "Times the kernel dropped process events", value=live.overruns)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        yield CounterMetricFamily("nsfs_children_cpu_seconds", "CPU of the daemon's reaped children (full-scan child)",
+                                  value=children.ru_utime + children.ru_stime)
+        calls = CounterMetricFamily("nsfs_traced_calls", "Successful syscalls read from the tracepoints", labels=["syscall"])
+        traced = live.trace_watch.counts if live.trace_watch is not None else {}
+        for name in ("unshare", "setns", "clone", "clone3"):
+            calls.add_metric([name], traced.get(name, 0))
+        yield calls
         yield from self._events()
         yield GaugeMetricFamily("nsfs_event_subscribers", "Connected event-stream clients", value=self.clients())
 

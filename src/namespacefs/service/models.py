@@ -98,7 +98,7 @@ class ContainerDetails(Container):
     pod: dict[str, Any] | None = None
     children: list[str] = []
     processes: list[dict[str, Any]] = []
-    namespaces: dict[str, dict[str, Any]] = {}
+    namespaces: dict[str, dict[str, Any]] = {}  # type: ignore[assignment]  # (a container's: type -> details, not inode)
 
 
 class ContainerNode(Container):
@@ -174,6 +174,12 @@ class Status(Open):
     proc_events: dict[str, int]
     subscribers: int
     interval: float
+    changed_at: float | None = Field(None, description="when the model last changed (taken_at: every event up to then applied)")
+    sweep: float | None = Field(None, description="seconds in which every process is re-read (silent holders)")
+    tracepoints: bool | None = Field(None, description="the syscall tracepoints (unshare, setns, clone) are read")
+    mechanisms: dict[str, dict[str, Any]] | None = Field(
+        None, description="proc_connector, tracepoints, mountinfo_poll, sweep, full_scan: each `running` and `error`")
+    last_update: dict[str, float] | None = Field(None, description="seconds the last update took, and of them naming")
 
 
 class Event(Open):

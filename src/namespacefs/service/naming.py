@@ -1,0 +1,90 @@
+"""Naming the live model: core.name (the one naming pass), run where it is needed and no more often
+than the daemon can afford. A whole pass costs ~30 us per namespace; between whole passes new
+namespaces are named by the same pass over just them and their owners (provisional), and a whole
+pass is due again (`due`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from namespacefs.discover import incremental
+from namespacefs.model import Namespace, Snapshot
+
+Namer = Callable[[Snapshot], Snapshot]
+
+
+class Naming:
+    def __init__(self, name: Namer | None, duty: float) -> None:
+        self.name_func, self.duty = name, duty
+        self.spent = 0.0  # seconds the last call spent naming
+        self.whole = 0.0  # seconds the last whole pass took
+        self.named_at = 0.0  # when it ended (time.monotonic())
+        self.due = math.inf  # when a whole pass is wanted (after provisional names)
+
+    def named(self, raw: Snapshot, force: bool, base: Snapshot | None, current: Snapshot | None) -> Snapshot:
+        """raw named by the naming pass. Skipped where nothing a name depends on changed (the same
+        processes, the same namespaces, all named); where only new namespaces came and the last
+        whole pass was recent, the pass runs over just them and their owners (provisional) and a
+        whole pass is due (it may rename: `renamed`)."""
+        self.spent = 0.0
+        if self.name_func is None:
+            return raw
+        if force or base is None:
+            return self._whole(raw, current)
+        if raw is base:
+            return raw
+        unnamed = [ns for ns in raw if ns.name is None]
+        if raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys() and not unnamed:
+            return raw
+        gap = max(1.0, self.whole * (1 / self.duty - 1))
+        if time.monotonic() < self.named_at + gap:
+            self.due = min(self.due, self.named_at + gap)
+            return self._provisional(raw, unnamed) if unnamed else raw
+        return self._whole(raw, current)
+
+    def _provisional(self, raw: Snapshot, unnamed: list[Namespace]) -> Snapshot:
+        """The naming pass over the unnamed namespaces, their owners and parents and the processes
+        in them (no sources: the names database is not maintained from a partial view)."""
+        assert self.name_func is not None
+        clock = time.monotonic()
+        keep: dict[int, Namespace] = {}
+        todo = [ns.inode for ns in unnamed]
+        while todo:
+            inode = todo.pop()
+            ns = raw.namespaces.get(inode)
+            if ns is None or inode in keep:
+                continue
+            keep[inode] = ns
+            todo.extend(r for r in (ns.owner, ns.parent) if r is not None)
+        pids = {pid for ns in unnamed for pid in ns.processes}
+        sub = raw.replace(namespaces={i: raw.namespaces[i] for i in keep},
+                          processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
+        named = self.name_func(sub)
+        self.spent = time.monotonic() - clock
+        return _renamed(raw, raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed))
+
+    def _whole(self, raw: Snapshot, current: Snapshot | None) -> Snapshot:
+        assert self.name_func is not None
+        clock = time.monotonic()
+        named = self.name_func(raw)
+        self.spent = self.whole = time.monotonic() - clock
+        self.named_at, self.due = time.monotonic(), math.inf
+        return _renamed(raw, _same_objects(named, current))
+
+
+def _renamed(raw: Snapshot, named: Snapshot) -> Snapshot:
+    """`named`, which is `raw` with names (what the incremental refresh keeps about `raw` holds)."""
+    incremental.renamed(raw, named)
+    return named
+
+
+def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
+    """`new`, with each namespace equal to the one `old` has kept as that object (the naming pass
+    makes every namespace anew; what is served is cached per object)."""
+    if old is None:
+        return new
+    same = [prev for inode, ns in new.namespaces.items() if (prev := old.namespaces.get(inode)) is not None
+            and prev is not ns and prev == ns]
+    return new.with_namespaces(same) if same else new
