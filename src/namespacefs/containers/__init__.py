@@ -8,7 +8,8 @@ stays in the old pid namespace, its pid_for_children is the new one) belongs to 
 container: one sandbox is one container. Engine modules recognise who runs each container and give
 it the engine's name; pods (Podman, Kubernetes) are nodes holding their members (`/shop/web`,
 `/default/shop-7d9/nginx`). Others get a default (their hostname where they have their own uts
-namespace, else `COMM-PID`). Renames stored in the names database (see containers.names) win.
+namespace, else `COMM-PID`). Renames stored in the names database win (namespacefs.names.containers:
+the core loads them and passes them in).
 
     tree = find(snapshot)
     for c in tree: print(c.path, c.engine, c.init)
@@ -16,7 +17,6 @@ namespace, else `COMM-PID`). Renames stored in the names database (see container
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any
@@ -28,13 +28,13 @@ from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Process, Snapshot
+from namespacefs.syntax import safe_container_name
 
 __all__ = ["ENGINES", "Container", "ContainerTree", "Identity", "describe_container", "engine_names", "find"]
 
 ENGINES = engines.FALLBACKS
 
 Combo = tuple[int, ...]
-_UNSAFE = re.compile(r"[/\s\x00-\x1f]+")
 _ALL_TYPES = itemgetter(*NS_TYPES)
 _PID, _TIME = NS_TYPES.index("pid"), NS_TYPES.index("time")
 #: what the members of a pod share with it (where they all agree)
@@ -43,15 +43,16 @@ POD_SHARED = ("net", "ipc", "uts")
 
 def _combo(p: Process) -> Combo | None:
     try:
-        return _ALL_TYPES(p.namespaces)
+        combo: Combo = _ALL_TYPES(p.namespaces)
     except KeyError:
         return None  # a zombie or a process that vanished mid-scan: it joins its parent's container
+    return combo
 
 
 def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
          oci_roots: Iterable[tuple[str, str]] | None = None, hostnames: bool = True) -> ContainerTree:
     """Group the snapshot's processes into the container tree. names: key -> name renames (from
-    containers.names.load); oci_roots: extra OCI state roots as (directory, engine)."""
+    namespacefs.names.containers.load); oci_roots: extra OCI state roots as (directory, engine)."""
     procs = snapshot.processes
     combos, host_combo = _combos(procs)
     if host_combo is None:
@@ -225,20 +226,22 @@ class _Naming:
         if self.names:
             key = self.key(ident.engine if ident else "unknown", ident.engine_id if ident else None, combo)
             if key in self.names:
-                return _safe(self.names[key]), "rename"
+                return safe_container_name(self.names[key]), "rename"
         if ident and ident.name:
-            return _safe(ident.name), "engine"
+            return safe_container_name(ident.name), "engine"
         if self.hostnames and (hostname := _hostname(self.snapshot, combo, parent)):
-            return _safe(hostname), "hostname"
-        return _safe(f"{cand.init.comm}-{cand.init.pid}"), "command"
+            return safe_container_name(hostname), "hostname"
+        return safe_container_name(f"{cand.init.comm}-{cand.init.pid}"), "command"
 
     def group_name(self, engine: str, name: str, ident: str | None) -> tuple[str, str, str]:
         key = f"{engine}-group:{ident or name}"
         if key in self.names:
-            return _safe(self.names[key]), "rename", key
-        return _safe(name), "engine", key
+            return safe_container_name(self.names[key]), "rename", key
+        return safe_container_name(name), "engine", key
 
 
+#: a pod (or Kubernetes namespace) about to be placed: (engine, its id, its members)
+_Pod = tuple[str, "str | None", list[_Entry]]
 #: build(combo, path, identity, name, where the name came from, given name) -> the container
 Builder = Callable[[Combo, str, "Identity | None", str, str, str], Container]
 
@@ -254,7 +257,7 @@ def _place(entries: list[_Entry], path: str, parent: Combo, build: Builder, nami
             groups.setdefault(e.ident.group[depth], []).append(e)
         else:
             plain.append(e)
-    slots: list[tuple[str, str, object]] = [(e.name, e.origin, e) for e in plain]
+    slots: list[tuple[str, str, _Entry | _Pod]] = [(e.name, e.origin, e) for e in plain]
     for (gname, gid), group in groups.items():
         engine = group[0].ident.engine if group[0].ident else "unknown"
         name, origin, _key = naming.group_name(engine, gname, gid)
@@ -272,7 +275,7 @@ def _place(entries: list[_Entry], path: str, parent: Combo, build: Builder, nami
     return tuple(sorted(built, key=lambda c: c.init))
 
 
-def _unique(slots: list[tuple[str, str, object]], inits: list[int]) -> list[tuple[str, str]]:
+def _unique(slots: list[tuple[str, str, _Entry | _Pod]], inits: list[int]) -> list[tuple[str, str]]:
     """(final name, given name) for each sibling: a name given by the user or an engine is kept
     before one a container chose; among equals the lowest init keeps it, the others get .INIT."""
     order = sorted(range(len(slots)), key=lambda i: (slots[i][1] not in TRUSTED, inits[i]))
@@ -302,11 +305,6 @@ def _group(path: str, name: str, origin: str, given: str, engine: str, gid: str 
     return Container(path=path, name=name, engine=engine, engine_id=gid, init=min((c.init for c in members), default=0),
                      pids=(), namespaces=spaces, children=members, labels={"group": kind},
                      key=naming.group_name(engine, name, gid)[2], name_from=origin, given=given, group=True)
-
-
-def _safe(name: str) -> str:
-    cleaned = _UNSAFE.sub("_", name).strip("._") or "_"
-    return cleaned[:80]
 
 
 def _hostname(snapshot: Snapshot, combo: Combo, parent: Combo) -> str | None:

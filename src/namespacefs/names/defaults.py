@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
-from namespacefs.names.store import NameError, Row
+from namespacefs.kernel import HIERARCHICAL, NS_TYPES
+from namespacefs.model import Namespace, NsType, Snapshot, by_type
+from namespacefs.names.store import NamingError, StoredName
 from namespacefs.syntax import MAX_NAME_BYTES, name_problem
 from namespacefs.targets import NETNS_DIR, netns_names  # noqa: F401  (the one rule for ip netns names)
 
@@ -34,23 +34,23 @@ RENAME, ENGINE, NETNS, DEFAULT = "rename", "engine", "netns", "default"
 
 
 def validate(name: str, nstype: str) -> None:
-    """Raise NameError unless `name` can name a namespace of type `nstype`: names are path
+    """Raise NamingError unless `name` can name a namespace of type `nstype`: names are path
     components, and must not pass for another type's default name."""
     if nstype not in NS_TYPES:
-        raise NameError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
+        raise NamingError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
     problem = name_problem(name)
     if problem is not None:
         too_long = isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-        raise NameError(problem, errno.ENAMETOOLONG if too_long else None)
+        raise NamingError(problem, errno.ENAMETOOLONG if too_long else None)
     m = _DEFAULT_RE.match(name)
     if m and m.group(1) != nstype:
-        raise NameError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "
+        raise NamingError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "
                         f"it cannot name a {nstype} namespace")
 
 
 def ns_key(ns: Namespace) -> str:
-    """What a rename is stored under: the 64-bit id, never reused; else type, device and inode."""
-    return f"id:{ns.id}" if ns.id is not None else f"ino:{ns.type}:{ns.dev}:{ns.inode}"
+    """What a rename is stored under (Namespace.stored_key)."""
+    return ns.stored_key
 
 
 def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
@@ -85,13 +85,13 @@ def world_name(ns: Namespace, engine: Mapping[int, str]) -> tuple[str, str] | No
             name = f"{ns.type}-{raw}"
             try:
                 validate(name, ns.type)
-            except NameError:
+            except NamingError:
                 continue
             return name, origin
     return None
 
 
-def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] | None = None,
+def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int, str] | None = None,
            seed: str | None = None) -> dict[int, tuple[str, str]]:
     """inode -> (name, origin) for every namespace in the snapshot. `stored` are the renames for
     this boot; a stored rename applies only to the live namespace it was made for (same key, type,
@@ -104,7 +104,7 @@ def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] 
         scopes.setdefault(scope_key(ns, snapshot), []).append(ns)
     result: dict[int, tuple[str, str]] = {}
     for scope, members in scopes.items():
-        members.sort(key=lambda ns: (NS_TYPES.index(ns.type), ns.inode))
+        members.sort(key=by_type)
         taken: set[str] = set()
         rest: list[Namespace] = []
         for ns in members:
@@ -128,7 +128,7 @@ def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] 
     return result
 
 
-def matches(row: Row, ns: Namespace, scope: str) -> bool:
+def matches(row: StoredName, ns: Namespace, scope: str) -> bool:
     """The liveness check: the stored rename was made for this very namespace."""
     return row.type == ns.type and row.inode == ns.inode and row.dev == ns.dev and row.scope == scope and (
         row.ns_id == ns.id)
@@ -167,34 +167,37 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
         length += 2
 
 
+def path_of(ns: Namespace, name: str, owner_path: str | None) -> str:
+    """The name path of a namespace called `name` whose owning user namespace has the path
+    owner_path (None: its owner is not in the snapshot, 'user:[INODE]' stands for it). The top
+    user namespace is '/'; the namespaces it owns are '/NAME': '/user-3f9a1c/net-web'. The one
+    rule for paths (the daemon names what it adds between scans with it too)."""
+    if ns.owner is None:
+        return "/" if ns.type == NsType.USER else f"/{name}"
+    if owner_path is None:
+        return f"/user:[{ns.owner}]/{name}"
+    return f"{owner_path.rstrip('/')}/{name}"
+
+
 def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int, str]:
-    """inode -> the path through the owning user namespaces: '/user-3f9a1c/net-web'. The top user
-    namespace is '/'. An owner that is not in the snapshot shows as 'user:[INODE]'."""
+    """inode -> the path through the owning user namespaces (path_of) of every namespace."""
     out: dict[int, str] = {}
 
-    def path_of(ns: Namespace, depth: int = 0) -> str:
-        if ns.inode in out:
-            return out[ns.inode]
-        name = names[ns.inode][0]
-        if ns.owner is None:
-            p = "/" if ns.type == "user" else f"/{name}"
-        elif (owner := snapshot.get(ns.owner)) is None or depth > 64:
-            p = f"/user:[{ns.owner}]/{name}"
-        else:
-            base = path_of(owner, depth + 1)
-            p = f"{base.rstrip('/')}/{name}"
-        out[ns.inode] = p
-        return p
+    def path(ns: Namespace, depth: int = 0) -> str:
+        if ns.inode not in out:
+            owner = snapshot.get(ns.owner) if ns.owner is not None and depth <= 64 else None
+            out[ns.inode] = path_of(ns, names[ns.inode][0], path(owner, depth + 1) if owner is not None else None)
+        return out[ns.inode]
 
     for ns in snapshot:
-        path_of(ns)
+        path(ns)
     return out
 
 
 def parent_path(ns: Namespace, snapshot: Snapshot) -> str | None:
     """Pid and user namespaces: the path along the parent chain ('/pid-1a2b3c/pid-4d5e6f'), from the
     names already in the snapshot; None for other types."""
-    if ns.type not in ("pid", "user"):
+    if ns.type not in HIERARCHICAL:
         return None
     chain: list[str] = []
     cur: Namespace | None = ns
