@@ -327,7 +327,7 @@ def test_the_models_named_constants_are_the_kernel_layers_and_the_documented_one
     assert SOURCES == model.SOURCES == ("process", "task", "for_children", "fd", "socket", "bindmount", "listns")
     assert model.HOLDER_KINDS == ("process", "zombie", "task", "pid_for_children", "time_for_children", "fd",
                                   "bindmount", "socket", "parent", "owner", "listns")  # README's table, in order
-    assert model.DIRECT_KINDS == set(model.HOLDER_KINDS) - {"parent", "owner"}
+    assert set(model.HOLDER_KINDS) - {"parent", "owner"} == model.DIRECT_KINDS
     a = Namespace("net", 7, None, 4, None, None, (), ())
     assert (a.key, a.stored_key) == (("net", 7), "ino:net:4:7")  # one key, and its stored text form
     assert Namespace("net", 7, 99, 4, None, None, (), ()).stored_key == "id:99"

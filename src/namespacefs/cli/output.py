@@ -177,9 +177,9 @@ def json_cell(column: Column[Any], value: Any, nowrap: bool = False) -> Any:
     any other cell as a string."""
     if value is None or value == "":
         return None
-    if column.number and isinstance(value, int):
+    if isinstance(value, int) and column.number:
         return value
-    text = cell(value)
+    text = value if type(value) is str else cell(value)
     return _one_line(text) if nowrap else text
 
 

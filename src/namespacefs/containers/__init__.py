@@ -53,37 +53,63 @@ def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
          oci_roots: Iterable[tuple[str, str]] | None = None, hostnames: bool = True) -> ContainerTree:
     """Group the snapshot's processes into the container tree. names: key -> name renames (from
     namespacefs.names.containers.load); oci_roots: extra OCI state roots as (directory, engine)."""
-    procs = snapshot.processes
-    combos, host_combo = _combos(procs)
-    if host_combo is None:
+    layout = _Layout.of(snapshot)
+    if layout is None:
         return ContainerTree(Container("/", "", "host", None, 0, (), {}, name_from="host"))
-    members: dict[Combo, list[int]] = {}
-    for pid in sorted(combos):
-        members.setdefault(combos[pid], []).append(pid)
-    inits, parent_of, starters = _ancestry(procs, combos, members, host_combo)
     world = engines.World(snapshot, oci_roots)
-    kids: dict[Combo | None, list[Combo]] = {}
-    for combo, parent in parent_of.items():
-        kids.setdefault(parent, []).append(combo)
-    naming = _Naming(snapshot, world, names or {}, hostnames)
+    return _build(layout, world, layout.identities(world), _Naming(snapshot, world, names or {}, hostnames))
+
+
+class _Layout:
+    """Which processes make up which container (by combination of namespaces), each one's init,
+    the process that started it and the container it is nested in."""
+
+    def __init__(self, snapshot: Snapshot, combos: dict[int, Combo], host: Combo) -> None:
+        self.snapshot, self.combos, self.host = snapshot, combos, host
+        self.members: dict[Combo, list[int]] = {}
+        for pid in sorted(combos):
+            self.members.setdefault(combos[pid], []).append(pid)
+        self.inits, parent_of, self.starters = _ancestry(snapshot.processes, combos, self.members, host)
+        self.kids: dict[Combo | None, list[Combo]] = {}
+        for combo, parent in parent_of.items():
+            self.kids.setdefault(parent, []).append(combo)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> _Layout | None:
+        combos, host = _combos(snapshot.processes)
+        return cls(snapshot, combos, host) if host is not None else None
+
+    def identities(self, world: engines.World) -> dict[Combo, tuple[Candidate, Identity | None]]:
+        """Each container but the host, as the engines see it (its candidate and who runs it)."""
+        found = {}
+        procs = self.snapshot.processes
+        for combo, members in self.members.items():
+            if combo != self.host:
+                cand = Candidate(self.snapshot, procs[self.inits[combo]], tuple(members), self.starters.get(combo))
+                found[combo] = (cand, world.identify(cand))
+        return found
+
+
+def _build(layout: _Layout, world: engines.World, found: Mapping[Combo, tuple[Candidate, Identity | None]],
+           naming: _Naming) -> ContainerTree:
+    inits, members, host = layout.inits, layout.members, layout.host
 
     def build(combo: Combo, path: str, ident: Identity | None, name: str, origin: str, given: str) -> Container:
         entries = []
-        for child in sorted(kids.get(combo, []), key=lambda c: inits[c]):
-            cand = Candidate(snapshot, procs[inits[child]], tuple(members[child]), starters.get(child))
-            child_ident = world.identify(cand)
+        for child in sorted(layout.kids.get(combo, []), key=lambda c: inits[c]):
+            cand, child_ident = found[child]
             entries.append(_Entry(child, inits[child], child_ident, *naming.name(child, combo, cand, child_ident)))
         children = _place(entries, path, combo, build, naming)
-        engine, engine_id, labels = ("host", None, {}) if combo == host_combo else (
+        engine, engine_id, labels = ("host", None, {}) if combo == host else (
             (ident.engine, ident.engine_id, dict(ident.labels)) if ident else ("unknown", None, {}))
         return Container(
-            path=path, name="" if combo == host_combo else name, engine=engine, engine_id=engine_id,
+            path=path, name="" if combo == host else name, engine=engine, engine_id=engine_id,
             init=inits[combo], pids=tuple(members[combo]), namespaces=dict(zip(NS_TYPES, combo, strict=True)),
             children=children, labels=labels, key=naming.key(engine, engine_id, combo),
-            name_from="host" if combo == host_combo else origin, given=given,
+            name_from="host" if combo == host else origin, given=given,
         )
 
-    return ContainerTree(build(host_combo, "/", None, "", "host", ""))
+    return ContainerTree(build(host, "/", None, "", "host", ""))
 
 
 def _combos(procs: Mapping[int, Process]) -> tuple[dict[int, Combo], Combo | None]:
@@ -322,15 +348,24 @@ def _hostname(snapshot: Snapshot, combo: Combo, parent: Combo) -> str | None:
 def engine_names(snapshot: Snapshot, tree: ContainerTree | None = None) -> dict[int, str]:
     """inode -> the engine's name of the container, for each namespace a recognised container
     does not share with its parent (for the names of the namespaces themselves). A pod comes
-    before its members, so the namespaces they share are named after the pod."""
-    tree = tree or find(snapshot, hostnames=False)
-    found: dict[int, str] = {}
+    before its members, so the namespaces they share are named after the pod. Without a tree,
+    the tree (without hostnames) is built only when an engine recognised some container."""
+    if tree is None:
+        layout = _Layout.of(snapshot)
+        if layout is None:
+            return {}
+        world = engines.World(snapshot)
+        found = layout.identities(world)
+        if not any(ident is not None and (ident.name or ident.group) for _cand, ident in found.values()):
+            return {}  # (no container any engine runs: every one would be `unknown`)
+        tree = _build(layout, world, found, _Naming(snapshot, world, {}, hostnames=False))
+    names: dict[int, str] = {}
     for c in tree:
         if c.engine in ("host", "unknown") or c.name_from not in TRUSTED:
             continue
         for inode in c.own_namespaces(tree.parent(c)).values():
-            found.setdefault(inode, c.name)
-    return found
+            names.setdefault(inode, c.name)
+    return names
 
 
 def describe_container(c: Container, tree: ContainerTree, snap: Snapshot) -> dict[str, Any]:

@@ -63,10 +63,13 @@ def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
 
 def digest(nstype: str, ident: int | None, inode: int, seed: str) -> str:
     """The full hex digest behind a default name: HMAC-SHA256(seed, what)."""
-    what = f"{nstype}:id:{ident}" if ident is not None else f"{nstype}:ino:{inode}"
-    keyed = _keyed(seed).copy()  # the key schedule once per seed, not once per namespace
-    keyed.update(what.encode())
-    return keyed.hexdigest()
+    return _digest(_keyed(seed), nstype, ident, inode)
+
+
+def _digest(keyed: hmac.HMAC, nstype: str, ident: int | None, inode: int) -> str:
+    what = keyed.copy()  # the key schedule once per seed, not once per namespace
+    what.update(f"{nstype}:id:{ident}".encode() if ident is not None else f"{nstype}:ino:{inode}".encode())
+    return what.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,16 +102,13 @@ def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int
     seed = seed if seed is not None else snapshot.boot_id
     engine = engine or {}
     by_key = {r.key: r for r in stored}
-    scopes: dict[str, list[Namespace]] = {}
-    for ns in snapshot:
-        scopes.setdefault(scope_key(ns, snapshot), []).append(ns)
     result: dict[int, tuple[str, str]] = {}
-    for scope, members in scopes.items():
+    for scope, members in _scopes(snapshot).items():
         members.sort(key=by_type)
         taken: set[str] = set()
         rest: list[Namespace] = []
         for ns in members:
-            r = by_key.get(ns_key(ns))
+            r = by_key.get(ns.stored_key) if by_key else None
             if r is not None and matches(r, ns, scope) and r.name not in taken:
                 result[ns.inode] = (r.name, RENAME)
                 taken.add(r.name)
@@ -116,7 +116,7 @@ def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int
                 rest.append(ns)
         worldly: dict[str, list[tuple[Namespace, str]]] = {}
         for ns in rest:
-            found = world_name(ns, engine)
+            found = world_name(ns, engine) if ns.inode in engine or ns.type == NsType.NET else None
             if found is not None:
                 worldly.setdefault(found[0], []).append((ns, found[1]))
         for name, claimants in worldly.items():
@@ -126,6 +126,18 @@ def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int
                 taken.add(name)
         _defaults([ns for ns in rest if ns.inode not in result], taken, seed, result)
     return result
+
+
+def _scopes(snapshot: Snapshot) -> dict[str, list[Namespace]]:
+    """The namespaces of each scope (scope_key), the owner's key worked out once per owner."""
+    keys: dict[int | None, str] = {}
+    scopes: dict[str, list[Namespace]] = {}
+    for ns in snapshot:
+        key = keys.get(ns.owner)
+        if key is None:
+            key = keys[ns.owner] = scope_key(ns, snapshot)
+        scopes.setdefault(key, []).append(ns)
+    return scopes
 
 
 def matches(row: StoredName, ns: Namespace, scope: str) -> bool:
@@ -145,13 +157,18 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
     collide the oldest keeps the shorter name and only the newer ones are lengthened, so a name that
     is already shown does not change when a colliding namespace appears. A name taken by a rename
     or a world name lengthens every default that would collide with it."""
-    full = {ns.inode: digest(ns.type, ns.id, ns.inode, seed) for ns in members}
+    keyed = _keyed(seed)
+    full = {ns.inode: _digest(keyed, ns.type, ns.id, ns.inode) for ns in members}
     pending = members
     length = SHORT
     while pending:
         names: dict[str, list[Namespace]] = {}
         for ns in pending:
-            names.setdefault(f"{ns.type}-{full[ns.inode][:length]}", []).append(ns)
+            name = f"{ns.type}-{full[ns.inode][:length]}"
+            if name in names:
+                names[name].append(ns)
+            else:
+                names[name] = [ns]
         pending = []
         for name, group in names.items():
             if length >= 64:  # (64 digits: a SHA-256 collision; not reached)
@@ -160,7 +177,7 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
             if name in taken:
                 pending.extend(group)
                 continue
-            oldest, *newer = sorted(group, key=_age)
+            oldest, *newer = sorted(group, key=_age) if len(group) > 1 else group
             result[oldest.inode] = (name, DEFAULT)
             taken.add(name)
             pending.extend(newer)
@@ -180,17 +197,21 @@ def path_of(ns: Namespace, name: str, owner_path: str | None) -> str:
 
 
 def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int, str]:
-    """inode -> the path through the owning user namespaces (path_of) of every namespace."""
+    """inode -> the path through the owning user namespaces (path_of) of every namespace: the
+    user namespaces' first (owners are user namespaces), then every other in one pass."""
     out: dict[int, str] = {}
 
-    def path(ns: Namespace, depth: int = 0) -> str:
-        if ns.inode not in out:
-            owner = snapshot.get(ns.owner) if ns.owner is not None and depth <= 64 else None
-            out[ns.inode] = path_of(ns, names[ns.inode][0], path(owner, depth + 1) if owner is not None else None)
-        return out[ns.inode]
+    def owner_path(inode: int | None, depth: int) -> str | None:
+        owner = snapshot.get(inode) if inode is not None and depth <= 64 else None
+        if owner is None:
+            return None
+        if owner.inode not in out:
+            out[owner.inode] = path_of(owner, names[owner.inode][0], owner_path(owner.owner, depth + 1))
+        return out[owner.inode]
 
     for ns in snapshot:
-        path(ns)
+        if ns.inode not in out:
+            out[ns.inode] = path_of(ns, names[ns.inode][0], owner_path(ns.owner, 0))
     return out
 
 
