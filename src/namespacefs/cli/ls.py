@@ -220,12 +220,12 @@ def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namesp
     in lsns's order (by inode)."""
     data = snap.to_dict()
     keep = {ns.inode for ns in chosen}
-    columns = [BY_NAME[name] for name in LSNS_KEYS]
+    columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
     nowrap = bool(args.nowrap)
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
         row = NamespaceRow(snap.namespaces[item["inode"]], snap)
-        item.update({c.key: json_cell(c, c.value(row), nowrap) for c in columns})
+        item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
     return data

@@ -119,7 +119,9 @@ def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True,
           engine: Mapping[int, str] | None = None) -> Snapshot:
     """The snapshot with Namespace.name and Namespace.path filled in (engine: see assigned)."""
     got = assigned(snapshot, db, strict, engine)
-    return snapshot.with_namespaces(ns.named(got.names[ns.inode][0], got.paths[ns.inode]) for ns in snapshot)
+    names, paths_ = got.names, got.paths
+    return snapshot.replace(namespaces={inode: ns.named(names[inode][0], paths_[inode])
+                                        for inode, ns in snapshot.namespaces.items()})
 
 
 def _alive_elsewhere(row: StoredName) -> bool | None:
