@@ -15,10 +15,10 @@ from namespacefs.cli import Parser, UserError, duration, whole
 from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
-from namespacefs.containers import names as cnames
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
+from namespacefs.names import containers as cnames
 from namespacefs.ops import checkpoint as ckpt
 from namespacefs.ops import enter as ops_enter
 from namespacefs.ops import kill as ops_kill

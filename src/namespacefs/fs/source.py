@@ -36,7 +36,14 @@ Taker = Callable[[bool], Snapshot]
 
 def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Taker:
     """Snapshots named from db (see Taker)."""
-    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db)
+    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db, provider=_daemon_snapshot)
+
+
+def _daemon_snapshot() -> Snapshot | None:
+    """The running daemon's snapshot (the provider core.snapshot asks first), None without one."""
+    from namespacefs.service.client import fetch_snapshot
+
+    return fetch_snapshot(timeout=2.0)
 
 
 class Source:
