@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, _freeze, _read_user_maps, hierarchy, mounts, processes
+from namespacefs.discover import SOURCES, freeze, hierarchy, mounts, processes, read_user_maps
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
@@ -151,12 +151,12 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         if remount:
             mounts.scan(state)
         hierarchy.resolve(state)
-        _read_user_maps(state)
+        read_user_maps(state)
     finally:
         state.close_fds()
     errors.update(state.errors)
     merge = _Merge(old, touched, chosen, state.mounts_read if remount else set(), recheck)
-    merge.add_fresh(_freeze(state))
+    merge.add_fresh(freeze(state))
     merge.settle()
     procs = _processes(old.processes, touched, state.processes)
     changed |= merge.visited
