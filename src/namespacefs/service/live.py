@@ -192,8 +192,6 @@ class Live:
     def generation(self) -> int:
         return self._generation
 
-    # --- the threads -----------------------------------------------------------------------------
-
     def _full_scans(self) -> None:
         last_end = time.monotonic()
         while not self._stop.is_set():
@@ -306,15 +304,17 @@ class Live:
         return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename, recheck)
 
     def _sweep_slice(self) -> set[int]:
-        """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick."""
+        """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick,
+        and every process /proc has that the model has not (an event missed, or no proc connector)."""
         tick = self._tick()
         self._sweep_at = time.monotonic() + tick
+        known = self.current().processes
         if not self._sweep_todo:
-            self._sweep_todo = sorted(self.current().processes, reverse=True)
+            self._sweep_todo = sorted(known, reverse=True)
             self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / (self.sweep or tick)))
-        part = self._sweep_todo[-self._sweep_size:]
+        part = set(self._sweep_todo[-self._sweep_size:])
         del self._sweep_todo[-self._sweep_size:]
-        return set(part)
+        return part | {int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in known}
 
     def _db_stamp(self) -> tuple[float, int] | None:
         """(mtime, size) of the names database: a rename changes it."""
