@@ -1,9 +1,9 @@
 """Per-type details, read on demand (never during a scan, so `ls` stays fast).
 
-uts, ipc, net and cgroup namespaces are per thread: a short-lived helper thread setns()es into
-the namespace and reads what the kernel shows the *current thread* (uname, /proc/sys/kernel,
-/proc/sysvipc, sockets), so the caller's own namespaces never change. Everything else comes
-from /proc files of a member process.
+uts, ipc, net and cgroup namespaces are per thread: a short-lived helper thread
+(namespacefs.ops.inside.in_thread) setns()es into the namespace and reads what the kernel shows
+the *current thread* (uname, /proc/sys/kernel, /proc/sysvipc, sockets), so the caller's own
+namespaces never change. Everything else comes from /proc files of a member process.
 """
 
 from __future__ import annotations
@@ -11,39 +11,25 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from namespacefs import kernel, procfs
+from namespacefs import procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
+from namespacefs.ops.inside import in_thread
 
 T = TypeVar("T")
 
 
 def inside(ns: Namespace, func: Callable[[], T], snapshot: Snapshot | None = None) -> T:
-    """Run func in a helper thread that has joined ns (uts, ipc, net, cgroup or time only)."""
+    """Run func in a helper thread that has joined ns (uts, ipc, net or cgroup: ops.inside.in_thread)."""
     fd = open_namespace(ns, snapshot)
-    result: list[Any] = []
-
-    def work() -> None:
-        try:
-            kernel.setns(fd, kernel.CLONE_FLAGS[ns.type])
-            result.append(func())
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
-
     try:
-        t = threading.Thread(target=work, name=f"nsfs-{ns.type}")
-        t.start()
-        t.join()
+        return in_thread(fd, ns.type, func)
     finally:
         os.close(fd)
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
 
 
 def _member(ns: Namespace) -> int | None:

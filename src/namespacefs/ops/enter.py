@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from namespacefs import kernel
 from namespacefs.forking import fork_and_act
 from namespacefs.kernel import CLONE_FLAGS, NS_TYPES
+from namespacefs.ops import inside
 
-#: The order nsenter joins namespaces in when they come as separate fds: user first (it may be what
-#: grants the right to join the others), mnt last (it changes the paths of what follows).
-JOIN_ORDER: tuple[str, ...] = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
+#: The order nsenter joins namespaces in when they come as separate fds (ops.inside's).
+JOIN_ORDER = inside.JOIN_ORDER
 
 
 class EnterError(RuntimeError):
@@ -87,17 +87,47 @@ def default_shell(pid: int | None, proc: str = "/proc", in_its_root: bool = True
     return ["/bin/sh"]
 
 
-def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
-    """Run argv inside the planned namespaces; return its exit status."""
+def run(plan: Plan, argv: Sequence[str], proc: str = "/proc", pidfd: int = -1) -> int:
+    """Run argv inside the planned namespaces; return its exit status. pidfd: a pidfd of plan.pid
+    that the caller already checked (targets.resolve_target's), used as it is so that the process
+    joined is the one resolved; without one, a pidfd is opened here."""
     if not argv or not argv[0]:
         raise EnterError("no command to run" if not argv else "an empty command name")
-    pidfd = rootfd = cwdfd = -1
-    r, w = os.pipe2(os.O_CLOEXEC)
+    own_pidfd = rootfd = cwdfd = -1
+    try:
+        if plan.pid is not None and pidfd < 0:
+            own_pidfd = pidfd = _open_pidfd(plan.pid)
+        rootfd, cwdfd = _open_dirs(plan, proc)
+        join = inside.Join(pidfd, tuple(t for t in plan.types if t not in plan.fds), plan.pid, plan.fds)
+        message, status = inside.start(lambda w: _child(plan, list(argv), join, rootfd, cwdfd, w)).finish()
+    except OSError as e:
+        raise EnterError(f"fork: {e.strerror}") from None
+    finally:
+        for fd in (own_pidfd, rootfd, cwdfd):
+            if fd >= 0:
+                os.close(fd)
+    if message:
+        raise EnterError(message.decode(errors="replace"))
+    return _exit_status(status)
+
+
+def _open_pidfd(pid: int) -> int:
+    try:
+        return kernel.pidfd_open(pid)
+    except ProcessLookupError:
+        raise EnterError(f"process {pid} has gone") from None
+    except OSError as e:
+        raise EnterError(f"cannot open process {pid}: {e.strerror}") from None
+
+
+def _open_dirs(plan: Plan, proc: str) -> tuple[int, int]:
+    """(root fd, cwd fd) the command gets (-1: none): the target's root with its mount namespace
+    (or -r DIR), its working directory with its root or -w. Opened here, before the fork."""
+    rootfd = cwdfd = -1
     try:
         if plan.pid is not None:
+            with_its_root = "mnt" in plan.types and plan.follow_root and plan.root is None
             try:
-                pidfd = kernel.pidfd_open(plan.pid)
-                with_its_root = "mnt" in plan.types and plan.follow_root and plan.root is None
                 if with_its_root:
                     rootfd = os.open(f"{proc}/{plan.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 if plan.wd is None and (with_its_root or plan.follow_wd):
@@ -111,33 +141,12 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
                 rootfd = os.open(plan.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 raise EnterError(f"{plan.root}: {e.strerror}") from None
-        child = fork_and_act(lambda: _child(plan, list(argv), pidfd, rootfd, cwdfd, w, r))
-        os.close(w)
-        w = -1
-        message = _read_all(r)
-        _, status = _wait(child)
-    finally:
-        for fd in (r, w, pidfd, rootfd, cwdfd):
+    except EnterError:
+        for fd in (rootfd, cwdfd):
             if fd >= 0:
                 os.close(fd)
-    if message:
-        raise EnterError(message.decode(errors="replace"))
-    return _exit_status(status)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _wait(pid: int) -> tuple[int, int]:
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
+        raise
+    return rootfd, cwdfd
 
 
 def _exit_status(status: int) -> int:
@@ -152,41 +161,17 @@ def _fail(w: int, message: str, code: int = 126) -> None:  # pragma: no cover - 
         os._exit(code)
 
 
-def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: int, r: int) -> None:  # pragma: no cover
-    """In the forked child (fork_and_act: it never returns into the caller): join, then exec."""
-    os.close(r)
-    stage = "setns"
+def _child(plan: Plan, argv: list[str], join: inside.Join, rootfd: int, cwdfd: int,
+           w: int) -> None:  # pragma: no cover - child only (ops.inside.start: never returns into the caller)
+    """Join, set up what nsenter would, then exec (or fork once more for a pid or time namespace)."""
     try:
-        _join(plan, pidfd)
-        if plan.netns_exec is not None:
-            stage = "ip netns exec's mounts"
-            _like_ip_netns_exec(plan.netns_exec)
-        stage = "the target's root directory"
-        if rootfd >= 0:
-            os.fchdir(rootfd)
-            os.chroot(".")
-        stage = "the working directory"
-        if cwdfd >= 0:
-            os.fchdir(cwdfd)
-        elif plan.wd is not None:
-            os.chdir(plan.wd)
-        elif rootfd >= 0:
-            os.chdir("/")
-        if plan.cgroup is not None:
-            stage = f"joining the cgroup ({plan.cgroup})"
-            with open(plan.cgroup, "w") as f:
-                f.write("0")  # 0: the writing process
-        if plan.keep_caps and "user" in plan.types:
-            stage = "keeping the capabilities (--keep-caps)"
-            kernel.keep_permitted_caps()
-        stage = "switching to the -S/-G ids (are they mapped in its user namespace?)"
-        _credentials(plan)
-        if plan.selinux_context is not None:
-            stage = "setting the SELinux exec context (-Z)"
-            with open("/proc/thread-self/attr/exec", "wb") as f:
-                f.write(plan.selinux_context)
+        try:
+            inside.join(join)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, e.filename or "setns") from None
+        _set_up(plan, rootfd, cwdfd)
     except OSError as e:
-        _fail(w, f"{e.filename or stage}: {e.strerror}")
+        _fail(w, f"{e.filename}: {e.strerror}")
     except BaseException as e:  # the child must never return into the caller
         _fail(w, str(e))
     if plan.fork and ("pid" in plan.types or "time" in plan.types):
@@ -197,9 +182,54 @@ def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: 
         except OSError as e:
             _fail(w, f"fork: {e.strerror}")
         os.close(w)
-        _, status = _wait(grandchild)
-        os._exit(_exit_status(status))
+        os._exit(_exit_status(os.waitpid(grandchild, 0)[1]))
     _exec(argv, w, plan.env)
+
+
+def _set_up(plan: Plan, rootfd: int, cwdfd: int) -> None:  # pragma: no cover - child only
+    """What follows the joining, in nsenter's order; an OSError names its step (as its filename)."""
+    steps: list[tuple[str, Callable[[], object]]] = []
+    if plan.netns_exec is not None:
+        steps.append(("ip netns exec's mounts", lambda: _like_ip_netns_exec(plan.netns_exec or "")))
+    steps.append(("the target's root directory", lambda: _chroot(rootfd)))
+    steps.append(("the working directory", lambda: _chdir(plan, rootfd, cwdfd)))
+    if plan.cgroup is not None:
+        steps.append((f"joining the cgroup ({plan.cgroup})", lambda: _join_cgroup(plan.cgroup or "")))
+    if plan.keep_caps and "user" in plan.types:
+        steps.append(("keeping the capabilities (--keep-caps)", kernel.keep_permitted_caps))
+    steps.append(("switching to the -S/-G ids (are they mapped in its user namespace?)", lambda: _credentials(plan)))
+    if plan.selinux_context is not None:
+        steps.append(("setting the SELinux exec context (-Z)", lambda: _write_exec_context(plan.selinux_context or b"")))
+    for stage, step in steps:
+        try:
+            step()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, e.filename or stage) from None
+
+
+def _chroot(rootfd: int) -> None:  # pragma: no cover - child only
+    if rootfd >= 0:
+        os.fchdir(rootfd)
+        os.chroot(".")
+
+
+def _chdir(plan: Plan, rootfd: int, cwdfd: int) -> None:  # pragma: no cover - child only
+    if cwdfd >= 0:
+        os.fchdir(cwdfd)
+    elif plan.wd is not None:
+        os.chdir(plan.wd)
+    elif rootfd >= 0:
+        os.chdir("/")
+
+
+def _join_cgroup(procs: str) -> None:  # pragma: no cover - child only
+    with open(procs, "w") as f:
+        f.write("0")  # 0: the writing process
+
+
+def _write_exec_context(context: bytes) -> None:  # pragma: no cover - child only
+    with open("/proc/thread-self/attr/exec", "wb") as f:
+        f.write(context)
 
 
 def _exec(argv: list[str], w: int, env: dict[bytes, bytes] | None,
@@ -213,30 +243,6 @@ def _exec(argv: list[str], w: int, env: dict[bytes, bytes] | None,
         os.execvp(argv[0], argv)
     except (OSError, ValueError) as e:  # ValueError: an argument with a NUL byte, an empty name
         _fail(w, f"{argv[0]}: {getattr(e, 'strerror', None) or e}", 127 if isinstance(e, FileNotFoundError) else 126)
-
-
-def _join(plan: Plan, pidfd: int) -> None:  # pragma: no cover - child only
-    from_pid = [t for t in plan.types if t not in plan.fds]
-    if pidfd >= 0 and from_pid:
-        flags = 0
-        for t in from_pid:
-            flags |= CLONE_FLAGS[t]
-        try:
-            kernel.setns(pidfd, flags)
-        except OSError as e:
-            if e.errno not in (22, 38):  # EINVAL: no pidfd setns (before 5.8); ENOSYS
-                raise
-            _join_paths(plan.pid, from_pid)
-    for t in JOIN_ORDER:
-        if t in plan.fds:
-            kernel.setns(plan.fds[t], CLONE_FLAGS[t])
-
-
-def _join_paths(pid: int | None, types: list[str]) -> None:  # pragma: no cover - old kernels only
-    fds = {t: os.open(f"/proc/{pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC) for t in types}
-    for t in JOIN_ORDER:
-        if t in fds:
-            kernel.setns(fds[t], CLONE_FLAGS[t])
 
 
 def _like_ip_netns_exec(name: str) -> None:  # pragma: no cover - child only

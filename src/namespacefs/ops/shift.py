@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from namespacefs import kernel, mountpoints
-from namespacefs.forking import fork_and_act
+from namespacefs.ops import inside
 from namespacefs.syntax import is_number, number
 
 IdMap = tuple[tuple[int, int, int], ...]
@@ -97,33 +97,31 @@ def transient_userns(uid_map: IdMap, gid_map: IdMap) -> Iterator[int]:
     """An fd for a new user namespace with these maps, alive while the context lasts. A forked child
     unshares CLONE_NEWUSER and waits; we write its maps from here and open /proc/CHILD/ns/user; then
     the child is released and reaped (the fd, and any mount made with it, keep the namespace)."""
-    ready_r, ready_w = os.pipe()
-    hold_r, hold_w = os.pipe()
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
 
-    def child() -> None:  # (fork_and_act: it never returns into the caller)
-        os.close(ready_r)
+    def child(ready: int) -> None:  # (ops.inside.start: plain os calls, never returns into the caller)
         os.close(hold_w)
         kernel.unshare(kernel.CLONE_FLAGS["user"])
-        os.write(ready_w, b"1")
+        os.write(ready, b"1")
         os.read(hold_r, 1)  # until the parent closes its end
 
-    pid = fork_and_act(child)
-    os.close(ready_w)
-    os.close(hold_r)
+    try:
+        helper = inside.start(child)
+    finally:
+        os.close(hold_r)
     fd = -1
     try:
-        if os.read(ready_r, 1) != b"1":
+        if os.read(helper.r, 1) != b"1":
             raise ShiftError("could not create a user namespace (unshare(CLONE_NEWUSER) failed)")
         try:
-            _write(f"/proc/{pid}/uid_map", map_text(uid_map))
-            _write(f"/proc/{pid}/gid_map", map_text(gid_map))
+            _write(f"/proc/{helper.pid}/uid_map", map_text(uid_map))
+            _write(f"/proc/{helper.pid}/gid_map", map_text(gid_map))
         except OSError as e:
             raise ShiftError(f"the kernel refused the id map ({e.strerror}); check it with --map") from None
-        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        os.close(ready_r)
         os.close(hold_w)
-        os.waitpid(pid, 0)
+        helper.finish()
     try:
         yield fd
     finally:
