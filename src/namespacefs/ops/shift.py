@@ -83,9 +83,9 @@ def map_text(idmap: IdMap) -> bytes:
 
 def apply_map(idmap: IdMap, ident: int) -> int | None:
     """The id a map gives an on-disk id; None where the map does not cover it."""
-    for inside, outside, count in idmap:
-        if inside <= ident < inside + count:
-            return outside + ident - inside
+    for first, outside, count in idmap:
+        if first <= ident < first + count:
+            return outside + ident - first
     return None
 
 
