@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from namespacefs import procfs
+from namespacefs import kernel, procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
@@ -99,10 +98,7 @@ def mountinfo(ns: Namespace) -> bytes:
     raise Gone("no process is in this mount namespace, so its mounts cannot be read")
 
 
-# --- NETNSID: the id our net namespace's netlink uses for another one (rtnetlink RTM_GETNSID) --
-
-_RTM_GETNSID = 90
-_NETNSA_NSID, _NETNSA_FD = 1, 3
+# --- NETNSID: the id our net namespace's netlink uses for another one (kernel.netnsid) --------
 
 
 def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
@@ -112,30 +108,8 @@ def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
     except Gone:
         return None
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-            attr = struct.pack("=HHI", 8, _NETNSA_FD, fd)
-            body = struct.pack("=Bxxx", socket.AF_UNSPEC) + attr
-            header = struct.pack("=IHHII", 16 + len(body), _RTM_GETNSID, 0x1, 1, 0)  # NLM_F_REQUEST
-            sock.send(header + body)
-            reply = sock.recv(4096)
+        return kernel.netnsid(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return _parse_nsid(reply)
-
-
-def _parse_nsid(reply: bytes) -> int | None:
-    _, msg_type, _, _, _ = struct.unpack_from("=IHHII", reply)
-    if msg_type == 2:  # NLMSG_ERROR
-        return None
-    offset = 16 + 4
-    while offset + 4 <= len(reply):
-        length, kind = struct.unpack_from("=HH", reply, offset)
-        if length < 4:
-            break
-        if kind == _NETNSA_NSID:
-            value = struct.unpack_from("=i", reply, offset + 4)[0]
-            return None if value < 0 else value
-        offset += (length + 3) & ~3
-    return None

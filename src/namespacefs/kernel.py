@@ -1,6 +1,6 @@
 """The kernel layer: every ioctl, syscall number and struct layout namespacefs uses, in one place.
 
-Sources (x86_64 and generic syscall numbers, uapi headers):
+Sources (syscall numbers of the supported architectures, uapi headers):
   include/uapi/linux/sched.h      CLONE_NEW* flags
   include/uapi/linux/nsfs.h       NSIO ioctls, struct nsfs_file_handle, struct ns_id_req
   include/uapi/linux/sockios.h    SIOCGSKNS
@@ -9,8 +9,15 @@ Sources (x86_64 and generic syscall numbers, uapi headers):
                                   struct mnt_id_req, struct statmount
   include/uapi/linux/magic.h      filesystem magic numbers (fstatfs f_type)
   include/uapi/linux/fcntl.h      AT_* flags, FD_NSFS_ROOT
-  arch/x86/entry/syscalls/syscall_64.tbl (the numbers below are the unified ones since 4.x
-  for every architecture except the legacy ones, which namespacefs does not support)
+  include/uapi/linux/netlink.h    struct nlmsghdr, NLM_F_REQUEST, NLMSG_ERROR
+  include/uapi/linux/net_namespace.h, rtnetlink.h   RTM_GETNSID, NETNSA_NSID, NETNSA_FD
+  arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h
+
+Supported architectures: x86_64 and aarch64 (the generic table). The syscalls numbered 424 and up
+(pidfd_*, open_tree, move_mount, fs*, mount_setattr, statmount, listmount, listns) have one number
+on every architecture; setns and open_by_handle_at do not, and are taken from SYSCALLS_BY_ARCH.
+On another architecture the module imports (so that `nsfs --help` and pure code work), and the
+first call of a syscall whose number differs fails with UnsupportedArchitecture, which says so.
 
 Everything here is a thin, typed wrapper that raises OSError with the kernel's errno; policy
 (what to do when a process vanished, when access is denied) lives in the callers.
@@ -29,7 +36,7 @@ import errno
 import fcntl
 import os
 import struct
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
     import socket
@@ -76,8 +83,10 @@ SIOCGSKNS: Final = 0x894C  # sockios.h: the net namespace of a socket
 
 # --- syscall numbers ---------------------------------------------------------------------------
 
-SYS_SETNS: Final = 308
-SYS_OPEN_BY_HANDLE_AT: Final = 304
+#: The numbers that differ between the supported architectures: (setns, open_by_handle_at).
+SYSCALLS_BY_ARCH: Final[dict[str, tuple[int, int]]] = {"x86_64": (308, 304), "aarch64": (268, 265)}
+ARCH: Final = os.uname().machine
+SYS_SETNS, SYS_OPEN_BY_HANDLE_AT = SYSCALLS_BY_ARCH.get(ARCH, (-1, -1))
 SYS_PIDFD_SEND_SIGNAL: Final = 424
 SYS_OPEN_TREE: Final = 428
 SYS_MOVE_MOUNT: Final = 429
@@ -124,9 +133,22 @@ def _check(result: int) -> int:
     return result
 
 
-def syscall(number: int, *args: int | ctypes._SimpleCData | ctypes.Array | ctypes._Pointer | bytes | None) -> int:
+class UnsupportedArchitecture(OSError):
+    """A syscall whose number namespacefs does not know on this machine's architecture."""
+
+
+if TYPE_CHECKING:
+    from ctypes import _CArgObject
+
+    SyscallArg = int | bytes | None | ctypes._SimpleCData[Any] | ctypes.Array[Any] | ctypes._Pointer[Any] | _CArgObject
+
+
+def syscall(number: int, *args: SyscallArg) -> int:
     """Call a raw syscall; return its result or raise OSError(errno)."""
-    return _check(_syscall(ctypes.c_long(number), *args))
+    if number < 0:
+        raise UnsupportedArchitecture(errno.ENOSYS, f"namespacefs supports {' and '.join(SYSCALLS_BY_ARCH)}, "
+                                      f"not {ARCH}: this syscall's number is not known here")
+    return int(_check(_syscall(ctypes.c_long(number), *args)))
 
 
 # --- nsfs ioctls -------------------------------------------------------------------------------
@@ -154,13 +176,13 @@ def ioctl_u64(fd: int, request: int) -> int:
     """An nsfs ioctl that answers one __u64."""
     buf = bytearray(8)
     fcntl.ioctl(fd, request, buf)
-    return struct.unpack("=Q", buf)[0]
+    return int(struct.unpack("=Q", buf)[0])
 
 
 def ns_owner_fd(fd: int) -> int | None:
     """A new fd for the owning user namespace, or None where the caller may not see it."""
     try:
-        return fcntl.ioctl(fd, NS_GET_USERNS)
+        return int(fcntl.ioctl(fd, NS_GET_USERNS))
     except PermissionError:
         return None
 
@@ -168,7 +190,7 @@ def ns_owner_fd(fd: int) -> int | None:
 def ns_parent_fd(fd: int) -> int | None:
     """A new fd for the parent pid/user namespace; None at the top (or the caller's top)."""
     try:
-        return fcntl.ioctl(fd, NS_GET_PARENT)
+        return int(fcntl.ioctl(fd, NS_GET_PARENT))
     except PermissionError:
         return None
 
@@ -177,7 +199,7 @@ def ns_owner_uid(fd: int) -> int:
     """The uid (in the caller's user namespace) that created a user namespace."""
     buf = bytearray(4)
     fcntl.ioctl(fd, NS_GET_OWNER_UID, buf)
-    return struct.unpack("=I", buf)[0]
+    return int(struct.unpack("=I", buf)[0])
 
 
 def socket_netns_fd(sock_fd: int) -> int:
@@ -222,6 +244,20 @@ class _NsfsHandle(ctypes.Structure):
         ("ns_type", ctypes.c_uint32),
         ("ns_inum", ctypes.c_uint32),
     ]
+
+
+def ns_alive(ident: int | None, nstype: str | None = None, inode: int = 0) -> bool | None:
+    """Is the namespace with this 64-bit id still alive? By reopening it from its id: False when the
+    kernel says it is gone (ESTALE, ENOENT, ESRCH), True when it opens, None where that cannot be
+    asked (no id, not allowed, a kernel without nsfs file handles)."""
+    if ident is None:
+        return None
+    try:
+        fd = open_ns_by_id(ident, nstype, inode)
+    except OSError as e:
+        return False if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH) else None
+    os.close(fd)
+    return True
 
 
 def open_ns_by_id(ident: int, nstype: str | None = None, inode: int = 0) -> int:
@@ -537,3 +573,43 @@ def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
                 out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
         offset += (length + 3) & ~3
     return out
+
+
+# --- rtnetlink RTM_GETNSID: the id our net namespace's netlink uses for another one ---------------
+
+RTM_GETNSID: Final = 90  # rtnetlink.h
+NLM_F_REQUEST: Final = 0x1  # netlink.h
+NETNSA_NSID, NETNSA_FD = 1, 3  # net_namespace.h
+RTGENMSG: Final = struct.Struct("=Bxxx")  # struct rtgenmsg, padded to 4
+NLATTR: Final = struct.Struct("=HH")  # struct nlattr: len, type
+
+
+def netnsid(netns_fd: int) -> int | None:
+    """The netnsid our net namespace assigned to the net namespace behind netns_fd, or None where
+    none is assigned (or rtnetlink refuses). Raises OSError if no netlink socket can be made."""
+    import socket  # (as for the proc connector: only some commands need it)
+
+    body = RTGENMSG.pack(socket.AF_UNSPEC) + NLATTR.pack(8, NETNSA_FD) + struct.pack("=I", netns_fd)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETNSID, NLM_F_REQUEST, 1, 0) + body)
+        reply = sock.recv(4096)
+    return parse_netnsid(reply)
+
+
+def parse_netnsid(reply: bytes) -> int | None:
+    """NETNSA_NSID of an RTM_NEWNSID reply (None for an error reply or a negative id: none assigned)."""
+    if len(reply) < NLMSGHDR.size:
+        return None
+    _, msg_type, _, _, _ = NLMSGHDR.unpack_from(reply)
+    if msg_type == NLMSG_ERROR:
+        return None
+    offset = NLMSGHDR.size + RTGENMSG.size
+    while offset + NLATTR.size <= len(reply):
+        length, kind = NLATTR.unpack_from(reply, offset)
+        if length < NLATTR.size:
+            break
+        if kind == NETNSA_NSID and offset + 8 <= len(reply):
+            value: int = struct.unpack_from("=i", reply, offset + NLATTR.size)[0]
+            return None if value < 0 else value
+        offset += (length + 3) & ~3
+    return None

@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -464,7 +464,7 @@ class NamespaceFS(pyfuse3.Operations):
                       fh: int | None, ctx: pyfuse3.RequestContext) -> Any:
         raise pyfuse3.FUSEError(errno.EPERM)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         pass  # inode numbers live as long as the mount (a few bytes each)
 
     # --- keeping the kernel's caches honest -----------------------------------------------
@@ -540,14 +540,7 @@ def userns_of_pid(pid: int) -> tuple[int, int | None] | None:
 
 def alive(ns: Namespace) -> bool:
     """False if the namespace is certainly gone (its 64-bit id no longer opens); True otherwise."""
-    if ns.id is None:
-        return True
-    try:
-        fd = kernel.open_ns_by_id(ns.id, ns.type, ns.inode)
-    except OSError as e:
-        return e.errno not in (errno.ESTALE, errno.ENOENT)
-    os.close(fd)
-    return True
+    return kernel.ns_alive(ns.id, ns.type, ns.inode) is not False
 
 
 def owner_uid(snapshot: Snapshot, ns: Namespace) -> int:

@@ -155,13 +155,13 @@ def _read_detail(ns: Namespace, what: str, snapshot: Snapshot) -> Any:
 
 def _format_detail(name: str, value: Any) -> str:
     if name == "uname":
-        return " ".join(value[k] for k in ("sysname", "nodename", "release", "version", "machine")) + "\n"
+        return " ".join(str(value[k]) for k in ("sysname", "nodename", "release", "version", "machine")) + "\n"
     if name in ("hostname", "domainname"):
-        return value["nodename" if name == "hostname" else "domainname"] + "\n"
+        return str(value["nodename" if name == "hostname" else "domainname"]) + "\n"
     if name == "interfaces":
         return "".join(f"{i}\n" for i in value)
     if name == "mountinfo":
-        return value.decode(errors="surrogateescape")
+        return bytes(value).decode(errors="surrogateescape")
     if name == "root":
         return "".join(sorted(f"{key or 'cgroup2'} {root}\n" for key, root in value.items()))
     if name == "offsets":

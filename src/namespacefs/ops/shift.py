@@ -22,7 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from namespacefs import kernel, mountpoints
+from namespacefs.discover.processes import read_at
 from namespacefs.ops import inside
+from namespacefs.procfs import parse_mountinfo
 from namespacefs.syntax import is_number, number
 
 IdMap = tuple[tuple[int, int, int], ...]
@@ -154,18 +156,9 @@ class MountInfo:
 
 
 def mounts(pid: str = "self") -> list[MountInfo]:
-    """This process's mount table; the per-mount options field is what procfs.Mount leaves out."""
-    from namespacefs.discover.processes import read_at
-    from namespacefs.procfs import parse_mountinfo
-
-    data = read_at(f"/proc/{pid}/mountinfo")
-    options = {}
-    for line in data.decode(errors="surrogateescape").splitlines():
-        fields = line.split(" ", 6)
-        if len(fields) > 5:
-            options[int(fields[0])] = tuple(fields[5].split(","))
-    return [MountInfo(m.mount_id, m.parent_id, m.mountpoint, options.get(m.mount_id, ()), m.fstype, m.source)
-            for m in parse_mountinfo(data)]
+    """This process's mount table (procfs.parse_mountinfo)."""
+    return [MountInfo(m.mount_id, m.parent_id, m.mountpoint, m.options, m.fstype, m.source)
+            for m in parse_mountinfo(read_at(f"/proc/{pid}/mountinfo"))]
 
 
 def mount_of(path: str) -> MountInfo | None:
@@ -286,13 +279,10 @@ def unshift(dst: str, lazy: bool = False, force: bool = False) -> list[str]:
     done = []
     for path in [*below, real]:
         try:
-            kernel.umount(path, kernel.MNT_DETACH if lazy else 0)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                raise ShiftError(f"{path} is busy (a process has its working directory or open files there); "
-                                 f"stop it or use --lazy") from None
+            mountpoints.unmount(path, lazy)
+        except mountpoints.UnmountFailed as e:
             if e.errno == errno.EINVAL and path != real:
                 continue  # already gone with its parent
-            raise ShiftError(f"cannot unmount {path}: {e.strerror}") from None
+            raise ShiftError(str(e)) from None
         done.append(path)
     return done
