@@ -98,6 +98,8 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc", pidfd: int = -1) -
         if plan.pid is not None and pidfd < 0:
             own_pidfd = pidfd = _open_pidfd(plan.pid)
         rootfd, cwdfd = _open_dirs(plan, proc)
+        if pidfd >= 0 and plan.pid is not None:
+            _still_alive(pidfd, plan.pid)  # so the root and cwd opened by pid were this process's
         join = inside.Join(pidfd, tuple(t for t in plan.types if t not in plan.fds), plan.pid, plan.fds)
         message, status = inside.start(lambda w: _child(plan, list(argv), join, rootfd, cwdfd, w)).finish()
     except OSError as e:
@@ -109,6 +111,13 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc", pidfd: int = -1) -
     if message:
         raise EnterError(message.decode(errors="replace"))
     return _exit_status(status)
+
+
+def _still_alive(pidfd: int, pid: int) -> None:
+    try:
+        kernel.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        raise EnterError(f"process {pid} has gone") from None
 
 
 def _open_pidfd(pid: int) -> int:
