@@ -231,46 +231,37 @@ def enter(args: argparse.Namespace) -> int:
         args.cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         args.target = None
         return _enter_files(args, files)
+    return _enter_target_of(args, files, _command(args), target_inode)
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command words; args.target becomes the target's spec."""
     if args.target_pid is not None:
         # nsenter's form: every option precedes -t PID's command, which argparse has split into
         # TARGET and the rest (a `--` before it is consumed)
         cmd = [args.target, *args.cmd] if args.target is not None else list(args.cmd)
         args.target = str(args.target_pid)
-    elif args.target is None:
+        return cmd
+    if args.target is None:
         raise UserError("no target; give a container, a pid or a namespace (or -t PID)")
-    else:
-        cmd = _split_enter(args)
+    return _split_enter(args)
+
+
+def _enter_target_of(args: argparse.Namespace, files: dict[str, str], cmd: list[str], target_inode: int | None) -> int:
     chosen = tuple(t for t in NS_TYPES if getattr(args, f"ns_{t}") or t in files)
     if args.net_socket is not None:
         chosen = tuple(dict.fromkeys((*chosen, "net")))
     snap = core.snapshot(chosen_sources(args.sources), db=args.db)
     tree = containers.find(snap, names=_names(args), oci_roots=_roots(args))
-    pid: int | None = None
-    fds: dict[str, int] = {}
-    target_ns: Namespace | None = None  # the target, when it is a namespace
     spec = args.target
     if not spec.strip():
         raise UserError("an empty target; give a container, a pid or a namespace")
     target, snap = _enter_target(args, snap, tree, spec)
-    if target.pid is not None:
-        pid = target.pid
-    elif target.container is not None:
-        pid = target.container.init
-        if target.container.group:  # a pod: what its members share, through one of them
-            chosen = chosen or tuple(t for t in NS_TYPES if t in target.container.own_namespaces(tree.root))
-    else:
-        ns = target_ns = target.namespace
-        assert ns is not None
-        chosen = chosen or (ns.type,)
-        if ns.processes:
-            pid = ns.processes[0]
-        else:
-            if chosen != (ns.type,):
-                raise UserError(f"{spec} has no process; only its own {ns.type} namespace can be entered")
-            try:
-                fds[ns.type] = open_namespace(ns, snap)
-            except Gone as e:
-                raise UserError(str(e)) from None
+    try:
+        joined = ops_enter.what_to_join(target, tree, chosen, snap)
+    except ops_enter.EnterError as e:
+        raise UserError(str(e)) from None
+    pid, chosen, fds, target_ns = joined.pid, joined.types, joined.fds, joined.namespace
     pidfd = _verified_pidfd(snap, pid) if pid is not None else -1
     netns = _netns_name(target_ns, spec, chosen, args)
     try:

@@ -20,18 +20,22 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from namespacefs import kernel
 from namespacefs.forking import fork_and_act
+from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import CLONE_FLAGS, NS_TYPES
+from namespacefs.model import Namespace, Snapshot
 from namespacefs.ops import inside
+from namespacefs.ops.target_info import EnterError, default_shell, selinux_context, target_cgroup, target_environment, target_ids
+from namespacefs.targets import Target
+
+if TYPE_CHECKING:
+    from namespacefs.containers import ContainerTree
 
 #: The order nsenter joins namespaces in when they come as separate fds (ops.inside's).
 JOIN_ORDER = inside.JOIN_ORDER
-
-
-class EnterError(RuntimeError):
-    """The namespaces could not be joined or the command could not be started; str() says why."""
 
 
 @dataclass
@@ -71,20 +75,39 @@ def needed_types(pid: int, types: Sequence[str], proc: str = "/proc") -> tuple[s
     return tuple(wanted)
 
 
-def default_shell(pid: int | None, proc: str = "/proc", in_its_root: bool = True) -> list[str]:
-    """The target's $SHELL where the command will find it, else /bin/sh. in_its_root: the command
-    runs under the target's root (its mount namespace is entered); else under ours."""
-    if pid is not None:
-        try:
-            with open(f"{proc}/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            shell = env.get(b"SHELL", b"").decode(errors="replace")
-            root = f"{proc}/{pid}/root" if in_its_root else ""
-            if shell.startswith("/") and os.path.exists(root + shell):
-                return [shell]
-        except OSError:
-            pass
-    return ["/bin/sh"]
+@dataclass
+class Joined:
+    """What entering a resolved target joins: a process's namespaces (pid; `types` as chosen), or,
+    for a namespace no process is in, its own fd (fds). namespace: the target, if one."""
+
+    pid: int | None
+    types: tuple[str, ...]
+    fds: dict[str, int]
+    namespace: Namespace | None = None
+
+
+def what_to_join(target: Target, tree: ContainerTree, types: tuple[str, ...], snapshot: Snapshot) -> Joined:
+    """The policy of `nsfs enter TARGET`: a process is entered as it is; a container through its
+    init (a pod: the namespaces its members share); a namespace through one of its processes, or
+    its own fd when none is in it (then only it can be entered). types: the -m/-u/... chosen."""
+    if target.pid is not None:
+        return Joined(target.pid, types, {})
+    if target.container is not None:
+        c = target.container
+        if c.group:  # a pod: what its members share, through one of them
+            types = types or tuple(t for t in NS_TYPES if t in c.own_namespaces(tree.root))
+        return Joined(c.init, types, {})
+    ns = target.namespace
+    assert ns is not None
+    types = types or (ns.type,)
+    if ns.processes:
+        return Joined(ns.processes[0], types, {}, ns)
+    if types != (ns.type,):
+        raise EnterError(f"{target.spec} has no process; only its own {ns.type} namespace can be entered")
+    try:
+        return Joined(None, types, {ns.type: open_namespace(ns, snapshot)}, ns)
+    except Gone as e:
+        raise EnterError(str(e)) from None
 
 
 def run(plan: Plan, argv: Sequence[str], proc: str = "/proc", pidfd: int = -1) -> int:
@@ -347,50 +370,6 @@ def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
         raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
 
 
-def target_ids(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
-    """The real uid and gid of a process (nsenter -S follow, -G follow)."""
-    try:
-        with open(f"{proc}/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def target_environment(pid: int, proc: str = "/proc") -> dict[bytes, bytes]:
-    """The environment of process pid (nsenter -e)."""
-    try:
-        with open(f"{proc}/{pid}/environ", "rb") as f:
-            return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-    except OSError as e:
-        raise EnterError(f"the environment of process {pid}: {e.strerror}") from None
-
-
-def target_cgroup(pid: int, proc: str = "/proc") -> str:
-    """The cgroup.procs file of process pid's cgroup v2 (nsenter -c)."""
-    try:
-        with open(f"{proc}/{pid}/cgroup") as f:
-            path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
-        with open("/proc/self/mounts") as f:
-            roots = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
-    except OSError as e:
-        raise EnterError(f"the cgroup of process {pid}: {e.strerror}") from None
-    if path is None or not roots:
-        raise EnterError(f"process {pid} has no cgroup v2 to join")
-    return f"{roots[0]}{path.rstrip('/')}/cgroup.procs"
-
-
-def selinux_context(pid: int, proc: str = "/proc") -> bytes | None:
-    """The SELinux context of process pid (nsenter -Z), or None when SELinux is off (no-op)."""
-    if not os.path.exists("/sys/fs/selinux/enforce"):
-        return None
-    try:
-        with open(f"{proc}/{pid}/attr/current", "rb") as f:
-            return f.read().rstrip(b"\0\n")
-    except OSError as e:
-        raise EnterError(f"the SELinux context of process {pid}: {e.strerror}") from None
-
-
 def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
     uid, gid = plan.uid, plan.gid
     # nsenter: in a user namespace become its root unless told otherwise
@@ -408,6 +387,23 @@ def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
         os.setuid(uid)
 
 
-__all__ = ["NS_TYPES", "EnterError", "Plan", "check_pidfs_inode", "default_shell", "needed_types", "open_namespace_file",
-           "open_ns_link", "process_exists", "run", "selinux_context", "socket_netns", "target_cgroup",
-           "target_environment", "target_ids", "user_parent"]
+__all__ = [
+    "NS_TYPES",
+    "EnterError",
+    "Joined",
+    "Plan",
+    "check_pidfs_inode",
+    "default_shell",
+    "needed_types",
+    "open_namespace_file",
+    "open_ns_link",
+    "process_exists",
+    "run",
+    "selinux_context",
+    "socket_netns",
+    "target_cgroup",
+    "target_environment",
+    "target_ids",
+    "user_parent",
+    "what_to_join",
+]
