@@ -68,9 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--forget", metavar="TARGET", help="drop a container's stored name")
         add_table_options(parser, COLUMNS, DEFAULT)
     elif command == "enter":
-        from namespacefs.cli import enter  # (it imports this module's helpers)
+        from namespacefs.cli import enter_options
 
-        enter.add_arguments(parser)
+        enter_options.add_arguments(parser)
     elif command == "kill":
         parser.add_argument("target", help="a container (path, name or engine id) or a pid in it")
         parser.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")

@@ -28,7 +28,20 @@ from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import CLONE_FLAGS, NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.ops import inside
-from namespacefs.ops.target_info import EnterError, default_shell, selinux_context, target_cgroup, target_environment, target_ids
+from namespacefs.ops.target_info import (
+    EnterError,
+    check_pidfs_inode,
+    default_shell,
+    open_namespace_file,
+    open_ns_link,
+    process_exists,
+    selinux_context,
+    socket_netns,
+    target_cgroup,
+    target_environment,
+    target_ids,
+    user_parent,
+)
 from namespacefs.targets import Target
 
 if TYPE_CHECKING:
@@ -294,80 +307,6 @@ def _like_ip_netns_exec(name: str) -> None:  # pragma: no cover - child only
                 kernel.mount(f"{etc}/{entry}", f"/etc/{entry}", None, kernel.MS_BIND)
             except OSError as e:  # as ip does: say so and go on
                 os.write(2, f"nsfs enter: bind {etc}/{entry} -> /etc/{entry} failed: {e.strerror}\n".encode())
-
-
-def open_namespace_file(path: str, nstype: str) -> int:
-    """An fd of the namespace file `path` (nsenter --net=FILE), checked to be a `nstype` namespace."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise EnterError(f"{path}: {e.strerror}") from None
-    try:
-        found = kernel.ns_type(fd)
-    except OSError:
-        os.close(fd)
-        raise EnterError(f"{path} is not a namespace file") from None
-    if found != nstype:
-        os.close(fd)
-        raise EnterError(f"{path} is a {found} namespace, not {nstype}")
-    return fd
-
-
-def socket_netns(pid: int, fd: int) -> int:
-    """An fd of the net namespace of process pid's socket fd (nsenter -N/--net-socket)."""
-    try:
-        pidfd = kernel.pidfd_open(pid)
-    except OSError as e:
-        raise EnterError(f"process {pid}: {e.strerror}") from None
-    try:
-        sock = kernel.pidfd_getfd(pidfd, fd)
-    except OSError as e:
-        raise EnterError(f"fd {fd} of process {pid}: {e.strerror}") from None
-    finally:
-        os.close(pidfd)
-    try:
-        return kernel.socket_netns_fd(sock)
-    except OSError as e:
-        raise EnterError(f"fd {fd} of process {pid} is not a socket ({e.strerror})") from None
-    finally:
-        os.close(sock)
-
-
-def user_parent(fd: int) -> int:
-    """The parent user namespace of a user namespace fd, or the owner of any other (--user-parent)."""
-    try:
-        up = kernel.ns_parent_fd(fd) if kernel.ns_type(fd) == "user" else kernel.ns_owner_fd(fd)
-    except OSError as e:
-        raise EnterError(f"the parent user namespace: {e.strerror}") from None
-    if up is None:
-        raise EnterError("the parent user namespace is not visible from here")
-    return up
-
-
-def check_pidfs_inode(pid: int, inode: int) -> None:
-    """-t PID:INODE (nsenter 2.42): the process must still be the one whose pidfd has this inode."""
-    try:
-        pidfd = kernel.pidfd_open(pid)
-    except OSError as e:
-        raise EnterError(f"process {pid}: {e.strerror}") from None
-    try:
-        if os.fstat(pidfd).st_ino != inode:
-            raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
-    finally:
-        os.close(pidfd)
-
-
-def process_exists(pid: int, proc: str = "/proc") -> bool:
-    """Is there a process with this pid (nsenter -t PID of one that is not: say so)?"""
-    return os.path.exists(f"{proc}/{pid}")
-
-
-def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
-    """An fd of /proc/PID/ns/LINK."""
-    try:
-        return os.open(f"{proc}/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
 
 
 def _credentials(plan: Plan) -> None:  # pragma: no cover - child only

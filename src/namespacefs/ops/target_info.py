@@ -1,9 +1,13 @@
-"""What `nsfs enter` reads of its target process before joining it (nsenter's -e, -S/-G follow,
--c, -Z, and the shell to run): plain /proc reads, each failing with EnterError."""
+"""What `nsfs enter` reads and opens of its targets before joining them: the target process's
+environment, ids, cgroup, SELinux context and shell (nsenter's -e, -S/-G follow, -c, -Z), and the
+namespace fds of nsenter's file options (--net=FILE, -N FD, --user-parent, -t PID:INODE); each
+failure is an EnterError."""
 
 from __future__ import annotations
 
 import os
+
+from namespacefs import kernel
 
 
 class EnterError(RuntimeError):
@@ -68,3 +72,77 @@ def selinux_context(pid: int, proc: str = "/proc") -> bytes | None:
             return f.read().rstrip(b"\0\n")
     except OSError as e:
         raise EnterError(f"the SELinux context of process {pid}: {e.strerror}") from None
+
+
+def open_namespace_file(path: str, nstype: str) -> int:
+    """An fd of the namespace file `path` (nsenter --net=FILE), checked to be a `nstype` namespace."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnterError(f"{path}: {e.strerror}") from None
+    try:
+        found = kernel.ns_type(fd)
+    except OSError:
+        os.close(fd)
+        raise EnterError(f"{path} is not a namespace file") from None
+    if found != nstype:
+        os.close(fd)
+        raise EnterError(f"{path} is a {found} namespace, not {nstype}")
+    return fd
+
+
+def socket_netns(pid: int, fd: int) -> int:
+    """An fd of the net namespace of process pid's socket fd (nsenter -N/--net-socket)."""
+    try:
+        pidfd = kernel.pidfd_open(pid)
+    except OSError as e:
+        raise EnterError(f"process {pid}: {e.strerror}") from None
+    try:
+        sock = kernel.pidfd_getfd(pidfd, fd)
+    except OSError as e:
+        raise EnterError(f"fd {fd} of process {pid}: {e.strerror}") from None
+    finally:
+        os.close(pidfd)
+    try:
+        return kernel.socket_netns_fd(sock)
+    except OSError as e:
+        raise EnterError(f"fd {fd} of process {pid} is not a socket ({e.strerror})") from None
+    finally:
+        os.close(sock)
+
+
+def user_parent(fd: int) -> int:
+    """The parent user namespace of a user namespace fd, or the owner of any other (--user-parent)."""
+    try:
+        up = kernel.ns_parent_fd(fd) if kernel.ns_type(fd) == "user" else kernel.ns_owner_fd(fd)
+    except OSError as e:
+        raise EnterError(f"the parent user namespace: {e.strerror}") from None
+    if up is None:
+        raise EnterError("the parent user namespace is not visible from here")
+    return up
+
+
+def check_pidfs_inode(pid: int, inode: int) -> None:
+    """-t PID:INODE (nsenter 2.42): the process must still be the one whose pidfd has this inode."""
+    try:
+        pidfd = kernel.pidfd_open(pid)
+    except OSError as e:
+        raise EnterError(f"process {pid}: {e.strerror}") from None
+    try:
+        if os.fstat(pidfd).st_ino != inode:
+            raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
+    finally:
+        os.close(pidfd)
+
+
+def process_exists(pid: int, proc: str = "/proc") -> bool:
+    """Is there a process with this pid (nsenter -t PID of one that is not: say so)?"""
+    return os.path.exists(f"{proc}/{pid}")
+
+
+def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
+    """An fd of /proc/PID/ns/LINK."""
+    try:
+        return os.open(f"{proc}/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
