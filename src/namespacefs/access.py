@@ -15,6 +15,8 @@ do is what the reader may see. The answer is kept for the snapshot it was made f
     Reader(uid, gid, pid)        who asks: host uid/gid, and a pid (whose user namespace it is in)
     may_see(reader, thing, snapshot, enter=False)   a pid, or a namespace (seen through one of its
                                  processes; enter=True: also entered)
+    privileged_over(snapshot, reader_userns, uid, target)   may the reader change what a user
+                                 namespace owns (the kernel's capability rule, approximated)
 """
 
 from __future__ import annotations
@@ -241,3 +243,35 @@ def _inside(pid: int, map_name: str, host_id: int) -> int:
         if outside <= host_id < outside + count:
             return host_id - outside + inside
     return -1
+
+
+# --- privilege over a user namespace (renaming through the filesystem) -----------------------
+
+
+def _uid_inside(user: Namespace, uid: int) -> int | None:
+    """A host uid as seen inside a user namespace (None: unmapped; accounting.to_inside's map rule)."""
+    from namespacefs.accounting import to_inside
+
+    return uid if user.owner is None else to_inside(user.uid_map, uid)
+
+
+def privileged_over(snapshot: Snapshot, reader_userns: int | None, uid: int, target: int | None) -> bool:
+    """Whether a reader (in reader_userns, None: the initial one, with host uid `uid`) may change
+    something owned by user namespace `target` (None: the initial one). The kernel's rule, with
+    'has capabilities' approximated by 'is root inside its own user namespace': the reader is root
+    in target or in an ancestor of it, or owns the child of its namespace on the path to target."""
+    initial = snapshot.initial_user
+    if reader_userns is None and initial is not None:
+        reader_userns = initial.inode
+    if target is None:
+        if initial is None:
+            return uid == 0
+        target = initial.inode
+    ns = snapshot.get(target)
+    while ns is not None:
+        if ns.inode == reader_userns:
+            return _uid_inside(ns, uid) == 0
+        if ns.owner == reader_userns and ns.owner_uid == uid:
+            return True
+        ns = snapshot.get(ns.owner) if ns.owner is not None else None
+    return False

@@ -137,7 +137,7 @@ def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
     created = prepare(mountpoint, say)
     try:
         try:
-            source = Source(take)
+            source = Source(take, db)
         except OSError as e:
             raise MountError(f"cannot scan the namespaces: {e}") from None
         operations = NamespaceFS(source, filtered=allow_other, db=db)

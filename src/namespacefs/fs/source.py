@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,6 +16,9 @@ from namespacefs import core, details
 from namespacefs.discover import SOURCES
 from namespacefs.handles import Gone
 from namespacefs.model import Namespace, Snapshot
+
+if TYPE_CHECKING:
+    from namespacefs.containers import ContainerTree
 
 log = logging.getLogger("namespacefs.fs")
 
@@ -42,8 +45,10 @@ def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) ->
 class Source:
     """The current snapshot, kept fresh by run() in the background (the only place scans run)."""
 
-    def __init__(self, take: Taker) -> None:
+    def __init__(self, take: Taker, db: str | None = None) -> None:
         self._take = take
+        self._db = db  # the names database (stored container names, for by/)
+        self._tree: tuple[Snapshot, ContainerTree] | None = None
         self._on_change: Callable[[Snapshot, Snapshot], None] | None = None
         started = time.monotonic()
         self.current: Snapshot = _first(take)
@@ -98,6 +103,19 @@ class Source:
                 await scanned.wait()
         return self.current
 
+    def tree_if_known(self, snapshot: Snapshot) -> ContainerTree | None:
+        """The container tree of snapshot if tree() made it already."""
+        return self._tree[1] if self._tree is not None and self._tree[0] is snapshot else None
+
+    async def tree(self, snapshot: Snapshot) -> ContainerTree:
+        """The container tree of snapshot (by/ resolves container names in it), made once per
+        snapshot in a worker thread (engines may be asked over their sockets, a bounded wait)."""
+        known = self.tree_if_known(snapshot)
+        if known is None:
+            known = await trio.to_thread.run_sync(_container_tree, snapshot, self._db)
+            self._tree = (snapshot, known)
+        return known
+
     def _expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, (expires, _) in self._details.items() if expires < now]:
@@ -117,6 +135,18 @@ class Source:
         if isinstance(value, Exception):
             raise value
         return _format_detail(name, value)
+
+
+def _container_tree(snapshot: Snapshot, db: str | None) -> ContainerTree:
+    from namespacefs import containers
+    from namespacefs.containers import names as cnames
+
+    try:
+        names = cnames.load(db)
+    except cnames.NamesUnavailable as e:
+        log.info("stored container names are not used: %s", e)
+        names = {}
+    return containers.find(snapshot, names=names)
 
 
 def _first(take: Taker, attempts: int = 5) -> Snapshot:
