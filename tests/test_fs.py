@@ -631,7 +631,8 @@ def test_by_resolves_every_selector_to_the_namespace_or_container(mnt: Path, tmp
     """by/SELECTOR (issue 12: the one selector grammar in FUSE paths): an `ip netns` name, the
     namespace forms and a container's name, each a link (a container: a directory of links) into
     the type directories; unknown or ambiguous selectors are ENOENT, and by/ is not listed at the top."""
-    from runtimes import Started, start_runc, stop as stop_all
+    from runtimes import Started, start_runc
+    from runtimes import stop as stop_all
 
     netns = f"nsfs-by-{uuid.uuid4().hex[:6]}"
     hostname = f"nsfs-by-{uuid.uuid4().hex[:6]}"
