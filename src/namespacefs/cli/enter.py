@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from namespacefs import containers, core, kernel, targets
+from namespacefs import containers, core, targets
 from namespacefs.cli import UserError
 from namespacefs.cli.common import chosen_sources, find
 from namespacefs.cli.containers import _names, _roots
@@ -18,32 +18,6 @@ from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.ops import enter as ops_enter
 from namespacefs.syntax import is_number
-
-
-def _verified_pidfd(snap: Snapshot, pid: int) -> int:
-    """A pidfd of pid, checked to still be the process of the snapshot (same namespaces); the caller
-    keeps it and acts through it (ops.enter.run joins through this very pidfd), so a pid recycled
-    since the check is never acted on."""
-    try:
-        fd = kernel.pidfd_open(pid)
-    except OSError:
-        raise UserError(f"process {pid} has gone") from None
-    try:
-        seen = snap.processes[pid].namespaces
-        for t in NS_TYPES:
-            if t in seen and os.stat(f"/proc/{pid}/ns/{t}").st_ino != seen[t]:
-                raise UserError(f"process {pid} is not the one the scan saw (its {t} namespace changed)")
-        kernel.pidfd_send_signal(fd, 0)  # still alive after the checks: they were of this process
-    except OSError:
-        os.close(fd)
-        raise UserError(f"process {pid} has gone") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-# --- entering ----------------------------------------------------------------------------------
 
 
 def enter(args: argparse.Namespace) -> int:
@@ -88,12 +62,11 @@ def _enter_target_of(args: argparse.Namespace, files: dict[str, str], cmd: list[
         joined = ops_enter.what_to_join(target, tree, chosen, snap)
     except ops_enter.EnterError as e:
         raise UserError(str(e)) from None
-    pid, chosen, fds, target_ns = joined.pid, joined.types, joined.fds, joined.namespace
-    pidfd = _verified_pidfd(snap, pid) if pid is not None else -1
+    pid, chosen, fds, target_ns, pidfd = joined.pid, joined.types, joined.fds, joined.namespace, joined.pidfd
     netns = _netns_name(target_ns, spec, chosen, args)
     try:
         if pid is not None and target_inode is not None:
-            ops_enter.check_pidfs_inode(pid, target_inode)
+            ops_enter.check_pidfd_inode(pidfd, pid, target_inode)
         fds.update(_explicit_fds(args, pid, files, snap))
         types = chosen if chosen and not args.all else NS_TYPES
         if pid is not None:

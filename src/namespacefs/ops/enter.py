@@ -97,12 +97,51 @@ class Joined:
     types: tuple[str, ...]
     fds: dict[str, int]
     namespace: Namespace | None = None
+    pidfd: int = -1  # of pid, checked against the snapshot (verified_pidfd); the caller closes it
 
 
 def what_to_join(target: Target, tree: ContainerTree, types: tuple[str, ...], snapshot: Snapshot) -> Joined:
     """The policy of `nsfs enter TARGET`: a process is entered as it is; a container through its
     init (a pod: the namespaces its members share); a namespace through one of its processes, or
-    its own fd when none is in it (then only it can be entered). types: the -m/-u/... chosen."""
+    its own fd when none is in it (then only it can be entered). types: the -m/-u/... chosen. The
+    process comes with its pidfd, checked against the snapshot: run() joins through that one."""
+    joined = _what_to_join(target, tree, types, snapshot)
+    if joined.pid is not None:
+        joined.pidfd = verified_pidfd(snapshot, joined.pid)
+    return joined
+
+
+def verified_pidfd(snapshot: Snapshot, pid: int) -> int:
+    """A pidfd of pid, checked to still be the process of the snapshot (same namespaces); the caller
+    keeps it and acts through it (run() joins through this very pidfd), so a pid recycled since the
+    check is never acted on."""
+    try:
+        fd = kernel.pidfd_open(pid)
+    except OSError:
+        raise EnterError(f"process {pid} has gone") from None
+    try:
+        seen = snapshot.processes[pid].namespaces if pid in snapshot.processes else {}
+        for t in NS_TYPES:
+            if t in seen and os.stat(f"/proc/{pid}/ns/{t}").st_ino != seen[t]:
+                raise EnterError(f"process {pid} is not the one the scan saw (its {t} namespace changed)")
+        kernel.pidfd_send_signal(fd, 0)  # still alive after the checks: they were of this process
+    except OSError:
+        os.close(fd)
+        raise EnterError(f"process {pid} has gone") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_pidfd_inode(pidfd: int, pid: int, inode: int) -> None:
+    """-t PID:INODE (nsenter 2.42): the pidfd entered through must be of the process with this
+    pidfs inode."""
+    if os.fstat(pidfd).st_ino != inode:
+        raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
+
+
+def _what_to_join(target: Target, tree: ContainerTree, types: tuple[str, ...], snapshot: Snapshot) -> Joined:
     if target.pid is not None:
         return Joined(target.pid, types, {})
     if target.container is not None:
