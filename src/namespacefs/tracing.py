@@ -18,7 +18,7 @@ Sources:
                                     PERF_FLAG_FD_CLOEXEC, PERF_EVENT_IOC_*, struct
                                     perf_event_mmap_page (data_head/data_tail/data_offset/data_size),
                                     struct perf_event_header, PERF_RECORD_SAMPLE, PERF_RECORD_LOST
-  arch/x86/entry/syscalls/syscall_64.tbl   perf_event_open = 298 (x86_64, as kernel.py)
+  arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h   perf_event_open
   Documentation/trace/events.rst    the filter syntax of PERF_EVENT_IOC_SET_FILTER
 """
 
@@ -38,7 +38,9 @@ from typing import Final, NamedTuple
 
 from namespacefs import kernel, procfs
 
-SYS_PERF_EVENT_OPEN: Final = 298
+#: perf_event_open(2): 298 on x86_64 (syscall_64.tbl), 241 on aarch64 (asm-generic/unistd.h);
+#: elsewhere kernel.syscall says the architecture is not supported.
+SYS_PERF_EVENT_OPEN: Final = {"x86_64": 298, "aarch64": 241}.get(kernel.ARCH, -1)
 PERF_TYPE_TRACEPOINT: Final = 2
 PERF_SAMPLE_TID: Final = 1 << 1
 PERF_SAMPLE_RAW: Final = 1 << 10
