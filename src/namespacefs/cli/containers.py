@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from namespacefs import containers, core, kernel, targets
 from namespacefs.cli import Parser, UserError, duration, whole
-from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
+from namespacefs.cli.common import PrintVersion, chosen_sources, daemon_snapshot, find, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.handles import Gone, open_namespace
@@ -291,7 +291,8 @@ def _names(args: argparse.Namespace) -> dict[str, str]:
 
 def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
     verbose_scan(args)
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db, fresh=bool(getattr(args, "verbose", False)))
+    snap = core.snapshot(chosen_sources(args.sources), db=args.db, fresh=bool(getattr(args, "verbose", False)),
+                         provider=daemon_snapshot)
     return snap, containers.find(snap, names=_names(args), oci_roots=_roots(args))
 
 
@@ -394,7 +395,7 @@ def _enter(args: argparse.Namespace) -> int:
     chosen = tuple(t for t in NS_TYPES if getattr(args, f"ns_{t}") or t in files)
     if args.net_socket is not None:
         chosen = tuple(dict.fromkeys((*chosen, "net")))
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db)
+    snap = core.snapshot(chosen_sources(args.sources), db=args.db, provider=daemon_snapshot)
     tree = containers.find(snap, names=_names(args), oci_roots=_roots(args))
     pid: int | None = None
     fds: dict[str, int] = {}
