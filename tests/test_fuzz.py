@@ -131,7 +131,7 @@ def run_in_process(argv: list[str], snapshot: Snapshot) -> tuple[int, str, str]:
     stdin = io.TextIOWrapper(io.BytesIO(b""))
 
     def snap(sources: Any = None, fresh: bool = False, db: str | None = None, alongside: Any = None,
-             strict: bool = False) -> Snapshot:
+             strict: bool = False, provider: Any = None) -> Snapshot:
         return names.apply(snapshot, db, strict=strict)
 
     acting = argv[0] in ACTING
@@ -299,7 +299,7 @@ def test_a_names_import_of_any_json_renames_or_says_why(world: dict[str, Any], d
     for dry_run in (True, False):  # (into the private database)
         try:
             result = migrate.import_names(data, world["real"], os.environ["NSFS_DB"], {}, dry_run=dry_run)
-        except names.NameError as e:
+        except names.NamingError as e:
             assert str(e)
         else:
             assert all(isinstance(why, str) for _, why in result.unmatched)

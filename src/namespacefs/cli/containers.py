@@ -14,10 +14,10 @@ from namespacefs.cli import UserError, duration
 from namespacefs.cli.common import chosen_sources, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
-from namespacefs.containers import names as cnames
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Snapshot
+from namespacefs.names import containers as cnames
 from namespacefs.ops import checkpoint as ckpt
 from namespacefs.ops import kill as ops_kill
 from namespacefs.ops import pin as ops_pin

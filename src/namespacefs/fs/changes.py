@@ -71,7 +71,7 @@ class Changes:
             raise pyfuse3.FUSEError(errno.ENOTSUP) from None
         try:
             await trio.to_thread.run_sync(lambda: names.rename(view.snapshot, ns, new, db=self.db))
-        except names.NameError as e:
+        except names.NamingError as e:
             log.warning("rename of %s to %s refused: %s", old, new, e)
             raise pyfuse3.FUSEError(getattr(e, "errno", None) or errno.EINVAL) from None
         await self.source.refresh(newer_than=time.time())

@@ -39,7 +39,14 @@ Taker = Callable[[bool], Snapshot]
 
 def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Taker:
     """Snapshots named from db (see Taker)."""
-    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db)
+    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db, provider=_daemon_snapshot)
+
+
+def _daemon_snapshot() -> Snapshot | None:
+    """The running daemon's snapshot (the provider core.snapshot asks first), None without one."""
+    from namespacefs.service.client import fetch_snapshot
+
+    return fetch_snapshot(timeout=2.0)
 
 
 class Source:
@@ -138,15 +145,7 @@ class Source:
 
 
 def _container_tree(snapshot: Snapshot, db: str | None) -> ContainerTree:
-    from namespacefs import containers
-    from namespacefs.containers import names as cnames
-
-    try:
-        names = cnames.load(db)
-    except cnames.NamesUnavailable as e:
-        log.info("stored container names are not used: %s", e)
-        names = {}
-    return containers.find(snapshot, names=names)
+    return core.container_tree(snapshot, db)
 
 
 def _first(take: Taker, attempts: int = 5) -> Snapshot:
