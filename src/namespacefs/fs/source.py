@@ -119,7 +119,7 @@ class Source:
         snapshot in a worker thread (engines may be asked over their sockets, a bounded wait)."""
         known = self.tree_if_known(snapshot)
         if known is None:
-            known = await trio.to_thread.run_sync(_container_tree, snapshot, self._db)
+            known = await trio.to_thread.run_sync(core.container_tree, snapshot, self._db)
             self._tree = (snapshot, known)
         return known
 
@@ -142,10 +142,6 @@ class Source:
         if isinstance(value, Exception):
             raise value
         return _format_detail(name, value)
-
-
-def _container_tree(snapshot: Snapshot, db: str | None) -> ContainerTree:
-    return core.container_tree(snapshot, db)
 
 
 def _first(take: Taker, attempts: int = 5) -> Snapshot:
