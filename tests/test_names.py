@@ -561,3 +561,19 @@ def test_a_user_reads_the_names_in_roots_database(tmp_path: Path) -> None:
         assert "names database" not in r.stderr
     finally:
         shutil.rmtree(shared)
+
+
+def test_path_of_is_the_one_rule_for_name_paths() -> None:
+    # (model data) the daemon names what it adds between scans with names.path_of: the same paths
+    # as a full naming pass gives
+    top = Namespace("user", 1, 10, 4, None, None, (), ())
+    inner = Namespace("user", 2, 11, 4, 1, 1, (), ())
+    net = Namespace("net", 3, 12, 4, 2, None, (), ())
+    orphan = Namespace("uts", 5, 13, 4, 99, None, (), ())  # its owner is not in the snapshot
+    s = Snapshot("b", "k", 0.0, 0.0, {n.inode: n for n in (top, inner, net, orphan)}, {})
+    given = {1: ("user-top", names.DEFAULT), 2: ("tenant", names.RENAME), 3: ("web", names.RENAME),
+             5: ("uts-x", names.DEFAULT)}
+    assert defaults.paths(s, given) == {1: "/", 2: "/tenant", 3: "/tenant/web", 5: "/user:[99]/uts-x"}
+    assert names.path_of(net, "web", "/tenant") == "/tenant/web"
+    assert names.path_of(net, "web", "/") == "/web"
+    assert names.path_of(top, "user-top", None) == "/"

@@ -8,7 +8,6 @@ returned.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from namespacefs import kernel
@@ -54,19 +53,6 @@ def open_namespace(ns: Namespace, snapshot: Snapshot | None = None, proc: str = 
         if held is not None and _is(held, ns):
             return held
     raise Gone(f"{ns.type}:[{ns.inode}] is gone or cannot be opened")
-
-
-def alive_by_id(ident: int, nstype: str, inode: int) -> bool | None:
-    """Is the namespace with this 64-bit id (and type and inode) still alive, asked of the kernel
-    (an nsfs file handle)? None where that cannot be asked (no file handles, not privileged)."""
-    try:
-        fd = kernel.open_ns_by_id(ident, nstype, inode)
-    except OSError as e:
-        if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH):
-            return False
-        return None
-    os.close(fd)
-    return True
 
 
 def _open_holder(ns: Namespace, h: Holder, snapshot: Snapshot | None, proc: str) -> int | None:

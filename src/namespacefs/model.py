@@ -308,6 +308,19 @@ class Diff(NamedTuple):
         return bool(self.appeared or self.vanished or self.changed or self.joined or self.left)
 
 
+#: where `ip netns add NAME` bind-mounts a net namespace (iproute2's NETNS_RUN_DIR)
+NETNS_DIR = "/run/netns/"
+
+
+def netns_names(ns: Namespace) -> list[str]:
+    """The `ip netns` names of a net namespace (its bind mounts under /run/netns)."""
+    if ns.type != NsType.NET:
+        return []
+    found = {h.path[len(NETNS_DIR):] for h in ns.holders
+             if h.kind == HolderKind.BINDMOUNT and h.path and h.path.startswith(NETNS_DIR)}
+    return sorted(name for name in found if "/" not in name) if found else []
+
+
 def diff(old: Snapshot, new: Snapshot) -> Diff:
     before = {ns.key: ns for ns in old}
     after = {ns.key: ns for ns in new}

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import HolderKind, Namespace, NsType, Snapshot
+from namespacefs.model import Namespace, Snapshot, netns_names
 from namespacefs.procfs import parse_ns_link
 from namespacefs.syntax import is_number
 
 if TYPE_CHECKING:
     from namespacefs.containers import Container, ContainerTree
-
-NETNS_DIR = "/run/netns/"
-
 
 class NotFound(LookupError):
     """The spec names no namespace in the snapshot; str() says why, for the user."""
@@ -147,15 +144,6 @@ def _by_path(snapshot: Snapshot, path: str) -> Namespace:
     if ns is None or (ns.dev and ns.dev != st.st_dev):
         raise NotFound(f"{path} is not a namespace file")
     return ns
-
-
-def netns_names(ns: Namespace) -> list[str]:
-    """The `ip netns` names of a net namespace (its bind mounts under /run/netns)."""
-    if ns.type != NsType.NET:
-        return []
-    found = {h.path[len(NETNS_DIR):] for h in ns.holders
-             if h.kind == HolderKind.BINDMOUNT and h.path and h.path.startswith(NETNS_DIR)}
-    return sorted(name for name in found if "/" not in name) if found else []
 
 
 def _by_name(snapshot: Snapshot, spec: str, tree: ContainerTree | None, nstype: str | None,

@@ -11,7 +11,7 @@ from typing import Any
 
 from namespacefs import containers, core, targets
 from namespacefs.cli import UserError, duration
-from namespacefs.cli.common import chosen_sources, report_errors, verbose_scan
+from namespacefs.cli.common import chosen_sources, daemon_snapshot, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
 from namespacefs.handles import Gone, open_namespace
@@ -123,7 +123,8 @@ def _names(args: argparse.Namespace) -> dict[str, str]:
 
 def _tree(args: argparse.Namespace) -> tuple[Snapshot, ContainerTree]:
     verbose_scan(args)
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db, fresh=bool(getattr(args, "verbose", False)))
+    snap = core.snapshot(chosen_sources(args.sources), db=args.db, fresh=bool(getattr(args, "verbose", False)),
+                         provider=daemon_snapshot)
     return snap, containers.find(snap, names=_names(args), oci_roots=_roots(args))
 
 

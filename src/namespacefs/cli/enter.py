@@ -9,7 +9,7 @@ import sys
 
 from namespacefs import containers, core, targets
 from namespacefs.cli import UserError
-from namespacefs.cli.common import chosen_sources, find
+from namespacefs.cli.common import chosen_sources, daemon_snapshot, find
 from namespacefs.cli.containers import _names, _roots
 from namespacefs.cli.enter_options import split_enter
 from namespacefs.containers import ContainerTree
@@ -52,7 +52,7 @@ def _enter_target_of(args: argparse.Namespace, files: dict[str, str], cmd: list[
     chosen = tuple(t for t in NS_TYPES if getattr(args, f"ns_{t}") or t in files)
     if args.net_socket is not None:
         chosen = tuple(dict.fromkeys((*chosen, "net")))
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db)
+    snap = core.snapshot(chosen_sources(args.sources), db=args.db, provider=daemon_snapshot)
     tree = containers.find(snap, names=_names(args), oci_roots=_roots(args))
     spec = args.target
     if not spec.strip():

@@ -251,6 +251,8 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         kind = parent.kind
         if kind is Kind.TYPE:
             return is_number(name)
+        if kind is Kind.BY:
+            return True  # any selector may name what appeared since (a container, an ip netns name)
         if kind not in (Kind.TREE, Kind.TDIR):
             return False
         now = time.monotonic()

@@ -249,14 +249,15 @@ class _NsfsHandle(ctypes.Structure):
 
 def ns_alive(ident: int | None, nstype: str | None = None, inode: int = 0) -> bool | None:
     """Is the namespace with this 64-bit id still alive? By reopening it from its id: False when the
-    kernel says it is gone (ESTALE, ENOENT, ESRCH), True when it opens, None where that cannot be
-    asked (no id, not allowed, a kernel without nsfs file handles)."""
+    kernel says it is gone (ESTALE, ENOENT), True when it opens, None where that cannot be asked
+    (no id, not allowed, a kernel without nsfs file handles, or any other answer: ESRCH is not
+    taken for "gone", so a caller that drops what is dead never drops a live one on a guess)."""
     if ident is None:
         return None
     try:
         fd = open_ns_by_id(ident, nstype, inode)
     except OSError as e:
-        return False if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH) else None
+        return False if e.errno in (errno.ESTALE, errno.ENOENT) else None
     os.close(fd)
     return True
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from namespacefs.handles import alive_by_id
+from namespacefs import kernel
 from namespacefs.model import SOURCES, Namespace, Snapshot
 from namespacefs.names.defaults import (
     DEFAULT,
@@ -125,8 +125,8 @@ def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True,
 
 
 def _alive_elsewhere(row: StoredName) -> bool | None:
-    """Is a namespace that is not in the snapshot still alive? (handles.alive_by_id)"""
-    return None if row.ns_id is None else alive_by_id(row.ns_id, row.type, row.inode)
+    """Is a namespace that is not in the snapshot still alive? (kernel.ns_alive, by its id)"""
+    return kernel.ns_alive(row.ns_id, row.type, row.inode)
 
 
 def _complete(snapshot: Snapshot) -> bool:
@@ -174,7 +174,7 @@ def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[StoredN
 
 
 def _check_alive(ns: Namespace) -> None:
-    if ns.id is not None and alive_by_id(ns.id, ns.type, ns.inode) is False:
+    if kernel.ns_alive(ns.id, ns.type, ns.inode) is False:
         raise NamingError(f"the {ns.type} namespace {ns.inode} is gone", errno.ENOENT)
 
 

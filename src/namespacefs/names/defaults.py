@@ -20,10 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from namespacefs.kernel import HIERARCHICAL, NS_TYPES
-from namespacefs.model import Namespace, NsType, Snapshot, by_type
+from namespacefs.model import Namespace, NsType, Snapshot, by_type, netns_names
 from namespacefs.names.store import NamingError, StoredName
 from namespacefs.syntax import MAX_NAME_BYTES, name_problem
-from namespacefs.targets import NETNS_DIR, netns_names  # noqa: F401  (the one rule for ip netns names)
 
 SHORT: Final = 6  # hex digits of a default name
 MAX_BYTES: Final = MAX_NAME_BYTES

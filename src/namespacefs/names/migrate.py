@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot, by_type
+from namespacefs.model import Namespace, Snapshot, by_type, netns_names
 from namespacefs.names import RENAME, NamingError, assigned, rename
 from namespacefs.syntax import is_number, printable
-from namespacefs.targets import netns_names
 
 FORMAT: Final = "namespacefs-names"
 VERSION: Final = 1
