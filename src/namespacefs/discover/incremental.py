@@ -24,7 +24,6 @@ snapshot), and an update that changes nothing returns `old` itself.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -320,15 +319,8 @@ def _kernel_held(ns: Namespace) -> tuple[Holder, ...]:
             del _held_since[key]
     if now - _held_since.setdefault((ns.inode, ns.id), now) > KERNEL_GRACE[0]:
         return ()
-    try:
-        fd = kernel.open_ns_by_id(ns.id, ns.type, ns.inode)
-    except OSError:  # ESTALE: gone; EPERM, EINVAL, ...: cannot be asked here
-        return ()
-    try:
-        alive = os.fstat(fd).st_ino == ns.inode
-    finally:
-        os.close(fd)
-    return (KERNEL_HELD,) if alive else ()
+    # (None, where the kernel cannot be asked: dropped, as a scan would not show it either)
+    return (KERNEL_HELD,) if kernel.ns_alive(ns.id, ns.type, ns.inode) is True else ()
 
 
 def _union(old: tuple[Holder, ...], new: tuple[Holder, ...]) -> tuple[Holder, ...]:
