@@ -3,11 +3,11 @@
 Measured on the namespaces the host has right now (plus --extra uts namespaces this script makes
 in a process group of its own, killed on exit):
 
-  in-process, median of --repeat: discover(); names.apply() with no database file; with a database
+  in-process, median of --repeat: discover(); core.name() with no database file; with a database
   holding --renames renames of live namespaces (and as many dead ones from an earlier boot already
   in the history); and the parts: container engine names, assign(), paths().
   cold `nsfs ls` (a fresh process per run, alternated): with names as shipped (no database file /
-  the populated database) and with naming switched off (names.apply replaced by the identity).
+  the populated database) and with naming switched off (core.name replaced by the identity).
 
 Writes bench/RESULTS-names.md unless --no-write.
 
@@ -28,14 +28,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from namespacefs import names
+from namespacefs import core, names
 from namespacefs.discover import discover
 from namespacefs.model import Snapshot
 from namespacefs.names import defaults, store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}
-NO_NAMES = ("import sys, namespacefs.names as n; n.apply = lambda s, db=None, strict=True: s; "
+NO_NAMES = ("import sys, namespacefs.core as c; c.name = lambda s, db=None, strict=False: s; "
             "from namespacefs.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -75,6 +75,30 @@ def populate(db: str, snap: Snapshot, count: int) -> int:
     return len(live)
 
 
+def in_process(snap: Snapshot, empty_db: str, full_db: str, renamed: int, r: int) -> tuple[list[tuple[str, str]], float]:
+    """The in-process rows of the table, and discover()'s median time."""
+    rows: list[tuple[str, str]] = []
+    d, ds = median_time(scan, r)
+    rows.append(("discover()", f"{d * 1000:.1f} ms (spread {ds * 1000:.1f})"))
+    for label, db in (("core.name(), no database file", empty_db), (f"core.name(), {renamed} renames", full_db)):
+        t, s = median_time(lambda db=db: core.name(snap, db), r)
+        rows.append((label, f"{t * 1000:.1f} ms (spread {s * 1000:.1f}) = {100 * t / d:.1f}% of discover()"))
+    e, _ = median_time(lambda: core.engine_names(snap), r)
+    rows.append(("  of which container engine names", f"{e * 1000:.1f} ms"))
+    engine = core.engine_names(snap)
+    conn = names.open_db(full_db)
+    stored = store.rows(conn, snap.boot_id)
+    conn.close()
+    a, _ = median_time(lambda: defaults.assign(snap, stored, engine), r)
+    rows.append(("  of which assign()", f"{a * 1000:.1f} ms"))
+    got = defaults.assign(snap, stored, engine)
+    p, _ = median_time(lambda: defaults.paths(snap, got), r)
+    rows.append(("  of which paths()", f"{p * 1000:.1f} ms"))
+    q, _ = median_time(lambda: store.rows(names.open_db(full_db), snap.boot_id), r)
+    rows.append(("  of which the database read (open + one SELECT)", f"{q * 1000:.1f} ms"))
+    return rows, d
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--extra", type=int, default=200)
@@ -91,27 +115,8 @@ def main() -> int:
         snap = scan()
         empty_db, full_db = os.path.join(tmp, "none.db"), os.path.join(tmp, "names.db")
         renamed = populate(full_db, snap, args.renames)
-        rows: list[tuple[str, str]] = []
+        rows, _discover = in_process(snap, empty_db, full_db, renamed, args.repeat)
         r = args.repeat
-        d, ds = median_time(scan, r)
-        rows.append(("discover()", f"{d * 1000:.1f} ms (spread {ds * 1000:.1f})"))
-        for label, db in (("names.apply(), no database file", empty_db), (f"names.apply(), {renamed} renames", full_db)):
-            t, s = median_time(lambda db=db: names.apply(snap, db), r)
-            rows.append((label, f"{t * 1000:.1f} ms (spread {s * 1000:.1f}) = {100 * t / d:.1f}% of discover()"))
-        e, _ = median_time(lambda: names.engine_names(snap), r)
-        rows.append(("  of which container engine names", f"{e * 1000:.1f} ms"))
-        engine = names.engine_names(snap)
-        conn = names.open_db(full_db)
-        stored = store.rows(conn, snap.boot_id)
-        conn.close()
-        a, _ = median_time(lambda: defaults.assign(snap, stored, engine), r)
-        rows.append(("  of which assign()", f"{a * 1000:.1f} ms"))
-        got = defaults.assign(snap, stored, engine)
-        p, _ = median_time(lambda: defaults.paths(snap, got), r)
-        rows.append(("  of which paths()", f"{p * 1000:.1f} ms"))
-        q, _ = median_time(lambda: store.rows(names.open_db(full_db), snap.boot_id), r)
-        rows.append(("  of which the database read (open + one SELECT)", f"{q * 1000:.1f} ms"))
-
         runs: dict[str, list[float]] = {"nsfs ls, naming off": [], "nsfs ls, no database file": [],
                                         f"nsfs ls, {renamed} renames": []}
         cmds = {

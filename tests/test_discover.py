@@ -318,3 +318,17 @@ def test_a_mount_namespace_id_is_the_same_from_both_ioctls():
         os.close(fd)
     ours = discover().namespace_of(os.getpid(), "mnt")
     assert ours is not None and ours.id == from_mntns_ioctl
+
+
+def test_the_models_named_constants_are_the_kernel_layers_and_the_documented_ones() -> None:
+    from namespacefs import model
+
+    assert tuple(model.NsType) == kernel.NS_TYPES  # the kernel layer stays the source of the types
+    assert SOURCES == model.SOURCES == ("process", "task", "for_children", "fd", "socket", "bindmount", "listns")
+    assert model.HOLDER_KINDS == ("process", "zombie", "task", "pid_for_children", "time_for_children", "fd",
+                                  "bindmount", "socket", "parent", "owner", "listns")  # README's table, in order
+    assert set(model.HOLDER_KINDS) - {"parent", "owner"} == model.DIRECT_KINDS
+    a = Namespace("net", 7, None, 4, None, None, (), ())
+    assert (a.key, a.stored_key) == (("net", 7), "ino:net:4:7")  # one key, and its stored text form
+    assert Namespace("net", 7, 99, 4, None, None, (), ()).stored_key == "id:99"
+    assert sorted([a, Namespace("user", 1, None, 4, None, None, (), ())], key=model.by_type)[1] is a  # (user before net)

@@ -625,3 +625,39 @@ def test_reads_are_answered_at_once_while_a_slow_rescan_runs():
     took, hostname, scans_then = trio.run(read_during_a_rescan)
     assert hostname.strip() == os.uname().nodename and took < 0.5
     assert scans_then == 1  # it was answered before the rescan finished
+
+
+def test_by_resolves_every_selector_to_the_namespace_or_container(mnt: Path, tmp_path: Path) -> None:
+    """by/SELECTOR (issue 12: the one selector grammar in FUSE paths): an `ip netns` name, the
+    namespace forms and a container's name, each a link (a container: a directory of links) into
+    the type directories; unknown or ambiguous selectors are ENOENT, and by/ is not listed at the top."""
+    from runtimes import Started, start_runc
+    from runtimes import stop as stop_all
+
+    netns = f"nsfs-by-{uuid.uuid4().hex[:6]}"
+    hostname = f"nsfs-by-{uuid.uuid4().hex[:6]}"
+    started = Started()
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        net_inode = os.stat(f"/run/netns/{netns}").st_ino
+        box = start_runc(tmp_path, started, hostname, ["sleep", "1000"])
+        uts_inode = ns_inode(box.pid, "uts")
+        by = mnt / "by"
+        assert "by" not in os.listdir(mnt)  # the documented top level is unchanged
+        assert wait_for(lambda: (by / netns).is_symlink(), what="by/NETNS")
+        assert os.readlink(by / netns) == f"../net/{net_inode}"
+        assert read(by / netns / "inode").strip() == str(net_inode)
+        assert read(by / netns / "interfaces").split() == ["lo"]
+        for selector in (f"net:[{net_inode}]", str(net_inode), f"{box.pid}:uts"):
+            target = os.readlink(by / selector)
+            assert target.startswith("../") and target.split("/")[-1] in (str(net_inode), str(uts_inode)), selector
+        assert wait_for(lambda: (by / hostname).is_dir(), what="by/CONTAINER")
+        assert os.readlink(by / hostname / "uts") == f"../../uts/{uts_inode}"
+        assert read(by / hostname / "uts" / "hostname").strip() == hostname
+        assert netns in os.listdir(by) and hostname in os.listdir(by)
+        for bad in ("no-such-thing-here", "net:[1]", "uts"):
+            with pytest.raises(FileNotFoundError):
+                os.lstat(by / bad)
+    finally:
+        stop_all(started)
+        subprocess.run(["ip", "netns", "delete", netns], check=False)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import kill_group, nsfs
-from namespacefs import names
+from namespacefs import core, names
 from namespacefs.discover import discover
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.names import defaults, migrate
@@ -173,7 +173,7 @@ def test_ip_netns_name_becomes_the_default_and_a_rename_wins(db: str) -> None:
 
 def test_container_engine_names_are_used_when_the_containers_part_gives_them(spawn: Spawn, db: str) -> None:
     s = snap()
-    engine = names.engine_names(s)
+    engine = core.engine_names(s)
     got = defaults.assign(s, [], engine)
     for inode, cname in engine.items():
         name, origin = got[inode]
@@ -324,7 +324,7 @@ def test_a_stored_name_keyed_by_inode_needs_the_same_type_and_owner() -> None:
     user = Namespace("user", 1, None, 7, None, None, (), ())
     uts = Namespace("uts", 50, None, 7, 1, None, (), ())
     s = Snapshot("b", "k", 0.0, 0.0, {1: user, 50: uts}, {})
-    row = names.store.Row("b", defaults.ns_key(uts), "uts", None, 50, 7, defaults.scope_key(uts, s), "kept", 0, 0)
+    row = names.store.StoredName("b", defaults.ns_key(uts), "uts", None, 50, 7, defaults.scope_key(uts, s), "kept", 0, 0)
     assert defaults.assign(s, [row])[50] == ("kept", names.RENAME)
     for stale in (row.__class__(**{**_fields(row), "type": "ipc"}), row.__class__(**{**_fields(row), "scope": "x"}),
                   row.__class__(**{**_fields(row), "dev": 8})):
@@ -453,7 +453,7 @@ def test_a_locked_database_waits_then_says_who_holds_it(spawn: Spawn, db: str, l
     _, pid = start(spawn, "--uts")
     s = snap()
     started = time.monotonic()
-    with pytest.raises(names.NameError, match=rf"locked; held by pid {locker.pid} \(python"):
+    with pytest.raises(names.NamingError, match=rf"locked; held by pid {locker.pid} \(python"):
         names.rename(s, s.namespace_of(pid, "uts"), "blocked", db)  # type: ignore[arg-type]
     waited = time.monotonic() - started
     assert 2.5 < waited < 10
@@ -470,7 +470,7 @@ def test_a_corrupt_database_is_never_replaced_and_says_how_to_recover(spawn: Spa
     r = run_nsfs("rename", "--db", db, f"{pid}:uts", "x", check=False)
     assert r.returncode == 1
     assert "is damaged" in r.stderr and ".recover" in r.stderr and "left untouched" in r.stderr
-    with pytest.raises(names.NameError, match="damaged"):
+    with pytest.raises(names.NamingError, match="damaged"):
         names.open_db(db)
     # listing still works, on default names, and says why
     r = run_nsfs("ls", "--db", db, "-n", "-r", "-o", "NAME", f"{pid}:uts")
@@ -497,7 +497,7 @@ def test_a_corrupt_database_is_never_replaced_and_says_how_to_recover(spawn: Spa
     (" padded", "white space"),
 ])
 def test_bad_names_are_rejected_with_a_clear_message(name: str, message: str) -> None:
-    with pytest.raises(names.NameError, match=re.escape(message)):
+    with pytest.raises(names.NamingError, match=re.escape(message)):
         names.validate(name, "net")
 
 
@@ -536,7 +536,7 @@ def test_bad_input_on_the_command_line_gets_a_message_not_a_traceback(spawn: Spa
         bad.write_text(text)
         r = run_nsfs("names", "--db", db, "import", str(bad), check=False)
         assert r.returncode == 1 and message in r.stderr, (text, r.stderr)
-    with pytest.raises(names.NameError, match="pid map"):
+    with pytest.raises(names.NamingError, match="pid map"):
         migrate.parse_pid_map("1:2,three")
     # an empty --db is refused, never read as "the default database"
     r = run_nsfs("rename", "--db", "", f"{pid}:uts", "x", check=False)

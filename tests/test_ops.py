@@ -398,3 +398,37 @@ def test_checkpoint_without_criu_says_so_and_still_writes_topology(tmp_path: Pat
     assert topo["container"]["init"] == runc.pid and topo["container"]["engine"] == "runc"
     restored = nsfs("restore", str(out_dir), env=env)
     assert "CRIU is not installed" in restored.stdout and "no processes were restored" in restored.stdout
+
+
+def test_enter_joins_through_the_pidfd_that_resolution_checked(tmp_path: Path) -> None:
+    """Issue 12: ops.enter.run acts through the pidfd the target was verified with, never a second
+    one opened by pid later (a pid recycled in between would otherwise be entered). Shown by handing
+    run() the pidfd of one process and the pid of another: the command runs in the pidfd's."""
+    import sys
+
+    from namespacefs import kernel
+    from namespacefs.ops import enter as ops_enter
+
+    marked = subprocess.Popen(["unshare", "-u", "sh", "-c", "hostname nsfs-through-pidfd && exec sleep 60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        wait_for(lambda: os.stat(f"/proc/{marked.pid}/ns/uts").st_ino != os.stat("/proc/self/ns/uts").st_ino
+                 and subprocess.run(["nsenter", "-t", str(marked.pid), "-u", "hostname"], capture_output=True,
+                                    text=True).stdout.strip() == "nsfs-through-pidfd")
+        pidfd = kernel.pidfd_open(marked.pid)
+        try:
+            out = tmp_path / "out"
+            plan = ops_enter.Plan(("uts",), pid=other.pid)
+            status = ops_enter.run(plan, [sys.executable, "-c", f"import socket; open({str(out)!r}, 'w').write("
+                                          "socket.gethostname())"], pidfd=pidfd)
+            assert status == 0 and out.read_text() == "nsfs-through-pidfd"
+            marked.kill()
+            marked.wait()
+            with pytest.raises(ops_enter.EnterError, match="has gone"):
+                ops_enter.run(ops_enter.Plan(("uts",), pid=marked.pid), ["true"], pidfd=pidfd)
+        finally:
+            os.close(pidfd)
+    finally:
+        for proc in (marked, other):
+            proc.kill()
+            proc.wait()

@@ -279,7 +279,7 @@ def test_the_client_and_core_use_a_running_daemon(daemon: Daemon, monkeypatch: p
     before = daemon.status()["taken_at"]
     via_client = client.fetch_snapshot(daemon.socket)
     monkeypatch.setenv("NSFS_SOCKET", daemon.socket)
-    via_core = core.snapshot()
+    via_core = core.snapshot(provider=client.fetch_snapshot)  # (the provider every front end gives it)
     after = daemon.status()["taken_at"]
     assert via_client is not None
     for snap in (via_client, via_core):
@@ -332,7 +332,7 @@ def test_the_daemon_stays_reachable_when_the_filesystem_is_mounted_on_its_socket
         assert sorted(os.listdir(directory))[:3] == ["cgroup", "ipc", "mnt"]  # the socket is covered
         monkeypatch.setenv("NSFS_SOCKET", daemon.socket)
         monkeypatch.setattr(core, "discover", lambda *_a, **_k: pytest.fail("scanned: the daemon was not reached"))
-        snap = core.snapshot()
+        snap = core.snapshot(provider=client.fetch_snapshot)
     finally:
         subprocess.run([sys.executable, "-m", "namespacefs", "umount", directory], check=True, timeout=60)
     assert before <= snap.taken_at <= daemon.status()["taken_at"]  # the daemon's snapshot, not a scan

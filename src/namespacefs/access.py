@@ -15,6 +15,8 @@ do is what the reader may see. The answer is kept for the snapshot it was made f
     Reader(uid, gid, pid)        who asks: host uid/gid, and a pid (whose user namespace it is in)
     may_see(reader, thing, snapshot, enter=False)   a pid, or a namespace (seen through one of its
                                  processes; enter=True: also entered)
+    privileged_over(snapshot, reader_userns, uid, target)   may the reader change what a user
+                                 namespace owns (the kernel's capability rule, approximated)
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from namespacefs import kernel
-from namespacefs.forking import fork_and_act, output_of
 from namespacefs.model import Namespace, Snapshot
+from namespacefs.ops import inside
 
 #: Namespace types whose state a reader can only read by entering them (details.inside).
 ENTERED = ("uts", "ipc", "net", "cgroup")
@@ -142,20 +144,14 @@ def _probe(reader: Reader, snapshot: Snapshot) -> Access:
         os.close(userns_fd)
         return NOTHING
     own = _own_namespaces(reader.pid)  # what it is in, it reads without entering (uname(), ...)
-    r, w = os.pipe2(os.O_CLOEXEC)
+    join = None if same else inside.Join(fds={"user": userns_fd})  # (ids are those of the reader in there)
     try:
-        child = fork_and_act(lambda: _as_reader(None if same else userns_fd, ids, pids, entered, w))
-    except OSError:
-        os.close(r)
-        os.close(w)
+        seen, entered_ok = inside.call(lambda: _as_reader(ids, pids, entered), join)
+    except Exception:  # the child failed before it answered (or could not be made): nothing may be shown
+        return NOTHING
+    finally:
         os.close(userns_fd)
-        return NOTHING
-    os.close(w)
-    os.close(userns_fd)
-    seen, _, inside = output_of(child, r).partition(b"|")
-    if not _:  # the child failed before it answered: nothing may be shown
-        return NOTHING
-    return Access(frozenset(int(p) for p in seen.split()), frozenset(int(i) for i in inside.split()) | own)
+    return Access(frozenset(seen), frozenset(entered_ok) | own)
 
 
 def _own_namespaces(pid: int) -> frozenset[int]:
@@ -170,20 +166,15 @@ def userns_fd_is_ours(fd: int) -> bool:
     return os.fstat(fd).st_ino == _userns(os.getpid())
 
 
-def _as_reader(userns_fd: int | None, ids: tuple[int, int], pids: list[int], entered: list[tuple[int, str, list[int]]],
-               w: int) -> int:  # pragma: no cover - runs in the child (fork_and_act)
-    """In the child: become the reader, then try what it may. Plain os calls only (a forked child of
-    a threaded server must not take locks another thread may have held)."""
-    if min(ids) < 0:  # (never: setres*id(-1) would keep root's ids)
-        return 1
-    os.setgroups([])  # (here, before a user namespace whose setgroups may be denied)
-    if userns_fd is not None:
-        kernel.setns(userns_fd, kernel.CLONE_FLAGS["user"])  # (ids are those of the reader in there)
+def _as_reader(ids: tuple[int, int], pids: list[int],
+               entered: list[tuple[int, str, list[int]]]) -> tuple[list[int], list[int]]:  # pragma: no cover
+    """In the child (ops.inside.call, in the reader's user namespace): become the reader, then try
+    what it may; (the pids it may read, the namespaces it could enter). Plain os calls only."""
     uid, gid = ids
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from here on, only what the reader's own credentials allow
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        return 1  # (the parent then shows nothing)
+        raise PermissionError("could not take the reader's ids")  # (the parent then shows nothing)
     seen = []
     for pid in pids:
         try:
@@ -192,21 +183,20 @@ def _as_reader(userns_fd: int | None, ids: tuple[int, int], pids: list[int], ent
         except OSError:
             pass
     readable = set(seen)
-    inside: list[int] = []
+    inside_: list[int] = []
     later: dict[int, list[tuple[int, str, int]]] = {}  # a member's user namespace -> what to enter from there
     for inode, nstype, members in entered:
         member = next((pid for pid in members if pid in readable), None)
         if member is None:
             continue
         if _enter(member, nstype, inode):
-            inside.append(inode)
+            inside_.append(inode)
         else:
             with contextlib.suppress(OSError):
                 later.setdefault(os.stat(f"/proc/{member}/ns/user").st_ino, []).append((member, nstype, inode))
     for tries in later.values():  # entering the user namespace first, as `nsenter -U -u` would
-        inside.extend(_enter_through_userns(tries))
-    os.write(w, " ".join(map(str, seen)).encode() + b"|" + " ".join(map(str, inside)).encode())
-    return 0
+        inside_.extend(_enter_through_userns(tries))
+    return seen, inside_
 
 
 def _enter(pid: int, nstype: str, inode: int) -> bool:  # pragma: no cover - child only
@@ -229,29 +219,15 @@ def _enter(pid: int, nstype: str, inode: int) -> bool:  # pragma: no cover - chi
 def _enter_through_userns(tries: list[tuple[int, str, int]]) -> list[int]:  # pragma: no cover - child only
     """In a grandchild (entering a user namespace cannot be undone): join the members' user
     namespace, then each namespace; the inodes it could enter."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-
-    def act() -> int:
-        os.close(r)
+    def act() -> list[int]:
         if not _enter(tries[0][0], "user", os.stat(f"/proc/{tries[0][0]}/ns/user").st_ino):
-            return 1
-        done = [inode for pid, nstype, inode in tries if _enter(pid, nstype, inode)]
-        os.write(w, " ".join(map(str, done)).encode())
-        return 0
+            return []
+        return [inode for pid, nstype, inode in tries if _enter(pid, nstype, inode)]
 
     try:
-        child = fork_and_act(act)
-    except OSError:
-        os.close(r)
-        os.close(w)
+        return inside.call(act)
+    except Exception:
         return []
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(child, 0)
-    return [int(i) for i in data.split()]
 
 
 def _inside(pid: int, map_name: str, host_id: int) -> int:
@@ -267,3 +243,35 @@ def _inside(pid: int, map_name: str, host_id: int) -> int:
         if outside <= host_id < outside + count:
             return host_id - outside + inside
     return -1
+
+
+# --- privilege over a user namespace (renaming through the filesystem) -----------------------
+
+
+def _uid_inside(user: Namespace, uid: int) -> int | None:
+    """A host uid as seen inside a user namespace (None: unmapped; accounting.to_inside's map rule)."""
+    from namespacefs.accounting import to_inside
+
+    return uid if user.owner is None else to_inside(user.uid_map, uid)
+
+
+def privileged_over(snapshot: Snapshot, reader_userns: int | None, uid: int, target: int | None) -> bool:
+    """Whether a reader (in reader_userns, None: the initial one, with host uid `uid`) may change
+    something owned by user namespace `target` (None: the initial one). The kernel's rule, with
+    'has capabilities' approximated by 'is root inside its own user namespace': the reader is root
+    in target or in an ancestor of it, or owns the child of its namespace on the path to target."""
+    initial = snapshot.initial_user
+    if reader_userns is None and initial is not None:
+        reader_userns = initial.inode
+    if target is None:
+        if initial is None:
+            return uid == 0
+        target = initial.inode
+    ns = snapshot.get(target)
+    while ns is not None:
+        if ns.inode == reader_userns:
+            return _uid_inside(ns, uid) == 0
+        if ns.owner == reader_userns and ns.owner_uid == uid:
+            return True
+        ns = snapshot.get(ns.owner) if ns.owner is not None else None
+    return False

@@ -5,7 +5,7 @@ Everything is computed from a Snapshot plus the few reads a snapshot does not ca
 /proc/PID/limits (RLIMIT_NPROC of each process) and /proc/sys/user/* read *inside* each user
 namespace (those sysctls are per user namespace: a reader sees the values of its own). A user
 namespace can only be joined by a single-threaded process, so each one is read by a forked child
-that setns()es into it and sends the values back through a pipe.
+that setns()es into it and sends the values back (namespacefs.ops.inside.call, its fork rule).
 
 What the kernel counts (kernel/ucount.c, since Linux 5.14): RLIMIT_NPROC is checked against a
 counter per (user namespace, host uid), and every task is also charged to the namespace creator's
@@ -15,7 +15,6 @@ uid, so namespaces mapping the same host uids shared it; that is reported where 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -23,9 +22,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from namespacefs import handles, kernel
-from namespacefs.forking import fork_and_act, output_of
+from namespacefs import handles
 from namespacefs.model import Namespace, Snapshot
+from namespacefs.ops import inside
 
 IdMap = tuple[tuple[int, int, int], ...]
 Range = tuple[int, int]  # (first host id, count)
@@ -50,9 +49,9 @@ def parse_nproc_limit(data: bytes) -> tuple[int | None, int | None]:
 
 def to_inside(idmap: IdMap | None, host_id: int) -> int | None:
     """The id inside a namespace for a host id, through the map as read from the host; None if unmapped."""
-    for inside, outside, count in idmap or ():
+    for first, outside, count in idmap or ():
         if outside <= host_id < outside + count:
-            return inside + host_id - outside
+            return first + host_id - outside
     return None
 
 
@@ -211,24 +210,9 @@ def _is_own_userns(ns: Namespace) -> bool:
 
 
 def _in_child(userns_fd: int, func: Callable[[], dict[str, int]]) -> dict[str, int]:
-    r, w = os.pipe()
-
-    def child() -> int:  # join, read, report (fork_and_act: it never returns into the caller)
-        os.close(r)
-        try:
-            kernel.setns(userns_fd, kernel.CLONE_FLAGS["user"])
-            out, status = json.dumps({"ok": func()}).encode(), 0
-        except BaseException as e:  # everything goes back to the parent
-            out, status = json.dumps({"error": str(e)}).encode(), 1
-        os.write(w, out)
-        return status
-
-    pid = fork_and_act(child)
-    os.close(w)
-    reply = json.loads(output_of(pid, r) or b'{"error": "the helper process died"}')
-    if "error" in reply:
-        raise OSError(reply["error"])
-    return {str(k): int(v) for k, v in reply["ok"].items()}
+    """func() in a child that joined the user namespace (ops.inside.call: the fork rule)."""
+    values = inside.call(func, inside.Join(fds={"user": userns_fd}))
+    return {str(k): int(v) for k, v in values.items()}
 
 
 # --- the computation ---------------------------------------------------------------------------
@@ -240,7 +224,8 @@ def charged_tasks(snapshot: Snapshot) -> Counter[tuple[int, int]]:
     (that ancestor, the uid that created the namespace below it), as inc_rlimit_ucounts() walks up."""
     up: dict[int, list[tuple[int, int]]] = {}
     for ns in snapshot.of_type("user"):
-        chain, cur = [], ns
+        chain: list[tuple[int, int]] = []
+        cur = ns
         while cur.parent is not None and cur.owner_uid is not None and len(chain) < 64:  # 32 levels at most
             chain.append((cur.parent, cur.owner_uid))
             parent = snapshot.get(cur.parent)

@@ -1,49 +1,34 @@
 """Per-type details, read on demand (never during a scan, so `ls` stays fast).
 
-uts, ipc, net and cgroup namespaces are per thread: a short-lived helper thread setns()es into
-the namespace and reads what the kernel shows the *current thread* (uname, /proc/sys/kernel,
-/proc/sysvipc, sockets), so the caller's own namespaces never change. Everything else comes
-from /proc files of a member process.
+uts, ipc, net and cgroup namespaces are per thread: a short-lived helper thread
+(namespacefs.ops.inside.in_thread) setns()es into the namespace and reads what the kernel shows
+the *current thread* (uname, /proc/sys/kernel, /proc/sysvipc, sockets), so the caller's own
+namespaces never change. Everything else comes from /proc files of a member process.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import struct
-import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from namespacefs import kernel, procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
+from namespacefs.ops.inside import in_thread
 
 T = TypeVar("T")
 
 
 def inside(ns: Namespace, func: Callable[[], T], snapshot: Snapshot | None = None) -> T:
-    """Run func in a helper thread that has joined ns (uts, ipc, net, cgroup or time only)."""
+    """Run func in a helper thread that has joined ns (uts, ipc, net or cgroup: ops.inside.in_thread)."""
     fd = open_namespace(ns, snapshot)
-    result: list[Any] = []
-
-    def work() -> None:
-        try:
-            kernel.setns(fd, kernel.CLONE_FLAGS[ns.type])
-            result.append(func())
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
-
     try:
-        t = threading.Thread(target=work, name=f"nsfs-{ns.type}")
-        t.start()
-        t.join()
+        return in_thread(fd, ns.type, func)
     finally:
         os.close(fd)
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
 
 
 def _member(ns: Namespace) -> int | None:
@@ -113,10 +98,7 @@ def mountinfo(ns: Namespace) -> bytes:
     raise Gone("no process is in this mount namespace, so its mounts cannot be read")
 
 
-# --- NETNSID: the id our net namespace's netlink uses for another one (rtnetlink RTM_GETNSID) --
-
-_RTM_GETNSID = 90
-_NETNSA_NSID, _NETNSA_FD = 1, 3
+# --- NETNSID: the id our net namespace's netlink uses for another one (kernel.netnsid) --------
 
 
 def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
@@ -126,30 +108,8 @@ def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
     except Gone:
         return None
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-            attr = struct.pack("=HHI", 8, _NETNSA_FD, fd)
-            body = struct.pack("=Bxxx", socket.AF_UNSPEC) + attr
-            header = struct.pack("=IHHII", 16 + len(body), _RTM_GETNSID, 0x1, 1, 0)  # NLM_F_REQUEST
-            sock.send(header + body)
-            reply = sock.recv(4096)
+        return kernel.netnsid(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return _parse_nsid(reply)
-
-
-def _parse_nsid(reply: bytes) -> int | None:
-    _, msg_type, _, _, _ = struct.unpack_from("=IHHII", reply)
-    if msg_type == 2:  # NLMSG_ERROR
-        return None
-    offset = 16 + 4
-    while offset + 4 <= len(reply):
-        length, kind = struct.unpack_from("=HH", reply, offset)
-        if length < 4:
-            break
-        if kind == _NETNSA_NSID:
-            value = struct.unpack_from("=i", reply, offset + 4)[0]
-            return None if value < 0 else value
-        offset += (length + 3) & ~3
-    return None

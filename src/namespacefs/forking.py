@@ -33,14 +33,14 @@ def fork_and_act(act: Callable[[], int | None]) -> int:
         os._exit(status)  # pragma: no cover
 
 
-def output_of(pid: int, r: int) -> bytes:
-    """Everything a child wrote to the read end r of its pipe (closed here), once it has exited
-    and been reaped."""
+def output_of(pid: int, r: int) -> tuple[bytes, int]:
+    """Everything a child wrote to the read end r of its pipe (closed here), and its wait status,
+    once it has exited and been reaped."""
     chunks = []
     try:
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
     finally:
         os.close(r)
-        os.waitpid(pid, 0)
-    return b"".join(chunks)
+        status = os.waitpid(pid, 0)[1]  # (EINTR is retried by Python, PEP 475)
+    return b"".join(chunks), status

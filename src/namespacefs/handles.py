@@ -8,18 +8,18 @@ returned.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from namespacefs import kernel
-from namespacefs.model import Holder, Namespace, Snapshot
+from namespacefs.kernel import HIERARCHICAL
+from namespacefs.model import NS_LINK_KINDS, Holder, HolderKind, Namespace, Snapshot
 
 
 class Gone(LookupError):
     """The namespace no longer exists (or cannot be reached)."""
 
 
-#: Holder kinds whose /proc path is a namespace link (ns/TYPE): what it opens is always of that type.
-NS_LINK_KINDS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children"})
 
 
 def holder_path(nstype: str, h: Holder, proc: str = "/proc") -> str | None:
@@ -28,9 +28,9 @@ def holder_path(nstype: str, h: Holder, proc: str = "/proc") -> str | None:
     if h.kind in NS_LINK_KINDS:
         link = h.kind if h.kind.endswith("_for_children") else nstype
         return f"{proc}/{h.pid}/task/{h.tid}/ns/{link}" if h.tid else f"{proc}/{h.pid}/ns/{link}"
-    if h.kind == "fd":
+    if h.kind == HolderKind.FD:
         return f"{proc}/{h.pid}/fd/{h.fd}"
-    if h.kind == "bindmount" and h.pid is not None:  # (one in a mount namespace no process is in: no path)
+    if h.kind == HolderKind.BINDMOUNT and h.pid is not None:  # (one in a mount namespace no process is in: no path)
         return f"{proc}/{h.pid}/root{h.path}"
     return None
 
@@ -48,22 +48,35 @@ def open_namespace(ns: Namespace, snapshot: Snapshot | None = None, proc: str = 
                 return fd
     for h in ns.holders:
         try:
-            fd = _open_holder(ns, h, snapshot, proc)
+            held = _open_holder(ns, h, snapshot, proc)
         except (OSError, Gone):
             continue
-        if fd is not None and _is(fd, ns):
-            return fd
+        if held is not None and _is(held, ns):
+            return held
     raise Gone(f"{ns.type}:[{ns.inode}] is gone or cannot be opened")
 
 
+def alive_by_id(ident: int, nstype: str, inode: int) -> bool | None:
+    """Is the namespace with this 64-bit id (and type and inode) still alive, asked of the kernel
+    (an nsfs file handle)? None where that cannot be asked (no file handles, not privileged)."""
+    try:
+        fd = kernel.open_ns_by_id(ident, nstype, inode)
+    except OSError as e:
+        if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH):
+            return False
+        return None
+    os.close(fd)
+    return True
+
+
 def _open_holder(ns: Namespace, h: Holder, snapshot: Snapshot | None, proc: str) -> int | None:
-    if h.kind in ("owner", "parent"):
+    if h.kind in (HolderKind.OWNER, HolderKind.PARENT):
         child = snapshot.get(h.via) if snapshot and h.via is not None else None
         if child is None:
             return None
         child_fd = open_namespace(child, snapshot, proc)
         try:
-            return kernel.ns_owner_fd(child_fd) if h.kind == "owner" else kernel.ns_parent_fd(child_fd)
+            return kernel.ns_owner_fd(child_fd) if h.kind == HolderKind.OWNER else kernel.ns_parent_fd(child_fd)
         finally:
             os.close(child_fd)
     path = holder_path(ns.type, h, proc)
@@ -92,7 +105,7 @@ def still_members(ns: Namespace, proc: str = "/proc") -> tuple[int, ...]:
         try:
             if os.stat(f"{proc}/{pid}/ns/{ns.type}").st_ino != ns.inode:
                 continue
-            if ns.type in ("pid", "user"):
+            if ns.type in HIERARCHICAL:
                 os.stat(f"{proc}/{pid}/ns/uts")  # (the links of an exited task's nsproxy fail: ENOENT)
         except OSError:
             continue  # gone

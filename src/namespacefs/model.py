@@ -5,25 +5,72 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
-from namespacefs.kernel import NS_TYPES
+from namespacefs.kernel import HIERARCHICAL, NS_TYPES
 
-#: Holder kinds, in the order they are reported. A holder is a reason a namespace is alive.
-HOLDER_KINDS: Final[tuple[str, ...]] = (
-    "process",  # a process is in it (/proc/PID/ns/TYPE)
-    "zombie",  # an exited, unreaped process still pins it (user and pid namespaces)
-    "task",  # only some thread of a process is in it (/proc/PID/task/TID/ns/TYPE)
-    "pid_for_children",  # a process's future children will be in it
-    "time_for_children",
-    "fd",  # an open file descriptor refers to it (/proc/PID/fd/N)
-    "bindmount",  # an nsfs file is bind-mounted in some mount namespace
-    "socket",  # a socket (of a process in another net namespace) lives in it
-    "parent",  # nothing holds it directly; it is the parent of a pid/user namespace that is held
-    "owner",  # nothing holds it directly; it owns a namespace that is held
-    "listns",  # found only by the kernel's listns() (Linux 6.19+)
-)
-DIRECT_KINDS: Final[frozenset[str]] = frozenset(HOLDER_KINDS) - {"parent", "owner"}
+
+class _Names(StrEnum):
+    """Named strings: each member is its value, and shows as it (in a repr too)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class NsType(_Names):
+    """The eight namespace types, by the names of their /proc/PID/ns links (kernel.NS_TYPES, in
+    that order, is the source; a test holds the two together)."""
+
+    MNT = "mnt"
+    UTS = "uts"
+    IPC = "ipc"
+    USER = "user"
+    PID = "pid"
+    NET = "net"
+    CGROUP = "cgroup"
+    TIME = "time"
+
+
+class HolderKind(_Names):
+    """Why a namespace is alive, in the order kinds are reported."""
+
+    PROCESS = "process"  # a process is in it (/proc/PID/ns/TYPE)
+    ZOMBIE = "zombie"  # an exited, unreaped process still pins it (user and pid namespaces)
+    TASK = "task"  # only some thread of a process is in it (/proc/PID/task/TID/ns/TYPE)
+    PID_FOR_CHILDREN = "pid_for_children"  # a process's future children will be in it
+    TIME_FOR_CHILDREN = "time_for_children"
+    FD = "fd"  # an open file descriptor refers to it (/proc/PID/fd/N)
+    BINDMOUNT = "bindmount"  # an nsfs file is bind-mounted in some mount namespace
+    SOCKET = "socket"  # a socket (of a process in another net namespace) lives in it
+    PARENT = "parent"  # nothing holds it directly; it is the parent of a pid/user namespace that is held
+    OWNER = "owner"  # nothing holds it directly; it owns a namespace that is held
+    LISTNS = "listns"  # found only by the kernel's listns() (Linux 6.19+)
+
+
+class Source(_Names):
+    """The discovery sources (`--sources`), in the order they run."""
+
+    PROCESS = "process"
+    TASK = "task"
+    FOR_CHILDREN = "for_children"
+    FD = "fd"
+    SOCKET = "socket"
+    BINDMOUNT = "bindmount"
+    LISTNS = "listns"
+
+
+#: Holder kinds, in the order they are reported.
+HOLDER_KINDS: Final[tuple[str, ...]] = tuple(HolderKind)
+#: What holds a namespace itself (not only through a child that names it as parent or owner).
+DIRECT_KINDS: Final[frozenset[str]] = frozenset(HOLDER_KINDS) - {HolderKind.PARENT, HolderKind.OWNER}
+#: Kinds whose /proc path is a namespace link (ns/TYPE): what it opens is always of that type.
+NS_LINK_KINDS: Final[frozenset[str]] = frozenset({
+    HolderKind.PROCESS, HolderKind.ZOMBIE, HolderKind.TASK, HolderKind.PID_FOR_CHILDREN, HolderKind.TIME_FOR_CHILDREN})
+#: Kinds a process gives a namespace (and takes away when it goes).
+PER_PROCESS_KINDS: Final[frozenset[str]] = NS_LINK_KINDS | {HolderKind.FD}
+#: Every source, in the order they run.
+SOURCES: Final[tuple[str, ...]] = tuple(Source)
 
 
 class Holder(NamedTuple):
@@ -54,9 +101,9 @@ def indirect_holders(relations: Iterable[tuple[int, int | None, int | None]]) ->
     indirect: dict[int, list[Holder]] = {}
     for inode, owner, parent in relations:
         if owner is not None and owner != parent:
-            indirect.setdefault(owner, []).append(Holder("owner", via=inode))
+            indirect.setdefault(owner, []).append(Holder(HolderKind.OWNER, via=inode))
         if parent is not None:
-            indirect.setdefault(parent, []).append(Holder("parent", via=inode))
+            indirect.setdefault(parent, []).append(Holder(HolderKind.PARENT, via=inode))
     return indirect
 
 
@@ -112,8 +159,15 @@ class Namespace(NamedTuple):
 
     @property
     def key(self) -> tuple[str, int]:
-        """What identifies this namespace for life: its id, or (type, inode) without one."""
+        """What identifies this namespace for life: its 64-bit id, never reused (`("id", N)`), or
+        (type, inode) on kernels without ids. The one namespace key (stored_key is its text form)."""
         return ("id", self.id) if self.id is not None else (self.type, self.inode)
+
+    @property
+    def stored_key(self) -> str:
+        """key as text, what a rename is stored under: `id:N`, else `ino:TYPE:DEV:INODE` (with the
+        device: an inode is unique only on its nsfs device)."""
+        return f"id:{self.id}" if self.id is not None else f"ino:{self.type}:{self.dev}:{self.inode}"
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -166,7 +220,7 @@ class Snapshot:
             if ns.id is not None:
                 by_id[ns.id] = ns
             owned.setdefault(ns.owner, []).append(ns)
-            if ns.type in ("pid", "user"):
+            if ns.type in HIERARCHICAL:
                 children.setdefault(ns.parent, []).append(ns)
         object.__setattr__(self, "_by_id", by_id)  # (how a frozen dataclass sets a derived field)
         object.__setattr__(self, "_owned", owned)
@@ -228,13 +282,17 @@ class Snapshot:
             "duration": self.duration,
             "errors": dict(self.errors),
             "sources": list(self.sources),
-            "namespaces": [ns.to_dict() for ns in sorted(self.namespaces.values(), key=_order)],
+            "namespaces": [ns.to_dict() for ns in sorted(self.namespaces.values(), key=by_type)],
             "processes": [p.to_dict() for p in sorted(self.processes.values(), key=lambda p: p.pid)],
         }
 
 
-def _order(ns: Namespace) -> tuple[int, int]:
-    return NS_TYPES.index(ns.type), ns.inode
+_TYPE_ORDER: Final = {t: i for i, t in enumerate(NS_TYPES)}
+
+
+def by_type(ns: Namespace) -> tuple[int, int]:
+    """The one sort key of namespaces: by type (kernel.NS_TYPES order), then inode."""
+    return _TYPE_ORDER[ns.type], ns.inode
 
 
 class Diff(NamedTuple):

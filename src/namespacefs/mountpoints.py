@@ -1,5 +1,5 @@
 """Where namespacefs may mount: the one rule for every mount it makes (pins, shift's idmapped
-mounts, the FUSE filesystem), and the handle the mount is then made on.
+mounts, the FUSE filesystem), the handle the mount is then made on, and unmounting (unmount()).
 
 A mount hides what is under it from every process of the mount namespace, so it goes only on an
 ordinary file or directory of an ordinary filesystem (ext4, xfs, btrfs, tmpfs, overlay, ...): never
@@ -15,6 +15,7 @@ it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -131,3 +132,30 @@ def open_checked(path: str, shown: str) -> int | None:
 def attach(tree_fd: int, target_fd: int) -> None:
     """Attach the detached mount tree_fd onto the checked handle target_fd (OSError from the kernel)."""
     kernel.move_mount_onto(tree_fd, target_fd)
+
+
+# --- unmounting ------------------------------------------------------------------------------
+
+
+class UnmountFailed(Exception):
+    """An unmount the kernel refused; str() says why, for the user (errno: the kernel's)."""
+
+    def __init__(self, message: str, errno_: int) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def unmount(path: str, lazy: bool = False) -> None:
+    """umount2(path), MNT_DETACH with lazy; the one place that turns the kernel's refusals into a
+    sentence (EBUSY: something is open there, EPERM: not root)."""
+    try:
+        kernel.umount(path, kernel.MNT_DETACH if lazy else 0)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            message = (f"{path} is busy (a process has a file open or its working directory there); "
+                       "close it or use --lazy")
+        elif e.errno == errno.EPERM:
+            message = f"not allowed to unmount {path} (run as root)"
+        else:
+            message = f"cannot unmount {path}: {e.strerror}"
+        raise UnmountFailed(message, e.errno or 0) from None

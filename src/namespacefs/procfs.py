@@ -70,6 +70,7 @@ class Mount(NamedTuple):
     mountpoint: str
     fstype: str
     source: str
+    options: tuple[str, ...] = ()  # the per-mount options (ro, nosuid, idmapped, ...)
 
 
 def _unescape(field: str) -> str:
@@ -87,7 +88,8 @@ def parse_mountinfo(data: bytes) -> list[Mount]:
             continue
         f = left.split(" ")
         r = right.split(" ")
-        mounts.append(Mount(int(f[0]), int(f[1]), _unescape(f[3]), _unescape(f[4]), r[0], _unescape(r[1]) if len(r) > 1 else ""))
+        mounts.append(Mount(int(f[0]), int(f[1]), _unescape(f[3]), _unescape(f[4]), r[0], _unescape(r[1]) if len(r) > 1 else "",
+                            tuple(f[5].split(",")) if len(f) > 5 else ()))
     return mounts
 
 

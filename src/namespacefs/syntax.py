@@ -13,6 +13,7 @@ one, and every place that accepts a name calls it.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Final
 
@@ -25,6 +26,10 @@ MAX_NAME_BYTES: Final = 255  # a path component (NAME_MAX)
 #: (bidi overrides that make a name print as another), surrogates (bytes that are not UTF-8),
 #: private use, unassigned code points, and line/paragraph separators.
 _REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: What a container's name may not contain, beyond name_problem: a container's path joins names
+#: with '/', and its names are shown in columns (white space); each run of these shows as '_'.
+CONTAINER_UNSAFE: Final = re.compile(r"[/\s\x00-\x1f]+")
+MAX_CONTAINER_NAME: Final = 80
 
 
 def is_number(text: str) -> bool:
@@ -77,3 +82,21 @@ def name_problem(name: object) -> str | None:
     if all(c.isdigit() for c in name):  # also ² or ٣: never a name that passes for a number
         return f"a name cannot be a number ({printable(name)} would be read as a pid, an inode or an id)"
     return None
+
+
+def container_name_problem(name: str) -> str | None:
+    """What makes `name` unfit to name a container (name_problem, then the rule every container
+    name is shown by: see safe_container_name), or None when it is fine."""
+    problem = name_problem(name)
+    if problem is not None:
+        return f"{printable(name)} cannot be a container name: {problem}"
+    if name != name.strip("._") or CONTAINER_UNSAFE.search(name) or len(name) > MAX_CONTAINER_NAME:
+        return (f"'{name}' cannot be a container name (no '/', whitespace or control characters, not empty, "
+                f"no leading or trailing '.' or '_', at most {MAX_CONTAINER_NAME} characters)")
+    return None
+
+
+def safe_container_name(name: str) -> str:
+    """A name as a container shows it: each run of CONTAINER_UNSAFE characters as '_', no leading
+    or trailing '.' or '_', at most MAX_CONTAINER_NAME characters."""
+    return (CONTAINER_UNSAFE.sub("_", name).strip("._") or "_")[:MAX_CONTAINER_NAME]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import HolderKind, Namespace, NsType, Snapshot
 from namespacefs.procfs import parse_ns_link
 from namespacefs.syntax import is_number
 
@@ -151,10 +151,11 @@ def _by_path(snapshot: Snapshot, path: str) -> Namespace:
 
 def netns_names(ns: Namespace) -> list[str]:
     """The `ip netns` names of a net namespace (its bind mounts under /run/netns)."""
-    if ns.type != "net":
+    if ns.type != NsType.NET:
         return []
-    return sorted({h.path[len(NETNS_DIR):] for h in ns.holders if h.kind == "bindmount" and h.path
-                   and h.path.startswith(NETNS_DIR) and "/" not in h.path[len(NETNS_DIR):]})
+    found = {h.path[len(NETNS_DIR):] for h in ns.holders
+             if h.kind == HolderKind.BINDMOUNT and h.path and h.path.startswith(NETNS_DIR)}
+    return sorted(name for name in found if "/" not in name) if found else []
 
 
 def _by_name(snapshot: Snapshot, spec: str, tree: ContainerTree | None, nstype: str | None,

@@ -11,9 +11,8 @@ from functools import cache
 
 from namespacefs import core, targets
 from namespacefs.cli import UserError
-from namespacefs.discover import SOURCES
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import SOURCES, Namespace, Snapshot
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -64,10 +63,18 @@ def chosen_sources(spec: str | None) -> tuple[str, ...]:
     return tuple(s for s in SOURCES if (s not in names) == drop)
 
 
+def daemon_snapshot() -> Snapshot | None:
+    """The running daemon's live snapshot (`nsfs serve`), None when none answers: the provider the
+    CLI gives core.snapshot. No daemon costs one connect() to its socket."""
+    from namespacefs.service.client import fetch_snapshot
+
+    return fetch_snapshot(timeout=2.0)
+
+
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
     verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
-                         fresh=bool(getattr(args, "verbose", False)))
+                         fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot)
 
 
 def ns_type(text: str) -> str:

@@ -1,4 +1,4 @@
-"""`nsfs containers`, `enter`, `kill`, `pin`, `unpin`, `checkpoint`, `restore`: argument parsing
+"""`nsfs containers`, `enter` (namespacefs.cli.enter), `kill`, `pin`, `unpin`, `checkpoint`, `restore`: argument parsing
 and output only; the work is done by namespacefs.containers and namespacefs.ops."""
 
 from __future__ import annotations
@@ -7,28 +7,20 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
-from namespacefs import containers, core, kernel, targets
-from namespacefs.cli import Parser, UserError, duration, whole
-from namespacefs.cli.common import PrintVersion, chosen_sources, find, report_errors, verbose_scan
+from namespacefs import containers, core, targets
+from namespacefs.cli import UserError, duration
+from namespacefs.cli.common import chosen_sources, report_errors, verbose_scan
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render, tree_rows
 from namespacefs.containers import Container, ContainerTree
-from namespacefs.containers import names as cnames
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import Snapshot
+from namespacefs.names import containers as cnames
 from namespacefs.ops import checkpoint as ckpt
-from namespacefs.ops import enter as ops_enter
 from namespacefs.ops import kill as ops_kill
 from namespacefs.ops import pin as ops_pin
-from namespacefs.syntax import is_number, printable
-
-#: nsenter's letters for the namespace types
-LETTERS = {"mnt": "m", "uts": "u", "ipc": "i", "net": "n", "pid": "p", "user": "U", "cgroup": "C", "time": "T"}
-LONG = {"mnt": "mount", "uts": "uts", "ipc": "ipc", "net": "net", "pid": "pid", "user": "user",
-        "cgroup": "cgroup", "time": "time"}
 
 
 class View:
@@ -76,14 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--forget", metavar="TARGET", help="drop a container's stored name")
         add_table_options(parser, COLUMNS, DEFAULT)
     elif command == "enter":
-        parser.__class__ = _EnterParser  # nsenter's optional arguments (-nFILE, -w/tmp) need getopt's reading
-        _enter_options(parser)
-        parser.add_argument("-V", "--version", action=PrintVersion)
-        parser.add_argument("-t", "--target", dest="target_spec", type=_target, metavar="PID[:INODE]",
-                            help="the target process, as nsenter takes it (instead of TARGET)")
-        parser.add_argument("target", nargs="?", help="a container (path, name or engine id), a pid, or a namespace")
-        parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="[OPTIONS] -- CMD",
-                            help="the command, after -- (default: the target's shell or /bin/sh)")
+        from namespacefs.cli import enter_options
+
+        enter_options.add_arguments(parser)
     elif command == "kill":
         parser.add_argument("target", help="a container (path, name or engine id) or a pid in it")
         parser.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
@@ -106,165 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("dir", metavar="DIR", help="a directory written by nsfs checkpoint")
 
 
-def _enter_options(parser: argparse.ArgumentParser) -> None:
-    """nsenter's options (util-linux 2.42 nsenter(1)); _nsenter_words turns its attached optional
-    arguments (-nFILE, --net=FILE, -w/tmp, -r/srv) into the hidden options below first."""
-    for t in NS_TYPES:
-        parser.add_argument(f"-{LETTERS[t]}", f"--{LONG[t]}", dest=f"ns_{t}", action="store_true",
-                            help=f"enter the {t} namespace (--{LONG[t]}=FILE: the namespace of that file; "
-                                 f"--{LONG[t]}=:NSID: by its 64-bit id)")
-        parser.add_argument(f"--{LONG[t]}-file", dest=f"file_{t}", metavar="FILE", help=argparse.SUPPRESS)
-    parser.add_argument("-a", "--all", action="store_true", help="enter every namespace (the default for a pid or container)")
-    parser.add_argument("-S", "--setuid", type=_id_or_follow("UID"), metavar="UID",
-                        help="run as this uid ('follow': the target's)")
-    parser.add_argument("-G", "--setgid", type=_id_or_follow("GID"), metavar="GID",
-                        help="run as this gid ('follow': the target's)")
-    parser.add_argument("--preserve-credentials", action="store_true",
-                        help="do not become root of an entered user namespace (keep our uid, gid and groups)")
-    parser.add_argument("--keep-caps", action="store_true",
-                        help="with the user namespace: keep the capabilities it grants across exec")
-    parser.add_argument("--user-parent", action="store_true",
-                        help="enter the parent user namespace of the user namespace (or the owner of another)")
-    parser.add_argument("-N", "--net-socket", type=whole("FD", 0, 2**31 - 1), metavar="FD",
-                        help="enter the net namespace of the target's socket FD")
-    parser.add_argument("--wd", metavar="DIR",
-                        help="working directory, resolved inside (default: the target's; -w alone: the target's "
-                             "even without its mount namespace)")
-    parser.add_argument("-W", "--wdns", dest="wd", metavar="DIR", help="working directory, resolved inside (as --wd DIR)")
-    parser.add_argument("--wd-target", dest="follow_wd", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("-r", "--root", dest="follow_root", action="store_true",
-                        help="the target's root directory (the default with its mount namespace); -rDIR, --root=DIR: "
-                             "this directory (opened before entering)")
-    parser.add_argument("--root-dir", dest="root_dir", metavar="DIR", help=argparse.SUPPRESS)
-    parser.add_argument("--keep-root", action="store_true", help="keep our root directory in the mount namespace")
-    parser.add_argument("-e", "--env", action="store_true", help="the target's environment instead of ours")
-    parser.add_argument("-F", "--no-fork", action="store_true",
-                        help="do not fork again before exec (a pid namespace then applies to the command's children only)")
-    parser.add_argument("-c", "--join-cgroup", action="store_true", help="join the target's cgroup (v2)")
-    parser.add_argument("-Z", "--follow-context", action="store_true",
-                        help="run with the target's SELinux context (a no-op, said on stderr, where SELinux is off)")
-    parser.add_argument("--no-netns-exec", action="store_true",
-                        help="a net namespace entered by name: do not do what `ip netns exec NAME` does "
-                             "(a private /sys and the /etc/netns/NAME/* bind mounts)")
-
-
-def _id_or_follow(what: str) -> Callable[[str], int | str]:
-    """An argparse type: a uid or gid (ASCII digits, as cli.whole) or 'follow' (nsenter 2.42)."""
-    number = whole(what, 0, 2**32 - 2)
-
-    def parse(text: str) -> int | str:
-        return text if text == "follow" else number(text)
-
-    parse.__name__ = "int"  # argparse's message: "invalid int value: 'TEXT'"
-    return parse
-
-
-def _target(text: str) -> tuple[int, int | None]:
-    """-t PID or -t PID:INODE (nsenter 2.42: the inode of the process's pidfd)."""
-    pid, sep, inode = text.partition(":")
-    if not is_number(pid) or (sep and not is_number(inode)):
-        raise argparse.ArgumentTypeError(f"invalid PID argument: {printable(text)}")
-    return whole("PID", 1, 2**22)(pid), int(inode) if sep else None
-
-
-#: nsenter's short options (getopt "+ahVt:m::u::i::n::N:p::C::U::T::S:G:r::w::W::ecFZ"): those whose
-#: argument is optional (only ever attached) and those that need one
-_OPTIONAL_ARG = {**{LETTERS[t]: f"--{LONG[t]}-file" for t in NS_TYPES}, "r": "--root-dir", "w": "--wd"}
-_REQUIRED_ARG = frozenset("tSGNW")
-_LONG_OPTIONAL = {**{f"--{LONG[t]}": f"--{LONG[t]}-file" for t in NS_TYPES}, "--root": "--root-dir", "--wd": "--wd"}
-_LONG_REQUIRED = frozenset({"--target", "--setuid", "--setgid", "--net-socket", "--wdns", "--sources",
-                            "--oci-root", "--db"})
-
-
-def _nsenter_words(words: list[str]) -> list[str]:
-    """The option words before TARGET (or nsenter's command) as getopt reads them, in the forms the
-    parser takes: -nFILE and --net=FILE become --net-file FILE, -mu is -m with the file 'u' (as in
-    nsenter), -w alone the target's working directory and -w/tmp that directory. `--wd DIR` (two
-    words) keeps its older nsfs meaning. Words from the first non-option on are left alone."""
-    out: list[str] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word == "--" or not word.startswith("-") or word == "-":
-            return out + words[i:]
-        i += 1
-        if word.startswith("--"):
-            name, eq, value = word.partition("=")
-            if name in _LONG_OPTIONAL:
-                if eq:
-                    out += [_LONG_OPTIONAL[name], value]
-                elif name == "--wd" and i < len(words) and not words[i].startswith("-"):
-                    out += ["--wd", words[i]]  # the older nsfs form
-                    i += 1
-                else:
-                    out.append("--wd-target" if name == "--wd" else name)
-            elif name in _LONG_REQUIRED and not eq and i < len(words):
-                out += [word, words[i]]
-                i += 1
-            else:
-                out.append(word)
-            continue
-        for k, letter in enumerate(word[1:], start=1):
-            rest = word[k + 1:]
-            if letter in _OPTIONAL_ARG:
-                if rest:
-                    out += [_OPTIONAL_ARG[letter], rest.removeprefix("=")]
-                else:
-                    out.append("--wd-target" if letter == "w" else f"-{letter}")
-                break
-            if letter in _REQUIRED_ARG:
-                if rest:
-                    out += [f"-{letter}", rest]
-                elif i < len(words):
-                    out += [f"-{letter}", words[i]]
-                    i += 1
-                else:
-                    out.append(f"-{letter}")
-                break
-            out.append(f"-{letter}")
-    return out
-
-
-class _EnterParser(Parser):
-    """`nsfs enter`'s parser: reads the words as nsenter's getopt does first (_nsenter_words)."""
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        words = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(_nsenter_words(words), namespace)
-
-
-class _OptionsAfterTarget(argparse.ArgumentParser):
-    """Parses the options that follow TARGET; reports a mistake once, as a UserError, instead of
-    printing a second usage text and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"bad options before --: {message}")
-
-
-def _split_enter(args: argparse.Namespace) -> list[str]:
-    """Options may also follow TARGET (`nsfs enter web -u -- hostname`): those before `--` are
-    parsed here; what follows `--` is the command."""
-    words = list(args.cmd)
-    if "--" not in words:
-        return words
-    cut = words.index("--")
-    if cut:
-        extra = _OptionsAfterTarget(prog="nsfs enter", add_help=False, exit_on_error=False)
-        _enter_options(extra)
-        try:
-            more, unknown = extra.parse_known_args(_nsenter_words(words[:cut]))
-        except argparse.ArgumentError as e:
-            raise UserError(f"bad options before --: {e}") from None
-        if unknown:
-            raise UserError(f"unknown options before --: {' '.join(unknown)}")
-        for key, value in vars(more).items():
-            if value not in (None, False):
-                setattr(args, key, value)
-    return words[cut + 1:]
-
-
 def run(args: argparse.Namespace) -> int:
-    handler = {"containers": _containers, "enter": _enter, "kill": _kill, "pin": _pin, "unpin": _unpin,
+    from namespacefs.cli.enter import enter
+
+    handler = {"containers": _containers, "enter": enter, "kill": _kill, "pin": _pin, "unpin": _unpin,
                "checkpoint": _checkpoint, "restore": _restore}[args.command]
     return handler(args)
 
@@ -310,26 +142,6 @@ def _container(tree: ContainerTree, snap: Snapshot, spec: str, allow_pid: bool =
     return c
 
 
-def _verified_pid(snap: Snapshot, pid: int) -> int:
-    """pid, checked through a pidfd to still be the process of the snapshot (same namespaces), so a
-    pid recycled since the scan is never entered."""
-    try:
-        fd = kernel.pidfd_open(pid)
-    except OSError:
-        raise UserError(f"process {pid} has gone") from None
-    try:
-        seen = snap.processes[pid].namespaces
-        for t in NS_TYPES:
-            if t in seen and os.stat(f"/proc/{pid}/ns/{t}").st_ino != seen[t]:
-                raise UserError(f"process {pid} is not the one the scan saw (its {t} namespace changed)")
-        kernel.pidfd_send_signal(fd, 0)  # still alive after the checks: they were of this process
-    except OSError:
-        raise UserError(f"process {pid} has gone") from None
-    finally:
-        os.close(fd)
-    return pid
-
-
 # --- containers --------------------------------------------------------------------------------
 
 
@@ -367,238 +179,7 @@ def _containers(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- enter -------------------------------------------------------------------------------------
-
-
-def _enter(args: argparse.Namespace) -> int:
-    args.target_pid, target_inode = args.target_spec or (None, None)
-    if args.target_pid is not None and not ops_enter.process_exists(args.target_pid):
-        raise UserError(f"no process {args.target_pid} (-t takes a pid)")
-    files = {t: getattr(args, f"file_{t}") for t in NS_TYPES if getattr(args, f"file_{t}")}
-    if args.target_pid is None and (files or args.net_socket is not None) and args.target is not None \
-            and not any(getattr(args, f"ns_{t}") for t in NS_TYPES):
-        # nsenter --net=FILE CMD: no target, every namespace named by its file; TARGET is the command
-        args.cmd = [w for w in (args.target, *args.cmd)]
-        args.cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        args.target = None
-        return _enter_files(args, files)
-    if args.target_pid is not None:
-        # nsenter's form: every option precedes -t PID's command, which argparse has split into
-        # TARGET and the rest (a `--` before it is consumed)
-        cmd = [args.target, *args.cmd] if args.target is not None else list(args.cmd)
-        args.target = str(args.target_pid)
-    elif args.target is None:
-        raise UserError("no target; give a container, a pid or a namespace (or -t PID)")
-    else:
-        cmd = _split_enter(args)
-    chosen = tuple(t for t in NS_TYPES if getattr(args, f"ns_{t}") or t in files)
-    if args.net_socket is not None:
-        chosen = tuple(dict.fromkeys((*chosen, "net")))
-    snap = core.snapshot(chosen_sources(args.sources), db=args.db)
-    tree = containers.find(snap, names=_names(args), oci_roots=_roots(args))
-    pid: int | None = None
-    fds: dict[str, int] = {}
-    target_ns: Namespace | None = None  # the target, when it is a namespace
-    spec = args.target
-    if not spec.strip():
-        raise UserError("an empty target; give a container, a pid or a namespace")
-    target, snap = _enter_target(args, snap, tree, spec)
-    if target.pid is not None:
-        pid = target.pid
-    elif target.container is not None:
-        pid = target.container.init
-        if target.container.group:  # a pod: what its members share, through one of them
-            chosen = chosen or tuple(t for t in NS_TYPES if t in target.container.own_namespaces(tree.root))
-    else:
-        ns = target_ns = target.namespace
-        assert ns is not None
-        chosen = chosen or (ns.type,)
-        if ns.processes:
-            pid = ns.processes[0]
-        else:
-            if chosen != (ns.type,):
-                raise UserError(f"{spec} has no process; only its own {ns.type} namespace can be entered")
-            try:
-                fds[ns.type] = open_namespace(ns, snap)
-            except Gone as e:
-                raise UserError(str(e)) from None
-    if pid is not None:
-        pid = _verified_pid(snap, pid)
-    netns = _netns_name(target_ns, spec, chosen, args)
-    try:
-        if pid is not None and target_inode is not None:
-            ops_enter.check_pidfs_inode(pid, target_inode)
-        fds.update(_explicit_fds(args, pid, files, snap))
-        types = chosen if chosen and not args.all else NS_TYPES
-        if pid is not None:
-            types = ops_enter.needed_types(pid, [t for t in types if t not in fds])
-        types = tuple(dict.fromkeys((*types, *fds)))
-        if not types:
-            raise UserError(f"{spec} is in all of our own namespaces: nothing to enter")
-        plan = _plan(args, types, pid, fds, netns)
-        argv = cmd or ops_enter.default_shell(pid, in_its_root="mnt" in types and not args.keep_root)
-        sys.stdout.flush()
-        return ops_enter.run(plan, argv)
-    except ops_enter.EnterError as e:
-        raise UserError(str(e)) from None
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _enter_files(args: argparse.Namespace, files: dict[str, str]) -> int:
-    """nsenter's form without a target: each namespace from its file (--net=/run/netns/web CMD)."""
-    fds: dict[str, int] = {}
-    try:
-        fds.update(_explicit_fds(args, None, files, None))
-        if args.env or args.join_cgroup:
-            raise UserError("-e and -c need a target process (-t PID)")
-        name = None
-        if set(fds) == {"net"} and not args.no_netns_exec:
-            name = _netns_of_path(files.get("net"))
-        plan = _plan(args, tuple(t for t in ops_enter.JOIN_ORDER if t in fds), None, fds, name)
-        sys.stdout.flush()
-        return ops_enter.run(plan, args.cmd or ["/bin/sh"])
-    except ops_enter.EnterError as e:
-        raise UserError(str(e)) from None
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _explicit_fds(args: argparse.Namespace, pid: int | None, files: dict[str, str],
-                  snap: Snapshot | None) -> dict[str, int]:
-    """The namespaces named on the command line rather than taken from the target: --TYPE=FILE,
-    --TYPE=:NSID (by its 64-bit id), -N FD (a socket's net namespace), --user-parent."""
-    fds: dict[str, int] = {}
-    try:
-        for t, path in files.items():
-            if path.startswith(":"):  # nsenter 2.42: by id (a file starting with ':' is given as ./:x)
-                snap = snap or core.snapshot(chosen_sources("process,fd,bindmount"), db=args.db)
-                try:
-                    fds[t] = open_namespace(find(snap, f"id:{path[1:]}", t), snap)
-                except Gone as e:
-                    raise UserError(str(e)) from None
-            else:
-                fds[t] = ops_enter.open_namespace_file(path, t)
-        if args.net_socket is not None:
-            if pid is None:
-                raise UserError("-N/--net-socket needs a target process (-t PID)")
-            fds["net"] = ops_enter.socket_netns(pid, args.net_socket)
-        if args.user_parent:
-            fds["user"] = _user_parent(args, pid, fds)
-    except BaseException:
-        for fd in fds.values():
-            os.close(fd)
-        raise
-    return fds
-
-
-def _user_parent(args: argparse.Namespace, pid: int | None, fds: dict[str, int]) -> int:
-    """--user-parent: the parent of the user namespace to enter (--user), else the owning user
-    namespace of another namespace to enter (nsenter 2.42)."""
-    if "user" in fds:
-        base, mine = fds.pop("user"), True
-    elif pid is not None:
-        others = [t for t in NS_TYPES if t != "user" and getattr(args, f"ns_{t}")]
-        link = "user" if args.ns_user or not others else others[0]
-        if link in fds:
-            base, mine = fds[link], False
-        else:
-            base, mine = ops_enter.open_ns_link(pid, link), True
-    elif fds:
-        base, mine = next(iter(fds.values())), False
-    else:
-        raise UserError("--user-parent needs a target process or a namespace file")
-    try:
-        return ops_enter.user_parent(base)
-    finally:
-        if mine:
-            os.close(base)
-
-
-def _plan(args: argparse.Namespace, types: tuple[str, ...], pid: int | None, fds: dict[str, int],
-          netns: str | None) -> ops_enter.Plan:
-    """The Plan of nsenter's options (ops.enter does the work)."""
-    uid, gid = args.setuid, args.setgid
-    if pid is not None:
-        if "follow" in (uid, gid):
-            ids = ops_enter.target_ids(pid)
-            if ids is None:
-                raise UserError(f"-S/-G follow: the ids of process {pid} cannot be read")
-            uid = ids[0] if uid == "follow" else uid
-            gid = ids[1] if gid == "follow" else gid
-    elif "follow" in (uid, gid):
-        raise UserError("-S/-G follow needs a target process (-t PID)")
-    if args.follow_context:
-        context = ops_enter.selinux_context(pid) if pid is not None else None
-        if context is None:
-            print("nsfs enter: -Z: SELinux is off here (or no target): there is no context to follow; going on",
-                  file=sys.stderr)
-    else:
-        context = None
-    return ops_enter.Plan(
-        types, pid, fds, uid, gid, args.wd, not args.keep_root,
-        follow_wd=args.follow_wd, root=args.root_dir, fork=not args.no_fork,
-        preserve_credentials=args.preserve_credentials,
-        env=ops_enter.target_environment(pid) if args.env and pid is not None else None,
-        keep_caps=args.keep_caps, selinux_context=context,
-        cgroup=ops_enter.target_cgroup(pid) if args.join_cgroup and pid is not None else None,
-        netns_exec=netns)
-
-
-def _netns_name(ns: Namespace | None, spec: str, chosen: tuple[str, ...], args: argparse.Namespace) -> str | None:
-    """The `ip netns` name of the target when `nsfs enter NAME` acts as `ip netns exec NAME` (the
-    default; --no-netns-exec turns it off): the target is a net namespace, only it is entered, and
-    it is mounted under /run/netns (as `ip netns add` does)."""
-    if ns is None or ns.type != "net" or args.no_netns_exec or args.all or chosen != ("net",):
-        return None
-    names = sorted({n for h in ns.holders if h.kind == "bindmount" and (n := _netns_of_path(h.path))})
-    if len(names) > 1 and spec in names:  # pinned under several names: the one the user gave
-        return spec
-    return names[0] if names else None
-
-
-def _ip_netns_path(snap: Snapshot, spec: str) -> str:
-    """An `ip netns` name (`nsfs enter web` for /run/netns/web) where no namespace has that name."""
-    if "/" in spec or ":" in spec or is_number(spec) or not os.path.exists(f"/run/netns/{spec}"):
-        return spec
-    try:
-        find(snap, spec)
-    except UserError:
-        return f"/run/netns/{spec}"
-    return spec
-
-
-def _netns_of_path(path: str | None) -> str | None:
-    """NAME of /run/netns/NAME (or /var/run/netns/NAME), else None."""
-    if not path:
-        return None
-    for root in ("/run/netns/", "/var/run/netns/"):
-        if path.startswith(root) and "/" not in path[len(root):] and path[len(root):]:
-            return path[len(root):]
-    return None
-
-
 # --- kill --------------------------------------------------------------------------------------
-
-
-def _enter_target(args: argparse.Namespace, snap: Snapshot, tree: ContainerTree,
-                  spec: str) -> tuple[targets.Target, Snapshot]:
-    """What enter's TARGET names, and the snapshot it is in. A namespace that no process is in
-    (pinned, bound by ip netns, held by an fd) needs the fd and bindmount sources: scanned again
-    with them when the process scan does not have it."""
-    try:
-        return targets.resolve_target(snap, spec, tree, pids=True), snap
-    except targets.NotFound as e:
-        if args.sources != "process":
-            raise UserError(str(e)) from None
-    wider = core.snapshot(chosen_sources("process,fd,bindmount"), db=args.db)
-    try:
-        tree = containers.find(wider, names=_names(args), oci_roots=_roots(args))
-        return targets.resolve_target(wider, spec, tree, pids=True), wider
-    except targets.NotFound as e:
-        raise UserError(str(e)) from None
 
 
 def _signal(text: str) -> int:

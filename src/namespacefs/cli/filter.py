@@ -265,9 +265,7 @@ def _value(node: tuple[Any, ...], kind: str, getters: dict[str, tuple[Getter, bo
     """The node's value for a row, in type `kind` (a column's value is cast only when it is not
     already of that type: the common case costs one type check per row)."""
     if node[0] == "param":
-        if node[1] == "regex":
-            return lambda _row, r=node[2]: r
-        constant = _cast(node[2], kind)
+        constant = node[2] if node[1] == "regex" else _cast(node[2], kind)
         return lambda _row: constant
     if node[0] == "holder":
         get, native = getters[node[1]][0], _NATIVE[kind]

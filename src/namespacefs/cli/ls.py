@@ -20,7 +20,7 @@ from namespacefs.cli.output import (
     tree_rows,
 )
 from namespacefs.handles import holder_path
-from namespacefs.model import Namespace, Process, Snapshot
+from namespacefs.model import HolderKind, Namespace, Process, Snapshot
 
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
@@ -31,26 +31,16 @@ LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID",
 TREES = ("owner", "parent", "process")
 
 
-class Row:
+class NamespaceRow:
     """A namespace with the snapshot around it, for column functions; `proc` is the process a
     row stands for where it lists the processes of a namespace (lsns NS)."""
 
-    __slots__ = ("_proc", "ns", "snap")
+    __slots__ = ("_proc", "ns", "process", "snap")
 
     def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None) -> None:
         self.ns, self.snap, self._proc = ns, snap, proc
-
-    @property
-    def process(self) -> Process | None:
-        """The process lsns shows: the lowest pid in it, else the first process holding it."""
-        if self._proc is not None:
-            return self._proc
-        if self.ns.processes:
-            return self.snap.processes.get(self.ns.processes[0])
-        for h in self.ns.holders:
-            if h.pid is not None and h.kind != "bindmount" and h.pid in self.snap.processes:
-                return self.snap.processes[h.pid]
-        return None
+        #: the process lsns shows: the one given, else the lowest pid in it, else the first process holding it
+        self.process = proc if proc is not None else _shown_process(ns, snap)
 
     def of_process(self, attr: str) -> object:
         proc = self.process
@@ -62,22 +52,31 @@ class Row:
         if proc is not None and proc.namespaces.get(self.ns.type) == self.ns.inode:
             return f"/proc/{proc.pid}/ns/{self.ns.type}"  # as lsns shows it
         for h in self.ns.holders:
-            if h.kind == "bindmount":
+            if h.kind == HolderKind.BINDMOUNT:
                 return h.path  # the mountpoint
             if path := holder_path(self.ns.type, h):
                 return path
         return None
 
 
-def _holders(row: Row) -> str:
+def _shown_process(ns: Namespace, snap: Snapshot) -> Process | None:
+    if ns.processes:
+        return snap.processes.get(ns.processes[0])
+    for h in ns.holders:
+        if h.pid is not None and h.kind != HolderKind.BINDMOUNT and h.pid in snap.processes:
+            return snap.processes[h.pid]
+    return None
+
+
+def _holders(row: NamespaceRow) -> str:
     return ",".join(row.ns.kinds)
 
 
-def _nsfs(row: Row) -> str:
-    return "\n".join(sorted({h.path for h in row.ns.holders if h.kind == "bindmount" and h.path}))
+def _nsfs(row: NamespaceRow) -> str:
+    return "\n".join(sorted({h.path for h in row.ns.holders if h.kind == HolderKind.BINDMOUNT and h.path}))
 
 
-def _netnsid(row: Row) -> object:
+def _netnsid(row: NamespaceRow) -> object:
     """lsns's NETNSID: the id our net namespace gave it, else `unassigned`; empty for other types."""
     if row.ns.type != "net":
         return None
@@ -87,17 +86,17 @@ def _netnsid(row: Row) -> object:
     return "unassigned" if found is None else str(found)
 
 
-def _command(row: Row) -> str | None:
+def _command(row: NamespaceRow) -> str | None:
     """lsns's COMMAND: the command line, else the command name (kernel threads: `kthreadd`); for a
     namespace no process holds, what does: its bind mount (not the process that showed it)."""
     proc = row.process
     if proc is None:
-        mounts = sorted({h.path for h in row.ns.holders if h.kind == "bindmount" and h.path})
+        mounts = sorted({h.path for h in row.ns.holders if h.kind == HolderKind.BINDMOUNT and h.path})
         return f"(bind mount {', '.join(mounts)})" if mounts else None
     return " ".join(proc.cmdline) if proc.cmdline else proc.comm
 
 
-def _uid(row: Row) -> int | None:
+def _uid(row: NamespaceRow) -> int | None:
     """lsns's UID: of the process, else (a user namespace) of its creator."""
     proc = row.process
     if proc is not None:
@@ -109,7 +108,7 @@ def _relative(inode: int | None) -> int:
     return 0 if inode is None else inode  # lsns prints 0 for no parent or owner
 
 
-COLUMNS: list[Column[Row]] = [  # lsns.c 2.42's infos[] (width hints, flags, JSON types), then ours
+COLUMNS: list[Column[NamespaceRow]] = [  # lsns.c 2.42's infos[] (width hints, flags, JSON types), then ours
     Column("NS", "namespace identifier (inode number)", lambda r: r.ns.inode, right=True, number=True, whint=10),
     Column("TYPE", "kind of namespace", lambda r: r.ns.type, whint=5),
     Column("PATH", "path to the namespace", lambda r: r.path, trunc=True),
@@ -178,16 +177,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_arguments(args)
     lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
-    default = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
+    default: tuple[str, ...] = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
     if not args.namespace and args.type and "net" in args.type:  # lsns -t net: NETNSID and NSFS too
         default = (*DEFAULT_COLUMNS[:-1], "NETNSID", "NSFS", DEFAULT_COLUMNS[-1])
     columns = pick_columns(args, COLUMNS, default)
     keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
     if args.namespace:
-        rows = [Row(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
+        rows = [NamespaceRow(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
-        rows = [Row(ns, snap) for ns in select(snap, args)]
+        rows = [NamespaceRow(ns, snap) for ns in select(snap, args)]
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
@@ -203,10 +202,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile_filter(text: str) -> Callable[[Row], bool]:
+def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:
     from namespacefs.cli.filter import FilterError, compile_filter
 
-    def column(name: str) -> tuple[Callable[[Row], object], bool] | None:
+    def column(name: str) -> tuple[Callable[[NamespaceRow], object], bool] | None:
         col = BY_NAME.get(name.upper())
         return (col.value, col.number) if col else None
 
@@ -221,12 +220,12 @@ def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namesp
     in lsns's order (by inode)."""
     data = snap.to_dict()
     keep = {ns.inode for ns in chosen}
-    extra = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
+    columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
+    nowrap = bool(args.nowrap)
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
-        row = Row(snap.namespaces[item["inode"]], snap)
-        for key, c in extra:
-            item[key] = json_cell(c, c.value(row), args.nowrap)
+        row = NamespaceRow(snap.namespaces[item["inode"]], snap)
+        item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
     return data
@@ -277,7 +276,7 @@ def select(snap: Snapshot, args: argparse.Namespace) -> list[Namespace]:
     return list(chosen)
 
 
-def _tree_column(columns: Sequence[Column[Row]], args: argparse.Namespace) -> int | None:
+def _tree_column(columns: Sequence[Column[NamespaceRow]], args: argparse.Namespace) -> int | None:
     """Which column carries the tree: COMMAND in a process tree, NS in an owner or parent tree
     (lsns); None for no tree: without -T or with -l, or when that column is not shown (lsns then
     prints its rows flat, in their order)."""
@@ -296,7 +295,10 @@ def _relation(args: argparse.Namespace) -> str | None:
     return args.tree or "process"
 
 
-def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple[list[Row], dict[int, list[Row]]]:
+Forest = tuple[list[NamespaceRow], dict[int, list[NamespaceRow]]]  # the roots, and each row's children by id(row)
+
+
+def _arrange(rows: list[NamespaceRow], snap: Snapshot, args: argparse.Namespace) -> Forest:
     """The roots and each row's children (keyed by id(row)) in lsns's tree: by owner or parent
     namespace (a relative is shown before the rows under it), or the process tree (a row under the
     last row before it that shows its parent process, as lsns links a line to its parent process's
@@ -307,11 +309,11 @@ def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple
     if how in ("owner", "parent"):
         # the processes of a namespace (lsns NS) have no owner or parent among them: flat
         return (rows, {}) if any(r._proc is not None for r in rows) else _namespace_tree(rows, how)
-    kids: dict[int, list[Row]] = {}
-    roots: list[Row] = []
-    shown: dict[int, Row] = {}  # pid -> the last row shown for it
+    kids: dict[int, list[NamespaceRow]] = {}
+    roots: list[NamespaceRow] = []
+    shown: dict[int, NamespaceRow] = {}  # pid -> the last row shown for it
     for r in rows:
-        up: Row | None = None
+        up: NamespaceRow | None = None
         if (proc := r.process) is not None:
             up = shown.get(proc.ppid)
             if up is not None and r._proc is not None and up.process is not None \
@@ -325,23 +327,23 @@ def _arrange(rows: list[Row], snap: Snapshot, args: argparse.Namespace) -> tuple
     return roots, kids
 
 
-def _namespace_tree(rows: list[Row], how: str) -> tuple[list[Row], dict[int, list[Row]]]:
+def _namespace_tree(rows: list[NamespaceRow], how: str) -> Forest:
     """lsns's show_namespace(): in inode order, each row after its relative (the owner; in a parent
     tree the parent, else the owner), under that relative when it is the owner of an owner tree
     or the parent of a parent tree, else a root."""
     by_inode = {r.ns.inode: r for r in rows}
-    kids: dict[int, list[Row]] = {}
-    roots: list[Row] = []
+    kids: dict[int, list[NamespaceRow]] = {}
+    roots: list[NamespaceRow] = []
     done: set[int] = set()
 
-    def show(r: Row) -> None:
+    def show(r: NamespaceRow) -> None:
         ns = r.ns
         done.add(ns.inode)
         first = ns.owner if how == "owner" or ns.parent is None else ns.parent
-        if first in by_inode and first not in done:
+        if first is not None and first in by_inode and first not in done:
             show(by_inode[first])
         link = ns.owner if how == "owner" else ns.parent
-        up = by_inode.get(link) if link != ns.inode else None
+        up = by_inode.get(link) if link is not None and link != ns.inode else None
         (kids.setdefault(id(up), []) if up is not None else roots).append(r)
 
     for r in rows:

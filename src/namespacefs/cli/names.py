@@ -21,8 +21,7 @@ from namespacefs import core, names
 from namespacefs.cli import UserError, duration
 from namespacefs.cli.common import add_source_options, chosen_sources, find, ns_type, take_snapshot
 from namespacefs.cli.output import Column, add_table_options, pick_columns, print_columns_help, print_json, render
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import Namespace, Snapshot, by_type
 from namespacefs.names import migrate
 
 #: `nsfs names import --dry-run FILE`: options may come between the action and the file.
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "rename":
             return _rename(args)
         return _names(args)
-    except names.NameError as e:
+    except names.NamingError as e:
         raise UserError(str(e)) from None
 
 
@@ -115,7 +114,7 @@ def _rename(args: argparse.Namespace) -> int:
         if not names.reset(snap, ns, args.db):
             print(f"nsfs rename: {ns.path} has no name of its own", file=sys.stderr)
         return 0
-    names.rename(snap, ns, args.new_name, args.db)
+    names.rename(snap, ns, args.new_name, args.db, core.engine_names(snap))
     return 0
 
 
@@ -147,9 +146,9 @@ def _names(args: argparse.Namespace) -> int:
         return 0
     columns = pick_columns(args, COLUMNS, DEFAULT_COLUMNS)
     snap = take_snapshot(args)
-    got = names.assigned(snap, args.db)
+    got = names.assigned(snap, args.db, engine=core.engine_names(snap))
     chosen = sorted((ns for ns in snap if not args.type or ns.type in args.type),
-                    key=lambda ns: (ns.path or "", NS_TYPES.index(ns.type)))
+                    key=lambda ns: (ns.path or "", *by_type(ns)))
     rows = [NameRow(ns, got.names[ns.inode][1], snap) for ns in chosen]
     if args.json:
         print_json({"names": [{"inode": r.ns.inode, "id": r.ns.id, "type": r.ns.type, "name": r.ns.name,
@@ -161,7 +160,8 @@ def _names(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    data = migrate.export(_snapshot(args), args.db)
+    snap = _snapshot(args)
+    data = migrate.export(snap, args.db, core.engine_names(snap))
     text = json.dumps(data, indent=2) + "\n"
     if args.file and args.file != "-":
         try:
@@ -212,7 +212,8 @@ def _import(args: argparse.Namespace) -> int:
         pid_map.update(migrate.parse_pid_map(spec))
     if args.pid_map_file:
         pid_map.update(migrate.parse_pid_map(_read_text(args.pid_map_file, "the pid map")))
-    result = migrate.import_names(data, _snapshot(args), args.db, pid_map, args.dry_run)
+    snap = _snapshot(args)
+    result = migrate.import_names(data, snap, args.db, pid_map, args.dry_run, core.engine_names(snap))
     verb = "would name" if args.dry_run else "named"
     for entry, ns, how in result.applied:
         replaced = result.replaced.get(ns.inode)

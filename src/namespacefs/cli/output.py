@@ -13,10 +13,10 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from namespacefs.cli import UserError
 from namespacefs.syntax import is_number
 
-Row = TypeVar("Row")
+RowT = TypeVar("RowT")  # what one row of a table is (a namespace row, a container, ...)
 
 
-class Column(NamedTuple, Generic[Row]):
+class Column(NamedTuple, Generic[RowT]):
     """One column of a table The flags are libsmartcols's: `trunc`
     (SCOLS_FL_TRUNC) lets the renderer shrink it when the table is wider than the terminal (down
     to its header's width), `right` (SCOLS_FL_RIGHT) aligns it right, `whint` is its absolute width
@@ -25,7 +25,7 @@ class Column(NamedTuple, Generic[Row]):
 
     name: str
     help: str
-    value: Callable[[Row], Any]
+    value: Callable[[RowT], Any]
     right: bool = False  # numbers are right-aligned
     trunc: bool = False  # may be truncated to fit the terminal (free text such as COMMAND)
     number: bool = False  # a number in JSON (and in -Q/--filter comparisons)
@@ -80,7 +80,7 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def render(rows: Iterable[tuple[str, Row]], columns: Sequence[Column[Row]], args: Any, out: Any = None,
+def render(rows: Iterable[tuple[str, RowT]], columns: Sequence[Column[RowT]], args: Any, out: Any = None,
            tree_column: int = 0) -> None:
     """Print rows, each with its tree prefix ('' in a flat list). The column at tree_column (the
     first unless told) carries the prefix, as in lsns -T. On a terminal the table is fitted to its width as libsmartcols does:
@@ -158,7 +158,7 @@ def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column[
     return " ".join(parts).rstrip()
 
 
-def json_rows(rows: Iterable[Row], columns: Sequence[Column[Row]], children: Callable[[Row], Sequence[Row]] | None = None,
+def json_rows(rows: Iterable[RowT], columns: Sequence[Column[RowT]], children: Callable[[RowT], Sequence[RowT]] | None = None,
               nowrap: bool = False) -> list[dict[str, Any]]:
     """Rows as libsmartcols prints them in JSON: one object per row keyed by the lower-case column
     names, numbers for number columns, null for empty cells, and a row's tree children (lsns -T
@@ -177,9 +177,9 @@ def json_cell(column: Column[Any], value: Any, nowrap: bool = False) -> Any:
     any other cell as a string."""
     if value is None or value == "":
         return None
-    if column.number and isinstance(value, int):
+    if isinstance(value, int) and column.number:
         return value
-    text = cell(value)
+    text = value if type(value) is str else cell(value)
     return _one_line(text) if nowrap else text
 
 
@@ -204,11 +204,11 @@ def _terminal_width(out: Any) -> int | None:
         return 80
 
 
-def tree_rows(roots: Sequence[Row], children: Callable[[Row], Sequence[Row]]) -> list[tuple[str, Row]]:
+def tree_rows(roots: Sequence[RowT], children: Callable[[RowT], Sequence[RowT]]) -> list[tuple[str, RowT]]:
     """Depth-first rows with lsns-style prefixes ('├─', '└─', '│ ')."""
-    rows: list[tuple[str, Row]] = []
+    rows: list[tuple[str, RowT]] = []
 
-    def walk(node: Row, lead: str, branch: str) -> None:
+    def walk(node: RowT, lead: str, branch: str) -> None:
         rows.append((lead + branch, node))
         kids = children(node)
         below = lead + ("│ " if branch == "├─" else "  " if branch else "")

@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from namespacefs import details, targets
+from namespacefs import core, details, targets
 from namespacefs.cli import UserError
 from namespacefs.cli.common import add_source_options, take_snapshot, user_name
 from namespacefs.handles import Gone
@@ -102,14 +102,7 @@ def _namespace_form(spec: str) -> bool:
 
 
 def _containers(snap: Snapshot, args: argparse.Namespace) -> ContainerTree:
-    from namespacefs import containers
-    from namespacefs.containers import names as cnames
-
-    try:
-        renames = cnames.load(getattr(args, "db", None))
-    except cnames.NamesUnavailable:
-        renames = {}
-    return containers.find(snap, names=renames)
+    return core.container_tree(snap, getattr(args, "db", None))
 
 
 def _show_container(c: Container, tree: ContainerTree, snap: Snapshot, as_json: bool) -> int:

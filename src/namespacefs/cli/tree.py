@@ -7,8 +7,7 @@ import argparse
 
 from namespacefs.cli.common import add_source_options, report_errors, take_snapshot
 from namespacefs.cli.output import tree_rows
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Process, Snapshot
+from namespacefs.model import Namespace, NsType, Process, Snapshot, by_type
 
 Node = Namespace | Process
 
@@ -21,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     snap = take_snapshot(args)
     if args.pid:
-        roots: list[Node] = sorted((ns for ns in snap.of_type("pid") if ns.parent not in snap.namespaces), key=_key)
+        roots: list[Node] = [*sorted((ns for ns in snap.of_type("pid") if ns.parent not in snap.namespaces), key=by_type)]
         children = lambda node: _pid_children(snap, node)
     else:
-        roots = sorted((ns for ns in snap if ns.owner not in snap.namespaces), key=_key)
+        roots = [*sorted((ns for ns in snap if ns.owner not in snap.namespaces), key=by_type)]
         children = lambda node: _owned(snap, node)
     for prefix, node in tree_rows(roots, children):
         print(prefix + describe(node))
@@ -32,13 +31,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key(ns: Namespace) -> tuple[int, int]:
-    return NS_TYPES.index(ns.type), ns.inode
-
-
 def _owned(snap: Snapshot, node: Node) -> list[Node]:
-    if isinstance(node, Namespace) and node.type == "user":
-        return sorted(snap.owned_by(node.inode), key=lambda ns: (ns.type == "user", _key(ns)))
+    if isinstance(node, Namespace) and node.type == NsType.USER:
+        owned: list[Node] = [*sorted(snap.owned_by(node.inode), key=lambda ns: (ns.type == NsType.USER, by_type(ns)))]
+        return owned
     return []
 
 
@@ -46,7 +42,7 @@ def _pid_children(snap: Snapshot, node: Node) -> list[Node]:
     if not isinstance(node, Namespace):
         return []
     procs: list[Node] = [snap.processes[p] for p in node.processes if p in snap.processes]
-    return procs + sorted(snap.children(node.inode), key=_key)
+    return procs + sorted(snap.children(node.inode), key=by_type)
 
 
 def describe(node: Node) -> str:

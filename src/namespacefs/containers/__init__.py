@@ -8,7 +8,8 @@ stays in the old pid namespace, its pid_for_children is the new one) belongs to 
 container: one sandbox is one container. Engine modules recognise who runs each container and give
 it the engine's name; pods (Podman, Kubernetes) are nodes holding their members (`/shop/web`,
 `/default/shop-7d9/nginx`). Others get a default (their hostname where they have their own uts
-namespace, else `COMM-PID`). Renames stored in the names database (see containers.names) win.
+namespace, else `COMM-PID`). Renames stored in the names database win (namespacefs.names.containers:
+the core loads them and passes them in).
 
     tree = find(snapshot)
     for c in tree: print(c.path, c.engine, c.init)
@@ -16,7 +17,6 @@ namespace, else `COMM-PID`). Renames stored in the names database (see container
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any
@@ -28,13 +28,13 @@ from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Process, Snapshot
+from namespacefs.syntax import safe_container_name
 
 __all__ = ["ENGINES", "Container", "ContainerTree", "Identity", "describe_container", "engine_names", "find"]
 
 ENGINES = engines.FALLBACKS
 
 Combo = tuple[int, ...]
-_UNSAFE = re.compile(r"[/\s\x00-\x1f]+")
 _ALL_TYPES = itemgetter(*NS_TYPES)
 _PID, _TIME = NS_TYPES.index("pid"), NS_TYPES.index("time")
 #: what the members of a pod share with it (where they all agree)
@@ -43,46 +43,73 @@ POD_SHARED = ("net", "ipc", "uts")
 
 def _combo(p: Process) -> Combo | None:
     try:
-        return _ALL_TYPES(p.namespaces)
+        combo: Combo = _ALL_TYPES(p.namespaces)
     except KeyError:
         return None  # a zombie or a process that vanished mid-scan: it joins its parent's container
+    return combo
 
 
 def find(snapshot: Snapshot, names: Mapping[str, str] | None = None,
          oci_roots: Iterable[tuple[str, str]] | None = None, hostnames: bool = True) -> ContainerTree:
     """Group the snapshot's processes into the container tree. names: key -> name renames (from
-    containers.names.load); oci_roots: extra OCI state roots as (directory, engine)."""
-    procs = snapshot.processes
-    combos, host_combo = _combos(procs)
-    if host_combo is None:
+    namespacefs.names.containers.load); oci_roots: extra OCI state roots as (directory, engine)."""
+    layout = _Layout.of(snapshot)
+    if layout is None:
         return ContainerTree(Container("/", "", "host", None, 0, (), {}, name_from="host"))
-    members: dict[Combo, list[int]] = {}
-    for pid in sorted(combos):
-        members.setdefault(combos[pid], []).append(pid)
-    inits, parent_of, starters = _ancestry(procs, combos, members, host_combo)
     world = engines.World(snapshot, oci_roots)
-    kids: dict[Combo | None, list[Combo]] = {}
-    for combo, parent in parent_of.items():
-        kids.setdefault(parent, []).append(combo)
-    naming = _Naming(snapshot, world, names or {}, hostnames)
+    return _build(layout, world, layout.identities(world), _Naming(snapshot, world, names or {}, hostnames))
+
+
+class _Layout:
+    """Which processes make up which container (by combination of namespaces), each one's init,
+    the process that started it and the container it is nested in."""
+
+    def __init__(self, snapshot: Snapshot, combos: dict[int, Combo], host: Combo) -> None:
+        self.snapshot, self.combos, self.host = snapshot, combos, host
+        self.members: dict[Combo, list[int]] = {}
+        for pid in sorted(combos):
+            self.members.setdefault(combos[pid], []).append(pid)
+        self.inits, parent_of, self.starters = _ancestry(snapshot.processes, combos, self.members, host)
+        self.kids: dict[Combo | None, list[Combo]] = {}
+        for combo, parent in parent_of.items():
+            self.kids.setdefault(parent, []).append(combo)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> _Layout | None:
+        combos, host = _combos(snapshot.processes)
+        return cls(snapshot, combos, host) if host is not None else None
+
+    def identities(self, world: engines.World) -> dict[Combo, tuple[Candidate, Identity | None]]:
+        """Each container but the host, as the engines see it (its candidate and who runs it)."""
+        found = {}
+        procs = self.snapshot.processes
+        for combo, members in self.members.items():
+            if combo != self.host:
+                cand = Candidate(self.snapshot, procs[self.inits[combo]], tuple(members), self.starters.get(combo))
+                found[combo] = (cand, world.identify(cand))
+        return found
+
+
+def _build(layout: _Layout, world: engines.World, found: Mapping[Combo, tuple[Candidate, Identity | None]],
+           naming: _Naming) -> ContainerTree:
+    inits, members, host = layout.inits, layout.members, layout.host
 
     def build(combo: Combo, path: str, ident: Identity | None, name: str, origin: str, given: str) -> Container:
         entries = []
-        for child in sorted(kids.get(combo, []), key=lambda c: inits[c]):
-            cand = Candidate(snapshot, procs[inits[child]], tuple(members[child]), starters.get(child))
-            child_ident = world.identify(cand)
+        for child in sorted(layout.kids.get(combo, []), key=lambda c: inits[c]):
+            cand, child_ident = found[child]
             entries.append(_Entry(child, inits[child], child_ident, *naming.name(child, combo, cand, child_ident)))
         children = _place(entries, path, combo, build, naming)
-        engine, engine_id, labels = ("host", None, {}) if combo == host_combo else (
+        engine, engine_id, labels = ("host", None, {}) if combo == host else (
             (ident.engine, ident.engine_id, dict(ident.labels)) if ident else ("unknown", None, {}))
         return Container(
-            path=path, name="" if combo == host_combo else name, engine=engine, engine_id=engine_id,
+            path=path, name="" if combo == host else name, engine=engine, engine_id=engine_id,
             init=inits[combo], pids=tuple(members[combo]), namespaces=dict(zip(NS_TYPES, combo, strict=True)),
             children=children, labels=labels, key=naming.key(engine, engine_id, combo),
-            name_from="host" if combo == host_combo else origin, given=given,
+            name_from="host" if combo == host else origin, given=given,
         )
 
-    return ContainerTree(build(host_combo, "/", None, "", "host", ""))
+    return ContainerTree(build(host, "/", None, "", "host", ""))
 
 
 def _combos(procs: Mapping[int, Process]) -> tuple[dict[int, Combo], Combo | None]:
@@ -225,20 +252,22 @@ class _Naming:
         if self.names:
             key = self.key(ident.engine if ident else "unknown", ident.engine_id if ident else None, combo)
             if key in self.names:
-                return _safe(self.names[key]), "rename"
+                return safe_container_name(self.names[key]), "rename"
         if ident and ident.name:
-            return _safe(ident.name), "engine"
+            return safe_container_name(ident.name), "engine"
         if self.hostnames and (hostname := _hostname(self.snapshot, combo, parent)):
-            return _safe(hostname), "hostname"
-        return _safe(f"{cand.init.comm}-{cand.init.pid}"), "command"
+            return safe_container_name(hostname), "hostname"
+        return safe_container_name(f"{cand.init.comm}-{cand.init.pid}"), "command"
 
     def group_name(self, engine: str, name: str, ident: str | None) -> tuple[str, str, str]:
         key = f"{engine}-group:{ident or name}"
         if key in self.names:
-            return _safe(self.names[key]), "rename", key
-        return _safe(name), "engine", key
+            return safe_container_name(self.names[key]), "rename", key
+        return safe_container_name(name), "engine", key
 
 
+#: a pod (or Kubernetes namespace) about to be placed: (engine, its id, its members)
+_Pod = tuple[str, "str | None", list[_Entry]]
 #: build(combo, path, identity, name, where the name came from, given name) -> the container
 Builder = Callable[[Combo, str, "Identity | None", str, str, str], Container]
 
@@ -254,7 +283,7 @@ def _place(entries: list[_Entry], path: str, parent: Combo, build: Builder, nami
             groups.setdefault(e.ident.group[depth], []).append(e)
         else:
             plain.append(e)
-    slots: list[tuple[str, str, object]] = [(e.name, e.origin, e) for e in plain]
+    slots: list[tuple[str, str, _Entry | _Pod]] = [(e.name, e.origin, e) for e in plain]
     for (gname, gid), group in groups.items():
         engine = group[0].ident.engine if group[0].ident else "unknown"
         name, origin, _key = naming.group_name(engine, gname, gid)
@@ -272,7 +301,7 @@ def _place(entries: list[_Entry], path: str, parent: Combo, build: Builder, nami
     return tuple(sorted(built, key=lambda c: c.init))
 
 
-def _unique(slots: list[tuple[str, str, object]], inits: list[int]) -> list[tuple[str, str]]:
+def _unique(slots: list[tuple[str, str, _Entry | _Pod]], inits: list[int]) -> list[tuple[str, str]]:
     """(final name, given name) for each sibling: a name given by the user or an engine is kept
     before one a container chose; among equals the lowest init keeps it, the others get .INIT."""
     order = sorted(range(len(slots)), key=lambda i: (slots[i][1] not in TRUSTED, inits[i]))
@@ -304,11 +333,6 @@ def _group(path: str, name: str, origin: str, given: str, engine: str, gid: str 
                      key=naming.group_name(engine, name, gid)[2], name_from=origin, given=given, group=True)
 
 
-def _safe(name: str) -> str:
-    cleaned = _UNSAFE.sub("_", name).strip("._") or "_"
-    return cleaned[:80]
-
-
 def _hostname(snapshot: Snapshot, combo: Combo, parent: Combo) -> str | None:
     uts = NS_TYPES.index("uts")
     if combo[uts] == parent[uts] or (ns := snapshot.get(combo[uts])) is None:
@@ -324,15 +348,24 @@ def _hostname(snapshot: Snapshot, combo: Combo, parent: Combo) -> str | None:
 def engine_names(snapshot: Snapshot, tree: ContainerTree | None = None) -> dict[int, str]:
     """inode -> the engine's name of the container, for each namespace a recognised container
     does not share with its parent (for the names of the namespaces themselves). A pod comes
-    before its members, so the namespaces they share are named after the pod."""
-    tree = tree or find(snapshot, hostnames=False)
-    found: dict[int, str] = {}
+    before its members, so the namespaces they share are named after the pod. Without a tree,
+    the tree (without hostnames) is built only when an engine recognised some container."""
+    if tree is None:
+        layout = _Layout.of(snapshot)
+        if layout is None:
+            return {}
+        world = engines.World(snapshot)
+        found = layout.identities(world)
+        if not any(ident is not None and (ident.name or ident.group) for _cand, ident in found.values()):
+            return {}  # (no container any engine runs: every one would be `unknown`)
+        tree = _build(layout, world, found, _Naming(snapshot, world, {}, hostnames=False))
+    names: dict[int, str] = {}
     for c in tree:
         if c.engine in ("host", "unknown") or c.name_from not in TRUSTED:
             continue
         for inode in c.own_namespaces(tree.parent(c)).values():
-            found.setdefault(inode, c.name)
-    return found
+            names.setdefault(inode, c.name)
+    return names
 
 
 def describe_container(c: Container, tree: ContainerTree, snap: Snapshot) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class Candidate:
     starter: Process | None  # the nearest ancestor outside the container (bwrap, nspawn, runc ...)
     proc: str = "/proc"
     _cgroups: dict[str, str] | None = field(default=None, repr=False)
+    _paths: list[str] | None = field(default=None, repr=False)
 
     @property
     def cgroups(self) -> dict[str, str]:
@@ -35,14 +36,16 @@ class Candidate:
         return self._cgroups
 
     def cgroup_paths(self) -> list[str]:
-        """The distinct cgroup paths of the init, cgroup2 first, then name=systemd, then the rest."""
-        order = ["", "name=systemd", *sorted(self.cgroups)]
-        seen: list[str] = []
-        for key in order:
-            path = self.cgroups.get(key)
-            if path and path not in seen:
-                seen.append(path)
-        return seen
+        """The distinct cgroup paths of the init, cgroup2 first, then name=systemd, then the rest
+        (worked out once: each engine module asks)."""
+        if self._paths is None:
+            cgroups = self.cgroups
+            self._paths = []
+            for key in ("", "name=systemd", *sorted(cgroups)):
+                path = cgroups.get(key)
+                if path and path not in self._paths:
+                    self._paths.append(path)
+        return self._paths
 
 
 def option(argv: tuple[str, ...], *names: str) -> str | None:

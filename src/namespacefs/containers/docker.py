@@ -14,17 +14,13 @@ mounts live under `EXEC_ROOT/netns`.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from namespacefs.containers.candidate import option
 from namespacefs.model import Snapshot
-
-log = logging.getLogger("namespacefs.containers")
 
 API_TIMEOUT = 0.5  # seconds, for the whole answer
 DEFAULT_DATA_ROOT = "/var/lib/docker"
@@ -124,13 +120,18 @@ def _api(path: str) -> dict[str, Known] | None:
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         _failed[path] = time.monotonic()
         why = "did not answer in time" if isinstance(e, TimeoutError) else f"answered badly ({e})"
-        log.warning("nsfs: the Docker API at %s %s; names are read from the data-root instead", path, why)
+        import logging  # (here: only a daemon that answers badly has something to say)
+
+        logging.getLogger("namespacefs.containers").warning(
+            "nsfs: the Docker API at %s %s; names are read from the data-root instead", path, why)
         return None
 
 
 def _get(path: str, url: str, deadline: float) -> bytes:
     """One HTTP/1.0 GET over a unix socket (the server closes when it is done), all of it before
     the deadline; the body of a 200 answer."""
+    import socket  # (here: only a running dockerd is asked)
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(max(0.001, deadline - time.monotonic()))
         s.connect(path)

@@ -137,9 +137,9 @@ class World:
         """The engine's own name for the container with this id, and its pod."""
         k8s = _kubernetes(labels)
         if k8s is not None:
-            name, group = k8s
+            name, groups = k8s
             return Identity("kubernetes" if engine in ("docker", "containerd", "runc") else engine, name, ident,
-                            labels, group)
+                            labels, groups)
         if engine == "docker":
             known = self.docker.get(ident) or next(
                 (k for i, k in self.docker.items() if len(ident) >= 12 and i.startswith(ident)), None)
@@ -157,8 +157,8 @@ class World:
                     if full == pod.infra:
                         labels["podman.infra"] = "true"
                 return Identity("podman", store.names[full], full, labels, group)
-            if engine == "podman" and (name := labels.get("conmon.name")):
-                return Identity("podman", name, ident, labels)
+            if engine == "podman" and (conmon_name := labels.get("conmon.name")):
+                return Identity("podman", conmon_name, ident, labels)
         if fallback is not None:
             return fallback
         if engine == "lxc":

@@ -37,7 +37,7 @@ class Container:
     namespaces: Mapping[str, int]  # type -> inode
     children: tuple[Container, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
-    key: str = ""  # what a rename is stored under (see containers.names)
+    key: str = ""  # what a rename is stored under (see namespacefs.names.containers)
     #: where its name came from: "host", "rename", "engine", "hostname" or "command" (COMM-PID)
     name_from: str = "engine"
     given: str = ""  # its name before a sibling's made it NAME.PID ("" when it was not changed)

@@ -63,9 +63,9 @@ def _scan_root(root: str, engine: str) -> list[State]:
                 kind = {"k8s.io": "kubernetes", "moby": "docker"}.get(entry, "containerd")
                 states.append(State(kind, state.id, state.pid, state.labels, entry))
             continue
-        state = _read_state(os.path.join(root, entry), entry, engine)
-        if state is not None:
-            states.append(state)
+        read = _read_state(os.path.join(root, entry), entry, engine)
+        if read is not None:
+            states.append(read)
     return states
 
 
@@ -116,7 +116,7 @@ def identify(c: Candidate, states: dict[int, State]) -> Identity | None:
     from namespacefs.containers.engines import World  # (engines builds on this module)
 
     world = World(c.snapshot, [])
-    world.states, world.docker_states = states, {}  # type: ignore[misc]  # (cached properties: set, never read)
+    world.states, world.docker_states = states, {}  # (cached properties: set, never read)
     state = next((states[p] for p in (c.init.pid, *c.pids) if p in states), None)
     if state is None:
         return None

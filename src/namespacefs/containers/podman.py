@@ -136,7 +136,7 @@ def _unquote(raw: bytes) -> str:
 def pause_pids(proc: str = "/proc") -> dict[int, tuple[int, str]]:
     """pid -> (uid, user name), of each rootless user's pause process as its pid file says (a file
     the user writes: the caller checks the process is that user's)."""
-    found: dict[int, str] = {}
+    found: dict[int, tuple[int, str]] = {}
     try:
         uids = [int(d) for d in os.listdir(RUNTIME_DIRS) if is_number(d)]
     except OSError:

@@ -17,13 +17,12 @@ from collections.abc import Iterable
 from namespacefs import kernel, procfs
 from namespacefs.discover import hierarchy, mounts, processes
 from namespacefs.discover.state import Found, Scan
-from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot, indirect_holders
+from namespacefs.model import DIRECT_KINDS, SOURCES, Holder, HolderKind, Namespace, NsType, Snapshot, Source, indirect_holders
 
-#: Every source, in the order they run. "hierarchy" (owners and parents) always runs: without it
-#: no namespace has an owner, and it is what opens each namespace to read its id.
-SOURCES: tuple[str, ...] = ("process", "task", "for_children", "fd", "socket", "bindmount", "listns")
+# SOURCES (model.Source): every source, in the order they run. "hierarchy" (owners and parents)
+# always runs: without it no namespace has an owner, and it is what opens each namespace to read its id.
 
-__all__ = ["SOURCES", "boot_id", "discover"]
+__all__ = ["SOURCES", "boot_id", "discover", "freeze", "read_user_maps"]
 
 
 def boot_id(proc: str = "/proc") -> str:
@@ -41,17 +40,17 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
     state = Scan(proc=proc)
     try:
         processes.scan(state, chosen)
-        if "bindmount" in chosen:
+        if Source.BINDMOUNT in chosen:
             mounts.scan(state)
         hierarchy.resolve(state)
-        _read_user_maps(state)
-        if "listns" in chosen:
+        read_user_maps(state)
+        if Source.LISTNS in chosen:
             _cross_check_listns(state)
-        if "bindmount" in chosen:
+        if Source.BINDMOUNT in chosen:
             mounts.scan_unentered(state)  # mount namespaces no process is in
     finally:
         state.close_fds()
-    namespaces = _freeze(state)
+    namespaces = freeze(state)
     return Snapshot(
         boot_id=boot_id(proc), kernel=os.uname().release, taken_at=started,
         duration=time.perf_counter() - clock, namespaces=namespaces, processes=dict(state.processes),
@@ -78,16 +77,16 @@ def _cross_check_listns(state: Scan) -> None:
         except OSError as e:
             state.failed(e)
             continue
-        state.add(nstype, inode, Holder("listns"), fd)
+        state.add(nstype, inode, Holder(HolderKind.LISTNS), fd)
     hierarchy.resolve(state)
 
 
-def _read_user_maps(state: Scan) -> None:
+def read_user_maps(state: Scan) -> None:
     """uid_map, gid_map and setgroups of every user namespace a process is in, into
     state.user_maps (read once each)."""
     maps = state.user_maps
     for inode, ns in state.found.items():
-        if ns.type != "user" or not ns.processes or inode in maps:
+        if ns.type != NsType.USER or not ns.processes or inode in maps:
             continue
         for pid in ns.processes:
             base = f"{state.proc}/{pid}/"
@@ -100,7 +99,9 @@ def _read_user_maps(state: Scan) -> None:
                 state.failed(e)
 
 
-def _freeze(state: Scan) -> dict[int, Namespace]:
+def freeze(state: Scan) -> dict[int, Namespace]:
+    """The namespaces a scan found, as the model's immutable Namespaces (holders, processes in
+    pid order, levels, id maps), by inode."""
     found = state.found
     indirect = _indirect_holders(found)
     levels: dict[int, int] = {}
@@ -130,3 +131,8 @@ def _indirect_holders(found: dict[int, Found]) -> dict[int, list[Holder]]:
     """For namespaces nothing holds directly: the children that keep them alive."""
     indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in found.items())
     return {k: v for k, v in indirect.items() if not any(h.kind in DIRECT_KINDS for h in found[k].holders)} if found else {}
+
+
+# the names discover/incremental.py used before they were public (kept until it uses the new ones)
+_freeze = freeze
+_read_user_maps = read_user_maps

@@ -16,9 +16,10 @@ import stat
 from collections.abc import Iterator
 
 from namespacefs import kernel
-from namespacefs.discover.processes import _walk
+from namespacefs.discover.processes import resolve_fd
 from namespacefs.discover.state import Found, Info, Scan
 from namespacefs.handles import holder_path
+from namespacefs.model import NsType
 
 
 def resolve(state: Scan) -> None:
@@ -36,7 +37,7 @@ def resolve(state: Scan) -> None:
         _, ns.dev, ns.id, owner, parent, ns.owner_uid = info
         ns.resolved = True
         if owner is not None:
-            ns.owner = _relative(state, owner, "user", todo)
+            ns.owner = _relative(state, owner, NsType.USER, todo)
         if ns.type in kernel.HIERARCHICAL and parent is not None:
             ns.parent = _relative(state, parent, ns.type, todo)
 
@@ -61,7 +62,7 @@ def _info(state: Scan, inode: int, ns: Found) -> Info | None:
         try:
             st = os.fstat(fd)
             if st.st_ino == inode and stat.S_ISREG(st.st_mode):
-                _walk.resolve(fd, state.known)
+                resolve_fd(fd, state.known)
                 info = state.known.get(inode)
                 if info is not None and info[0] == flag:
                     return info

@@ -22,7 +22,7 @@ from namespacefs.discover.processes import read_at
 from namespacefs.discover.state import Found, Scan
 from namespacefs.forking import fork_and_act
 from namespacefs.handles import holder_path
-from namespacefs.model import Holder
+from namespacefs.model import Holder, HolderKind
 
 #: how long the child that opens files inside a mount namespace may take
 _CHILD_TIMEOUT = 2.0
@@ -41,7 +41,7 @@ def scan(state: Scan) -> None:
         if mntns in state.found:
             state.found[mntns].mounts = data.count(b"\n")
         for nstype, inode, mountpoint in procfs.nsfs_mounts(data):
-            holder = Holder("bindmount", pid=pid, mntns=mntns, path=mountpoint)
+            holder = Holder(HolderKind.BINDMOUNT, pid=pid, mntns=mntns, path=mountpoint)
             state.add(nstype, inode, holder)
 
 
@@ -107,7 +107,7 @@ def _read_unentered(state: Scan, mntns: int, ns: Found) -> None:
             os.close(fd)  # remounted meanwhile
             state.errors["changed"] += 1
         else:
-            state.add(nstype, inode, Holder("bindmount", mntns=mntns, path=path), fd)
+            state.add(nstype, inode, Holder(HolderKind.BINDMOUNT, mntns=mntns, path=path), fd)
 
 
 def _open_mntns(state: Scan, inode: int, ns: Found) -> int | None:

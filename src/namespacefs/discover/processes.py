@@ -15,9 +15,9 @@ import threading
 from collections.abc import Iterable
 
 from namespacefs import procfs
-from namespacefs.discover.state import DENIED, Scan
+from namespacefs.discover.state import DENIED, Info, Scan
 from namespacefs.kernel import FOR_CHILDREN_LINKS, NS_TYPES
-from namespacefs.model import Holder, Process
+from namespacefs.model import Holder, HolderKind, NsType, Process, Source
 
 try:
     from namespacefs import _walk
@@ -29,7 +29,7 @@ except ImportError as e:  # pragma: no cover - a broken install, not a state of 
 #: The links the walk reads per process and thread, in this order.
 LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
 #: The fd link kinds the walk reports ("KIND:[INODE]"): sockets and namespaces.
-FD_KINDS = ("socket", *NS_TYPES)
+FD_KINDS = (HolderKind.SOCKET, *NS_TYPES)
 _CHUNK = 65536
 #: From this many processes on, two threads walk half of them each: the walk is ~90% kernel time,
 #: spent without the GIL, so two threads spend it on two CPUs (a shared `known`: each namespace
@@ -58,8 +58,8 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
     """Read these processes (pids; every one in /proc when None) with the per-process sources, in
     one call to the compiled walk, and add what each holds to the scan. A process that vanished (or
     may not be read) while the walk read it is counted and left out whole."""
-    flags = ((_walk.WANT_TASKS if "task" in sources else 0) | (_walk.WANT_FDS if "fd" in sources else 0)
-             | (_walk.WANT_SOCKETS if "socket" in sources else 0) | _walk.WANT_CGROUP)
+    flags = ((_walk.WANT_TASKS if Source.TASK in sources else 0) | (_walk.WANT_FDS if Source.FD in sources else 0)
+             | (_walk.WANT_SOCKETS if Source.SOCKET in sources else 0) | _walk.WANT_CGROUP)
     pids = None if todo is None else list(todo)
     for record in _records(state, pids, flags):
         if len(record) == 2:
@@ -71,7 +71,7 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
             state.failed(e)
 
 
-def _records(state: Scan, pids: list[int] | None, flags: int) -> list[tuple]:
+def _records(state: Scan, pids: list[int] | None, flags: int) -> list[_walk.Record]:
     """The walk's records of these processes (every one in /proc when None)."""
     if len(os.sched_getaffinity(0)) < 2:  # (the CPUs this process may run on)
         return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
@@ -79,7 +79,7 @@ def _records(state: Scan, pids: list[int] | None, flags: int) -> list[tuple]:
         pids = [int(name) for name in os.listdir(state.proc) if name.isdigit()]
     if len(pids) < TWO_THREADS_FROM:
         return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
-    other: list[tuple] = []
+    other: list[_walk.Record] = []
     failure: list[BaseException] = []
 
     def walk_other_half() -> None:
@@ -97,6 +97,12 @@ def _records(state: Scan, pids: list[int] | None, flags: int) -> list[tuple]:
     if failure:
         raise failure[0]
     return mine + other
+
+
+def resolve_fd(fd: int, known: dict[int, Info]) -> int:
+    """The compiled reading of one namespace fd (not closed) into known, relatives included
+    (what the walk does for every namespace it opens); its inode."""
+    return _walk.resolve(fd, known)
 
 
 def _error(err: int, where: str) -> OSError:
@@ -133,21 +139,21 @@ def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, ra
     links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", status.zombie)
     state.processes[pid] = Process(pid, status.ppid, status.name, procfs.parse_cmdline(cmdline), status.uid,
                                    status.gid, status.nspid, status.threads, links, cgroup)
-    if "process" in sources:
+    if Source.PROCESS in sources:
         # an exited, unreaped process is in nothing any more, yet still pins its user and pid
         # namespaces (lsns counts it as a process): a holder of its own kind
-        holder = Holder("zombie" if status.zombie else "process", pid=pid)
+        holder = Holder(HolderKind.ZOMBIE if status.zombie else HolderKind.PROCESS, pid=pid)
         for nstype in NS_TYPES:
             if nstype in links:
                 ns = state.add(nstype, links[nstype], holder)
                 if not status.zombie:
                     ns.processes.append(pid)
-    if "for_children" in sources:
+    if Source.FOR_CHILDREN in sources:
         for link, nstype in FOR_CHILDREN_LINKS.items():
             if link in links and links[link] != links.get(nstype):
                 state.add(nstype, links[link], Holder(link, pid=pid))
-    if "mnt" in links:
-        state.mount_readers.setdefault(links["mnt"], []).append(pid)
+    if NsType.MNT in links:
+        state.mount_readers.setdefault(links[NsType.MNT], []).append(pid)
     if isinstance(tasks, int):
         state.failed(_error(tasks, f"{state.proc}/{pid}/task"))
     else:
@@ -155,7 +161,7 @@ def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, ra
     if isinstance(fds, int):
         state.failed(_error(fds, f"{state.proc}/{pid}/fd"))
     else:
-        _add_fds(state, sources, pid, links.get("net"), fds)
+        _add_fds(state, sources, pid, links.get(NsType.NET), fds)
 
 
 def _add_tasks(state: Scan, pid: int, process_links: dict[str, int], tasks: list[tuple[int, tuple[int, ...]]]) -> None:
@@ -171,7 +177,7 @@ def _add_tasks(state: Scan, pid: int, process_links: dict[str, int], tasks: list
             if inode == process_links.get(link):
                 continue
             nstype = FOR_CHILDREN_LINKS.get(link, link)
-            kind = link if link in FOR_CHILDREN_LINKS else "task"
+            kind = link if link in FOR_CHILDREN_LINKS else HolderKind.TASK
             state.add(nstype, inode, Holder(kind, pid=pid, tid=tid))
 
 
@@ -182,11 +188,11 @@ def _add_fds(state: Scan, sources: frozenset[str], pid: int, own_net: int | None
     once, with pidfd_getfd and SIOCGSKNS)."""
     for fd, kind, inode, netns in fds:
         nstype = FD_KINDS[kind]
-        if nstype != "socket":
-            if "fd" in sources:
-                state.add(nstype, inode, Holder("fd", pid=pid, fd=fd))
+        if nstype != HolderKind.SOCKET:
+            if Source.FD in sources:
+                state.add(nstype, inode, Holder(HolderKind.FD, pid=pid, fd=fd))
         elif netns < 0:
             if -netns != errno.ESTALE:  # ESTALE: the fd was closed and reused since it was listed
                 state.failed(_error(-netns, f"{state.proc}/{pid}/fd/{fd}"))
         elif netns != own_net:
-            state.add("net", netns, Holder("socket", pid=pid, fd=fd, socket=inode))
+            state.add(NsType.NET, netns, Holder(HolderKind.SOCKET, pid=pid, fd=fd, socket=inode))

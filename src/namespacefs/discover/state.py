@@ -6,6 +6,7 @@ import errno
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from namespacefs.model import Holder, Process
 
@@ -16,12 +17,13 @@ GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENOTDIR,
 DENIED = frozenset({errno.EACCES, errno.EPERM})
 #: Where Scan.failed names each entry it skips (`nsfs ls -v`): None, or a file such as sys.stderr.
 #: A module setting, so a forked reader inherits it.
-REPORT_TO = None
+REPORT_TO: TextIO | None = None
 
 #: What the compiled walk (namespacefs._walk) reads of each namespace it opens, by inode:
 #: (CLONE_NEW* type, st_dev, id, owner inode, parent inode, owner uid), None where there is none.
 Info = tuple[int, int, int | None, int | None, int | None, int | None]
-UserMaps = dict[int, tuple[tuple, tuple, str]]
+IdMap = tuple[tuple[int, int, int], ...]
+UserMaps = dict[int, tuple[IdMap, IdMap, str]]
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ A View is what one reader may see: everything, or only the subtree of namespaces
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from namespacefs.kernel import NS_TYPES
@@ -187,38 +187,34 @@ def init_pid(snapshot: Snapshot, ns: Namespace) -> int | None:
     return None
 
 
+#: The files that the snapshot alone answers, by name (simple_content).
+_SIMPLE: dict[str, Callable[[Snapshot, Namespace], str]] = {
+    "type": lambda snap, ns: f"{ns.type}\n",
+    "inode": lambda snap, ns: f"{ns.inode}\n",
+    "id": lambda snap, ns: f"{ns.id}\n" if ns.id is not None else "",
+    "name": lambda snap, ns: f"{display_name(ns)}\n",
+    "path": lambda snap, ns: f"{ns.path or display_name(ns)}\n",
+    "holders": lambda snap, ns: "".join(f"{h.describe()}\n" for h in ns.holders),
+    "tasks": lambda snap, ns: "".join(f"{pid}\n" for pid in sorted(ns.processes)),
+    "uid_map": lambda snap, ns: format_map(ns.uid_map),
+    "gid_map": lambda snap, ns: format_map(ns.gid_map),
+    "setgroups": lambda snap, ns: f"{ns.setgroups}\n" if ns.setgroups else "",
+    "owner_uid": lambda snap, ns: f"{ns.owner_uid}\n" if ns.owner_uid is not None else "",
+    "init": lambda snap, ns: "" if (pid := init_pid(snap, ns)) is None else f"{pid}\n",
+    "nspids": lambda snap, ns: _nspids(snap, ns),
+}
+
+
 def simple_content(snapshot: Snapshot, ns: Namespace, name: str) -> str | None:
     """The content of a file that the snapshot alone answers; None for detail files."""
-    if name == "type":
-        return f"{ns.type}\n"
-    if name == "inode":
-        return f"{ns.inode}\n"
-    if name == "id":
-        return f"{ns.id}\n" if ns.id is not None else ""
-    if name == "name":
-        return f"{display_name(ns)}\n"
-    if name == "path":
-        return f"{ns.path or display_name(ns)}\n"
-    if name == "holders":
-        return "".join(f"{h.describe()}\n" for h in ns.holders)
-    if name == "tasks":
-        return "".join(f"{pid}\n" for pid in sorted(ns.processes))
-    if name == "uid_map":
-        return format_map(ns.uid_map)
-    if name == "gid_map":
-        return format_map(ns.gid_map)
-    if name == "setgroups":
-        return f"{ns.setgroups}\n" if ns.setgroups else ""
-    if name == "owner_uid":
-        return f"{ns.owner_uid}\n" if ns.owner_uid is not None else ""
-    if name == "init":
-        pid = init_pid(snapshot, ns)
-        return f"{pid}\n" if pid is not None else ""
-    if name == "nspids":
-        lines = []
-        for pid in sorted(ns.processes):
-            proc = snapshot.processes.get(pid)
-            if proc is not None and proc.nspid:
-                lines.append(f"{pid}\t{proc.nspid[-1]}\n")
-        return "".join(lines)
-    return None
+    content = _SIMPLE.get(name)
+    return None if content is None else content(snapshot, ns)
+
+
+def _nspids(snapshot: Snapshot, ns: Namespace) -> str:
+    lines = []
+    for pid in sorted(ns.processes):
+        proc = snapshot.processes.get(pid)
+        if proc is not None and proc.nspid:
+            lines.append(f"{pid}\t{proc.nspid[-1]}\n")
+    return "".join(lines)

@@ -137,7 +137,7 @@ def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
     created = prepare(mountpoint, say)
     try:
         try:
-            source = Source(take)
+            source = Source(take, db)
         except OSError as e:
             raise MountError(f"cannot scan the namespaces: {e}") from None
         operations = NamespaceFS(source, filtered=allow_other, db=db)
@@ -224,14 +224,9 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
     except OSError:
         dev = None  # stale: its server is gone already
     try:
-        kernel.umount(mountpoint, kernel.MNT_DETACH if lazy else 0)
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            raise MountError(f"{mountpoint} is busy (a process has a file open or its working directory there); "
-                             "close it or use --lazy") from None
-        if e.errno == errno.EPERM:
-            raise MountError(f"not allowed to unmount {mountpoint} (run as root)") from None
-        raise MountError(f"cannot unmount {mountpoint}: {e.strerror}") from None
+        mountpoints.unmount(mountpoint, lazy)
+    except mountpoints.UnmountFailed as e:
+        raise MountError(str(e)) from None
     if dev is not None:
         abort_connection(dev)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,6 +16,9 @@ from namespacefs import core, details
 from namespacefs.discover import SOURCES
 from namespacefs.handles import Gone
 from namespacefs.model import Namespace, Snapshot
+
+if TYPE_CHECKING:
+    from namespacefs.containers import ContainerTree
 
 log = logging.getLogger("namespacefs.fs")
 
@@ -36,14 +39,23 @@ Taker = Callable[[bool], Snapshot]
 
 def snapshot_taker(sources: tuple[str, ...] = SOURCES, db: str | None = None) -> Taker:
     """Snapshots named from db (see Taker)."""
-    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db)
+    return lambda fresh: core.snapshot(sources, fresh=fresh, db=db, provider=_daemon_snapshot)
+
+
+def _daemon_snapshot() -> Snapshot | None:
+    """The running daemon's snapshot (the provider core.snapshot asks first), None without one."""
+    from namespacefs.service.client import fetch_snapshot
+
+    return fetch_snapshot(timeout=2.0)
 
 
 class Source:
     """The current snapshot, kept fresh by run() in the background (the only place scans run)."""
 
-    def __init__(self, take: Taker) -> None:
+    def __init__(self, take: Taker, db: str | None = None) -> None:
         self._take = take
+        self._db = db  # the names database (stored container names, for by/)
+        self._tree: tuple[Snapshot, ContainerTree] | None = None
         self._on_change: Callable[[Snapshot, Snapshot], None] | None = None
         started = time.monotonic()
         self.current: Snapshot = _first(take)
@@ -97,6 +109,19 @@ class Source:
                 self._wanted.set()
                 await scanned.wait()
         return self.current
+
+    def tree_if_known(self, snapshot: Snapshot) -> ContainerTree | None:
+        """The container tree of snapshot if tree() made it already."""
+        return self._tree[1] if self._tree is not None and self._tree[0] is snapshot else None
+
+    async def tree(self, snapshot: Snapshot) -> ContainerTree:
+        """The container tree of snapshot (by/ resolves container names in it), made once per
+        snapshot in a worker thread (engines may be asked over their sockets, a bounded wait)."""
+        known = self.tree_if_known(snapshot)
+        if known is None:
+            known = await trio.to_thread.run_sync(core.container_tree, snapshot, self._db)
+            self._tree = (snapshot, known)
+        return known
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -155,13 +180,13 @@ def _read_detail(ns: Namespace, what: str, snapshot: Snapshot) -> Any:
 
 def _format_detail(name: str, value: Any) -> str:
     if name == "uname":
-        return " ".join(value[k] for k in ("sysname", "nodename", "release", "version", "machine")) + "\n"
+        return " ".join(str(value[k]) for k in ("sysname", "nodename", "release", "version", "machine")) + "\n"
     if name in ("hostname", "domainname"):
-        return value["nodename" if name == "hostname" else "domainname"] + "\n"
+        return str(value["nodename" if name == "hostname" else "domainname"]) + "\n"
     if name == "interfaces":
         return "".join(f"{i}\n" for i in value)
     if name == "mountinfo":
-        return value.decode(errors="surrogateescape")
+        return bytes(value).decode(errors="surrogateescape")
     if name == "root":
         return "".join(sorted(f"{key or 'cgroup2'} {root}\n" for key, root in value.items()))
     if name == "offsets":

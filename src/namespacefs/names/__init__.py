@@ -4,9 +4,10 @@ The API the other parts code against:
   open_db(path=None) -> sqlite3.Connection   the names database (WAL, busy timeout; other parts
                                               may keep their own tables in it)
   apply(snapshot, db=None) -> Snapshot       the snapshot with Namespace.name and .path filled
-  rename(snapshot, ns, new_name, db=None)    store an explicit name (NameError if invalid or taken)
-  validate(name, nstype)                     NameError unless it is an acceptable name
-  NameError                                  every naming failure, with a message for the user
+  rename(snapshot, ns, new_name, db=None)    store an explicit name (NamingError if invalid or taken)
+  validate(name, nstype)                     NamingError unless it is an acceptable name
+  path_of(ns, name, owner_path)              the one rule for name paths
+  NamingError                                every naming failure, with a message for the user
 
 See docs/names.md.
 """
@@ -21,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from namespacefs import kernel
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.handles import alive_by_id
+from namespacefs.model import SOURCES, Namespace, Snapshot
 from namespacefs.names.defaults import (
     DEFAULT,
     ENGINE,
@@ -32,14 +33,16 @@ from namespacefs.names.defaults import (
     default_name,
     ns_key,
     parent_path,
+    path_of,
     paths,
     scope_key,
     validate,
 )
 from namespacefs.names.store import (
     DEFAULT_DB,
-    NameError,
-    Row,
+    NamespaceNameError,
+    NamingError,
+    StoredName,
     conn_path,
     db_path,
     open_db,
@@ -51,10 +54,17 @@ from namespacefs.names.store import (
 )
 
 __all__ = [
-    "DEFAULT", "DEFAULT_DB", "ENGINE", "NETNS", "RENAME", "Assigned", "NameError", "apply", "assigned", "db_path",
-    "default_name", "history", "ns_key", "open_db", "parent_path", "prune", "rename", "reset", "validate",
+    "DEFAULT", "DEFAULT_DB", "ENGINE", "NETNS", "RENAME", "Assigned", "NamespaceNameError", "NamingError", "apply",
+    "assigned", "db_path", "default_name", "history", "ns_key", "open_db", "parent_path", "path_of", "prune", "rename",
+    "reset", "validate",
 ]
 
+
+def __getattr__(name: str) -> type[NamingError]:
+    """`names.NameError`, the name docs/names.md documented before NamingError (it shadowed the builtin)."""
+    if name == "NameError":
+        return NamingError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _log(level: str, message: str, *args: object) -> None:
@@ -76,36 +86,26 @@ class Assigned:
     paths: Mapping[int, str]
 
 
-def engine_names(snapshot: Snapshot) -> dict[int, str]:
-    """inode -> container name from the containers part, where it exists; {} otherwise."""
-    try:
-        from namespacefs.containers import engine_names as find_names
-    except ImportError:
-        return {}
-    try:
-        return dict(find_names(snapshot))
-    except Exception as e:  # a container runtime's state we cannot parse must not cost us the names
-        _log("debug", "container names unavailable: %s", e)
-        return {}
-
-
-def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> Assigned:
-    """Compute every name (one read of the database). With strict=False a database that cannot be
-    read is reported through the log and only default and world names are used."""
-    stored: list[Row] = []
-    earlier: list[Row] = []  # renames from earlier boots, to be moved to the history
+def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True,
+             engine: Mapping[int, str] | None = None) -> Assigned:
+    """Compute every name (one read of the database). engine: inode -> the container engine's name
+    of its container (what core.engine_names found; the world names beside ip netns). With
+    strict=False a database that cannot be read is reported through the log and only default and
+    world names are used."""
+    stored: list[StoredName] = []
+    earlier: list[StoredName] = []  # renames from earlier boots, to be moved to the history
     conn = None
     try:
         conn = open_for_reading(db)
         if conn is not None:
             for r in rows(conn, None):
                 (stored if r.boot_id == snapshot.boot_id else earlier).append(r)
-    except NameError as e:
+    except NamingError as e:
         if strict:
             raise
         _log("warning", "nsfs: %s; showing default names", e)
     try:
-        names = assign(snapshot, stored, engine_names(snapshot))
+        names = assign(snapshot, stored, engine)
         result = Assigned(names, paths(snapshot, names))
         if conn is not None:
             _maintain(conn, snapshot, stored, earlier, names)
@@ -115,34 +115,25 @@ def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> 
             conn.close()
 
 
-def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True) -> Snapshot:
-    """The snapshot with Namespace.name and Namespace.path filled in."""
-    got = assigned(snapshot, db, strict)
-    return snapshot.with_namespaces(ns.named(got.names[ns.inode][0], got.paths[ns.inode]) for ns in snapshot)
+def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True,
+          engine: Mapping[int, str] | None = None) -> Snapshot:
+    """The snapshot with Namespace.name and Namespace.path filled in (engine: see assigned)."""
+    got = assigned(snapshot, db, strict, engine)
+    names, paths_ = got.names, got.paths
+    return snapshot.replace(namespaces={inode: ns.named(names[inode][0], paths_[inode])
+                                        for inode, ns in snapshot.namespaces.items()})
 
 
-def _alive_elsewhere(row: Row) -> bool | None:
-    """Is a namespace that is not in the snapshot still alive? By id through the kernel (True/False);
-    None where that cannot be asked (no id, or not allowed)."""
-    if row.ns_id is None:
-        return None
-    try:
-        fd = kernel.open_ns_by_id(row.ns_id, row.type, row.inode)
-    except OSError as e:
-        if e.errno in (errno.ESTALE, errno.ENOENT, errno.ESRCH):
-            return False
-        return None
-    os.close(fd)
-    return True
+def _alive_elsewhere(row: StoredName) -> bool | None:
+    """Is a namespace that is not in the snapshot still alive? (handles.alive_by_id)"""
+    return None if row.ns_id is None else alive_by_id(row.ns_id, row.type, row.inode)
 
 
 def _complete(snapshot: Snapshot) -> bool:
-    from namespacefs.discover import SOURCES
-
     return set(SOURCES) <= set(snapshot.sources) and os.geteuid() == 0 and not snapshot.errors.get("denied")
 
 
-def _dead(snapshot: Snapshot, stored: list[Row]) -> list[Row]:
+def _dead(snapshot: Snapshot, stored: list[StoredName]) -> list[StoredName]:
     """Stored renames whose namespace is gone (checked, never guessed)."""
     live = {ns_key(ns): ns for ns in snapshot}
     dead = []
@@ -158,7 +149,7 @@ def _dead(snapshot: Snapshot, stored: list[Row]) -> list[Row]:
     return dead
 
 
-def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[Row], earlier: list[Row],
+def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[StoredName], earlier: list[StoredName],
               names: Mapping[int, tuple[str, str]]) -> None:
     """Best effort, and rare: move renames of dead namespaces (and of earlier boots) to the history;
     refresh last_seen of live ones at most once a minute. Skipped silently if the database is busy
@@ -178,23 +169,24 @@ def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[Row], e
                 retire(conn, earlier, now, "reboot")
             conn.executemany("UPDATE names SET last_seen = ? WHERE boot_id = ? AND key = ?",
                              [(now, snapshot.boot_id, k) for k in stale])
-    except (NameError, sqlite3.Error) as e:
+    except (NamingError, sqlite3.Error) as e:
         _log("debug", "names maintenance skipped: %s", e)
 
 
 def _check_alive(ns: Namespace) -> None:
-    if ns.id is not None:
-        row = Row("", "", ns.type, ns.id, ns.inode, ns.dev, "", "", 0.0, 0.0)
-        if _alive_elsewhere(row) is False:
-            raise NameError(f"the {ns.type} namespace {ns.inode} is gone", errno.ENOENT)
+    if ns.id is not None and alive_by_id(ns.id, ns.type, ns.inode) is False:
+        raise NamingError(f"the {ns.type} namespace {ns.inode} is gone", errno.ENOENT)
 
 
-def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = None) -> None:
+def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = None,
+           engine: Mapping[int, str] | None = None) -> None:
     """Give `ns` the explicit name `new_name`, unique among the namespaces owned by the same user
-    namespace. Atomic; safe against concurrent renames. Raises NameError."""
+    namespace (a name another namespace of the scope shows in this snapshot, or would get from
+    `engine` (see assigned), a rename or ip netns, is taken). Atomic; safe against concurrent
+    renames. Raises NamingError."""
     validate(new_name, ns.type)
     if snapshot.get(ns.inode) is None:
-        raise NameError(f"the {ns.type} namespace {ns.inode} is not in this snapshot")
+        raise NamingError(f"the {ns.type} namespace {ns.inode} is not in this snapshot")
     _check_alive(ns)
     key, scope, now = ns_key(ns), scope_key(ns, snapshot), time.time()
     conn = open_db(db)
@@ -206,14 +198,10 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                     other = next((o for o in snapshot if ns_key(o) == r.key), None)
                     if other is not None or _alive_elsewhere(r) is not False:
                         where = f" ({other.path})" if other is not None and other.path else ""
-                        raise NameError(f"'{new_name}' is already the name of the {r.type} namespace {r.inode}{where}"
+                        raise NamingError(f"'{new_name}' is already the name of the {r.type} namespace {r.inode}{where}"
                                         " in the same user namespace", errno.EEXIST)
                     retire(conn, [r], now, "gone")  # a dead namespace's name never blocks a new one
-            names = assign(snapshot, [r for r in stored if r.key != key], engine_names(snapshot))
-            for other in snapshot:
-                if other.inode != ns.inode and names[other.inode][0] == new_name and scope_key(other, snapshot) == scope:
-                    raise NameError(f"'{new_name}' is already the name of the {other.type} namespace {other.inode}"
-                                    f" ({names[other.inode][1]} name) in the same user namespace", errno.EEXIST)
+            _check_free(snapshot, ns, new_name, scope, assign(snapshot, [r for r in stored if r.key != key], engine))
             old = next((r for r in stored if r.key == key), None)
             first = old.first_seen if old is not None and old.name == new_name else now
             if old is not None and old.name != new_name:
@@ -223,10 +211,23 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (snapshot.boot_id, key, ns.type, ns.id, ns.inode, ns.dev, scope, new_name, first, now))
     except sqlite3.IntegrityError:
-        raise NameError(f"'{new_name}' was just given to another namespace in the same user namespace",
+        raise NamingError(f"'{new_name}' was just given to another namespace in the same user namespace",
                         errno.EEXIST) from None
     finally:
         conn.close()
+
+
+def _check_free(snapshot: Snapshot, ns: Namespace, new_name: str, scope: str,
+                names: Mapping[int, tuple[str, str]]) -> None:
+    """NamingError if another namespace of the scope has new_name: as the snapshot shows it, or
+    as the names would be without ns's own rename."""
+    for other in snapshot:
+        if other.inode == ns.inode or new_name not in (names[other.inode][0], other.name):
+            continue
+        if scope_key(other, snapshot) == scope:
+            how = names[other.inode][1] if names[other.inode][0] == new_name else "shown"
+            raise NamingError(f"'{new_name}' is already the name of the {other.type} namespace {other.inode}"
+                              f" ({how} name) in the same user namespace", errno.EEXIST)
 
 
 #: History rows of replaced names kept per user namespace (scope): anyone privileged in their own user
@@ -235,7 +236,7 @@ def rename(snapshot: Snapshot, ns: Namespace, new_name: str, db: str | None = No
 MAX_REPLACED_PER_SCOPE = 100
 
 
-def _keep_replaced(conn: sqlite3.Connection, old: Row, now: float) -> None:
+def _keep_replaced(conn: sqlite3.Connection, old: StoredName, now: float) -> None:
     """A history row for a name that a rename replaces (inside the rename's transaction)."""
     retire(conn, [old], now, "renamed")
     conn.execute(

@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
-from namespacefs.names.store import NameError, Row
+from namespacefs.kernel import HIERARCHICAL, NS_TYPES
+from namespacefs.model import Namespace, NsType, Snapshot, by_type
+from namespacefs.names.store import NamingError, StoredName
 from namespacefs.syntax import MAX_NAME_BYTES, name_problem
 from namespacefs.targets import NETNS_DIR, netns_names  # noqa: F401  (the one rule for ip netns names)
 
@@ -34,23 +34,23 @@ RENAME, ENGINE, NETNS, DEFAULT = "rename", "engine", "netns", "default"
 
 
 def validate(name: str, nstype: str) -> None:
-    """Raise NameError unless `name` can name a namespace of type `nstype`: names are path
+    """Raise NamingError unless `name` can name a namespace of type `nstype`: names are path
     components, and must not pass for another type's default name."""
     if nstype not in NS_TYPES:
-        raise NameError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
+        raise NamingError(f"'{nstype}' is not a namespace type ({', '.join(NS_TYPES)})")
     problem = name_problem(name)
     if problem is not None:
         too_long = isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-        raise NameError(problem, errno.ENAMETOOLONG if too_long else None)
+        raise NamingError(problem, errno.ENAMETOOLONG if too_long else None)
     m = _DEFAULT_RE.match(name)
     if m and m.group(1) != nstype:
-        raise NameError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "
+        raise NamingError(f"'{name}' looks like the default name of a {m.group(1)} namespace; "
                         f"it cannot name a {nstype} namespace")
 
 
 def ns_key(ns: Namespace) -> str:
-    """What a rename is stored under: the 64-bit id, never reused; else type, device and inode."""
-    return f"id:{ns.id}" if ns.id is not None else f"ino:{ns.type}:{ns.dev}:{ns.inode}"
+    """What a rename is stored under (Namespace.stored_key)."""
+    return ns.stored_key
 
 
 def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
@@ -63,10 +63,13 @@ def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
 
 def digest(nstype: str, ident: int | None, inode: int, seed: str) -> str:
     """The full hex digest behind a default name: HMAC-SHA256(seed, what)."""
-    what = f"{nstype}:id:{ident}" if ident is not None else f"{nstype}:ino:{inode}"
-    keyed = _keyed(seed).copy()  # the key schedule once per seed, not once per namespace
-    keyed.update(what.encode())
-    return keyed.hexdigest()
+    return _digest(_keyed(seed), nstype, ident, inode)
+
+
+def _digest(keyed: hmac.HMAC, nstype: str, ident: int | None, inode: int) -> str:
+    what = keyed.copy()  # the key schedule once per seed, not once per namespace
+    what.update(f"{nstype}:id:{ident}".encode() if ident is not None else f"{nstype}:ino:{inode}".encode())
+    return what.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,13 +88,13 @@ def world_name(ns: Namespace, engine: Mapping[int, str]) -> tuple[str, str] | No
             name = f"{ns.type}-{raw}"
             try:
                 validate(name, ns.type)
-            except NameError:
+            except NamingError:
                 continue
             return name, origin
     return None
 
 
-def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] | None = None,
+def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int, str] | None = None,
            seed: str | None = None) -> dict[int, tuple[str, str]]:
     """inode -> (name, origin) for every namespace in the snapshot. `stored` are the renames for
     this boot; a stored rename applies only to the live namespace it was made for (same key, type,
@@ -99,16 +102,13 @@ def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] 
     seed = seed if seed is not None else snapshot.boot_id
     engine = engine or {}
     by_key = {r.key: r for r in stored}
-    scopes: dict[str, list[Namespace]] = {}
-    for ns in snapshot:
-        scopes.setdefault(scope_key(ns, snapshot), []).append(ns)
     result: dict[int, tuple[str, str]] = {}
-    for scope, members in scopes.items():
-        members.sort(key=lambda ns: (NS_TYPES.index(ns.type), ns.inode))
+    for scope, members in _scopes(snapshot).items():
+        members.sort(key=by_type)
         taken: set[str] = set()
         rest: list[Namespace] = []
         for ns in members:
-            r = by_key.get(ns_key(ns))
+            r = by_key.get(ns.stored_key) if by_key else None
             if r is not None and matches(r, ns, scope) and r.name not in taken:
                 result[ns.inode] = (r.name, RENAME)
                 taken.add(r.name)
@@ -116,7 +116,7 @@ def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] 
                 rest.append(ns)
         worldly: dict[str, list[tuple[Namespace, str]]] = {}
         for ns in rest:
-            found = world_name(ns, engine)
+            found = world_name(ns, engine) if ns.inode in engine or ns.type == NsType.NET else None
             if found is not None:
                 worldly.setdefault(found[0], []).append((ns, found[1]))
         for name, claimants in worldly.items():
@@ -128,7 +128,19 @@ def assign(snapshot: Snapshot, stored: Iterable[Row], engine: Mapping[int, str] 
     return result
 
 
-def matches(row: Row, ns: Namespace, scope: str) -> bool:
+def _scopes(snapshot: Snapshot) -> dict[str, list[Namespace]]:
+    """The namespaces of each scope (scope_key), the owner's key worked out once per owner."""
+    keys: dict[int | None, str] = {}
+    scopes: dict[str, list[Namespace]] = {}
+    for ns in snapshot:
+        key = keys.get(ns.owner)
+        if key is None:
+            key = keys[ns.owner] = scope_key(ns, snapshot)
+        scopes.setdefault(key, []).append(ns)
+    return scopes
+
+
+def matches(row: StoredName, ns: Namespace, scope: str) -> bool:
     """The liveness check: the stored rename was made for this very namespace."""
     return row.type == ns.type and row.inode == ns.inode and row.dev == ns.dev and row.scope == scope and (
         row.ns_id == ns.id)
@@ -145,13 +157,18 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
     collide the oldest keeps the shorter name and only the newer ones are lengthened, so a name that
     is already shown does not change when a colliding namespace appears. A name taken by a rename
     or a world name lengthens every default that would collide with it."""
-    full = {ns.inode: digest(ns.type, ns.id, ns.inode, seed) for ns in members}
+    keyed = _keyed(seed)
+    full = {ns.inode: _digest(keyed, ns.type, ns.id, ns.inode) for ns in members}
     pending = members
     length = SHORT
     while pending:
         names: dict[str, list[Namespace]] = {}
         for ns in pending:
-            names.setdefault(f"{ns.type}-{full[ns.inode][:length]}", []).append(ns)
+            name = f"{ns.type}-{full[ns.inode][:length]}"
+            if name in names:
+                names[name].append(ns)
+            else:
+                names[name] = [ns]
         pending = []
         for name, group in names.items():
             if length >= 64:  # (64 digits: a SHA-256 collision; not reached)
@@ -160,41 +177,48 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
             if name in taken:
                 pending.extend(group)
                 continue
-            oldest, *newer = sorted(group, key=_age)
+            oldest, *newer = sorted(group, key=_age) if len(group) > 1 else group
             result[oldest.inode] = (name, DEFAULT)
             taken.add(name)
             pending.extend(newer)
         length += 2
 
 
+def path_of(ns: Namespace, name: str, owner_path: str | None) -> str:
+    """The name path of a namespace called `name` whose owning user namespace has the path
+    owner_path (None: its owner is not in the snapshot, 'user:[INODE]' stands for it). The top
+    user namespace is '/'; the namespaces it owns are '/NAME': '/user-3f9a1c/net-web'. The one
+    rule for paths (the daemon names what it adds between scans with it too)."""
+    if ns.owner is None:
+        return "/" if ns.type == NsType.USER else f"/{name}"
+    if owner_path is None:
+        return f"/user:[{ns.owner}]/{name}"
+    return f"{owner_path.rstrip('/')}/{name}"
+
+
 def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int, str]:
-    """inode -> the path through the owning user namespaces: '/user-3f9a1c/net-web'. The top user
-    namespace is '/'. An owner that is not in the snapshot shows as 'user:[INODE]'."""
+    """inode -> the path through the owning user namespaces (path_of) of every namespace: the
+    user namespaces' first (owners are user namespaces), then every other in one pass."""
     out: dict[int, str] = {}
 
-    def path_of(ns: Namespace, depth: int = 0) -> str:
-        if ns.inode in out:
-            return out[ns.inode]
-        name = names[ns.inode][0]
-        if ns.owner is None:
-            p = "/" if ns.type == "user" else f"/{name}"
-        elif (owner := snapshot.get(ns.owner)) is None or depth > 64:
-            p = f"/user:[{ns.owner}]/{name}"
-        else:
-            base = path_of(owner, depth + 1)
-            p = f"{base.rstrip('/')}/{name}"
-        out[ns.inode] = p
-        return p
+    def owner_path(inode: int | None, depth: int) -> str | None:
+        owner = snapshot.get(inode) if inode is not None and depth <= 64 else None
+        if owner is None:
+            return None
+        if owner.inode not in out:
+            out[owner.inode] = path_of(owner, names[owner.inode][0], owner_path(owner.owner, depth + 1))
+        return out[owner.inode]
 
     for ns in snapshot:
-        path_of(ns)
+        if ns.inode not in out:
+            out[ns.inode] = path_of(ns, names[ns.inode][0], owner_path(ns.owner, 0))
     return out
 
 
 def parent_path(ns: Namespace, snapshot: Snapshot) -> str | None:
     """Pid and user namespaces: the path along the parent chain ('/pid-1a2b3c/pid-4d5e6f'), from the
     names already in the snapshot; None for other types."""
-    if ns.type not in ("pid", "user"):
+    if ns.type not in HIERARCHICAL:
         return None
     chain: list[str] = []
     cur: Namespace | None = ns

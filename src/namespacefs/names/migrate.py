@@ -21,22 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from namespacefs.kernel import NS_TYPES
-from namespacefs.model import Namespace, Snapshot
-from namespacefs.names import RENAME, NameError, assigned, engine_names, rename
-from namespacefs.names.defaults import netns_names
+from namespacefs.model import Namespace, Snapshot, by_type
+from namespacefs.names import RENAME, NamingError, assigned, rename
 from namespacefs.syntax import is_number, printable
+from namespacefs.targets import netns_names
 
 FORMAT: Final = "namespacefs-names"
 VERSION: Final = 1
 MAX_PROCESSES: Final = 16  # member processes recorded per namespace
 
 
-def export(snapshot: Snapshot, db: str | None = None) -> dict[str, Any]:
-    """The explicit renames of the live namespaces, with the context to find them again."""
-    got = assigned(snapshot, db)
-    engine = engine_names(snapshot)
+def export(snapshot: Snapshot, db: str | None = None, engine: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """The explicit renames of the live namespaces, with the context to find them again (engine:
+    inode -> its container's engine name, core.engine_names)."""
+    engine = engine or {}
+    got = assigned(snapshot, db, engine=engine)
     entries = []
-    for ns in sorted(snapshot, key=lambda n: (n.level, NS_TYPES.index(n.type), n.inode)):
+    for ns in sorted(snapshot, key=lambda n: (n.level, *by_type(n))):
         name, origin = got.names[ns.inode]
         if origin != RENAME:
             continue
@@ -60,20 +61,20 @@ class ImportResult:
 
 
 def check(data: Any) -> list[dict[str, Any]]:
-    """The entries of an export, or NameError saying what is wrong with the file."""
+    """The entries of an export, or NamingError saying what is wrong with the file."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise NameError(f"not a namespacefs names export (no \"format\": \"{FORMAT}\")")
+        raise NamingError(f"not a namespacefs names export (no \"format\": \"{FORMAT}\")")
     if data.get("version") != VERSION:
-        raise NameError(f"unsupported export version {data.get('version')!r} (this namespacefs reads {VERSION})")
+        raise NamingError(f"unsupported export version {data.get('version')!r} (this namespacefs reads {VERSION})")
     entries = data.get("names")
     if not isinstance(entries, list):
-        raise NameError("the export has no \"names\" list")
+        raise NamingError("the export has no \"names\" list")
     for i, e in enumerate(entries):
         if not (isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("type") in NS_TYPES):
-            raise NameError(f"entry {i} of the export needs a \"name\" and a valid \"type\"")
+            raise NamingError(f"entry {i} of the export needs a \"name\" and a valid \"type\"")
         problem = _bad_field(e)
         if problem:
-            raise NameError(f"entry {i} ('{e['name']}') of the export: {problem}")
+            raise NamingError(f"entry {i} ('{e['name']}') of the export: {problem}")
     return entries
 
 
@@ -109,11 +110,11 @@ def _bad_field(entry: Mapping[str, Any]) -> str | None:
 
 def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, int], engine: Mapping[int, str],
           same_boot: bool) -> tuple[Namespace | None, str]:
-    """(namespace, how) or (None, why not)."""
+    """(namespace, how) or (None, why not): by pid map, container, ip netns name, id, command line."""
     nstype = entry["type"]
     processes = entry.get("processes") or []  # (shapes checked by check())
     for p in processes:
-        new = pid_map.get(p.get("pid"))  # type: ignore[arg-type]
+        new = pid_map.get(p.get("pid"))
         if new is not None and (ns := snapshot.namespace_of(new, nstype)) is not None:
             return ns, f"pid {p.get('pid')} -> {new}"
     if entry.get("container"):
@@ -127,6 +128,11 @@ def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, in
             return found[0], f"ip netns {netns}"
     if same_boot and _is_int(entry.get("id")) and (ns := snapshot.by_id(entry["id"])) and ns.type == nstype:
         return ns, f"id {entry['id']}"
+    return _by_command_line(processes, snapshot, nstype)
+
+
+def _by_command_line(processes: list[Mapping[str, Any]], snapshot: Snapshot, nstype: str) -> tuple[Namespace | None, str]:
+    """The one namespace of this type whose processes include one with a recorded command line."""
     cmdlines = {tuple(p["cmdline"]) for p in processes if p.get("cmdline")}
     if cmdlines:
         found_ns: dict[int, Namespace] = {}
@@ -141,12 +147,12 @@ def match(entry: Mapping[str, Any], snapshot: Snapshot, pid_map: Mapping[int, in
 
 
 def import_names(data: Any, snapshot: Snapshot, db: str | None = None, pid_map: Mapping[int, int] | None = None,
-                 dry_run: bool = False) -> ImportResult:
+                 dry_run: bool = False, engine: Mapping[int, str] | None = None) -> ImportResult:
     """Apply an export to the namespaces of this snapshot (outer user namespaces first, so their
-    names are in place for the paths of the rest)."""
+    names are in place for the paths of the rest; engine: as for export)."""
     entries = check(data)
-    engine = engine_names(snapshot)
-    current = assigned(snapshot, db).names
+    engine = engine or {}
+    current = assigned(snapshot, db, engine=engine).names
     same_boot = data.get("boot_id") == snapshot.boot_id
     result = ImportResult()
     used: set[int] = set()
@@ -160,8 +166,8 @@ def import_names(data: Any, snapshot: Snapshot, db: str | None = None, pid_map: 
             continue
         try:
             if not dry_run:
-                rename(snapshot, ns, entry["name"], db)
-        except NameError as e:
+                rename(snapshot, ns, entry["name"], db, engine)
+        except NamingError as e:
             result.unmatched.append((entry, str(e)))
             continue
         used.add(ns.inode)
@@ -181,6 +187,6 @@ def parse_pid_map(text: str) -> dict[int, int]:
             continue
         old, sep, new = part.replace(" ", ":").partition(":")
         if not (sep and is_number(old.strip()) and is_number(new.strip())):
-            raise NameError(f"bad pid map entry {printable(part)} (expected OLD:NEW, for example 1234:5678)")
+            raise NamingError(f"bad pid map entry {printable(part)} (expected OLD:NEW, for example 1234:5678)")
         out[int(old)] = int(new)
     return out

@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS history_name ON history (name);
 """
 
 
-class NameError(Exception):  # the public name the other parts code against (shadows the builtin on purpose)
+class NamespaceNameError(Exception):
     """A naming problem, with a message fit for the user (bad name, collision, locked or broken database).
     `errno` is what a filesystem front end answers a rename with (EINVAL when nothing fits better)."""
 
@@ -68,9 +68,13 @@ class NameError(Exception):  # the public name the other parts code against (sha
         self.errno = errno
 
 
+#: The short name every part codes against.
+NamingError = NamespaceNameError
+
+
 @dataclass(frozen=True, slots=True)
-class Row:
-    """One stored rename."""
+class StoredName:
+    """One stored rename: a row of the `names` table."""
 
     boot_id: str
     key: str
@@ -84,7 +88,7 @@ class Row:
     last_seen: float
 
 
-ROW_COLUMNS: Final = "boot_id, key, type, ns_id, inode, dev, scope, name, first_seen, last_seen"
+NAME_COLUMNS: Final = "boot_id, key, type, ns_id, inode, dev, scope, name, first_seen, last_seen"
 
 
 def db_path(path: str | None = None) -> str:
@@ -96,24 +100,24 @@ def _checked_path(path: str | None) -> str:
     """db_path, but an empty argument (`--db ''`) is an error, never a silent fall-back to the
     shared default database."""
     if path is not None and not path.strip():
-        raise NameError("the names database path is empty (give --db a file name)")
+        raise NamingError("the names database path is empty (give --db a file name)")
     full = db_path(path)
     try:
         full.encode("utf-8")  # (SQLite takes UTF-8 file names: bytes that are not text cannot name it)
     except UnicodeEncodeError:
-        raise NameError(f"the names database path {full!a} is not valid UTF-8 text") from None
+        raise NamingError(f"the names database path {full!a} is not valid UTF-8 text") from None
     return full
 
 
 def _trusted(path: str) -> bool:
-    """Whether the database exists; NameError unless it (with its -wal and -shm) and its directory
+    """Whether the database exists; NamingError unless it (with its -wal and -shm) and its directory
     are trusted (namespacefs.ownership: a regular file, owned by root or us, writable by no one else)."""
     try:
         exists = ownership.check_file(path, "the names database")
         for suffix in ("-wal", "-shm"):
             ownership.check_file(path + suffix, "the names database's journal")
     except ownership.Untrusted as e:
-        raise NameError(f"{e}; refusing to use it", errno.EACCES) from None
+        raise NamingError(f"{e}; refusing to use it", errno.EACCES) from None
     return exists
 
 
@@ -124,7 +128,7 @@ class Connection(sqlite3.Connection):
 
 
 def verify(conn: sqlite3.Connection, path: str | None = None) -> None:
-    """NameError unless the database passes SQLite's quick_check (once per connection): a damaged
+    """NamingError unless the database passes SQLite's quick_check (once per connection): a damaged
     file is never written to, whoever writes (renames, container names, maintenance)."""
     if getattr(conn, "verified", False):
         return
@@ -139,33 +143,33 @@ def verify(conn: sqlite3.Connection, path: str | None = None) -> None:
 
 def open_db(path: str | None = None, timeout: float = BUSY_TIMEOUT, check: bool = True) -> sqlite3.Connection:
     """Open (creating it and its directory if needed) the names database, in WAL mode with a busy
-    timeout. Raises NameError for a locked, unreadable, untrusted or corrupt database (check=False:
+    timeout. Raises NamingError for a locked, unreadable, untrusted or corrupt database (check=False:
     a lookup, which skips the quick_check; transaction() still runs it before any write). Other
     parts may add their own tables through this connection (prefix them with the part's name)."""
     path = _checked_path(path)
     try:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     except OSError as e:
-        raise NameError(f"cannot create the directory of the names database {path}: {e.strerror}") from None
+        raise NamingError(f"cannot create the directory of the names database {path}: {e.strerror}") from None
     if not _trusted(path):
         try:
             os.close(ownership.create_file(path, 0o644))
         except FileExistsError:
             _trusted(path)  # someone made it meanwhile: it must pass the same check
         except OSError as e:
-            raise NameError(f"cannot create the names database {path}: {e.strerror}") from None
+            raise NamingError(f"cannot create the names database {path}: {e.strerror}") from None
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False,
                                factory=Connection)
     except sqlite3.Error as e:
-        raise NameError(f"cannot open the names database {path}: {e}") from None
+        raise NamingError(f"cannot open the names database {path}: {e}") from None
     try:
         with translate_errors(path):
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise NameError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
+                raise NamingError(f"{path} was written by a newer namespacefs (schema {version}); upgrade namespacefs")
             if check or not wal or version < SCHEMA_VERSION:
                 verify(conn, path)  # before anything is written, the switch to WAL included
             if not wal:
@@ -194,14 +198,14 @@ def open_for_reading(path: str | None = None, timeout: float = READ_TIMEOUT) -> 
         return _read_only(full, "mode=ro", timeout)
     except sqlite3.OperationalError:
         if os.path.exists(full + "-wal"):
-            raise NameError(f"the names database {full} cannot be read by this user while it is being written;"
+            raise NamingError(f"the names database {full} cannot be read by this user while it is being written;"
                             " try again, or use --db") from None
     except sqlite3.DatabaseError as e:
         raise _corrupt(full, str(e)) from None
     try:
         return _read_only(full, "mode=ro&immutable=1", timeout)
     except sqlite3.Error as e:
-        raise NameError(f"cannot read the names database {full}: {e}") from None
+        raise NamingError(f"cannot read the names database {full}: {e}") from None
 
 
 def _read_only(path: str, flags: str, timeout: float) -> sqlite3.Connection | None:
@@ -235,7 +239,7 @@ def transaction(conn: sqlite3.Connection, path: str | None = None) -> Iterator[s
 
 @contextlib.contextmanager
 def translate_errors(path: str) -> Iterator[None]:
-    """sqlite3 errors -> NameError with what to do about them."""
+    """sqlite3 errors -> NamingError with what to do about them."""
     try:
         yield
     except sqlite3.OperationalError as e:
@@ -243,20 +247,20 @@ def translate_errors(path: str) -> Iterator[None]:
         if "locked" in text or "busy" in text:
             who = holders(path)
             by = f"; held by {who}" if who else ""
-            raise NameError(f"the names database {path} is locked{by}; try again when it is released",
+            raise NamingError(f"the names database {path} is locked{by}; try again when it is released",
                             errno.EBUSY) from None
         if "readonly" in text or "read-only" in text or "unable to open" in text:
-            raise NameError(f"the names database {path} cannot be written ({text}); run as its owner or use --db",
+            raise NamingError(f"the names database {path} cannot be written ({text}); run as its owner or use --db",
                             errno.EROFS) from None
         if "malformed" in text or "not a database" in text:
             raise _corrupt(path, text) from None
-        raise NameError(f"the names database {path}: {text}") from None
+        raise NamingError(f"the names database {path}: {text}") from None
     except sqlite3.DatabaseError as e:
         raise _corrupt(path, str(e)) from None
 
 
-def _corrupt(path: str, reason: str) -> NameError:
-    return NameError(
+def _corrupt(path: str, reason: str) -> NamingError:
+    return NamingError(
         f"the names database {path} is damaged ({reason}); it was left untouched. To recover: "
         f"sqlite3 {path} .recover | sqlite3 {path}.recovered, check it, then mv {path}.recovered {path} "
         f"(or move {path} aside and re-apply an `nsfs names export` file with `nsfs names import`)")
@@ -310,15 +314,15 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def rows(conn: sqlite3.Connection, boot_id: str | None) -> list[Row]:
+def rows(conn: sqlite3.Connection, boot_id: str | None) -> list[StoredName]:
     """Every rename stored for this boot (None: for every boot; the one read a snapshot costs)."""
     with translate_errors(conn_path(conn)):
         if boot_id is None:
-            return [Row(*r) for r in conn.execute(f"SELECT {ROW_COLUMNS} FROM names")]
-        return [Row(*r) for r in conn.execute(f"SELECT {ROW_COLUMNS} FROM names WHERE boot_id = ?", (boot_id,))]
+            return [StoredName(*r) for r in conn.execute(f"SELECT {NAME_COLUMNS} FROM names")]
+        return [StoredName(*r) for r in conn.execute(f"SELECT {NAME_COLUMNS} FROM names WHERE boot_id = ?", (boot_id,))]
 
 
-def retire(conn: sqlite3.Connection, dead: list[Row], now: float, reason: str) -> None:
+def retire(conn: sqlite3.Connection, dead: list[StoredName], now: float, reason: str) -> None:
     """Move renames of namespaces that are gone into the history (inside a transaction)."""
     for r in dead:
         conn.execute(

@@ -18,20 +18,37 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from namespacefs import kernel
 from namespacefs.forking import fork_and_act
+from namespacefs.handles import Gone, open_namespace
 from namespacefs.kernel import CLONE_FLAGS, NS_TYPES
+from namespacefs.model import Namespace, Snapshot
+from namespacefs.ops import inside
+from namespacefs.ops.target_info import (
+    EnterError,
+    check_pidfs_inode,
+    default_shell,
+    open_namespace_file,
+    open_ns_link,
+    process_exists,
+    selinux_context,
+    socket_netns,
+    target_cgroup,
+    target_environment,
+    target_ids,
+    user_parent,
+)
+from namespacefs.targets import Target
 
-#: The order nsenter joins namespaces in when they come as separate fds: user first (it may be what
-#: grants the right to join the others), mnt last (it changes the paths of what follows).
-JOIN_ORDER: tuple[str, ...] = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
+if TYPE_CHECKING:
+    from namespacefs.containers import ContainerTree
 
-
-class EnterError(RuntimeError):
-    """The namespaces could not be joined or the command could not be started; str() says why."""
+#: The order nsenter joins namespaces in when they come as separate fds (ops.inside's).
+JOIN_ORDER = inside.JOIN_ORDER
 
 
 @dataclass
@@ -71,33 +88,130 @@ def needed_types(pid: int, types: Sequence[str], proc: str = "/proc") -> tuple[s
     return tuple(wanted)
 
 
-def default_shell(pid: int | None, proc: str = "/proc", in_its_root: bool = True) -> list[str]:
-    """The target's $SHELL where the command will find it, else /bin/sh. in_its_root: the command
-    runs under the target's root (its mount namespace is entered); else under ours."""
-    if pid is not None:
-        try:
-            with open(f"{proc}/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            shell = env.get(b"SHELL", b"").decode(errors="replace")
-            root = f"{proc}/{pid}/root" if in_its_root else ""
-            if shell.startswith("/") and os.path.exists(root + shell):
-                return [shell]
-        except OSError:
-            pass
-    return ["/bin/sh"]
+@dataclass
+class Joined:
+    """What entering a resolved target joins: a process's namespaces (pid; `types` as chosen), or,
+    for a namespace no process is in, its own fd (fds). namespace: the target, if one."""
+
+    pid: int | None
+    types: tuple[str, ...]
+    fds: dict[str, int]
+    namespace: Namespace | None = None
+    pidfd: int = -1  # of pid, checked against the snapshot (verified_pidfd); the caller closes it
 
 
-def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
-    """Run argv inside the planned namespaces; return its exit status."""
+def what_to_join(target: Target, tree: ContainerTree, types: tuple[str, ...], snapshot: Snapshot) -> Joined:
+    """The policy of `nsfs enter TARGET`: a process is entered as it is; a container through its
+    init (a pod: the namespaces its members share); a namespace through one of its processes, or
+    its own fd when none is in it (then only it can be entered). types: the -m/-u/... chosen. The
+    process comes with its pidfd, checked against the snapshot: run() joins through that one."""
+    joined = _what_to_join(target, tree, types, snapshot)
+    if joined.pid is not None:
+        joined.pidfd = verified_pidfd(snapshot, joined.pid)
+    return joined
+
+
+def verified_pidfd(snapshot: Snapshot, pid: int) -> int:
+    """A pidfd of pid, checked to still be the process of the snapshot (same namespaces); the caller
+    keeps it and acts through it (run() joins through this very pidfd), so a pid recycled since the
+    check is never acted on."""
+    try:
+        fd = kernel.pidfd_open(pid)
+    except OSError:
+        raise EnterError(f"process {pid} has gone") from None
+    try:
+        seen = snapshot.processes[pid].namespaces if pid in snapshot.processes else {}
+        for t in NS_TYPES:
+            if t in seen and os.stat(f"/proc/{pid}/ns/{t}").st_ino != seen[t]:
+                raise EnterError(f"process {pid} is not the one the scan saw (its {t} namespace changed)")
+        kernel.pidfd_send_signal(fd, 0)  # still alive after the checks: they were of this process
+    except OSError:
+        os.close(fd)
+        raise EnterError(f"process {pid} has gone") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_pidfd_inode(pidfd: int, pid: int, inode: int) -> None:
+    """-t PID:INODE (nsenter 2.42): the pidfd entered through must be of the process with this
+    pidfs inode."""
+    if os.fstat(pidfd).st_ino != inode:
+        raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
+
+
+def _what_to_join(target: Target, tree: ContainerTree, types: tuple[str, ...], snapshot: Snapshot) -> Joined:
+    if target.pid is not None:
+        return Joined(target.pid, types, {})
+    if target.container is not None:
+        c = target.container
+        if c.group:  # a pod: what its members share, through one of them
+            types = types or tuple(t for t in NS_TYPES if t in c.own_namespaces(tree.root))
+        return Joined(c.init, types, {})
+    ns = target.namespace
+    assert ns is not None
+    types = types or (ns.type,)
+    if ns.processes:
+        return Joined(ns.processes[0], types, {}, ns)
+    if types != (ns.type,):
+        raise EnterError(f"{target.spec} has no process; only its own {ns.type} namespace can be entered")
+    try:
+        return Joined(None, types, {ns.type: open_namespace(ns, snapshot)}, ns)
+    except Gone as e:
+        raise EnterError(str(e)) from None
+
+
+def run(plan: Plan, argv: Sequence[str], proc: str = "/proc", pidfd: int = -1) -> int:
+    """Run argv inside the planned namespaces; return its exit status. pidfd: a pidfd of plan.pid
+    that the caller already checked (targets.resolve_target's), used as it is so that the process
+    joined is the one resolved; without one, a pidfd is opened here."""
     if not argv or not argv[0]:
         raise EnterError("no command to run" if not argv else "an empty command name")
-    pidfd = rootfd = cwdfd = -1
-    r, w = os.pipe2(os.O_CLOEXEC)
+    own_pidfd = rootfd = cwdfd = -1
+    try:
+        if plan.pid is not None and pidfd < 0:
+            own_pidfd = pidfd = _open_pidfd(plan.pid)
+        rootfd, cwdfd = _open_dirs(plan, proc)
+        if pidfd >= 0 and plan.pid is not None:
+            _still_alive(pidfd, plan.pid)  # so the root and cwd opened by pid were this process's
+        join = inside.Join(pidfd, tuple(t for t in plan.types if t not in plan.fds), plan.pid, plan.fds)
+        message, status = inside.start(lambda w: _child(plan, list(argv), join, rootfd, cwdfd, w)).finish()
+    except OSError as e:
+        raise EnterError(f"fork: {e.strerror}") from None
+    finally:
+        for fd in (own_pidfd, rootfd, cwdfd):
+            if fd >= 0:
+                os.close(fd)
+    if message:
+        raise EnterError(message.decode(errors="replace"))
+    return _exit_status(status)
+
+
+def _still_alive(pidfd: int, pid: int) -> None:
+    try:
+        kernel.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        raise EnterError(f"process {pid} has gone") from None
+
+
+def _open_pidfd(pid: int) -> int:
+    try:
+        return kernel.pidfd_open(pid)
+    except ProcessLookupError:
+        raise EnterError(f"process {pid} has gone") from None
+    except OSError as e:
+        raise EnterError(f"cannot open process {pid}: {e.strerror}") from None
+
+
+def _open_dirs(plan: Plan, proc: str) -> tuple[int, int]:
+    """(root fd, cwd fd) the command gets (-1: none): the target's root with its mount namespace
+    (or -r DIR), its working directory with its root or -w. Opened here, before the fork."""
+    rootfd = cwdfd = -1
     try:
         if plan.pid is not None:
+            with_its_root = "mnt" in plan.types and plan.follow_root and plan.root is None
             try:
-                pidfd = kernel.pidfd_open(plan.pid)
-                with_its_root = "mnt" in plan.types and plan.follow_root and plan.root is None
                 if with_its_root:
                     rootfd = os.open(f"{proc}/{plan.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 if plan.wd is None and (with_its_root or plan.follow_wd):
@@ -111,33 +225,12 @@ def run(plan: Plan, argv: Sequence[str], proc: str = "/proc") -> int:
                 rootfd = os.open(plan.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 raise EnterError(f"{plan.root}: {e.strerror}") from None
-        child = fork_and_act(lambda: _child(plan, list(argv), pidfd, rootfd, cwdfd, w, r))
-        os.close(w)
-        w = -1
-        message = _read_all(r)
-        _, status = _wait(child)
-    finally:
-        for fd in (r, w, pidfd, rootfd, cwdfd):
+    except EnterError:
+        for fd in (rootfd, cwdfd):
             if fd >= 0:
                 os.close(fd)
-    if message:
-        raise EnterError(message.decode(errors="replace"))
-    return _exit_status(status)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _wait(pid: int) -> tuple[int, int]:
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
+        raise
+    return rootfd, cwdfd
 
 
 def _exit_status(status: int) -> int:
@@ -152,41 +245,17 @@ def _fail(w: int, message: str, code: int = 126) -> None:  # pragma: no cover - 
         os._exit(code)
 
 
-def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: int, r: int) -> None:  # pragma: no cover
-    """In the forked child (fork_and_act: it never returns into the caller): join, then exec."""
-    os.close(r)
-    stage = "setns"
+def _child(plan: Plan, argv: list[str], join: inside.Join, rootfd: int, cwdfd: int,
+           w: int) -> None:  # pragma: no cover - child only (ops.inside.start: never returns into the caller)
+    """Join, set up what nsenter would, then exec (or fork once more for a pid or time namespace)."""
     try:
-        _join(plan, pidfd)
-        if plan.netns_exec is not None:
-            stage = "ip netns exec's mounts"
-            _like_ip_netns_exec(plan.netns_exec)
-        stage = "the target's root directory"
-        if rootfd >= 0:
-            os.fchdir(rootfd)
-            os.chroot(".")
-        stage = "the working directory"
-        if cwdfd >= 0:
-            os.fchdir(cwdfd)
-        elif plan.wd is not None:
-            os.chdir(plan.wd)
-        elif rootfd >= 0:
-            os.chdir("/")
-        if plan.cgroup is not None:
-            stage = f"joining the cgroup ({plan.cgroup})"
-            with open(plan.cgroup, "w") as f:
-                f.write("0")  # 0: the writing process
-        if plan.keep_caps and "user" in plan.types:
-            stage = "keeping the capabilities (--keep-caps)"
-            kernel.keep_permitted_caps()
-        stage = "switching to the -S/-G ids (are they mapped in its user namespace?)"
-        _credentials(plan)
-        if plan.selinux_context is not None:
-            stage = "setting the SELinux exec context (-Z)"
-            with open("/proc/thread-self/attr/exec", "wb") as f:
-                f.write(plan.selinux_context)
+        try:
+            inside.join(join)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, e.filename or "setns") from None
+        _set_up(plan, rootfd, cwdfd)
     except OSError as e:
-        _fail(w, f"{e.filename or stage}: {e.strerror}")
+        _fail(w, f"{e.filename}: {e.strerror}")
     except BaseException as e:  # the child must never return into the caller
         _fail(w, str(e))
     if plan.fork and ("pid" in plan.types or "time" in plan.types):
@@ -197,9 +266,54 @@ def _child(plan: Plan, argv: list[str], pidfd: int, rootfd: int, cwdfd: int, w: 
         except OSError as e:
             _fail(w, f"fork: {e.strerror}")
         os.close(w)
-        _, status = _wait(grandchild)
-        os._exit(_exit_status(status))
+        os._exit(_exit_status(os.waitpid(grandchild, 0)[1]))
     _exec(argv, w, plan.env)
+
+
+def _set_up(plan: Plan, rootfd: int, cwdfd: int) -> None:  # pragma: no cover - child only
+    """What follows the joining, in nsenter's order; an OSError names its step (as its filename)."""
+    steps: list[tuple[str, Callable[[], object]]] = []
+    if plan.netns_exec is not None:
+        steps.append(("ip netns exec's mounts", lambda: _like_ip_netns_exec(plan.netns_exec or "")))
+    steps.append(("the target's root directory", lambda: _chroot(rootfd)))
+    steps.append(("the working directory", lambda: _chdir(plan, rootfd, cwdfd)))
+    if plan.cgroup is not None:
+        steps.append((f"joining the cgroup ({plan.cgroup})", lambda: _join_cgroup(plan.cgroup or "")))
+    if plan.keep_caps and "user" in plan.types:
+        steps.append(("keeping the capabilities (--keep-caps)", kernel.keep_permitted_caps))
+    steps.append(("switching to the -S/-G ids (are they mapped in its user namespace?)", lambda: _credentials(plan)))
+    if plan.selinux_context is not None:
+        steps.append(("setting the SELinux exec context (-Z)", lambda: _write_exec_context(plan.selinux_context or b"")))
+    for stage, step in steps:
+        try:
+            step()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, e.filename or stage) from None
+
+
+def _chroot(rootfd: int) -> None:  # pragma: no cover - child only
+    if rootfd >= 0:
+        os.fchdir(rootfd)
+        os.chroot(".")
+
+
+def _chdir(plan: Plan, rootfd: int, cwdfd: int) -> None:  # pragma: no cover - child only
+    if cwdfd >= 0:
+        os.fchdir(cwdfd)
+    elif plan.wd is not None:
+        os.chdir(plan.wd)
+    elif rootfd >= 0:
+        os.chdir("/")
+
+
+def _join_cgroup(procs: str) -> None:  # pragma: no cover - child only
+    with open(procs, "w") as f:
+        f.write("0")  # 0: the writing process
+
+
+def _write_exec_context(context: bytes) -> None:  # pragma: no cover - child only
+    with open("/proc/thread-self/attr/exec", "wb") as f:
+        f.write(context)
 
 
 def _exec(argv: list[str], w: int, env: dict[bytes, bytes] | None,
@@ -213,30 +327,6 @@ def _exec(argv: list[str], w: int, env: dict[bytes, bytes] | None,
         os.execvp(argv[0], argv)
     except (OSError, ValueError) as e:  # ValueError: an argument with a NUL byte, an empty name
         _fail(w, f"{argv[0]}: {getattr(e, 'strerror', None) or e}", 127 if isinstance(e, FileNotFoundError) else 126)
-
-
-def _join(plan: Plan, pidfd: int) -> None:  # pragma: no cover - child only
-    from_pid = [t for t in plan.types if t not in plan.fds]
-    if pidfd >= 0 and from_pid:
-        flags = 0
-        for t in from_pid:
-            flags |= CLONE_FLAGS[t]
-        try:
-            kernel.setns(pidfd, flags)
-        except OSError as e:
-            if e.errno not in (22, 38):  # EINVAL: no pidfd setns (before 5.8); ENOSYS
-                raise
-            _join_paths(plan.pid, from_pid)
-    for t in JOIN_ORDER:
-        if t in plan.fds:
-            kernel.setns(plan.fds[t], CLONE_FLAGS[t])
-
-
-def _join_paths(pid: int | None, types: list[str]) -> None:  # pragma: no cover - old kernels only
-    fds = {t: os.open(f"/proc/{pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC) for t in types}
-    for t in JOIN_ORDER:
-        if t in fds:
-            kernel.setns(fds[t], CLONE_FLAGS[t])
 
 
 def _like_ip_netns_exec(name: str) -> None:  # pragma: no cover - child only
@@ -258,124 +348,6 @@ def _like_ip_netns_exec(name: str) -> None:  # pragma: no cover - child only
                 os.write(2, f"nsfs enter: bind {etc}/{entry} -> /etc/{entry} failed: {e.strerror}\n".encode())
 
 
-def open_namespace_file(path: str, nstype: str) -> int:
-    """An fd of the namespace file `path` (nsenter --net=FILE), checked to be a `nstype` namespace."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise EnterError(f"{path}: {e.strerror}") from None
-    try:
-        found = kernel.ns_type(fd)
-    except OSError:
-        os.close(fd)
-        raise EnterError(f"{path} is not a namespace file") from None
-    if found != nstype:
-        os.close(fd)
-        raise EnterError(f"{path} is a {found} namespace, not {nstype}")
-    return fd
-
-
-def socket_netns(pid: int, fd: int) -> int:
-    """An fd of the net namespace of process pid's socket fd (nsenter -N/--net-socket)."""
-    try:
-        pidfd = kernel.pidfd_open(pid)
-    except OSError as e:
-        raise EnterError(f"process {pid}: {e.strerror}") from None
-    try:
-        sock = kernel.pidfd_getfd(pidfd, fd)
-    except OSError as e:
-        raise EnterError(f"fd {fd} of process {pid}: {e.strerror}") from None
-    finally:
-        os.close(pidfd)
-    try:
-        return kernel.socket_netns_fd(sock)
-    except OSError as e:
-        raise EnterError(f"fd {fd} of process {pid} is not a socket ({e.strerror})") from None
-    finally:
-        os.close(sock)
-
-
-def user_parent(fd: int) -> int:
-    """The parent user namespace of a user namespace fd, or the owner of any other (--user-parent)."""
-    try:
-        up = kernel.ns_parent_fd(fd) if kernel.ns_type(fd) == "user" else kernel.ns_owner_fd(fd)
-    except OSError as e:
-        raise EnterError(f"the parent user namespace: {e.strerror}") from None
-    if up is None:
-        raise EnterError("the parent user namespace is not visible from here")
-    return up
-
-
-def check_pidfs_inode(pid: int, inode: int) -> None:
-    """-t PID:INODE (nsenter 2.42): the process must still be the one whose pidfd has this inode."""
-    try:
-        pidfd = kernel.pidfd_open(pid)
-    except OSError as e:
-        raise EnterError(f"process {pid}: {e.strerror}") from None
-    try:
-        if os.fstat(pidfd).st_ino != inode:
-            raise EnterError(f"process {pid} is not the process {pid}:{inode} (its pidfd inode is another)")
-    finally:
-        os.close(pidfd)
-
-
-def process_exists(pid: int, proc: str = "/proc") -> bool:
-    """Is there a process with this pid (nsenter -t PID of one that is not: say so)?"""
-    return os.path.exists(f"{proc}/{pid}")
-
-
-def open_ns_link(pid: int, link: str, proc: str = "/proc") -> int:
-    """An fd of /proc/PID/ns/LINK."""
-    try:
-        return os.open(f"{proc}/{pid}/ns/{link}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise EnterError(f"the {link} namespace of process {pid}: {e.strerror}") from None
-
-
-def target_ids(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
-    """The real uid and gid of a process (nsenter -S follow, -G follow)."""
-    try:
-        with open(f"{proc}/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def target_environment(pid: int, proc: str = "/proc") -> dict[bytes, bytes]:
-    """The environment of process pid (nsenter -e)."""
-    try:
-        with open(f"{proc}/{pid}/environ", "rb") as f:
-            return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-    except OSError as e:
-        raise EnterError(f"the environment of process {pid}: {e.strerror}") from None
-
-
-def target_cgroup(pid: int, proc: str = "/proc") -> str:
-    """The cgroup.procs file of process pid's cgroup v2 (nsenter -c)."""
-    try:
-        with open(f"{proc}/{pid}/cgroup") as f:
-            path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
-        with open("/proc/self/mounts") as f:
-            roots = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
-    except OSError as e:
-        raise EnterError(f"the cgroup of process {pid}: {e.strerror}") from None
-    if path is None or not roots:
-        raise EnterError(f"process {pid} has no cgroup v2 to join")
-    return f"{roots[0]}{path.rstrip('/')}/cgroup.procs"
-
-
-def selinux_context(pid: int, proc: str = "/proc") -> bytes | None:
-    """The SELinux context of process pid (nsenter -Z), or None when SELinux is off (no-op)."""
-    if not os.path.exists("/sys/fs/selinux/enforce"):
-        return None
-    try:
-        with open(f"{proc}/{pid}/attr/current", "rb") as f:
-            return f.read().rstrip(b"\0\n")
-    except OSError as e:
-        raise EnterError(f"the SELinux context of process {pid}: {e.strerror}") from None
-
-
 def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
     uid, gid = plan.uid, plan.gid
     # nsenter: in a user namespace become its root unless told otherwise
@@ -393,6 +365,23 @@ def _credentials(plan: Plan) -> None:  # pragma: no cover - child only
         os.setuid(uid)
 
 
-__all__ = ["NS_TYPES", "EnterError", "Plan", "check_pidfs_inode", "default_shell", "needed_types", "open_namespace_file",
-           "open_ns_link", "process_exists", "run", "selinux_context", "socket_netns", "target_cgroup",
-           "target_environment", "target_ids", "user_parent"]
+__all__ = [
+    "NS_TYPES",
+    "EnterError",
+    "Joined",
+    "Plan",
+    "check_pidfs_inode",
+    "default_shell",
+    "needed_types",
+    "open_namespace_file",
+    "open_ns_link",
+    "process_exists",
+    "run",
+    "selinux_context",
+    "socket_netns",
+    "target_cgroup",
+    "target_environment",
+    "target_ids",
+    "user_parent",
+    "what_to_join",
+]

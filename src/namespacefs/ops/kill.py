@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from namespacefs import kernel
+from namespacefs import kernel, procfs
 from namespacefs.containers import Container, ContainerTree, for_children
 from namespacefs.containers.candidate import read_cgroups
 from namespacefs.discover.processes import read_at
@@ -107,49 +107,67 @@ def kill(tree: ContainerTree, target: Container, sig: int = signal.SIGKILL, dry_
     report = KillReport([c.path for c in members], sorted(target.all_pids), sig, dry_run=dry_run)
     if dry_run:
         return report
-    fds: dict[int, int] = {}
-    stopped: list[int] = []
-    frozen: list[str] = []
-    was_stopped: set[int] = set()  # stopped by the user before the kill: resumed only by an ENDING signal
+    run = _Held()
     try:
-        _open_members(report.pids, combos, outside, fds, report.gone, proc)
-        was_stopped.update(pid for pid in fds if _stopped(pid, proc))
-        frozen_pids = _freeze(tree, target, set(report.pids), frozen, report, proc, freezers, sig in ENDING)
-        for pid, fd in fds.items():
-            if pid not in frozen_pids and pid not in was_stopped and _signal(fd, signal.SIGSTOP):
-                stopped.append(pid)
-        for _ in range(20):  # members forked before they were stopped
-            new = _find_new(combos, set(fds), set(fds) | set(report.gone), proc)
-            if not new:
-                break
-            before = set(fds)
-            _open_members(new, combos, outside, fds, report.gone, proc)
-            for pid in set(fds) - before:
-                report.late.append(pid)
-                if _stopped(pid, proc):
-                    was_stopped.add(pid)
-                elif _signal(fds[pid], signal.SIGSTOP):
-                    stopped.append(pid)
-        if stopped:
-            report.frozen_with.append(f"SIGSTOP {len(stopped)}")
-        report.pids = sorted(fds)
-        for pid, fd in fds.items():
+        _open_members(report.pids, combos, outside, run.fds, report.gone, proc)
+        run.was_stopped.update(pid for pid in run.fds if _stopped(pid, proc))
+        frozen_pids = _freeze(tree, target, set(report.pids), run.frozen, report, proc, freezers, sig in ENDING)
+        for pid, fd in run.fds.items():
+            if pid not in frozen_pids and pid not in run.was_stopped and _signal(fd, signal.SIGSTOP):
+                run.stopped.append(pid)
+        _stop_late(run, combos, outside, report, proc)
+        if run.stopped:
+            report.frozen_with.append(f"SIGSTOP {len(run.stopped)}")
+        report.pids = sorted(run.fds)
+        for pid, fd in run.fds.items():
             if not _signal(fd, sig):
                 report.gone.append(pid)
     finally:
-        _thaw(frozen)
-        if sig != signal.SIGSTOP:
-            for pid in stopped:
-                _signal(fds[pid], signal.SIGCONT)
-        if sig in ENDING:  # (they could not act on the signal while stopped)
-            for pid in was_stopped:
-                _signal(fds[pid], signal.SIGCONT)
-        try:
-            report.left = _wait_gone(fds, timeout if sig == signal.SIGKILL else min(timeout, 1.0))
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+        _release(run, sig, report, timeout)
     return report
+
+
+@dataclass
+class _Held:
+    """What a kill holds while it runs: pidfds of the members, and what it stopped or froze."""
+
+    fds: dict[int, int] = field(default_factory=dict)
+    stopped: list[int] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    was_stopped: set[int] = field(default_factory=set)  # stopped by the user before: resumed only by an ENDING signal
+
+
+def _stop_late(run: _Held, combos: set[Combo], outside: set[Combo], report: KillReport, proc: str) -> None:
+    """Stop the members forked before their parents were stopped."""
+    for _ in range(20):
+        new = _find_new(combos, set(run.fds), set(run.fds) | set(report.gone), proc)
+        if not new:
+            return
+        before = set(run.fds)
+        _open_members(new, combos, outside, run.fds, report.gone, proc)
+        for pid in set(run.fds) - before:
+            report.late.append(pid)
+            if _stopped(pid, proc):
+                run.was_stopped.add(pid)
+            elif _signal(run.fds[pid], signal.SIGSTOP):
+                run.stopped.append(pid)
+
+
+def _release(run: _Held, sig: int, report: KillReport, timeout: float) -> None:
+    """Thaw, continue what we stopped (and, for an ending signal, what was stopped before: it could
+    not act on the signal while stopped), wait for the ends and close the pidfds."""
+    _thaw(run.frozen)
+    if sig != signal.SIGSTOP:
+        for pid in run.stopped:
+            _signal(run.fds[pid], signal.SIGCONT)
+    if sig in ENDING:
+        for pid in run.was_stopped:
+            _signal(run.fds[pid], signal.SIGCONT)
+    try:
+        report.left = _wait_gone(run.fds, timeout if sig == signal.SIGKILL else min(timeout, 1.0))
+    finally:
+        for fd in run.fds.values():
+            os.close(fd)
 
 
 def _combo(c: Container) -> Combo:
@@ -182,7 +200,7 @@ def _combo_of(pid: int, proc: str) -> Combo | None:
 
 def _for_children(pid: int, combo: Combo, proc: str) -> Combo:
     """The combination its children get (see containers.for_children)."""
-    made = []
+    made: list[int | None] = []
     for link in ("pid_for_children", "time_for_children"):
         try:
             made.append(os.stat(f"{proc}/{pid}/ns/{link}").st_ino)
@@ -262,13 +280,10 @@ def _find_new(combos: set[Combo], members: set[int], known: set[int], proc: str)
 
 def _cgroup2_mount() -> str | None:
     try:
-        for line in read_at("/proc/self/mountinfo").decode(errors="surrogateescape").splitlines():
-            left, _, right = line.partition(" - ")
-            if right.startswith("cgroup2 "):
-                return left.split(" ")[4]
+        table = procfs.parse_mountinfo(read_at("/proc/self/mountinfo"))
     except OSError:
-        pass
-    return None
+        return None
+    return next((m.mountpoint for m in table if m.fstype == "cgroup2"), None)
 
 
 def _procs_below(directory: str) -> set[int] | None:

@@ -22,7 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from namespacefs import kernel, mountpoints
-from namespacefs.forking import fork_and_act
+from namespacefs.discover.processes import read_at
+from namespacefs.ops import inside
+from namespacefs.procfs import parse_mountinfo
 from namespacefs.syntax import is_number, number
 
 IdMap = tuple[tuple[int, int, int], ...]
@@ -83,9 +85,9 @@ def map_text(idmap: IdMap) -> bytes:
 
 def apply_map(idmap: IdMap, ident: int) -> int | None:
     """The id a map gives an on-disk id; None where the map does not cover it."""
-    for inside, outside, count in idmap:
-        if inside <= ident < inside + count:
-            return outside + ident - inside
+    for first, outside, count in idmap:
+        if first <= ident < first + count:
+            return outside + ident - first
     return None
 
 
@@ -97,33 +99,31 @@ def transient_userns(uid_map: IdMap, gid_map: IdMap) -> Iterator[int]:
     """An fd for a new user namespace with these maps, alive while the context lasts. A forked child
     unshares CLONE_NEWUSER and waits; we write its maps from here and open /proc/CHILD/ns/user; then
     the child is released and reaped (the fd, and any mount made with it, keep the namespace)."""
-    ready_r, ready_w = os.pipe()
-    hold_r, hold_w = os.pipe()
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
 
-    def child() -> None:  # (fork_and_act: it never returns into the caller)
-        os.close(ready_r)
+    def child(ready: int) -> None:  # (ops.inside.start: plain os calls, never returns into the caller)
         os.close(hold_w)
         kernel.unshare(kernel.CLONE_FLAGS["user"])
-        os.write(ready_w, b"1")
+        os.write(ready, b"1")
         os.read(hold_r, 1)  # until the parent closes its end
 
-    pid = fork_and_act(child)
-    os.close(ready_w)
-    os.close(hold_r)
+    try:
+        helper = inside.start(child)
+    finally:
+        os.close(hold_r)
     fd = -1
     try:
-        if os.read(ready_r, 1) != b"1":
+        if os.read(helper.r, 1) != b"1":
             raise ShiftError("could not create a user namespace (unshare(CLONE_NEWUSER) failed)")
         try:
-            _write(f"/proc/{pid}/uid_map", map_text(uid_map))
-            _write(f"/proc/{pid}/gid_map", map_text(gid_map))
+            _write(f"/proc/{helper.pid}/uid_map", map_text(uid_map))
+            _write(f"/proc/{helper.pid}/gid_map", map_text(gid_map))
         except OSError as e:
             raise ShiftError(f"the kernel refused the id map ({e.strerror}); check it with --map") from None
-        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        os.close(ready_r)
         os.close(hold_w)
-        os.waitpid(pid, 0)
+        helper.finish()
     try:
         yield fd
     finally:
@@ -156,18 +156,9 @@ class MountInfo:
 
 
 def mounts(pid: str = "self") -> list[MountInfo]:
-    """This process's mount table; the per-mount options field is what procfs.Mount leaves out."""
-    from namespacefs.discover.processes import read_at
-    from namespacefs.procfs import parse_mountinfo
-
-    data = read_at(f"/proc/{pid}/mountinfo")
-    options = {}
-    for line in data.decode(errors="surrogateescape").splitlines():
-        fields = line.split(" ", 6)
-        if len(fields) > 5:
-            options[int(fields[0])] = tuple(fields[5].split(","))
-    return [MountInfo(m.mount_id, m.parent_id, m.mountpoint, options.get(m.mount_id, ()), m.fstype, m.source)
-            for m in parse_mountinfo(data)]
+    """This process's mount table (procfs.parse_mountinfo)."""
+    return [MountInfo(m.mount_id, m.parent_id, m.mountpoint, m.options, m.fstype, m.source)
+            for m in parse_mountinfo(read_at(f"/proc/{pid}/mountinfo"))]
 
 
 def mount_of(path: str) -> MountInfo | None:
@@ -288,13 +279,10 @@ def unshift(dst: str, lazy: bool = False, force: bool = False) -> list[str]:
     done = []
     for path in [*below, real]:
         try:
-            kernel.umount(path, kernel.MNT_DETACH if lazy else 0)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                raise ShiftError(f"{path} is busy (a process has its working directory or open files there); "
-                                 f"stop it or use --lazy") from None
+            mountpoints.unmount(path, lazy)
+        except mountpoints.UnmountFailed as e:
             if e.errno == errno.EINVAL and path != real:
                 continue  # already gone with its parent
-            raise ShiftError(f"cannot unmount {path}: {e.strerror}") from None
+            raise ShiftError(str(e)) from None
         done.append(path)
     return done

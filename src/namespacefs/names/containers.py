@@ -1,22 +1,19 @@
-"""Container renames, kept in their own table (containers_names) of the names database (opened with
-namespacefs.names.open_db). A rename is stored under the container's key: `ENGINE:ENGINE_ID` for
-a container an engine runs (it survives a restart of the container), else the 64-bit ids of its
-namespaces in this boot."""
+"""Container renames, kept in their own tables (containers_names, containers_names_history) of the
+names database. A rename is stored under the container's key (containers.Container.key:
+`ENGINE:ENGINE_ID` for a container an engine runs, so it survives a restart of the container, else
+the 64-bit ids of its namespaces in this boot). The containers part never opens the database: the
+core loads these names and hands them to containers.find as data; front ends store them here."""
 
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 
-from namespacefs.syntax import name_problem, printable
-
-#: what containers.find turns into '_' in any name
-_UNSAFE = re.compile(r"[/\s\x00-\x1f]")
+from namespacefs.names.store import NamingError, db_path, open_db
+from namespacefs.syntax import container_name_problem
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS containers_names (
     key TEXT PRIMARY KEY,
@@ -33,23 +30,14 @@ CREATE TABLE IF NOT EXISTS containers_names_history (   -- every name a rename o
 
 
 class NamesUnavailable(RuntimeError):
-    """The names database cannot be opened (its module is missing or the file is unusable)."""
-
-
-def _names() -> ModuleType:
-    try:
-        from namespacefs import names  # the naming core owns the database file
-    except ImportError as e:
-        raise NamesUnavailable(f"the names database is not available in this build ({e})") from None
-    return names
+    """The names database cannot be opened (the file is unusable)."""
 
 
 @contextmanager
 def connect(path: str | None, create: bool = True) -> Iterator[sqlite3.Connection]:
-    names = _names()
     try:
-        conn = names.open_db(path, check=create)  # (a write is verified first: quick_check)
-    except (OSError, sqlite3.Error, names.NameError) as e:
+        conn = open_db(path, check=create)  # (a write is verified first: quick_check)
+    except (OSError, sqlite3.Error, NamingError) as e:
         raise NamesUnavailable(f"cannot open the names database {path or ''}: {e}") from None
     try:
         if create:
@@ -64,7 +52,7 @@ def connect(path: str | None, create: bool = True) -> Iterator[sqlite3.Connectio
 
 def load(path: str | None) -> dict[str, str]:
     """key -> name for every rename. Reading creates nothing: no database or no table, no renames."""
-    if not os.path.exists(_names().db_path(path)):
+    if not os.path.exists(db_path(path)):
         return {}
     with connect(path, create=False) as conn:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'containers_names'").fetchone():
@@ -73,14 +61,11 @@ def load(path: str | None) -> dict[str, str]:
 
 
 def rename(path: str | None, key: str, name: str) -> None:
-    # the one name rule of namespacefs (syntax.name_problem), then the same rule containers.find
-    # applies to every name, so the name stored is the name shown
-    problem = name_problem(name)
+    """Store `name` for the container with this key (ValueError for a name no container may have:
+    syntax.container_name_problem, so the name stored is the name shown)."""
+    problem = container_name_problem(name)
     if problem is not None:
-        raise ValueError(f"{printable(name)} cannot be a container name: {problem}")
-    if not name or name in (".", "..") or name != name.strip("._") or _UNSAFE.search(name) or len(name) > 80:
-        raise ValueError(f"'{name}' cannot be a container name (no '/', whitespace or control characters, "
-                         f"not empty, no leading or trailing '.' or '_', at most 80 characters)")
+        raise ValueError(problem)
     with connect(path) as conn:
         _keep_old(conn, key, name)
         conn.execute("INSERT OR REPLACE INTO containers_names (key, name, set_at) VALUES (?, ?, ?)",

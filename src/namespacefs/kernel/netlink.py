@@ -1,0 +1,116 @@
+"""The kernel layer, netlink: the proc connector (process events) and rtnetlink RTM_GETNSID.
+
+    include/uapi/linux/netlink.h, connector.h, cn_proc.h   struct nlmsghdr, cn_msg, proc_event
+    include/uapi/linux/rtnetlink.h, net_namespace.h         RTM_GETNSID, NETNSA_NSID, NETNSA_FD
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import socket
+
+# --- the proc connector (issue 7: the live service) --------------------------------------------
+# include/uapi/linux/netlink.h (struct nlmsghdr), include/uapi/linux/connector.h (struct cn_msg,
+# CN_IDX_PROC, CN_VAL_PROC), include/uapi/linux/cn_proc.h (enum proc_cn_mcast_op, struct proc_event).
+
+NETLINK_CONNECTOR: Final = 11
+CN_IDX_PROC: Final = 1
+CN_VAL_PROC: Final = 1
+NLMSG_DONE: Final = 3
+NLMSG_ERROR: Final = 2
+NLMSG_OVERRUN: Final = 4
+PROC_CN_MCAST_LISTEN: Final = 1
+PROC_CN_MCAST_IGNORE: Final = 2
+SO_RCVBUFFORCE: Final = 33
+#: enum what in struct proc_event
+PROC_EVENT_FORK: Final = 0x00000001
+PROC_EVENT_EXEC: Final = 0x00000002
+PROC_EVENT_EXIT: Final = 0x80000000
+NLMSGHDR: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+CN_MSG: Final = struct.Struct("=IIIIHH")  # id.idx, id.val, seq, ack, len, flags
+PROC_EVENT_HEAD: Final = struct.Struct("=IIQ")  # what, cpu, timestamp_ns (aligned(8): offset 8)
+PROC_EVENT_IDS: Final = struct.Struct("=IIII")  # fork: parent pid/tgid, child pid/tgid; exec/exit: pid, tgid, ...
+
+
+def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
+    """A netlink socket subscribed to the kernel's process events (needs CAP_NET_ADMIN, init netns).
+    Raises OSError when the kernel has no proc connector (CONFIG_PROC_EVENTS=n) or access is denied."""
+    import socket  # (the service alone needs it; kernel is imported by every command)
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, CN_IDX_PROC))
+        op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+        cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
+    """(what, pid, tgid) for each proc event in one netlink datagram; for fork, the child's pid/tgid."""
+    out = []
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
+            break
+        body = offset + NLMSGHDR.size
+        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= offset + length:
+            idx, val, *_ = CN_MSG.unpack_from(data, body)
+            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
+                event = body + CN_MSG.size
+                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(data, event)
+                a, b, c, d = PROC_EVENT_IDS.unpack_from(data, event + 16)
+                out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
+        offset += (length + 3) & ~3
+    return out
+
+
+# --- rtnetlink RTM_GETNSID: the id our net namespace's netlink uses for another one ---------------
+
+RTM_GETNSID: Final = 90  # rtnetlink.h
+NLM_F_REQUEST: Final = 0x1  # netlink.h
+NETNSA_NSID, NETNSA_FD = 1, 3  # net_namespace.h
+RTGENMSG: Final = struct.Struct("=Bxxx")  # struct rtgenmsg, padded to 4
+NLATTR: Final = struct.Struct("=HH")  # struct nlattr: len, type
+
+
+def netnsid(netns_fd: int) -> int | None:
+    """The netnsid our net namespace assigned to the net namespace behind netns_fd, or None where
+    none is assigned (or rtnetlink refuses). Raises OSError if no netlink socket can be made."""
+    import socket  # (as for the proc connector: only some commands need it)
+
+    body = RTGENMSG.pack(socket.AF_UNSPEC) + NLATTR.pack(8, NETNSA_FD) + struct.pack("=I", netns_fd)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETNSID, NLM_F_REQUEST, 1, 0) + body)
+        reply = sock.recv(4096)
+    return parse_netnsid(reply)
+
+
+def parse_netnsid(reply: bytes) -> int | None:
+    """NETNSA_NSID of an RTM_NEWNSID reply (None for an error reply or a negative id: none assigned)."""
+    if len(reply) < NLMSGHDR.size:
+        return None
+    _, msg_type, _, _, _ = NLMSGHDR.unpack_from(reply)
+    if msg_type == NLMSG_ERROR:
+        return None
+    offset = NLMSGHDR.size + RTGENMSG.size
+    while offset + NLATTR.size <= len(reply):
+        length, kind = NLATTR.unpack_from(reply, offset)
+        if length < NLATTR.size:
+            break
+        if kind == NETNSA_NSID and offset + 8 <= len(reply):
+            value: int = struct.unpack_from("=i", reply, offset + NLATTR.size)[0]
+            return None if value < 0 else value
+        offset += (length + 3) & ~3
+    return None
