@@ -19,7 +19,7 @@ PACKAGE = ROOT / "src" / "namespacefs"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("syntax", "kernel", "_walk"),                        # no I/O policy: numbers, names, syscalls
     ("procfs", "model", "forking", "ownership"),          # pure parsers, plain data, the one fork
-    ("handles", "inside"),                                # race-checked handles; running code inside namespaces
+    ("handles", "inside", "tracing"),                     # race-checked handles; running code inside namespaces; tracepoints
     ("discover",),                                        # reading the host: one snapshot
     ("details", "access", "accounting"),                  # reading more about one namespace
     ("containers", "names"),                              # recognising and naming what was read
@@ -63,11 +63,11 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("namespacefs")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "namespacefs" or node.module.startswith("namespacefs."):
-                # `from namespacefs.ops import inside` imports the module namespacefs.ops.inside
-                found |= {f"{node.module}.{a.name}" if is_module(f"{node.module}.{a.name}") else node.module
-                          for a in node.names}
+        elif (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+              and (node.module == "namespacefs" or node.module.startswith("namespacefs."))):
+            # `from namespacefs.ops import inside` imports the module namespacefs.ops.inside
+            found |= {f"{node.module}.{a.name}" if is_module(f"{node.module}.{a.name}") else node.module
+                      for a in node.names}
     return found
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from namespacefs import targets
 from namespacefs.fs import layout
-from namespacefs.model import Namespace
+from namespacefs.model import Namespace, netns_names
 
 if TYPE_CHECKING:
     from namespacefs.containers import ContainerTree
@@ -60,7 +60,7 @@ class ByDir:
 
     def listed(self) -> list[str]:
         """What a listing of by/ shows: the ip netns names and the container names."""
-        names = {n for ns in self.view.of_type("net") for n in targets.netns_names(ns)}
+        names = {n for ns in self.view.of_type("net") for n in netns_names(ns)}
         if self.tree is not None:
             names |= {c.name for c in self.tree if c.path != "/" and c.name}
         return sorted(n for n in names if self.key_of(n) is not None)

@@ -209,7 +209,7 @@ def _server_class() -> type:
                 sd_notify("READY=1\nSTATUS=serving")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            from namespacefs.service.app import end_streams
+            from namespacefs.service.streaming import end_streams
 
             sd_notify("STOPPING=1")
             end_streams(self.config.app)  # type: ignore[arg-type]  # (make_app's FastAPI, as serve() passes it)
