@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from conftest import kill_group
-from namespacefs import core, kernel
-from test_service import Daemon, scan
+from namespacefs import core
+from test_service import Daemon, ns_of, scan
 
 SWEEP = 3.0
 EVENT_BOUND = 5.0  # generous (a loaded machine: load 18 on 2 CPUs seen): the events themselves take milliseconds
@@ -77,16 +77,6 @@ class Ours:
                 entry[3], entry[4] = at, silent
 
 
-def _ns_of(pid: int, nstype: str) -> tuple[int, int]:
-    fd = os.open(f"/proc/{pid}/ns/{nstype}", os.O_RDONLY)
-    try:
-        ident = kernel.ns_id(fd)
-        assert ident is not None
-        return os.fstat(fd).st_ino, ident
-    finally:
-        os.close(fd)
-
-
 class Churn:
     """Makes and kills namespaces; passes some net namespaces to the receiver before their process dies."""
 
@@ -130,7 +120,7 @@ class Churn:
         born, ids = time.time(), {}
         for nstype in ("user", "uts", "ipc", "net"):
             if f"--{nstype}" in flags:
-                inode, ident = _ns_of(proc.pid, nstype)
+                inode, ident = ns_of(proc.pid, nstype)
                 self.ours.born(nstype, inode, ident, born)
                 ids[nstype] = ident
         self.alive.append((proc, born, ids))
@@ -270,7 +260,7 @@ def test_a_reused_inode_proves_the_old_namespace_and_what_it_owned_dead() -> Non
         while os.readlink(f"/proc/{proc.pid}/exe").endswith("unshare"):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        uts, uts_id = _ns_of(proc.pid, "uts")
+        uts, uts_id = ns_of(proc.pid, "uts")
         base = scan()
         gone = max(base.processes) + 100_000  # a pid no process has
         root = base.initial_user

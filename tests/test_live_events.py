@@ -112,19 +112,30 @@ def _live_target(events: Lines) -> Holder:
             assert time.monotonic() < deadline, "the watch never reported a namespace"
 
 
+def _child_joining(pid: int) -> subprocess.Popen[str]:
+    """The child that, once told to go, unshares, then joins process pid's uts namespace, then goes back."""
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(pid)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _go(child: subprocess.Popen[str]) -> Lines:
+    """Wait until the child is ready (forked long enough before it acts), then tell it to go."""
+    steps = Lines(child)
+    steps.wait(lambda s: s.get("ready"))
+    assert child.stdin is not None
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    return steps
+
+
 def _check_unshare_and_setns(watch: subprocess.Popen[str]) -> None:
     events = Lines(watch)
     target = _live_target(events)  # the namespace the child will join
     child = None
     try:
         t_uts, t_id = target.ns("uts")
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(target.pid)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
-        steps = Lines(child)
-        steps.wait(lambda s: s.get("ready"))
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
+        child = _child_joining(target.pid)
+        steps = _go(child)
         made = steps.wait(lambda s: s.get("step") == "unshare")
         new_inode, new_id = made["ns"]
         created = events.wait(lambda e: e["event"] == "created" and e["id"] == new_id)
@@ -170,14 +181,9 @@ def test_without_tracepoints_status_says_so_and_the_sweep_still_finds_an_unshare
         mech = d.status()["mechanisms"]
         assert not d.status()["tracepoints"] and "disabled" in mech["tracepoints"]["error"]
         assert mech["sweep"]["period"] == 3
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid())], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+        child = _child_joining(os.getpid())
         try:
-            steps = Lines(child)
-            steps.wait(lambda s: s.get("ready"))
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
+            steps = _go(child)
             made = steps.wait(lambda s: s.get("step") == "unshare")
             inode, _ = made["ns"]
             d.wait_for(lambda: d.has(inode), timeout=3 + 2 + 10)  # within the sweep, plus slack for a loaded host

@@ -96,6 +96,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert not os.path.lexists(outside_name(d.socket)), "and its second name"
 
 
+def ns_of(pid: int, nstype: str) -> tuple[int, int]:
+    """(inode, 64-bit id) of a process's namespace, asked of the kernel directly."""
+    fd = os.open(f"/proc/{pid}/ns/{nstype}", os.O_RDONLY)
+    try:
+        ident = kernel.ns_id(fd)
+        assert ident is not None
+        return os.fstat(fd).st_ino, ident
+    finally:
+        os.close(fd)
+
+
 class Holder:
     """A process of ours in fresh namespaces (unshare(1)), in its own process group."""
 
@@ -109,13 +120,7 @@ class Holder:
 
     def ns(self, nstype: str) -> tuple[int, int]:
         """(inode, 64-bit id) of its namespace, asked of the kernel directly."""
-        fd = os.open(f"/proc/{self.pid}/ns/{nstype}", os.O_RDONLY)
-        try:
-            id_ = kernel.ns_id(fd)
-            assert id_ is not None
-            return os.fstat(fd).st_ino, id_
-        finally:
-            os.close(fd)
+        return ns_of(self.pid, nstype)
 
     def kill(self) -> None:
         kill_group(self.proc)
