@@ -3,8 +3,10 @@ is one test, keyed by (command, first flag)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,3 +38,16 @@ def debian_has(tool: str, flag_words: list[str]) -> bool:
     """Does Debian's util-linux take this flag? (an unknown one: 'invalid option' or 'unrecognized option')"""
     result = subprocess.run([tool, *flag_words], capture_output=True, text=True, timeout=60)
     return not re.search(r"invalid option|unrecognized option", result.stderr)
+
+
+#: nsfs as the compat tests run it: always its own scan, never a daemon's snapshot
+NSFS_ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}
+
+
+def run_nsfs(command: str, args: tuple[str, ...], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`nsfs COMMAND ARGS…`: never a traceback; with check, a zero exit."""
+    result = subprocess.run([sys.executable, "-m", "namespacefs", command, *args], capture_output=True, text=True,
+                            timeout=120, env=NSFS_ENV)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not check or result.returncode == 0, result.stderr
+    return result

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from compat_table import Row, debian_has, rows
+from compat_table import NSFS_ENV, Row, debian_has, rows, run_nsfs
 from conftest import kill_group
 
-ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}
+ENV = NSFS_ENV  # also for the ptys and pipes this file starts itself
 LSNS_COLUMNS = ("NS", "TYPE", "PATH", "NPROCS", "PID", "PPID", "COMMAND", "UID", "USER", "NETNSID", "NSFS", "PNS", "ONS")
 NUMBERS = {"ns", "nprocs", "pid", "ppid", "uid", "pns", "ons"}  # lsns.c 2.42: SCOLS_JSON_NUMBER columns
 
@@ -63,11 +63,7 @@ def lsns(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def nsfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "namespacefs", "ls", *args], capture_output=True, text=True,
-                            timeout=120, env=ENV)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert not check or result.returncode == 0, result.stderr
-    return result
+    return run_nsfs("ls", args, check)
 
 
 def raw_rows(text: str, own: dict[int, str] | None = None) -> list[list[str]]:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from compat_table import Row, debian_has, rows
+from compat_table import Row, debian_has, rows, run_nsfs
 from conftest import kill_group
 from namespacefs import kernel
 
-ENV = {**os.environ, "NSFS_NO_DAEMON": "1"}
 TYPES = {"-m": "mnt", "-u": "uts", "-i": "ipc", "-n": "net", "-p": "pid", "-U": "user", "-C": "cgroup", "-T": "time"}
 
 
@@ -72,11 +71,7 @@ def nsenter(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def nsfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "namespacefs", "enter", *args], capture_output=True, text=True,
-                            timeout=120, env=ENV)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert not check or result.returncode == 0, result.stderr
-    return result
+    return run_nsfs("enter", args, check)
 
 
 def both(*args: str) -> str:
