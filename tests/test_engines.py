@@ -33,6 +33,7 @@ from runtimes import (
     Started,
     busybox_tar,
     children,
+    descendants,
     gone,
     rootfs,
     start_group,
@@ -123,7 +124,7 @@ def test_docker_container_is_entered_shown_and_killed_by_its_name(dockerd: Docke
     dockerd.docker("run", "-d", "--name", "victim", "--network", "none", IMAGE, "sleep", "100000")
     victim = _docker_pid(dockerd, "victim")
     others = [_docker_pid(dockerd, "web1"), _docker_pid(dockerd, "db1")]
-    engine = [p for p in descendants_of(dockerd.proc.pid if dockerd.proc else 0)] + [dockerd.proc.pid]  # type: ignore[union-attr]
+    engine = [p for p in descendants(dockerd.proc.pid if dockerd.proc else 0)] + [dockerd.proc.pid]  # type: ignore[union-attr]
     killed = nsfs("kill", "victim").stdout
     assert "/victim" in killed and f"init {victim}" in killed  # it says exactly what it hit
     wait_for(lambda: dockerd.docker("inspect", "-f", "{{.State.Running}}", "victim").stdout.strip() == "false",
@@ -146,15 +147,6 @@ def test_a_container_naming_its_host_after_a_docker_container_never_takes_its_na
         assert listed[f"/late1.{thief}"]["name_from"] == "hostname"
     finally:
         dockerd.docker("rm", "-f", "late1")
-
-
-def descendants_of(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for kid in children(todo.pop()):
-            found.append(kid)
-            todo.append(kid)
-    return found
 
 
 def test_docker_names_come_from_the_data_root_when_the_api_cannot_answer(dockerd: Dockerd, tmp_path: Path) -> None:
@@ -520,7 +512,7 @@ def _unshare(started: Started, hostname: str, fork: bool = True) -> int:
     proc = start_group(started, argv)
 
     def sleeper() -> int | None:
-        for pid in [proc.pid, *descendants_of(proc.pid)]:
+        for pid in [proc.pid, *descendants(proc.pid)]:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
                 if f.read().strip() == "sleep":
                     return pid
