@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -31,9 +30,10 @@ from typing import Any, NamedTuple, TypeVar
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
-from namespacefs.service.naming import Namer, Naming
+from namespacefs.service.naming import Namer, Naming, db_stamp, names_path
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
+from namespacefs.service.sweep import Sweep, unread_mounts
 from namespacefs.service.watchers import ProcConnector, Tracepoints
 
 log = logging.getLogger("namespacefs.service")
@@ -93,15 +93,15 @@ class Live:
         self._full_result: tuple[Snapshot, str] | None = None
         self._full_wanted: str | None = None  # why a full scan is wanted now (overrun)
         self._touched_since_full: set[int] = set()
-        self._sweep_todo: list[int] = []
-        self._sweep_size = 1
-        self._sweep_at = self._names_at = 0.0
+        self.sweeper = Sweep(sweep)
+        self._names_at = 0.0
         self._names_stamp: tuple[float, int] | None = None
         self._not_before = 0.0  # the next update waits until then (duty)
         self._recheck_at: float | None = None  # when to ask the kernel again about kernel-held namespaces
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._generation = 0
+        self._whole: Snapshot | None = None  # the model, named by a whole pass (not provisionally)
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class Live:
         self._names_stamp = self._db_stamp()
         self._commit(self.naming.named(first, True, None, None), "initial", first)
         now = time.monotonic()
-        self._sweep_at = now + self._tick() if self.sweep is not None else math.inf
+        self.sweeper.start(now)
         self._names_at = now + self.rename_every
         self.netlink_watch.start()
         self.trace_watch.start()
@@ -226,9 +226,6 @@ class Live:
             log.exception("%s failed", what)
         return None
 
-    def _tick(self) -> float:
-        return min(1.0, self.sweep) if self.sweep is not None else math.inf
-
     def _update(self) -> None:
         while not self._stop.is_set():
             job = self._next_job()
@@ -251,6 +248,8 @@ class Live:
         base = full if full is not None else self.current()
         if (job.pids or job.recheck) and self.refresh_func is not None:
             raw = self.refresh_func(base, set(job.pids), mounts=job.mounts, recheck=job.recheck)
+            if not job.mounts and (first := unread_mounts(base, raw)):  # a new mount namespace: its table now
+                raw = self.refresh_func(raw, first, mounts=True)
         elif job.pids and full is None:
             raw = full = self.scan_func()  # no partial rescan: a full one
         else:
@@ -267,7 +266,7 @@ class Live:
                 if self._full_result is not None:
                     break
                 dues = [d for d in (self._due, self._settling[0][0] if self._settling else None,
-                                    self._sweep_at, self._names_at, self._recheck_at, self.naming.due) if d is not None]
+                                    self.sweeper.due, self._names_at, self._recheck_at, self.naming.due) if d is not None]
                 due = max(min(dues), self._not_before)
                 if due <= now:
                     break
@@ -288,8 +287,8 @@ class Live:
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self._sweep_at <= now:
-            pids |= self._sweep_slice()
+        if self.sweeper.due <= now:
+            pids |= self.sweeper.slice(self.current().processes.keys())
             kind, mounts = kind or "sweep", True
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
@@ -303,28 +302,8 @@ class Live:
         self._touched_since_full |= pids
         return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename, recheck)
 
-    def _sweep_slice(self) -> set[int]:
-        """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick,
-        and every process /proc has that the model has not (an event missed, or no proc connector)."""
-        tick = self._tick()
-        self._sweep_at = time.monotonic() + tick
-        known = self.current().processes
-        if not self._sweep_todo:
-            self._sweep_todo = sorted(known, reverse=True)
-            self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / (self.sweep or tick)))
-        part = set(self._sweep_todo[-self._sweep_size:])
-        del self._sweep_todo[-self._sweep_size:]
-        return part | {int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in known}
-
     def _db_stamp(self) -> tuple[float, int] | None:
-        """(mtime, size) of the names database: a rename changes it."""
-        from namespacefs.names import db_path
-
-        try:
-            st = os.stat(db_path(self.names_db))
-            return st.st_mtime, st.st_size
-        except (OSError, ValueError):
-            return None
+        return db_stamp(self.names_path())
 
     def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
         """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
@@ -342,6 +321,8 @@ class Live:
                 self._recheck_at = time.monotonic() + RECHECK  # a user namespace dies a little after its last process
             events = events_between(old, new, time.time()) if old is not None else []
             with self._lock:
+                if self.naming.due == math.inf:  # (the naming of `new` was decided just now, in this thread)
+                    self._whole = new
                 self.snapshot = new
             self.bus.publish(events)
         with self._cond:
@@ -391,7 +372,21 @@ class Live:
     @property
     def sweep_left(self) -> int:
         """Processes the current round of the sweep has still to re-read."""
-        return len(self._sweep_todo)
+        return self.sweeper.left
+
+    def whole_named(self) -> Snapshot:
+        """The model, named by a whole naming pass (as a scan of our own is named): between two
+        whole passes the model's new namespaces have provisional names; then it is named here,
+        once per model (what `nsfs ls` prints through the daemon, service.listing)."""
+        snap = self.current()
+        if snap is self._whole or self.naming.name_func is None:
+            return snap
+        named: Snapshot = self.derived("whole-named", self.naming.name_func)
+        return named
+
+    def names_path(self) -> str:
+        """The names database the model is named with."""
+        return names_path(self.names_db)
 
     def status(self) -> dict[str, object]:
         from namespacefs.service.status import status

@@ -6,6 +6,7 @@ pass is due again (`due`)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -88,3 +89,19 @@ def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
     same = [prev for inode, ns in new.namespaces.items() if (prev := old.namespaces.get(inode)) is not None
             and prev is not ns and prev == ns]
     return new.with_namespaces(same) if same else new
+
+
+def names_path(given: str | None) -> str:
+    """The names database a model is named with (the given one, else $NSFS_DB, else the default)."""
+    from namespacefs.names import db_path
+
+    return db_path(given)
+
+
+def db_stamp(path: str) -> tuple[float, int] | None:
+    """(mtime, size) of the names database: a rename changes it."""
+    try:
+        st = os.stat(path)
+        return st.st_mtime, st.st_size
+    except (OSError, ValueError):
+        return None
