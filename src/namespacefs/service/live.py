@@ -63,7 +63,7 @@ class Live:
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
                  refresh: Refresher | None = _refresh, sweep: float | None = None, trace: bool | None = None,
                  name: Namer | None = core_name, duty: float = 0.25, rename_every: float = 60.0,
-                 names_db: str | None = None) -> None:
+                 names_db: str | None = None, sweep_budget: float | None = None) -> None:
         if interval <= 0 or debounce < 0 or settle < 0 or (sweep is not None and sweep <= 0) or not 0 < duty <= 1:
             raise ValueError("interval and sweep must be > 0, debounce and settle >= 0, duty in (0, 1]")
         self.scan_func, self.refresh_func = scan, refresh
@@ -93,7 +93,7 @@ class Live:
         self._full_result: tuple[Snapshot, str] | None = None
         self._full_wanted: str | None = None  # why a full scan is wanted now (overrun)
         self._touched_since_full: set[int] = set()
-        self.sweeper = Sweep(sweep)
+        self.sweeper = Sweep(sweep, sweep_budget)
         self._names_at = 0.0
         self._names_stamp: tuple[float, int] | None = None
         self._not_before = 0.0  # the next update waits until then (duty)
@@ -231,9 +231,11 @@ class Live:
             job = self._next_job()
             if job is None:
                 return
-            clock = time.monotonic()
+            clock, cpu = time.monotonic(), time.thread_time()
             result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
             spent = time.monotonic() - clock
+            if job.mounts:  # (a slice of the sweep was in it: what it cost sets the sweep's pace)
+                self.sweeper.done(time.thread_time() - cpu)
             self.last_update = (spent, self.naming.spent)
             self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
             if result is not None:
@@ -287,7 +289,8 @@ class Live:
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self.sweeper.due <= now:
+        if self.sweeper.due <= now and (not pids or now > self.sweeper.due + self.sweeper.wait):
+            # a slice alone (what it costs paces the sweep), unless events kept it waiting too long
             pids |= self.sweeper.slice(self.current().processes.keys())
             kind, mounts = kind or "sweep", True
         recheck = self._recheck_at is not None and self._recheck_at <= now
@@ -321,7 +324,7 @@ class Live:
                 self._recheck_at = time.monotonic() + RECHECK  # a user namespace dies a little after its last process
             events = events_between(old, new, time.time()) if old is not None else []
             with self._lock:
-                if self.naming.due == math.inf:  # (the naming of `new` was decided just now, in this thread)
+                if self.naming.due == math.inf and not self.naming.stale:  # (decided just now, in this thread)
                     self._whole = new
                 self.snapshot = new
             self.bus.publish(events)
@@ -368,11 +371,6 @@ class Live:
         with self._lock:
             taken, self.durations = self.durations, []
         return taken
-
-    @property
-    def sweep_left(self) -> int:
-        """Processes the current round of the sweep has still to re-read."""
-        return self.sweeper.left
 
     def whole_named(self) -> Snapshot:
         """The model, named by a whole naming pass (as a scan of our own is named): between two

@@ -19,7 +19,7 @@ def mechanisms(live: Live) -> dict[str, dict[str, object]]:
                         "mounted_tracefs": trace.mounted_tracefs if trace else None},
         "mountinfo_poll": {"running": False, "error": f"not implemented: bind mounts are re-read by the sweep "
                                                       f"(within {live.sweep or live.interval:g}s)"},
-        "sweep": {"running": live.sweep is not None, "period": live.sweep, "left_in_round": live.sweep_left},
+        "sweep": live.sweeper.status(),
         "full_scan": {"running": True, "interval": live.interval},
     }
 
