@@ -30,11 +30,12 @@ from typing import Any, NamedTuple, TypeVar
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
+from namespacefs.service.mounttables import MountTables
 from namespacefs.service.naming import Namer, Naming, db_stamp, names_path
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
 from namespacefs.service.sweep import Sweep, unread_mounts
-from namespacefs.service.watchers import ProcConnector, Tracepoints
+from namespacefs.service.watchers import ProcConnector, Tracepoints, Watched
 
 log = logging.getLogger("namespacefs.service")
 
@@ -54,11 +55,12 @@ class Job(NamedTuple):
     pids: frozenset[int]
     full: Snapshot | None  # the full scan to start from
     mounts: bool  # re-read the bind mounts of the touched processes' mount namespaces
+    swept: bool  # a slice of the sweep is in it
     rename: bool  # run the naming pass even if nothing it depends on changed in the model
     recheck: bool  # ask the kernel again about namespaces no known holder holds
 
 
-class Live:
+class Live(Watched):
     def __init__(self, scan: Scanner = scan_in_child, interval: float = 300.0, debounce: float = 0.01,
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
                  refresh: Refresher | None = _refresh, sweep: float | None = None, trace: bool | None = None,
@@ -82,8 +84,8 @@ class Live:
         self.last_full_duration = 0.0
         self.full_taken_at = 0.0  # when the full scan behind the model started
         self.last_update = (0.0, 0.0)  # (seconds the last update took, of which naming)
-        self.netlink_watch: ProcConnector | None = None
-        self.trace_watch: Tracepoints | None = None
+        self.mount_watch: MountTables | None = None
+        self._remount: set[int] = set()  # pids whose mount namespace's table changed (mount_watch)
         self._lock = threading.Lock()  # the snapshot
         self._cond = threading.Condition()  # everything below
         self._pending: set[int] = set()  # pids with events not yet re-read
@@ -109,6 +111,7 @@ class Live:
         """Open the watchers, take the first snapshot (no events for it) and start the threads."""
         self.netlink_watch = ProcConnector(self.touch, self.rescan, self.want_netlink, self.rcvbuf)
         self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace)
+        self.mount_watch = MountTables(self.remount, self.rescan, self.want_netlink)
         clock = time.monotonic()
         for attempt in range(3):  # a scan can trip over a process dying mid-read; try again
             try:
@@ -124,8 +127,9 @@ class Live:
         now = time.monotonic()
         self.sweeper.start(now)
         self._names_at = now + self.rename_every
-        self.netlink_watch.start()
-        self.trace_watch.start()
+        for w in (self.netlink_watch, self.trace_watch, self.mount_watch):
+            w.start()
+        self.mount_watch.follow(self.current())
         self._threads = [threading.Thread(target=self._update, name="nsfs-updater", daemon=True),
                          threading.Thread(target=self._full_scans, name="nsfs-fullscan", daemon=True)]
         for t in self._threads:
@@ -137,32 +141,15 @@ class Live:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        for w in (w for w in (self.netlink_watch, self.trace_watch) if w is not None):
+        for w in (w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None):
             w.stop()
-
-    @property
-    def netlink(self) -> bool:
-        return self.netlink_watch is not None and self.netlink_watch.running
-
-    @property
-    def netlink_error(self) -> str | None:  # (why there is no proc connector)
-        return self.netlink_watch.error if self.netlink_watch is not None else None
-
-    @property
-    def tracing(self) -> bool:
-        return self.trace_watch is not None and self.trace_watch.running
-
-    @property
-    def overruns(self) -> int:
-        return sum(w.overruns for w in (self.netlink_watch, self.trace_watch) if w is not None)
-
-    @property
-    def proc_events(self) -> Counter[str]:  # (fork, exec, exit)
-        return self.netlink_watch.counts if self.netlink_watch is not None else Counter()
 
     def touch(self, pids: Iterable[int]) -> None:
         """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
         now = time.monotonic()
+        pids = set(pids)
+        if self.mount_watch is not None:
+            self.mount_watch.let_go(pids)
         with self._cond:
             self._pending.update(pids)
             if self._due is None:
@@ -170,6 +157,13 @@ class Live:
                 if self._waiting_since is None:  # what is touched now happened after the last drain
                     self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
             self._cond.notify_all()
+
+    def remount(self, pids: Iterable[int]) -> None:
+        """The mount tables of these processes' mount namespaces changed: re-read them soon."""
+        pids = set(pids)
+        with self._cond:
+            self._remount |= pids
+        self.touch(pids)
 
     def rescan(self, reason: str = "request") -> None:
         """A full scan as soon as possible."""
@@ -234,7 +228,7 @@ class Live:
             clock, cpu = time.monotonic(), time.thread_time()
             result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
             spent = time.monotonic() - clock
-            if job.mounts:  # (a slice of the sweep was in it: what it cost sets the sweep's pace)
+            if job.swept:  # (what the slice cost sets the sweep's pace)
                 self.sweeper.done(time.thread_time() - cpu)
             self.last_update = (spent, self.naming.spent)
             self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
@@ -280,10 +274,10 @@ class Live:
     def _take_job(self, now: float) -> Job:
         full, self._full_result = self._full_result, None
         pids: set[int] = set()
-        kind, mounts = "", False
+        kind, mounts, swept = "", False, False
         if self._due is not None and self._due <= now:
             pids, self._pending, self._due = self._pending, set(), None
-            kind = "process"
+            kind, mounts, self._remount = "process", bool(self._remount & pids), self._remount - pids
             if self.settle and not self.tracing:
                 self._settling.append((now + self.settle, set(pids)))
         while self._settling and self._settling[0][0] <= now:
@@ -292,7 +286,7 @@ class Live:
         if self.sweeper.due <= now and (not pids or now > self.sweeper.due + self.sweeper.wait):
             # a slice alone (what it costs paces the sweep), unless events kept it waiting too long
             pids |= self.sweeper.slice(self.current().processes.keys())
-            kind, mounts = kind or "sweep", True
+            kind, mounts, swept = kind or "sweep", True, True
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
             self._recheck_at, kind = None, kind or "recheck"
@@ -303,7 +297,7 @@ class Live:
             pids |= self._touched_since_full
             kind = full[1]
         self._touched_since_full |= pids
-        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename, recheck)
+        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, swept, rename, recheck)
 
     def _db_stamp(self) -> tuple[float, int] | None:
         return db_stamp(self.names_path())
@@ -328,6 +322,8 @@ class Live:
                     self._whole = new
                 self.snapshot = new
             self.bus.publish(events)
+            if self.mount_watch is not None:
+                self.mount_watch.follow(new)
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
@@ -345,9 +341,6 @@ class Live:
         taken_at is as_of() (what GET /api/snapshot serves)."""
         as_of = self.as_of() if live_time else None  # first: the model read next is at least that new
         return self.served.snapshot_json(self.current(), as_of)
-
-    def _watchers(self) -> list[ProcConnector | Tracepoints]:
-        return [w for w in (self.netlink_watch, self.trace_watch) if w is not None and w.running]
 
     def as_of(self) -> float:
         """The time up to which the model has applied every event: when each watcher last found
