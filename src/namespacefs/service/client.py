@@ -146,18 +146,25 @@ def _open(path: str, url: str, timeout: float | None) -> _Response | None:
         return None
 
 
-def get_json(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> Any | None:
-    """GET url from the daemon as JSON; None when no daemon answers; DaemonError on a 4xx/5xx."""
+def _get(url: str, socket_path_: str | None, timeout: float) -> tuple[_Response, bytes] | None:
+    """GET url from the daemon: (its response, the whole body); None when no daemon answers."""
     opened = _open(socket_path(socket_path_), url, timeout)
     if opened is None:
         return None
-    resp = opened
     try:
-        body = resp.read()
+        return opened, opened.read()
     except (OSError, ValueError):
         return None
     finally:
-        resp.close()
+        opened.close()
+
+
+def get_json(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> Any | None:
+    """GET url from the daemon as JSON; None when no daemon answers; DaemonError on a 4xx/5xx."""
+    got = _get(url, socket_path_, timeout)
+    if got is None:
+        return None
+    resp, body = got
     if resp.status != 200:
         raise DaemonError(resp.status, _detail(body))
     import json
@@ -179,16 +186,10 @@ def get_printed(url: str, socket_path_: str | None = None, timeout: float = 5.0)
     """What a command prints, rendered by the daemon (GET /api/ls): (exit status, stdout, stderr);
     a refusal (422: the command's own error) as its exit status and message. None when no daemon
     answers, or it cannot answer for these options (the caller does the work itself)."""
-    opened = _open(socket_path(socket_path_), url, timeout)
-    if opened is None:
+    got = _get(url, socket_path_, timeout)
+    if got is None:
         return None
-    resp = opened
-    try:
-        body = resp.read()
-    except (OSError, ValueError):
-        return None
-    finally:
-        resp.close()
+    resp, body = got
     status = resp.headers.get("x-nsfs-exit", "")
     if resp.status == 422 and status.isdigit():
         return int(status), b"", _detail(body)

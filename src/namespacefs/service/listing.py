@@ -27,6 +27,7 @@ from fastapi import HTTPException, Response
 from namespacefs.cli import ls  # (the one arrow from the service to the command line: docs/architecture.md)
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Snapshot
+from namespacefs.service import models
 from namespacefs.service.live import Live
 
 _FLAGS = ("persistent", "list", "json", "raw", "noheadings", "notruncate", "nowrap", "output_all")
@@ -36,9 +37,10 @@ _LISTS = ("namespace", "type")
 #: What the OpenAPI document says of its answers.
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/plain": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
-    400: {"description": "an unknown option or a bad value"}, 403: {"description": "not root"},
-    409: {"description": "another names database than the daemon's (the caller scans itself)"},
-    422: {"description": "the command's own error: `detail`, and its exit status in X-Nsfs-Exit"},
+    **{code: {"model": models.Error, "description": why} for code, why in (
+        (400, "an unknown option or a bad value"), (403, "not root"),
+        (409, "another names database than the daemon's (the caller scans itself)"),
+        (422, "the command's own error: `detail`, and its exit status (`exit`, and in X-Nsfs-Exit)"))},
 }
 #: Answers kept (the model's generation and the options are the key); a new model empties it.
 KEEP = 32

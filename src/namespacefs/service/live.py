@@ -20,7 +20,6 @@ Each new model is compared with the previous one; the differences go out as life
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -318,7 +317,7 @@ class Live(Watched):
                 self._recheck_at = time.monotonic() + RECHECK  # a user namespace dies a little after its last process
             events = events_between(old, new, time.time()) if old is not None else []
             with self._lock:
-                if self.naming.due == math.inf and not self.naming.stale:  # (decided just now, in this thread)
+                if not self.naming.provisional:  # (decided just now, in this thread)
                     self._whole = new
                 self.snapshot = new
             self.bus.publish(events)
@@ -366,9 +365,11 @@ class Live(Watched):
         return taken
 
     def whole_named(self) -> Snapshot:
-        """The model, named by a whole naming pass (as a scan of our own is named): between two
-        whole passes the model's new namespaces have provisional names; then it is named here,
-        once per model (what `nsfs ls` prints through the daemon, service.listing)."""
+        """The model, named by a whole naming pass over its namespaces (as a scan of our own is
+        named): between two whole passes after namespaces came or went, the model's names are
+        provisional; then it is named here, once per model (what `nsfs ls` prints through the
+        daemon, service.listing). Names stale after a change of processes alone are served as
+        they are (service.naming: they follow within STALE_AFTER)."""
         snap = self.current()
         if snap is self._whole or self.naming.name_func is None:
             return snap

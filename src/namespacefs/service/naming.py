@@ -5,9 +5,10 @@ owners (provisional), and a whole pass is due again (`due`).
 
 A name depends on the namespaces (their ids, owners, `ip netns` bind mounts), the names database
 and the containers recognised in the snapshot. A change of processes alone (a fork, an exit, an
-exec in namespaces that are all named) can change a name only through container recognition: it
-makes the names `stale`, not a whole pass; the periodic pass (`rename_every`) renames then, and
-what is rendered for a client that must see exact names (GET /api/ls) is named whole on demand."""
+exec in namespaces that are all named) can change a name only through container recognition (a
+container whose engine is known only once its process exec'd): it makes the names `stale` and a
+whole pass due STALE_AFTER seconds later (a trickle of forks on a host at rest costs a pass per
+STALE_AFTER at most, not one per fork)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from namespacefs.discover import incremental
 from namespacefs.model import Namespace, Snapshot, netns_names
 
 Namer = Callable[[Snapshot], Snapshot]
+#: Seconds from a change of processes alone to the whole pass it makes due.
+STALE_AFTER = 5.0
 
 
 class Naming:
@@ -30,6 +33,7 @@ class Naming:
         self.named_at = 0.0  # when it ended (time.monotonic())
         self.due = math.inf  # when a whole pass is wanted (after provisional names)
         self.stale = False  # processes changed since the last whole pass (see above)
+        self.provisional = False  # namespaces came or went since the last whole pass
         self.passes = 0  # whole passes made
 
     def named(self, raw: Snapshot, force: bool, base: Snapshot | None, current: Snapshot | None) -> Snapshot:
@@ -45,12 +49,15 @@ class Naming:
         if raw is base:
             return raw
         unnamed = [ns for ns in raw if ns.name is None]
-        if raw.namespaces.keys() == base.namespaces.keys() and not unnamed and not _netns_changed(raw, base):
-            self.stale = self.stale or raw.processes is not base.processes
-            return raw
         gap = max(1.0, self.whole * (1 / self.duty - 1))
+        if raw.namespaces.keys() == base.namespaces.keys() and not unnamed and not _netns_changed(raw, base):
+            if raw.processes is not base.processes and not self.stale:
+                self.stale = True
+                self.due = min(self.due, max(self.named_at + gap, time.monotonic() + STALE_AFTER))
+            return raw
         if time.monotonic() < self.named_at + gap:
             self.due = min(self.due, self.named_at + gap)
+            self.provisional = True
             return self._provisional(raw, unnamed) if unnamed else raw
         return self._whole(raw, current)
 
@@ -80,7 +87,7 @@ class Naming:
         clock = time.monotonic()
         named = self.name_func(raw)
         self.spent = self.whole = time.monotonic() - clock
-        self.named_at, self.due, self.stale = time.monotonic(), math.inf, False
+        self.named_at, self.due, self.stale, self.provisional = time.monotonic(), math.inf, False, False
         self.passes += 1
         return _renamed(raw, _same_objects(named, current))
 
