@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from fastapi import HTTPException, Response
@@ -74,14 +75,29 @@ def options(items: list[tuple[str, str]]) -> argparse.Namespace:
     return args
 
 
+class Rendered(NamedTuple):
+    snap: Snapshot  # the model it was made from
+    as_of: float  # the time up to which that model had applied every event
+    made: float  # time.monotonic() when it was made
+    printed: tuple[int, bytes, str]  # (exit status, stdout, stderr)
+
+
 class Listings:
-    """The answers of GET /api/ls for the current model."""
+    """The answers of GET /api/ls, each made once per model (and set of options).
+
+    Every `nsfs ls` changes the model it asks about (its own fork and exec), so an answer made
+    REUSE seconds ago from a model with the same namespaces, all named the same, is given again for
+    a listing that selects no process or namespace (no -p, no positional selector): what it shows
+    of processes and holders (NPROCS, PID, COMMAND, HOLDERS, ...) is then at most REUSE seconds
+    behind, as its `taken_at` says in JSON; a namespace that came, went or was renamed is always
+    in it."""
+
+    REUSE = 0.5
 
     def __init__(self, live: Live) -> None:
         self.live = live
         self._lock = threading.Lock()
-        self._snap: Snapshot | None = None
-        self._answers: OrderedDict[tuple[tuple[str, str], ...], tuple[int, bytes, str]] = OrderedDict()
+        self._answers: OrderedDict[tuple[tuple[str, str], ...], Rendered] = OrderedDict()
         self.rendered = self.served = 0  # answers made by the command's code; answers given (/api/status)
 
     def answer(self, items: list[tuple[str, str]]) -> Response:
@@ -91,25 +107,35 @@ class Listings:
             raise HTTPException(409, f"the daemon names with {self.live.names_path()}, not {args.db}")
         key = tuple(sorted((n, v) for n, v in items if n != "db"))
         with self._lock:
+            as_of = self.live.as_of()  # (first: the model read next is at least that new)
             snap = self.live.whole_named()
-            if snap is not self._snap:
-                self._snap, self._answers = snap, OrderedDict()
             found = self._answers.get(key)
-            if found is None:
-                found = self._answers[key] = ls.printed(snap, args)
+            if found is not None and found.snap is snap:
+                found = found._replace(as_of=as_of)
+            elif found is None or not self._reusable(found, snap, args):
+                found = Rendered(snap, as_of, time.monotonic(), ls.printed(snap, args))
                 self.rendered += 1
-                while len(self._answers) > KEEP:
-                    self._answers.popitem(last=False)
+            self._answers[key] = found
+            self._answers.move_to_end(key)
+            while len(self._answers) > KEEP:
+                self._answers.popitem(last=False)
         self.served += 1
-        status, out, err = found
+        status, out, err = found.printed
         if status:
             return _error(err, status)
         if args.json and not (args.output or args.output_all):
-            # the JSON contract's taken_at: the model is current up to as_of() (as GET /api/snapshot says)
-            out = out.replace(b'"taken_at": %s' % _number(snap.taken_at), b'"taken_at": %s' % _number(self.live.as_of()), 1)
+            # the JSON contract's taken_at: its model was current up to as_of (as GET /api/snapshot says)
+            out = out.replace(b'"taken_at": %s' % _number(found.snap.taken_at), b'"taken_at": %s' % _number(found.as_of), 1)
         return Response(out, media_type="application/json" if args.json else "text/plain; charset=utf-8",
                         headers={"X-Nsfs-Stderr": quote(err)} if err else {})
 
+    def _reusable(self, found: Rendered, snap: Snapshot, args: argparse.Namespace) -> bool:
+        if args.task is not None or args.namespace or time.monotonic() - found.made > self.REUSE:
+            return False
+        before, now = found.snap.namespaces, snap.namespaces
+        return before.keys() == now.keys() and all(
+            ns is before[inode] or (ns.name == before[inode].name and ns.path == before[inode].path)
+            for inode, ns in now.items())
 
     def counts(self) -> dict[str, int]:
         return {"rendered": self.rendered, "served": self.served}
