@@ -167,3 +167,42 @@ def test_the_api_answers_with_the_status_and_refuses_bad_options(host: Host) -> 
     refused = http.get("/api/ls", params={"task": "4194000"})
     assert refused.status_code == 422 and refused.headers["x-nsfs-exit"] == "1"
     assert "4194000" in refused.json()["detail"]
+
+
+def _on_a_terminal(host: Host, daemon: bool, *argv: str) -> bytes:
+    """`nsfs ls ARGV` with its standard output on a terminal 60 columns wide (a pty of ours)."""
+    import pty
+
+    main, side = pty.openpty()
+    try:
+        env = {**host.env(daemon), "COLUMNS": "60"}
+        proc = subprocess.Popen([sys.executable, "-m", "namespacefs", "ls", *argv], stdout=side,
+                                stderr=subprocess.DEVNULL, env=env)
+        os.close(side)
+        side = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # (EIO: the other side is closed)
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0
+        return out
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+
+
+def test_on_a_terminal_the_daemon_fits_the_table_to_its_width(host: Host) -> None:
+    argv = ("-o", "NS,TYPE,NAME,NSPATH,COMMAND", "-Q", host.mine)
+    before = host.served()
+    remote = _on_a_terminal(host, True, *argv)
+    assert host.served() == before + 1
+    local = _on_a_terminal(host, False, *argv)
+    assert remote == local
+    assert max(len(line) for line in remote.decode().splitlines()) <= 60
+    assert "…".encode() in remote  # (the COMMAND column was cut to fit, as on the terminal it went to)
