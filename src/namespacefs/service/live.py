@@ -282,8 +282,7 @@ class Live(Watched):
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self.sweeper.due <= now and (not pids or now > self.sweeper.due + self.sweeper.wait):
-            # a slice alone (what it costs paces the sweep), unless events kept it waiting too long
+        if self.sweeper.due <= now:  # (merged with events: what the job costs paces the sweep, an overestimate)
             pids |= self.sweeper.slice(self.current().processes.keys())
             kind, mounts, swept = kind or "sweep", True, True
         recheck = self._recheck_at is not None and self._recheck_at <= now

@@ -4,7 +4,8 @@ socket, a bind mount, a thread's setns), and every process /proc has that the mo
 event missed, or no proc connector).
 
 A round is wanted every `period` seconds. With a `budget` (a fraction of one core: the default of
-`nsfs serve`), what the slices cost is measured (CPU seconds of the updater thread) and the sweep
+`nsfs serve`), what the slices cost is measured (CPU seconds of the update each was in: more than
+the slice's own when events were re-read with it, so churn slows the sweep down) and the sweep
 slows down to stay within it: slices grow until one costs about SLICE_COST (a re-read has a fixed
 cost of its own, ~20 ms at 5,000 namespaces, so few big slices cost less than many small ones,
 and no slice holds events up for long), and the next slice waits cost / budget. A round then takes
