@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from namespacefs import kernel, procfs
@@ -103,12 +103,44 @@ def mountinfo(ns: Namespace) -> bytes:
 
 def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
     """The netnsid our net namespace assigned to ns, or None where none is assigned."""
+    return netnsids([ns], snapshot).get(ns.inode)
+
+
+def netnsids(namespaces: Iterable[Namespace], snapshot: Snapshot | None = None) -> dict[int, int | None]:
+    """inode -> netnsid (None: none assigned) of each of these net namespaces, over one netlink
+    socket. The ids our net namespace has assigned are listed first (one dump); namespaces are
+    opened and asked, one request each, only until every one of those ids is found: on the many
+    hosts that assign none, nothing is opened at all. (An id assigned after the dump is not
+    looked for: the answer is the host as the dump saw it.)"""
+    nets = [ns for ns in namespaces if ns.type == "net"]
+    found: dict[int, int | None] = dict.fromkeys((ns.inode for ns in nets), None)
+    if not nets:
+        return found
+    try:
+        sock = kernel.route_socket()
+    except OSError:
+        return found
+    with sock:
+        try:
+            missing: set[int] | None = kernel.assigned_netnsids(sock)
+        except OSError:
+            missing = None  # no dump: every one is asked
+        for ns in nets:
+            if missing is not None and not missing:
+                break
+            found[ns.inode] = nsid = _ask_netnsid(ns, snapshot, sock)
+            if missing is not None and nsid is not None:
+                missing.discard(nsid)
+    return found
+
+
+def _ask_netnsid(ns: Namespace, snapshot: Snapshot | None, sock: socket.socket) -> int | None:
     try:
         fd = open_namespace(ns, snapshot)
     except Gone:
         return None
     try:
-        return kernel.netnsid(fd)
+        return kernel.netnsid(fd, sock)
     except OSError:
         return None
     finally:

@@ -31,14 +31,38 @@ LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID",
 TREES = ("owner", "parent", "process")
 
 
+class Netnsids:
+    """The NETNSIDs of a command's rows, asked for all of them at once when the first one is wanted
+    (details.netnsids: one netlink socket, and no namespace opened on a host that assigns none)."""
+
+    __slots__ = ("_found", "_snap", "wanted")
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._found: dict[int, int | None] | None = None
+        self.wanted: list[Namespace] = []  # the rows' namespaces (set once the rows are made)
+
+    def get(self, ns: Namespace) -> int | None:
+        from namespacefs import details
+
+        if self._found is None:
+            self._found = details.netnsids(self.wanted, self._snap)
+        if ns.inode not in self._found:  # (a namespace no row announced)
+            self._found.update(details.netnsids([ns], self._snap))
+        return self._found[ns.inode]
+
+
 class NamespaceRow:
     """A namespace with the snapshot around it, for column functions; `proc` is the process a
-    row stands for where it lists the processes of a namespace (lsns NS)."""
+    row stands for where it lists the processes of a namespace (lsns NS); `netnsids` the NETNSIDs
+    its command's rows share."""
 
-    __slots__ = ("_proc", "ns", "process", "snap")
+    __slots__ = ("_proc", "netnsids", "ns", "process", "snap")
 
-    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None) -> None:
+    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None,
+                 netnsids: Netnsids | None = None) -> None:
         self.ns, self.snap, self._proc = ns, snap, proc
+        self.netnsids = netnsids if netnsids is not None else Netnsids(snap)
         #: the process lsns shows: the one given, else the lowest pid in it, else the first process holding it
         self.process = proc if proc is not None else _shown_process(ns, snap)
 
@@ -80,9 +104,7 @@ def _netnsid(row: NamespaceRow) -> object:
     """lsns's NETNSID: the id our net namespace gave it, else `unassigned`; empty for other types."""
     if row.ns.type != "net":
         return None
-    from namespacefs import details
-
-    found = details.netnsid(row.ns, row.snap)
+    found = row.netnsids.get(row.ns)
     return "unassigned" if found is None else str(found)
 
 
@@ -183,14 +205,16 @@ def run(args: argparse.Namespace) -> int:
     columns = pick_columns(args, COLUMNS, default)
     keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
+    netnsids = Netnsids(snap)
     if args.namespace:
-        rows = [NamespaceRow(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
+        rows = [NamespaceRow(ns, snap, p, netnsids) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
-        rows = [NamespaceRow(ns, snap) for ns in select(snap, args)]
+        rows = [NamespaceRow(ns, snap, None, netnsids) for ns in select(snap, args)]
+    netnsids.wanted = [r.ns for r in rows]
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
-        print_json(_contract(snap, [r.ns for r in rows], args))
+        print_json(_contract(snap, [r.ns for r in rows], args, netnsids))
     else:
         tree_at = _tree_column(columns, args)
         roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
@@ -215,7 +239,8 @@ def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:
         raise UserError(f"failed to parse \"{text}\": {e}") from None
 
 
-def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace) -> dict[str, object]:
+def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace,
+              netnsids: Netnsids) -> dict[str, object]:
     """The documented object (README, the JSON contract), each namespace with lsns's keys too,
     in lsns's order (by inode)."""
     data = snap.to_dict()
@@ -224,7 +249,7 @@ def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namesp
     nowrap = bool(args.nowrap)
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
-        row = NamespaceRow(snap.namespaces[item["inode"]], snap)
+        row = NamespaceRow(snap.namespaces[item["inode"]], snap, None, netnsids)
         item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
