@@ -29,6 +29,8 @@ PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
 #: JSON contract already gives the name path) added to every namespace object of `nsfs ls -J`
 LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID", "NSFS", "PNS", "ONS")
 TREES = ("owner", "parent", "process")
+#: The columns whose value is that of the row's process alone, where the row has one
+OF_PROCESS = frozenset({"PID", "PPID", "COMMAND", "UID", "USER"})
 
 
 class Netnsids:
@@ -40,13 +42,14 @@ class Netnsids:
     def __init__(self, snap: Snapshot) -> None:
         self._snap = snap
         self._found: dict[int, int | None] | None = None
-        self.wanted: list[Namespace] = []  # the rows' namespaces (set once the rows are made)
+        #: the rows' namespaces, once they are made (until then: every one of the snapshot)
+        self.wanted: list[Namespace] | None = None
 
     def get(self, ns: Namespace) -> int | None:
         from namespacefs import details
 
         if self._found is None:
-            self._found = details.netnsids(self.wanted, self._snap)
+            self._found = details.netnsids(self._snap if self.wanted is None else self.wanted, self._snap)
         if ns.inode not in self._found:  # (a namespace no row announced)
             self._found.update(details.netnsids([ns], self._snap))
         return self._found[ns.inode]
@@ -247,10 +250,24 @@ def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namesp
     keep = {ns.inode for ns in chosen}
     columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
     nowrap = bool(args.nowrap)
+    shared: dict[int, dict[str, object]] = {}  # pid -> its cells of the OF_PROCESS columns
+
+    def of_process(row: NamespaceRow) -> dict[str, object]:
+        """The row's cells that are its process's alone, worked out once per process (a process is
+        in several namespaces: five of its own on a sandbox-dense host)."""
+        proc = row.process
+        if proc is None:
+            return {}
+        if (cells := shared.get(proc.pid)) is None:
+            cells = shared[proc.pid] = {key: json_cell(c, c.value(row), nowrap) for key, c in columns
+                                        if c.name in OF_PROCESS}
+        return cells
+
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
         row = NamespaceRow(snap.namespaces[item["inode"]], snap, None, netnsids)
-        item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
+        known = of_process(row)
+        item.update({key: known[key] if key in known else json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
     return data

@@ -172,6 +172,11 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
     or a world name lengthens every default that would collide with it."""
     keyed = _keyed(seed)
     full = {ns.inode: _digest(keyed, ns.type, ns.id, ns.inode) for ns in members}
+    short = [f"{ns.type}-{full[ns.inode][:SHORT]}" for ns in members]
+    if len(set(short)) == len(short) and taken.isdisjoint(short):  # no two collide (all but always)
+        result.update((ns.inode, (name, DEFAULT)) for ns, name in zip(members, short, strict=True))
+        taken.update(short)
+        return
     pending = members
     length = SHORT
     while pending:
