@@ -4,6 +4,7 @@ thread of the process) is what to compare on a loaded machine.
 
     .venv/bin/python bench/cold_phases.py host 1000 dense 5 TREE...   # build a synthetic host, compare, tear down
     .venv/bin/python bench/cold_phases.py here 5 TREE...              # on the host as it is
+    .venv/bin/python bench/cold_phases.py whole 15 TREE...            # whole `nsfs ls` processes: CPU and wall
     .venv/bin/python bench/cold_phases.py one [NSFS ARGS...]          # (internal) one timed run, as JSON
 
 A TREE is a checkout whose src/ goes first on PYTHONPATH (with its _walk extension built in place,
@@ -18,6 +19,7 @@ import collections
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -98,6 +100,31 @@ def compare(runs: int, trees: list[str]) -> str:
     return "\n".join(lines)
 
 
+def whole(runs: int, trees: list[str]) -> str:
+    """The CPU (user + sys, getrusage of the child) and wall time of whole `nsfs ls` processes
+    (NSFS_ARGS; the daemon asked for as usual), median and minimum per tree."""
+    found: dict[str, list[tuple[float, float]]] = {t: [] for t in trees}
+    before = _load()
+    for _ in range(runs):
+        for tree in trees:
+            env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"), NSFS_DB="/nonexistent/namespacefs-bench/names.db")
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "namespacefs", *os.environ.get("NSFS_ARGS", "ls").split()], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            wall = time.perf_counter() - start
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            found[tree].append((wall, now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime))
+    procs = sum(name.isdigit() for name in os.listdir("/proc"))
+    lines = [f"{procs} processes; load average {' '.join(before)} before, {' '.join(_load())} after; {runs} runs each",
+             "", "| tree | wall median | wall min | cpu median | cpu min |", "|---|---:|---:|---:|---:|"]
+    for tree, values in found.items():
+        walls, cpus = [v[0] * 1e3 for v in values], [v[1] * 1e3 for v in values]
+        lines.append(f"| {os.path.basename(tree.rstrip('/'))} | {statistics.median(walls):.1f} | {min(walls):.1f} | "
+                     f"{statistics.median(cpus):.1f} | {min(cpus):.1f} |")
+    return "\n".join(lines)
+
+
 def _load() -> list[str]:
     with open("/proc/loadavg") as f:
         return f.read().split()[:3]
@@ -107,6 +134,8 @@ def main() -> None:
     mode, rest = sys.argv[1], sys.argv[2:]
     if mode == "one":
         one(rest)
+    elif mode == "whole":
+        print(whole(int(rest[0]), rest[1:]))
     elif mode == "here":
         print(compare(int(rest[0]), rest[1:]))
     elif mode == "host":
