@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from namespacefs import procfs
+from namespacefs.containers.model import Identity
 from namespacefs.discover.processes import read_at
 from namespacefs.model import Process, Snapshot
 
@@ -54,10 +55,19 @@ def distinct_paths(cgroup: bytes) -> tuple[str, ...]:
     return _ordered(procfs.parse_cgroup(cgroup))
 
 
+def unit_identity(engine: str, pattern: re.Pattern[str], c: Candidate) -> Identity | None:
+    """The engine's container named by the systemd unit (scope, service) that pattern's group 1
+    finds in the first of the init's cgroup paths it matches, its `\\x2d` escapes undone."""
+    found = _unit_in(pattern, c.cgroup_paths())
+    if found is None:
+        return None
+    name, path = found
+    return Identity(engine, name, name, {"cgroup": path})
+
+
 @functools.lru_cache(maxsize=1024)
-def unit_in(pattern: re.Pattern[str], paths: tuple[str, ...]) -> tuple[str, str] | None:
-    """(the systemd unit name pattern's group 1 finds in the first path it matches, its `\\x2d`
-    escapes undone; that path), once per pattern and distinct set of paths."""
+def _unit_in(pattern: re.Pattern[str], paths: tuple[str, ...]) -> tuple[str, str] | None:
+    """(unit, the path it is in), once per pattern and distinct set of paths."""
     for path in paths:
         if m := pattern.search(path):
             return m.group(1).replace("\\x2d", "-"), path

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from namespacefs.containers.candidate import Candidate, option, unit_in
+from namespacefs.containers.candidate import Candidate, option, unit_identity
 from namespacefs.containers.model import Identity
 
 SCOPE = re.compile(r"machine-([^/]+)\.scope")
@@ -21,9 +21,4 @@ def identify(c: Candidate) -> Identity | None:
             where = option(argv, "--directory", "-D") or option(argv, "--image", "-i")
             name = os.path.basename(where.rstrip("/")) if where else None
         return Identity("systemd-nspawn", name or f"nspawn-{c.init.pid}", name, {"nspawn.pid": str(starter.pid)})
-    found = unit_in(SCOPE, c.cgroup_paths())
-    if found is None:
-        return None
-    name, path = found
-    return Identity("systemd-nspawn", name, name, {"cgroup": path})
-
+    return unit_identity("systemd-nspawn", SCOPE, c)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -58,23 +59,29 @@ def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
     return sock
 
 
+def netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, the whole message) of each netlink message in one datagram."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
+            return
+        yield kind, seq, data[offset:offset + length]
+        offset += (length + 3) & ~3
+
+
 def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
     """(what, pid, tgid) for each proc event in one netlink datagram; for fork, the child's pid/tgid."""
     out = []
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size:
-            break
-        body = offset + NLMSGHDR.size
-        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= offset + length:
-            idx, val, *_ = CN_MSG.unpack_from(data, body)
+    body = NLMSGHDR.size
+    for kind, _seq, message in netlink_messages(data):
+        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= len(message):
+            idx, val, *_ = CN_MSG.unpack_from(message, body)
             if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
                 event = body + CN_MSG.size
-                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(data, event)
-                a, b, c, d = PROC_EVENT_IDS.unpack_from(data, event + 16)
+                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(message, event)
+                a, b, c, d = PROC_EVENT_IDS.unpack_from(message, event + 16)
                 out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
-        offset += (length + 3) & ~3
     return out
 
 
@@ -121,14 +128,7 @@ def assigned_netnsids(sock: socket.socket) -> set[int]:
               + RTGENMSG.pack(0))
     found: set[int] = set()
     while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + NLMSGHDR.size <= len(data):
-            length, kind, _flags, got, _pid = NLMSGHDR.unpack_from(data, offset)
-            if length < NLMSGHDR.size:
-                return found
-            message = data[offset:offset + length]
-            offset += (length + 3) & ~3
+        for kind, got, message in netlink_messages(sock.recv(65536)):
             if got != seq:
                 continue
             if kind == NLMSG_DONE:
