@@ -9,21 +9,24 @@ namespaces never change. Everything else comes from /proc files of a member proc
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from namespacefs import kernel, procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
-from namespacefs.ops.inside import in_thread
+
+if TYPE_CHECKING:
+    import socket
 
 T = TypeVar("T")
 
 
 def inside(ns: Namespace, func: Callable[[], T], snapshot: Snapshot | None = None) -> T:
     """Run func in a helper thread that has joined ns (uts, ipc, net or cgroup: ops.inside.in_thread)."""
+    from namespacefs.ops.inside import in_thread  # (here: `nsfs ls` imports this module for NETNSID alone)
+
     fd = open_namespace(ns, snapshot)
     try:
         return in_thread(fd, ns.type, func)
@@ -52,6 +55,8 @@ def uname(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, str]:
 
 def interfaces(ns: Namespace, snapshot: Snapshot | None = None) -> list[str]:
     """The network interfaces of a net namespace, in index order."""
+    import socket
+
     return [name for _, name in sorted(inside(ns, socket.if_nameindex, snapshot))]
 
 
@@ -145,3 +150,23 @@ def _ask_netnsid(ns: Namespace, snapshot: Snapshot | None, sock: socket.socket) 
         return None
     finally:
         os.close(fd)
+
+
+class Netnsids:
+    """The NETNSIDs of a command's rows, asked for all of them at once when the first one is wanted
+    (netnsids: one netlink socket, and no namespace opened on a host that assigns none)."""
+
+    __slots__ = ("_found", "_snap", "wanted")
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._found: dict[int, int | None] | None = None
+        #: the rows' namespaces, once they are made (until then: every one of the snapshot)
+        self.wanted: list[Namespace] | None = None
+
+    def get(self, ns: Namespace) -> int | None:
+        if self._found is None:
+            self._found = netnsids(self._snap if self.wanted is None else self.wanted, self._snap)
+        if ns.inode not in self._found:  # (a namespace no row announced)
+            self._found.update(netnsids([ns], self._snap))
+        return self._found[ns.inode]

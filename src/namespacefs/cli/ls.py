@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
@@ -22,6 +23,9 @@ from namespacefs.cli.output import (
 from namespacefs.handles import holder_path
 from namespacefs.model import HolderKind, Namespace, Process, Snapshot
 
+if TYPE_CHECKING:
+    from namespacefs.details import Netnsids
+
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
 PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
@@ -31,28 +35,6 @@ LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID",
 TREES = ("owner", "parent", "process")
 #: The columns whose value is that of the row's process alone, where the row has one
 OF_PROCESS = frozenset({"PID", "PPID", "COMMAND", "UID", "USER"})
-
-
-class Netnsids:
-    """The NETNSIDs of a command's rows, asked for all of them at once when the first one is wanted
-    (details.netnsids: one netlink socket, and no namespace opened on a host that assigns none)."""
-
-    __slots__ = ("_found", "_snap", "wanted")
-
-    def __init__(self, snap: Snapshot) -> None:
-        self._snap = snap
-        self._found: dict[int, int | None] | None = None
-        #: the rows' namespaces, once they are made (until then: every one of the snapshot)
-        self.wanted: list[Namespace] | None = None
-
-    def get(self, ns: Namespace) -> int | None:
-        from namespacefs import details
-
-        if self._found is None:
-            self._found = details.netnsids(self._snap if self.wanted is None else self.wanted, self._snap)
-        if ns.inode not in self._found:  # (a namespace no row announced)
-            self._found.update(details.netnsids([ns], self._snap))
-        return self._found[ns.inode]
 
 
 class NamespaceRow:
@@ -65,7 +47,7 @@ class NamespaceRow:
     def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None,
                  netnsids: Netnsids | None = None) -> None:
         self.ns, self.snap, self._proc = ns, snap, proc
-        self.netnsids = netnsids if netnsids is not None else Netnsids(snap)
+        self.netnsids = netnsids if netnsids is not None else _netnsids(snap)
         #: the process lsns shows: the one given, else the lowest pid in it, else the first process holding it
         self.process = proc if proc is not None else _shown_process(ns, snap)
 
@@ -84,6 +66,13 @@ class NamespaceRow:
             if path := holder_path(self.ns.type, h):
                 return path
         return None
+
+
+def _netnsids(snap: Snapshot) -> Netnsids:
+    """The NETNSIDs a command's rows share (details: imported where a command lists them)."""
+    from namespacefs.details import Netnsids
+
+    return Netnsids(snap)
 
 
 def _shown_process(ns: Namespace, snap: Snapshot) -> Process | None:
@@ -208,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     columns = pick_columns(args, COLUMNS, default)
     keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
-    netnsids = Netnsids(snap)
+    netnsids = _netnsids(snap)
     if args.namespace:
         rows = [NamespaceRow(ns, snap, p, netnsids) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
