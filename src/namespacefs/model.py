@@ -207,28 +207,24 @@ class Snapshot:
     processes: Mapping[int, Process]
     errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
     sources: tuple[str, ...] = ()
-    # indexes, derived from namespaces when first asked for (a listing needs none of them)
-    _by_id: dict[int, Namespace] | None = field(init=False, default=None, repr=False, compare=False)
-    _owned: dict[int | None, list[Namespace]] = field(init=False, default_factory=dict, repr=False, compare=False)
-    _children: dict[int | None, list[Namespace]] = field(init=False, default_factory=dict, repr=False, compare=False)
+    # indexes, derived from namespaces
+    _by_id: dict[int, Namespace] = field(init=False, repr=False, compare=False)
+    _owned: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
+    _children: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
 
-    def _indexed(self) -> Snapshot:
-        """This snapshot with its indexes built (once; a second thread at the same time builds the
-        same ones)."""
-        if self._by_id is None:
-            by_id: dict[int, Namespace] = {}
-            owned: dict[int | None, list[Namespace]] = {}
-            children: dict[int | None, list[Namespace]] = {}
-            for ns in self.namespaces.values():
-                if ns.id is not None:
-                    by_id[ns.id] = ns
-                owned.setdefault(ns.owner, []).append(ns)
-                if ns.type in HIERARCHICAL:
-                    children.setdefault(ns.parent, []).append(ns)
-            object.__setattr__(self, "_owned", owned)  # (how a frozen dataclass sets a derived field)
-            object.__setattr__(self, "_children", children)
-            object.__setattr__(self, "_by_id", by_id)  # (last: the sign that all three are there)
-        return self
+    def __post_init__(self) -> None:
+        by_id: dict[int, Namespace] = {}
+        owned: dict[int | None, list[Namespace]] = {}
+        children: dict[int | None, list[Namespace]] = {}
+        for ns in self.namespaces.values():
+            if ns.id is not None:
+                by_id[ns.id] = ns
+            owned.setdefault(ns.owner, []).append(ns)
+            if ns.type in HIERARCHICAL:
+                children.setdefault(ns.parent, []).append(ns)
+        object.__setattr__(self, "_by_id", by_id)  # (how a frozen dataclass sets a derived field)
+        object.__setattr__(self, "_owned", owned)
+        object.__setattr__(self, "_children", children)
 
     def __repr__(self) -> str:
         return (f"Snapshot(boot_id={self.boot_id!r}, taken_at={self.taken_at!r}, "
@@ -248,18 +244,18 @@ class Snapshot:
         return self.namespaces.get(inode)
 
     def by_id(self, ident: int) -> Namespace | None:
-        return (self._indexed()._by_id or {}).get(ident)
+        return self._by_id.get(ident)
 
     def of_type(self, *types: str) -> list[Namespace]:
         return [ns for ns in self.namespaces.values() if ns.type in types]
 
     def owned_by(self, user_ns: int | None) -> list[Namespace]:
         """The namespaces whose owner is this user namespace (None: those with no visible owner)."""
-        return self._indexed()._owned.get(user_ns, [])
+        return self._owned.get(user_ns, [])
 
     def children(self, inode: int | None) -> list[Namespace]:
         """The pid/user namespaces whose parent is this one."""
-        return self._indexed()._children.get(inode, [])
+        return self._children.get(inode, [])
 
     def namespace_of(self, pid: int, nstype: str) -> Namespace | None:
         proc = self.processes.get(pid)
@@ -268,7 +264,7 @@ class Snapshot:
     @property
     def initial_user(self) -> Namespace | None:
         """The top of the visible user-namespace tree."""
-        tops = [ns for ns in self.owned_by(None) if ns.type == "user"]
+        tops = [ns for ns in self._owned.get(None, []) if ns.type == "user"]
         return min(tops, key=lambda ns: ns.level) if tops else None
 
     def with_namespaces(self, namespaces: Iterable[Namespace]) -> Snapshot:

@@ -9,7 +9,7 @@ import pwd
 import sys
 from functools import cache
 
-from namespacefs import core
+from namespacefs import core, targets
 from namespacefs.cli import UserError
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import SOURCES, Namespace, Snapshot
@@ -85,8 +85,6 @@ def ns_type(text: str) -> str:
 
 
 def find(snapshot: Snapshot, spec: str, nstype: str | None = None) -> Namespace:
-    from namespacefs import targets  # (only where a namespace is named: a plain `nsfs ls` names none)
-
     try:
         return targets.resolve(snapshot, spec, nstype)
     except targets.NotFound as e:
