@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
@@ -22,6 +23,9 @@ from namespacefs.cli.output import (
 from namespacefs.handles import holder_path
 from namespacefs.model import HolderKind, Namespace, Process, Snapshot
 
+if TYPE_CHECKING:
+    from namespacefs.details import Netnsids
+
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
 PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
@@ -29,16 +33,21 @@ PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
 #: JSON contract already gives the name path) added to every namespace object of `nsfs ls -J`
 LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID", "NSFS", "PNS", "ONS")
 TREES = ("owner", "parent", "process")
+#: The columns whose value is that of the row's process alone, where the row has one
+OF_PROCESS = frozenset({"PID", "PPID", "COMMAND", "UID", "USER"})
 
 
 class NamespaceRow:
     """A namespace with the snapshot around it, for column functions; `proc` is the process a
-    row stands for where it lists the processes of a namespace (lsns NS)."""
+    row stands for where it lists the processes of a namespace (lsns NS); `netnsids` the NETNSIDs
+    its command's rows share."""
 
-    __slots__ = ("_proc", "ns", "process", "snap")
+    __slots__ = ("_proc", "netnsids", "ns", "process", "snap")
 
-    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None) -> None:
+    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None,
+                 netnsids: Netnsids | None = None) -> None:
         self.ns, self.snap, self._proc = ns, snap, proc
+        self.netnsids = netnsids if netnsids is not None else _netnsids(snap)
         #: the process lsns shows: the one given, else the lowest pid in it, else the first process holding it
         self.process = proc if proc is not None else _shown_process(ns, snap)
 
@@ -57,6 +66,13 @@ class NamespaceRow:
             if path := holder_path(self.ns.type, h):
                 return path
         return None
+
+
+def _netnsids(snap: Snapshot) -> Netnsids:
+    """The NETNSIDs a command's rows share (details: imported where a command lists them)."""
+    from namespacefs.details import Netnsids
+
+    return Netnsids(snap)
 
 
 def _shown_process(ns: Namespace, snap: Snapshot) -> Process | None:
@@ -80,9 +96,7 @@ def _netnsid(row: NamespaceRow) -> object:
     """lsns's NETNSID: the id our net namespace gave it, else `unassigned`; empty for other types."""
     if row.ns.type != "net":
         return None
-    from namespacefs import details
-
-    found = details.netnsid(row.ns, row.snap)
+    found = row.netnsids.get(row.ns)
     return "unassigned" if found is None else str(found)
 
 
@@ -183,14 +197,16 @@ def run(args: argparse.Namespace) -> int:
     columns = pick_columns(args, COLUMNS, default)
     keep = _compile_filter(args.filter) if args.filter else None
     snap = take_snapshot(args)
+    netnsids = _netnsids(snap)
     if args.namespace:
-        rows = [NamespaceRow(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
+        rows = [NamespaceRow(ns, snap, p, netnsids) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
-        rows = [NamespaceRow(ns, snap) for ns in select(snap, args)]
+        rows = [NamespaceRow(ns, snap, None, netnsids) for ns in select(snap, args)]
+    netnsids.wanted = [r.ns for r in rows]
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
-        print_json(_contract(snap, [r.ns for r in rows], args))
+        print_json(_contract(snap, [r.ns for r in rows], args, netnsids))
     else:
         tree_at = _tree_column(columns, args)
         roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
@@ -215,17 +231,32 @@ def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:
         raise UserError(f"failed to parse \"{text}\": {e}") from None
 
 
-def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace) -> dict[str, object]:
+def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace,
+              netnsids: Netnsids) -> dict[str, object]:
     """The documented object (README, the JSON contract), each namespace with lsns's keys too,
     in lsns's order (by inode)."""
     data = snap.to_dict()
     keep = {ns.inode for ns in chosen}
     columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
     nowrap = bool(args.nowrap)
+    shared: dict[int, dict[str, object]] = {}  # pid -> its cells of the OF_PROCESS columns
+
+    def of_process(row: NamespaceRow) -> dict[str, object]:
+        """The row's cells that are its process's alone, worked out once per process (a process is
+        in several namespaces: five of its own on a sandbox-dense host)."""
+        proc = row.process
+        if proc is None:
+            return {}
+        if (cells := shared.get(proc.pid)) is None:
+            cells = shared[proc.pid] = {key: json_cell(c, c.value(row), nowrap) for key, c in columns
+                                        if c.name in OF_PROCESS}
+        return cells
+
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
-        row = NamespaceRow(snap.namespaces[item["inode"]], snap)
-        item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
+        row = NamespaceRow(snap.namespaces[item["inode"]], snap, None, netnsids)
+        known = of_process(row)
+        item.update({key: known[key] if key in known else json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
     return data
