@@ -26,8 +26,9 @@
  *                                              include/uapi/linux/xattr.h; flistxattr, fgetxattr,
  *                                              fsetxattr for the directory itself (man 2)
  * Syscalls numbered 424 and up are the same on every architecture. Where a kernel lacks the newest
- * (ENOSYS), the same call is made on /proc/self/fd/DIRFD/NAME with the l*xattr calls, and fchmodat
- * is used just after statx said the entry is no symlink.
+ * (ENOSYS), the same call is made on /proc/self/fd/DIRFD/NAME with the l*xattr calls, fchmodat is
+ * used just after statx said the entry is no symlink, and a directory is opened one component at a
+ * time (openat O_NOFOLLOW, each on the root's mount).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,6 +36,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -71,7 +73,8 @@ struct rec {
 };
 #define REC_XATTRS 1 /* id-carrying xattrs recorded for this entry (the xattrs argument of apply) */
 #define MASK (STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_NLINK | STATX_MNT_ID)
-#define XATTR_MAX 65536 /* XATTR_SIZE_MAX, include/uapi/linux/limits.h */
+#define XATTR_MAX 65536 /* XATTR_SIZE_MAX and XATTR_LIST_MAX, include/uapi/linux/limits.h */
+#define SMALL 1024      /* what a list or value is offered first: the kernel allocates what it is offered */
 
 /* --- growable memory (PyMem_Raw: used without the GIL) ---------------------------------------- */
 
@@ -100,13 +103,51 @@ static Py_ssize_t buf_add(buf *b, const void *data, size_t n) {
 
 /* --- the syscalls, each once ------------------------------------------------------------------ */
 
-static volatile int have_xattrat = 1, have_fchmodat2 = 1; /* cleared on the first ENOSYS */
+static volatile int have_openat2 = 1, have_xattrat = 1, have_fchmodat2 = 1; /* cleared on the first ENOSYS */
+
+static uint64_t mount_id(int fd) {
+    struct statx st;
+    return statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &st) == 0 && (st.stx_mask & STATX_MNT_ID) ? st.stx_mnt_id : 0;
+}
+
+/* Without openat2 (before Linux 5.6, or under a tool that does not know it): one component at a
+ * time with O_NOFOLLOW, each checked to be on the root's mount; "." and ".." only as the whole
+ * path "." (our paths are made of the names getdents gave). */
+static int open_by_components(int rootfd, const char *path) {
+    char copy[PATH_MAX];
+    if (strlen(path) >= sizeof copy)
+        return errno = ENAMETOOLONG, -1;
+    strcpy(copy, path);
+    uint64_t mnt = mount_id(rootfd);
+    int fd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *save = NULL;
+    for (char *c = strcmp(copy, ".") ? strtok_r(copy, "/", &save) : NULL; c && fd >= 0; c = strtok_r(NULL, "/", &save)) {
+        int next = strcmp(c, ".") && strcmp(c, "..") ? openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                                                     : (errno = EXDEV, -1);
+        int saved = errno;
+        close(fd);
+        if (next >= 0 && mount_id(next) != mnt) {
+            close(next);
+            next = -1;
+            saved = EXDEV;
+        }
+        fd = next;
+        errno = saved;
+    }
+    return fd;
+}
 
 static int open_below(int rootfd, const char *path) {
     struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV |
                                       RESOLVE_NO_MAGICLINKS};
-    return (int)syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+    if (have_openat2) {
+        int fd = (int)syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+        if (fd >= 0 || errno != ENOSYS)
+            return fd;
+        have_openat2 = 0;
+    }
+    return open_by_components(rootfd, path);
 }
 
 /* name NULL: the directory itself. */
@@ -147,6 +188,12 @@ static ssize_t get_xattr(int dirfd, const char *name, const char *xname, char *v
     char path[PATH_MAX];
     proc_path(path, sizeof path, dirfd, name);
     return lgetxattr(path, xname, value, size);
+}
+
+/* A value into scratch (XATTR_MAX bytes), offering the kernel a small buffer first. */
+static ssize_t get_value(int dirfd, const char *name, const char *xname, char *scratch) {
+    ssize_t n = get_xattr(dirfd, name, xname, scratch, SMALL);
+    return n < 0 && errno == ERANGE ? get_xattr(dirfd, name, xname, scratch, XATTR_MAX) : n;
 }
 
 static int set_xattr(int dirfd, const char *name, const char *xname, const char *value, size_t size) {
@@ -219,7 +266,9 @@ static int add_name(scan_t *s, const char *name, uint32_t *off) {
 /* The id-carrying xattrs of one entry (name NULL: the directory), their values copied. An xattr
  * that cannot be listed or read (gone, or a filesystem without xattrs) is one there is not. */
 static int read_xattrs(scan_t *s, int dirfd, const char *name, ent *e) {
-    ssize_t n = list_xattrs(dirfd, name, s->scratch, XATTR_MAX);
+    ssize_t n = list_xattrs(dirfd, name, s->scratch, SMALL);
+    if (n < 0 && errno == ERANGE) /* (the kernel allocates what it is offered: offer little first) */
+        n = list_xattrs(dirfd, name, s->scratch, XATTR_MAX);
     uint32_t found[8]; /* (a name is listed once: at most nwant of them) */
     size_t nfound = 0;
     if (n <= 0)
@@ -230,7 +279,7 @@ static int read_xattrs(scan_t *s, int dirfd, const char *name, ent *e) {
                 found[nfound++] = (uint32_t)i;
     for (size_t k = 0; k < nfound; k++) {
         xent x = {.which = found[k]};
-        ssize_t len = get_xattr(dirfd, name, s->want[x.which], s->scratch, XATTR_MAX);
+        ssize_t len = get_value(dirfd, name, s->want[x.which], s->scratch);
         if (len < 0)
             continue;
         Py_ssize_t at = buf_add(&s->vals, s->scratch, (size_t)len);
@@ -551,7 +600,7 @@ static int apply_xattrs(apply_t *t, int dirfd, const char *name, const todo *ite
         const xspec *x = t->xs + item->xfirst + k;
         const char *want = forward ? x->new : x->old, *was = forward ? x->old : x->new;
         Py_ssize_t wantlen = forward ? x->newlen : x->oldlen, waslen = forward ? x->oldlen : x->newlen;
-        ssize_t cur = get_xattr(dirfd, name, x->xname, t->scratch, XATTR_MAX);
+        ssize_t cur = get_value(dirfd, name, x->xname, t->scratch);
         if (cur == wantlen && memcmp(t->scratch, want, (size_t)wantlen) == 0)
             continue;
         if ((cur == waslen && memcmp(t->scratch, was, (size_t)waslen) == 0) || (cur < 0 && x->dropped)) {

@@ -8,9 +8,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Never
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, Never
 
 from namespacefs import accounting, handles
 from namespacefs.cli import UserError, whole
@@ -20,6 +18,9 @@ from namespacefs.model import Namespace
 from namespacefs.ops import chown_shift
 from namespacefs.ops import shift as idmap
 from namespacefs.ops.shift import IdMap, ShiftError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm  # (imported when a bar is drawn: tqdm takes ~60 ms to import, a third of a small shift)
 
 # --- nsfs accounting ---------------------------------------------------------------------------
 
@@ -247,6 +248,8 @@ class _Bar:
         self.bar: tqdm[Never] | None = None
 
     def start(self, label: str, total: int, done: int) -> Callable[[int], None]:
+        from tqdm import tqdm
+
         size = shutil.get_terminal_size()
         bar: tqdm[Never] = tqdm(total=total, initial=done, desc=label, ascii=" #", file=sys.stderr, mininterval=0.1,
                                ncols=size.columns, nrows=size.lines,  # (a terminal of size 0 gets 80x24)

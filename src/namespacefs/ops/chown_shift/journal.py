@@ -208,7 +208,12 @@ class Journal:
     def conflicts(self, limit: int) -> list[tuple[str, str]]:
         rows = self.db.execute("SELECT d.path, c.name, c.note FROM conflicts c JOIN dirs d ON d.id = c.dir "
                                "ORDER BY c.dir, c.name LIMIT ?", (limit,)).fetchall()
-        return [(os.fsdecode(entry_path(p, n)), note) for p, n, note in rows]
+        return [(printable(entry_path(p, n)), note) for p, n, note in rows]
+
+
+def printable(path: bytes) -> str:
+    """A path as one line of text: bytes that are not UTF-8 as \\xNN, a newline as \\n."""
+    return path.decode("utf-8", "backslashreplace").replace("\n", "\\n")
 
 
 def load_map(text: str | None) -> IdMap:

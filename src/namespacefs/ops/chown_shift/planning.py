@@ -4,7 +4,8 @@ Each directory is read by namespacefs._tree.plan (its entries' statx and id-carr
 without the GIL) into one journal row. The walk stays on the tree's mount (a mount point, a file
 bind-mounted or anything mounted below, is left out) and follows no symlink (they are lchown'ed).
 Hard-linked files are recorded once. Directories are read by a pool of threads (the C part runs
-in parallel); this thread inserts the rows, all in the one transaction the plan commits.
+in parallel) a level of the tree at a time; this thread inserts the rows, all in the one
+transaction the plan commits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 from namespacefs.ops.chown_shift import tree
 from namespacefs.ops.chown_shift.ids import ID_XATTRS, recorded_xattr, shift_id
@@ -54,22 +55,24 @@ def _reader(rootfd: int, ids: _Ids) -> Callable[[bytes], tuple[bytes, tree.Plann
 
 
 def _walk(journal: Journal, rootfd: int, ids: _Ids, workers: int) -> int:
-    """Every directory below rootfd into the journal; the number of entries recorded."""
+    """Every directory below rootfd into the journal, a level of the tree at a time (the threads
+    read a level's directories while this thread records the ones read); the number of entries
+    recorded."""
     read = _reader(rootfd, ids)
     count = 0
+    level = [b"."]
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        pending: set[Future[tuple[bytes, tree.Planned | None]]] = {pool.submit(read, b".")}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                path, got = fut.result()
+        while level:
+            below: list[bytes] = []
+            for path, got in pool.map(read, level):
                 if got is None:  # gone, or a mount point
                     continue
                 if got.files:
                     journal.add(path, got.files, got.entries, got.xattrs)
                     count += got.files
-                pending |= {pool.submit(read, entry_path(path, name)) for name in got.subdirs}
+                below += [entry_path(path, name) for name in got.subdirs]
+            level = below
     finally:
         pool.shutdown(cancel_futures=True)
     return count
