@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from chown_trees import listing, make_rich, odd_dir, odd_file, shifted
+from chown_trees import Listing, listing, make_rich, odd_dir, odd_file, shifted
 from conftest import kill_group, nsfs
 from namespacefs import _tree, kernel
 from namespacefs.ops import chown_shift
@@ -52,6 +52,12 @@ def fs(request: pytest.FixtureRequest, tmp_path: Path, mounts: list[str]) -> Pat
     return path
 
 
+def rich_tree(fs: Path, tmp_path: Path, dirs: int, files: int) -> tuple[Path, Path, Listing]:
+    """make_rich() on fs: the tree, a journal path beside it, and its listing."""
+    make_rich(fs / "tree", dirs, files)
+    return fs / "tree", tmp_path / "j.db", listing(fs / "tree")
+
+
 def run(*args: str) -> dict[str, object]:
     out: dict[str, object] = json.loads(nsfs("shift", "--chown", *args, "-J").stdout)
     return out
@@ -61,14 +67,17 @@ def run(*args: str) -> dict[str, object]:
 
 
 def test_shift_then_rollback_restores_every_owner_mode_acl_and_capability(fs: Path, tmp_path: Path) -> None:
-    root, journal = fs / "tree", tmp_path / "j.db"
-    make_rich(root, 30, 120)
-    before = listing(root)
+    root, journal, before = rich_tree(fs, tmp_path, 30, 120)
+    shift_whole(root, journal, before)
+    nsfs("unshift", "--chown", str(root), "--journal", str(journal))
+    assert listing(root) == before
+
+
+def shift_whole(root: Path, journal: Path, before: Listing) -> None:
+    """A shift by MAP, uninterrupted, and every entry is as shifted() says."""
     status = run(str(root), "--map", MAP, "--journal", str(journal))
     assert status["state"] == "done" and status["conflicts"] == 0 and status["done"] == status["total"]
     assert listing(root) == shifted(before)
-    nsfs("unshift", "--chown", str(root), "--journal", str(journal))
-    assert listing(root) == before
 
 
 def test_a_killed_run_resumes_to_the_end_state_of_an_uninterrupted_run(tmp_path: Path, fs: Path) -> None:
@@ -77,7 +86,7 @@ def test_a_killed_run_resumes_to_the_end_state_of_an_uninterrupted_run(tmp_path:
     make_rich(cut, 200, 200)
     before = listing(cut)
     assert listing(whole) == before
-    run(str(whole), "--map", MAP, "--journal", str(tmp_path / "whole.db"))
+    shift_whole(whole, tmp_path / "whole.db", before)
     done, total = kill_mid_run(cut, tmp_path / "cut.db", "--map", MAP)
     assert 0 < done < total
     assert listing(cut) != listing(whole)
@@ -87,20 +96,21 @@ def test_a_killed_run_resumes_to_the_end_state_of_an_uninterrupted_run(tmp_path:
 
 
 def test_a_killed_run_rolls_back(tmp_path: Path, fs: Path) -> None:
-    root, journal = fs / "tree", tmp_path / "j.db"
-    make_rich(root, 200, 200)
-    before = listing(root)
+    root, journal, before = rich_tree(fs, tmp_path, 200, 200)
     done, total = kill_mid_run(root, journal, "--map", MAP)
     assert 0 < done < total
+    roll_back(root, journal, before)
+
+
+def roll_back(root: Path, journal: Path, before: Listing) -> None:
+    """--rollback, and root is as it was before the shift."""
     status = run(str(root), "--rollback", "--journal", str(journal))
     assert status["state"] == "rolled-back" and status["conflicts"] == 0
     assert listing(root) == before
 
 
 def test_a_killed_rollback_is_finished_by_the_next(tmp_path: Path, fs: Path) -> None:
-    root, journal = fs / "tree", tmp_path / "j.db"
-    make_rich(root, 200, 200)
-    before = listing(root)
+    root, journal, before = rich_tree(fs, tmp_path, 200, 200)
     status = run(str(root), "--map", MAP, "--journal", str(journal))
     proc = subprocess.Popen([sys.executable, "-m", "namespacefs", "unshift", "--chown", str(root), "--journal", str(journal),
                              "--jobs", "1", "--no-progress"], start_new_session=True, stdout=subprocess.DEVNULL)
@@ -113,9 +123,7 @@ def test_a_killed_rollback_is_finished_by_the_next(tmp_path: Path, fs: Path) -> 
     finally:
         kill_group(proc)
     assert 0 < left < status["total"] and chown_shift.status(str(root), str(journal)).state == "rolling-back"
-    status = run(str(root), "--rollback", "--journal", str(journal))
-    assert status["state"] == "rolled-back" and status["conflicts"] == 0
-    assert listing(root) == before
+    roll_back(root, journal, before)
 
 
 def shifted_files(journal: Path) -> int:

@@ -101,6 +101,13 @@ static Py_ssize_t buf_add(buf *b, const void *data, size_t n) {
     return (Py_ssize_t)(b->len - n);
 }
 
+/* Appends a new reference (NULL: the error of making it) to list, which takes it over. */
+static int append_new(PyObject *list, PyObject *item) {
+    int r = item == NULL ? -1 : PyList_Append(list, item);
+    Py_XDECREF(item);
+    return r;
+}
+
 /* --- the syscalls, each once ------------------------------------------------------------------ */
 
 static volatile int have_openat2 = 1, have_xattrat = 1, have_fchmodat2 = 1; /* cleared on the first ENOSYS */
@@ -157,58 +164,35 @@ static int stat_at(int dirfd, const char *name, struct statx *st) {
     return statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, MASK, st);
 }
 
-static void proc_path(char *out, size_t size, int dirfd, const char *name) {
-    snprintf(out, size, "/proc/self/fd/%d/%s", dirfd, name);
-}
+enum { X_LIST, X_GET, X_SET };
 
-static ssize_t list_xattrs(int dirfd, const char *name, char *list, size_t size) {
+/* One xattr call on an entry (name NULL: the directory itself): listxattrat, getxattrat or
+ * setxattrat; on a kernel without them, the l*xattr call on /proc/self/fd/DIRFD/NAME. */
+static ssize_t xattr_call(int op, int dirfd, const char *name, const char *xname, void *buf, size_t size) {
     if (name == NULL)
-        return flistxattr(dirfd, list, size);
+        return op == X_LIST  ? flistxattr(dirfd, buf, size)
+               : op == X_GET ? fgetxattr(dirfd, xname, buf, size)
+                             : fsetxattr(dirfd, xname, buf, size, 0);
     if (have_xattrat) {
-        ssize_t n = syscall(NR_listxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, list, size);
+        struct xattr_args_ args = {.value = (uintptr_t)buf, .size = (uint32_t)size};
+        ssize_t n = op == X_LIST ? syscall(NR_listxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, buf, size)
+                                 : syscall(op == X_GET ? NR_getxattrat : NR_setxattrat, dirfd, name,
+                                           AT_SYMLINK_NOFOLLOW, xname, &args, sizeof args);
         if (n >= 0 || errno != ENOSYS)
             return n;
         have_xattrat = 0;
     }
     char path[PATH_MAX];
-    proc_path(path, sizeof path, dirfd, name);
-    return llistxattr(path, list, size);
-}
-
-static ssize_t get_xattr(int dirfd, const char *name, const char *xname, char *value, size_t size) {
-    if (name == NULL)
-        return fgetxattr(dirfd, xname, value, size);
-    if (have_xattrat) {
-        struct xattr_args_ args = {.value = (uintptr_t)value, .size = (uint32_t)size};
-        ssize_t n = syscall(NR_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, xname, &args, sizeof args);
-        if (n >= 0 || errno != ENOSYS)
-            return n;
-        have_xattrat = 0;
-    }
-    char path[PATH_MAX];
-    proc_path(path, sizeof path, dirfd, name);
-    return lgetxattr(path, xname, value, size);
+    snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
+    return op == X_LIST  ? llistxattr(path, buf, size)
+           : op == X_GET ? lgetxattr(path, xname, buf, size)
+                         : lsetxattr(path, xname, buf, size, 0);
 }
 
 /* A value into scratch (XATTR_MAX bytes), offering the kernel a small buffer first. */
 static ssize_t get_value(int dirfd, const char *name, const char *xname, char *scratch) {
-    ssize_t n = get_xattr(dirfd, name, xname, scratch, SMALL);
-    return n < 0 && errno == ERANGE ? get_xattr(dirfd, name, xname, scratch, XATTR_MAX) : n;
-}
-
-static int set_xattr(int dirfd, const char *name, const char *xname, const char *value, size_t size) {
-    if (name == NULL)
-        return fsetxattr(dirfd, xname, value, size, 0);
-    if (have_xattrat) {
-        struct xattr_args_ args = {.value = (uintptr_t)value, .size = (uint32_t)size};
-        int r = (int)syscall(NR_setxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, xname, &args, sizeof args);
-        if (r == 0 || errno != ENOSYS)
-            return r;
-        have_xattrat = 0;
-    }
-    char path[PATH_MAX];
-    proc_path(path, sizeof path, dirfd, name);
-    return lsetxattr(path, xname, value, size, 0);
+    ssize_t n = xattr_call(X_GET, dirfd, name, xname, scratch, SMALL);
+    return n < 0 && errno == ERANGE ? xattr_call(X_GET, dirfd, name, xname, scratch, XATTR_MAX) : n;
 }
 
 static int chown_at(int dirfd, const char *name, uint32_t uid, uint32_t gid) {
@@ -266,9 +250,9 @@ static int add_name(scan_t *s, const char *name, uint32_t *off) {
 /* The id-carrying xattrs of one entry (name NULL: the directory), their values copied. An xattr
  * that cannot be listed or read (gone, or a filesystem without xattrs) is one there is not. */
 static int read_xattrs(scan_t *s, int dirfd, const char *name, ent *e) {
-    ssize_t n = list_xattrs(dirfd, name, s->scratch, SMALL);
+    ssize_t n = xattr_call(X_LIST, dirfd, name, NULL, s->scratch, SMALL);
     if (n < 0 && errno == ERANGE) /* (the kernel allocates what it is offered: offer little first) */
-        n = list_xattrs(dirfd, name, s->scratch, XATTR_MAX);
+        n = xattr_call(X_LIST, dirfd, name, NULL, s->scratch, XATTR_MAX);
     uint32_t found[8]; /* (a name is listed once: at most nwant of them) */
     size_t nfound = 0;
     if (n <= 0)
@@ -451,12 +435,8 @@ static PyObject *pack(scan_t *s, plan_args *a) {
     }
     for (size_t i = 0; xattrs && subdirs && i < s->subdirs.len / sizeof(uint32_t); i++) {
         const char *nm = s->names.p + ((const uint32_t *)s->subdirs.p)[i];
-        PyObject *b = PyBytes_FromString(nm);
-        if (b == NULL || PyList_Append(subdirs, b) < 0) {
-            Py_XDECREF(b);
+        if (append_new(subdirs, PyBytes_FromString(nm)) < 0)
             goto out;
-        }
-        Py_DECREF(b);
     }
     if (xattrs && subdirs)
         result = Py_BuildValue("(y#nOO)", blob.p ? blob.p : "", (Py_ssize_t)blob.len, count, subdirs, xattrs);
@@ -604,7 +584,7 @@ static int apply_xattrs(apply_t *t, int dirfd, const char *name, const todo *ite
         if (cur == wantlen && memcmp(t->scratch, want, (size_t)wantlen) == 0)
             continue;
         if ((cur == waslen && memcmp(t->scratch, was, (size_t)waslen) == 0) || (cur < 0 && x->dropped)) {
-            if (set_xattr(dirfd, name, x->xname, want, (size_t)wantlen) < 0)
+            if (xattr_call(X_SET, dirfd, name, x->xname, (void *)want, (size_t)wantlen) < 0)
                 return snprintf(why, size, "%s", strerrordesc_np(errno)), 1;
             *did = 1;
             continue;
@@ -681,10 +661,8 @@ static PyObject *conflicts_of(apply_t *t) {
     for (size_t i = 0; list && i < t->conflicts.len / sizeof(conflict); i++) {
         const conflict *c = (const conflict *)t->conflicts.p + i;
         const todo *item = t->items + c->index;
-        PyObject *row = Py_BuildValue("(y#s)", item->name, (Py_ssize_t)item->r.len, c->why);
-        if (row == NULL || PyList_Append(list, row) < 0)
+        if (append_new(list, Py_BuildValue("(y#s)", item->name, (Py_ssize_t)item->r.len, c->why)) < 0)
             Py_CLEAR(list);
-        Py_XDECREF(row);
     }
     return list;
 }

@@ -337,7 +337,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--force", action="store_true", help="unmount DST even if it is not an idmapped mount")
         chown.add_argument("--chown", action="store_true", help="undo a --chown shift from its journal")
     chown.add_argument("--journal", metavar="PATH", help=f"the journal (default: under {chown_shift.DEFAULT_JOURNAL_DIR})")
-    chown.add_argument("--jobs", type=_positive, metavar="N", help="worker processes (default: one per CPU)")
+    chown.add_argument("--jobs", type=_positive, metavar="N", help="threads doing the per-file work (default: one per CPU)")
     chown.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     parser.add_argument("-J", "--json", action="store_true", help="JSON output")
     if command == "shift":
