@@ -112,9 +112,16 @@ static int append_new(PyObject *list, PyObject *item) {
 
 static volatile int have_openat2 = 1, have_xattrat = 1, have_fchmodat2 = 1; /* cleared on the first ENOSYS */
 
+/* Which mount an entry is on: its mount id, or (before Linux 5.8) its filesystem's device. */
+static uint64_t mount_key(const struct statx *st) {
+    if (st->stx_mask & STATX_MNT_ID)
+        return st->stx_mnt_id;
+    return 1ULL << 63 | (uint64_t)st->stx_dev_major << 32 | st->stx_dev_minor;
+}
+
 static uint64_t mount_id(int fd) {
     struct statx st;
-    return statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &st) == 0 && (st.stx_mask & STATX_MNT_ID) ? st.stx_mnt_id : 0;
+    return statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &st) == 0 ? mount_key(&st) : 0;
 }
 
 /* Without openat2 (before Linux 5.6, or under a tool that does not know it): one component at a
@@ -291,7 +298,7 @@ static int scan(int fd, scan_t *s) {
     struct statx st;
     if (stat_at(fd, NULL, &st) < 0)
         return errno;
-    uint64_t mnt = st.stx_mnt_id;
+    uint64_t mnt = mount_key(&st);
     char *dents = PyMem_RawMalloc(65536);
     int err = dents == NULL || add_ent(s, fd, NULL, ".", &st) < 0 ? ENOMEM : 0;
     while (err == 0) {
@@ -315,7 +322,7 @@ static int scan(int fd, scan_t *s) {
                 err = errno == ENOENT ? 0 : errno; /* (gone since it was listed) */
                 continue;
             }
-            if (!(st.stx_mask & STATX_MNT_ID) || st.stx_mnt_id != mnt)
+            if (mount_key(&st) != mnt)
                 continue; /* something mounted on it: another filesystem's */
             if (S_ISDIR(st.stx_mode))
                 err = add_name(s, name, &at) < 0 || buf_add(&s->subdirs, &at, sizeof at) < 0 ? ENOMEM : 0;
@@ -607,7 +614,7 @@ static int apply_one(apply_t *t, int dirfd, uint64_t mnt, const todo *item, int 
     struct statx st;
     if (stat_at(dirfd, name, &st) < 0)
         return snprintf(why, size, "%s", errno == ENOENT ? "vanished" : strerrordesc_np(errno)), 1;
-    if (name != NULL && (!(st.stx_mask & STATX_MNT_ID) || st.stx_mnt_id != mnt))
+    if (name != NULL && mount_key(&st) != mnt)
         return snprintf(why, size, "a mount point now"), 1;
     if ((st.stx_mode & S_IFMT) != (r->mode & S_IFMT))
         return snprintf(why, size, "replaced by another kind of file"), 1;
@@ -633,7 +640,7 @@ static int apply_all(apply_t *t, int rootfd, const char *path, int forward) {
     struct statx st;
     uint64_t mnt = 0;
     if (fd >= 0 && stat_at(fd, NULL, &st) == 0)
-        mnt = st.stx_mnt_id;
+        mnt = mount_key(&st);
     for (size_t i = 0; i < t->n; i++) {
         conflict c = {.index = (uint32_t)i};
         int did = 0, bad;
