@@ -17,7 +17,7 @@ PACKAGE = ROOT / "src" / "namespacefs"
 #: The layers, lowest first; a part may import its own layer's modules only where SIBLINGS allows,
 #: and any lower layer. Kept in step with the table in docs/architecture.md.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("syntax", "kernel", "_walk"),                        # no I/O policy: numbers, names, syscalls
+    ("syntax", "kernel", "_walk", "_tree"),               # no I/O policy: numbers, names, syscalls
     ("procfs", "model", "forking", "ownership"),          # pure parsers, plain data, the one fork
     ("handles", "inside", "tracing"),                     # race-checked handles; running code inside namespaces; tracepoints
     ("discover",),                                        # reading the host: one snapshot
@@ -37,7 +37,7 @@ OWN_PART = {"namespacefs.ops.inside": "inside"}
 #: Single modules another part may use across a layer: the daemon's client (the FUSE server asks a
 #: running daemon for snapshots, as the command line does); the rendering of `nsfs ls` (the daemon
 #: answers GET /api/ls with exactly what the command prints, by the command's own code).
-SHARED = {("fs", "namespacefs.service.client"), ("service", "namespacefs.cli.ls")}
+SHARED = {("fs", "namespacefs.service.client"), ("service", "namespacefs.cli.rendering")}
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 
 

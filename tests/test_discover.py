@@ -137,6 +137,44 @@ def test_ip_netns_bind_mounts_are_found(spawn):
         subprocess.run(["ip", "netns", "delete", name], check=True)
 
 
+def test_netnsids_asked_together_are_the_kernels_answers_one_by_one_and_ip_netns_list_id():
+    """NETNSID of many net namespaces at once (one dump, then requests over one socket only until
+    every assigned id is found) is what a single RTM_GETNSID per namespace answers and what
+    `ip netns list-id` lists: an assigned id (in whatever order the namespaces come), unassigned ones."""
+    from namespacefs import details
+    from namespacefs.handles import open_namespace
+
+    names = [f"nsfs-nsid-{os.getpid()}-{i}" for i in range(3)]
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        listed = subprocess.run(["ip", "netns", "list-id"], capture_output=True, text=True, check=True).stdout
+        nsid = max((int(line.split()[1]) for line in listed.splitlines() if line.startswith("nsid ")), default=0) + 17
+        subprocess.run(["ip", "netns", "set", names[1], str(nsid)], check=True)
+        snap = discover()
+        mine = {h.path: ns for ns in snap.of_type("net") for h in ns.holders if h.kind == "bindmount"}
+        ours = [mine[f"/run/netns/{name}"] for name in names]
+        one_by_one = {}
+        for ns in ours:  # (ours only: another test's namespaces may come and go meanwhile)
+            fd = open_namespace(ns, snap)
+            try:
+                one_by_one[ns.inode] = kernel.netnsid(fd)
+            finally:
+                os.close(fd)
+        assert [one_by_one[ns.inode] for ns in ours] == [None, nsid, None]
+        for order in (ours, ours[::-1]):
+            assert details.netnsids(order, snap) == one_by_one
+        assert [details.netnsid(ns, snap) for ns in ours] == [None, nsid, None]
+        listed = subprocess.run(["ip", "netns", "list-id"], capture_output=True, text=True, check=True).stdout
+        assert {int(line.split()[1]) for line in listed.splitlines() if line.startswith("nsid ")} >= {
+            v for v in one_by_one.values() if v is not None} | {nsid}
+        shown = {d["inode"]: d["netnsid"] for d in json.loads(nsfs("ls", "-J", "-t", "net").stdout)["namespaces"]}
+        assert [shown[ns.inode] for ns in ours] == ["unassigned", str(nsid), "unassigned"]
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
 def test_every_process_namespace_is_in_the_snapshot_with_consistent_types():
     snap = discover()
     assert len(snap.of_type("user")) >= 1

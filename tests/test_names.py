@@ -3,6 +3,8 @@ Every database lives under tmp_path; every process is killed by its own process 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -97,6 +99,22 @@ def test_default_names_differ_across_boot_seeds(spawn: Spawn) -> None:
     assert a != b and a.startswith("net-") and b.startswith("net-")
     assert defaults.assign(s, [], seed="boot-a")[ns.inode][0] == a
     assert str(ns.id) not in a and str(ns.inode) not in a  # a keyed digest, not the id
+
+
+def test_default_names_stay_the_ones_documented_and_stored_before() -> None:
+    """Default names are a persisted interface: pinned here as the hmac module made them (for
+    these fixed keys) before the digest was computed from pre-keyed hashes."""
+    user = Namespace("user", 4026531837, 1, 4, None, None, (), ())
+    net = Namespace("net", 4026531840, 4097, 4, 4026531837, None, (), ())
+    no_id = Namespace("uts", 4026532001, None, 4, 4026531837, None, (), ())
+    s = Snapshot("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "k", 0.0, 0.0, {n.inode: n for n in (user, net, no_id)}, {})
+    assert defaults.assign(s, []) == {4026531837: ("user-a62c34", "default"), 4026531840: ("net-85529e", "default"),
+                                      4026532001: ("uts-e36dad", "default")}
+    assert defaults.digest("pid", 12345, 4026532222, "boot-a") == (
+        "e2b7ad0f59397bd7381955897fff50604e8e81b148ea5c2dd4b359f161b7f024")
+    for seed in ("", "boot-a", "k" * 64, "k" * 65, "é" * 100):  # the key's padding and hashing (RFC 2104)
+        for what in (("net", 7, 9, b"net:id:7"), ("mnt", None, 9, b"mnt:ino:9")):
+            assert defaults.digest(*what[:3], seed) == hmac.new(seed.encode(), what[3], hashlib.sha256).hexdigest()
 
 
 def _synthetic(count: int) -> Snapshot:

@@ -68,6 +68,24 @@ def test_the_version_costs_a_command_nothing_until_asked() -> None:
     assert out.stdout.strip() == "False", out
 
 
+def test_nsfs_help_lists_every_command_and_a_command_loads_only_its_own_module() -> None:
+    """`nsfs --help` names each command with its one-line help, without importing any command's
+    module; `nsfs ls` imports ls's (and what every command shares), no other command's."""
+    env = dict(os.environ, COLUMNS="300", NSFS_NO_DAEMON="1")
+    out = subprocess.run([sys.executable, "-m", "namespacefs", "--help"], capture_output=True, text=True, timeout=60,
+                         env=env, check=True).stdout
+    for name, (_module, help_text) in COMMANDS.items():
+        assert re.search(rf"^ +{name} +{re.escape(help_text)}$", out, re.M), (name, out)
+    probe = ("import sys; from namespacefs.cli import main; main({argv!r}); print(sorted(m for m in sys.modules "
+             "if m.startswith('namespacefs.cli.')), file=sys.stderr)")
+    for argv, loaded in ((["--help"], []),
+                         (["ls", "-n"], ["namespacefs.cli.common", "namespacefs.cli.ls", "namespacefs.cli.output",
+                                         "namespacefs.cli.remote"])):  # (remote: ls asks a daemon first)
+        run = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True,
+                             timeout=60, env=env, check=True)
+        assert run.stderr.strip().splitlines()[-1] == repr(loaded), run
+
+
 # --- man pages and completion -------------------------------------------------------------------
 
 

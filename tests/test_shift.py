@@ -440,7 +440,7 @@ def kill_mid_run(root: Path, journal: Path, *extra: str, sig: int = signal.SIGKI
                 with contextlib.suppress(sqlite3.OperationalError):
                     db = sqlite3.connect(journal, timeout=1)
                     try:
-                        done = db.execute("SELECT count(*) FROM entries WHERE done = 1").fetchone()[0]
+                        done = db.execute("SELECT coalesce(sum(count), 0) FROM dirs WHERE done = 1").fetchone()[0]
                     finally:
                         db.close()
             if done > 0:
@@ -455,7 +455,7 @@ def kill_mid_run(root: Path, journal: Path, *extra: str, sig: int = signal.SIGKI
         result.append(proc)
     db = sqlite3.connect(journal)
     try:
-        return db.execute("SELECT coalesce(sum(done = 1), 0), count(*) FROM entries").fetchone()
+        return db.execute("SELECT coalesce(sum(count * done), 0), coalesce(sum(count), 0) FROM dirs").fetchone()
     finally:
         db.close()
 
@@ -527,7 +527,7 @@ def test_a_run_interrupted_while_planning_is_planned_again(tmp_path: Path) -> No
     make_tree(root, 3, 3, 1000)
     db = chown_shift.open_journal(str(journal))
     chown_shift.plan(db, str(root), ((1000, 2000, 1),), ((1000, 2000, 1),))
-    db.db.execute("DELETE FROM entries WHERE id > 2")  # as if killed before the plan committed in full
+    db.db.execute("DELETE FROM dirs WHERE id > 2")  # as if killed before the plan committed in full
     db.set_meta(state="planning")
     db.close()
     assert all_ids(root) == {(1000, 1000)}  # nothing is touched while planning

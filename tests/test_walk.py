@@ -297,13 +297,18 @@ def churning(spawn: Callable[..., subprocess.Popen[str]]) -> None:
     assert proc.stdout is not None and proc.stdout.readline().strip() == "churning"
 
 
-def build_walk(out: Path, *flags: str) -> Path:
-    """_walk.c compiled on its own (with the same warnings as the install), into out."""
-    target = out / f"_walk{sysconfig.get_config_var('EXT_SUFFIX')}"
+def build_extension(source: Path, out: Path, *flags: str) -> Path:
+    """One of our C files compiled on its own (with the same warnings as the install), into out."""
+    target = out / f"{source.stem}{sysconfig.get_config_var('EXT_SUFFIX')}"
     cc = ["gcc", "-shared", "-fPIC", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-std=gnu11",
-          f"-I{sysconfig.get_paths()['include']}", *flags, str(WALK_SOURCE), "-o", str(target)]
+          f"-I{sysconfig.get_paths()['include']}", *flags, str(source), "-o", str(target)]
     subprocess.run(cc, check=True, capture_output=True, text=True)
     return out
+
+
+def build_walk(out: Path, *flags: str) -> Path:
+    """_walk.c compiled on its own, into out."""
+    return build_extension(WALK_SOURCE, out, *flags)
 
 
 def _in_walk(error: ET.Element) -> bool:

@@ -9,21 +9,24 @@ namespaces never change. Everything else comes from /proc files of a member proc
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from namespacefs import kernel, procfs
 from namespacefs.discover.processes import read_at
 from namespacefs.handles import Gone, open_namespace
 from namespacefs.model import Namespace, Snapshot
-from namespacefs.ops.inside import in_thread
+
+if TYPE_CHECKING:
+    import socket
 
 T = TypeVar("T")
 
 
 def inside(ns: Namespace, func: Callable[[], T], snapshot: Snapshot | None = None) -> T:
     """Run func in a helper thread that has joined ns (uts, ipc, net or cgroup: ops.inside.in_thread)."""
+    from namespacefs.ops.inside import in_thread  # (here: `nsfs ls` imports this module for NETNSID alone)
+
     fd = open_namespace(ns, snapshot)
     try:
         return in_thread(fd, ns.type, func)
@@ -52,6 +55,8 @@ def uname(ns: Namespace, snapshot: Snapshot | None = None) -> dict[str, str]:
 
 def interfaces(ns: Namespace, snapshot: Snapshot | None = None) -> list[str]:
     """The network interfaces of a net namespace, in index order."""
+    import socket
+
     return [name for _, name in sorted(inside(ns, socket.if_nameindex, snapshot))]
 
 
@@ -103,13 +108,65 @@ def mountinfo(ns: Namespace) -> bytes:
 
 def netnsid(ns: Namespace, snapshot: Snapshot | None = None) -> int | None:
     """The netnsid our net namespace assigned to ns, or None where none is assigned."""
+    return netnsids([ns], snapshot).get(ns.inode)
+
+
+def netnsids(namespaces: Iterable[Namespace], snapshot: Snapshot | None = None) -> dict[int, int | None]:
+    """inode -> netnsid (None: none assigned) of each of these net namespaces, over one netlink
+    socket. The ids our net namespace has assigned are listed first (one dump); namespaces are
+    opened and asked, one request each, only until every one of those ids is found: on the many
+    hosts that assign none, nothing is opened at all. (An id assigned after the dump is not
+    looked for: the answer is the host as the dump saw it.)"""
+    nets = [ns for ns in namespaces if ns.type == "net"]
+    found: dict[int, int | None] = dict.fromkeys((ns.inode for ns in nets), None)
+    if not nets:
+        return found
+    try:
+        sock = kernel.route_socket()
+    except OSError:
+        return found
+    with sock:
+        try:
+            missing: set[int] | None = kernel.assigned_netnsids(sock)
+        except OSError:
+            missing = None  # no dump: every one is asked
+        for ns in nets:
+            if missing is not None and not missing:
+                break
+            found[ns.inode] = nsid = _ask_netnsid(ns, snapshot, sock)
+            if missing is not None and nsid is not None:
+                missing.discard(nsid)
+    return found
+
+
+def _ask_netnsid(ns: Namespace, snapshot: Snapshot | None, sock: socket.socket) -> int | None:
     try:
         fd = open_namespace(ns, snapshot)
     except Gone:
         return None
     try:
-        return kernel.netnsid(fd)
+        return kernel.netnsid(fd, sock)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+class Netnsids:
+    """The NETNSIDs of a command's rows, asked for all of them at once when the first one is wanted
+    (netnsids: one netlink socket, and no namespace opened on a host that assigns none)."""
+
+    __slots__ = ("_found", "_snap", "wanted")
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._found: dict[int, int | None] | None = None
+        #: the rows' namespaces, once they are made (until then: every one of the snapshot)
+        self.wanted: list[Namespace] | None = None
+
+    def get(self, ns: Namespace) -> int | None:
+        if self._found is None:
+            self._found = netnsids(self._snap if self.wanted is None else self.wanted, self._snap)
+        if ns.inode not in self._found:  # (a namespace no row announced)
+            self._found.update(netnsids([ns], self._snap))
+        return self._found[ns.inode]

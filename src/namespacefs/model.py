@@ -155,7 +155,7 @@ class Namespace(NamedTuple):
 
     def named(self, name: str | None, path: str | None) -> Namespace:
         """The same namespace with its name and name path (the last two fields) set."""
-        return Namespace(*self[:-2], name, path)
+        return Namespace._make((*self[:-2], name, path))
 
     @property
     def key(self) -> tuple[str, int]:

@@ -4,10 +4,9 @@ exist, plus ours (ID, NAME, HOLDERS, ...)."""
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
@@ -25,6 +24,9 @@ from namespacefs.cli.output import (
 from namespacefs.handles import holder_path
 from namespacefs.model import HolderKind, Namespace, Process, Snapshot
 
+if TYPE_CHECKING:
+    from namespacefs.details import Netnsids
+
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
 PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
@@ -32,16 +34,21 @@ PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
 #: JSON contract already gives the name path) added to every namespace object of `nsfs ls -J`
 LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID", "NSFS", "PNS", "ONS")
 TREES = ("owner", "parent", "process")
+#: The columns whose value is that of the row's process alone, where the row has one
+OF_PROCESS = frozenset({"PID", "PPID", "COMMAND", "UID", "USER"})
 
 
 class NamespaceRow:
     """A namespace with the snapshot around it, for column functions; `proc` is the process a
-    row stands for where it lists the processes of a namespace (lsns NS)."""
+    row stands for where it lists the processes of a namespace (lsns NS); `netnsids` the NETNSIDs
+    its command's rows share."""
 
-    __slots__ = ("_proc", "ns", "process", "snap")
+    __slots__ = ("_proc", "netnsids", "ns", "process", "snap")
 
-    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None) -> None:
+    def __init__(self, ns: Namespace, snap: Snapshot, proc: Process | None = None,
+                 netnsids: Netnsids | None = None) -> None:
         self.ns, self.snap, self._proc = ns, snap, proc
+        self.netnsids = netnsids if netnsids is not None else _netnsids(snap)
         #: the process lsns shows: the one given, else the lowest pid in it, else the first process holding it
         self.process = proc if proc is not None else _shown_process(ns, snap)
 
@@ -60,6 +67,13 @@ class NamespaceRow:
             if path := holder_path(self.ns.type, h):
                 return path
         return None
+
+
+def _netnsids(snap: Snapshot) -> Netnsids:
+    """The NETNSIDs a command's rows share (details: imported where a command lists them)."""
+    from namespacefs.details import Netnsids
+
+    return Netnsids(snap)
 
 
 def _shown_process(ns: Namespace, snap: Snapshot) -> Process | None:
@@ -83,9 +97,7 @@ def _netnsid(row: NamespaceRow) -> object:
     """lsns's NETNSID: the id our net namespace gave it, else `unassigned`; empty for other types."""
     if row.ns.type != "net":
         return None
-    from namespacefs import details
-
-    found = details.netnsid(row.ns, row.snap)
+    found = row.netnsids.get(row.ns)
     return "unassigned" if found is None else str(found)
 
 
@@ -179,33 +191,18 @@ def run(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     check_arguments(args)
-    columns, keep = _prepare(args)
+    columns, keep = prepare(args)
     from namespacefs.cli.remote import printed_by_daemon
 
-    if printed_by_daemon(args):  # a running daemon printed it (GET /api/ls: printed() below, run there)
+    if printed_by_daemon(args):  # a running daemon printed it (GET /api/ls: cli.rendering, over output())
         return 0
     snap = take_snapshot(args)
-    _print(snap, args, columns, keep, sys.stdout)
+    output(snap, args, columns, keep, sys.stdout)
     report_errors(snap)
     return 0
 
 
-def printed(snap: Snapshot, args: argparse.Namespace) -> tuple[int, bytes, str]:
-    """What `nsfs ls` with these (checked) options prints over snap: (exit status, stdout, stderr),
-    by the code run() uses; the daemon answers GET /api/ls with it (service.listing)."""
-    buffer = io.BytesIO()
-    out = io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape", newline="\n")
-    err = io.StringIO()
-    try:
-        _print(snap, args, *_prepare(args), out)
-    except UserError as e:
-        return e.status, b"", str(e)
-    out.flush()
-    report_errors(snap, err)
-    return 0, buffer.getvalue(), err.getvalue()
-
-
-def _prepare(args: argparse.Namespace) -> tuple[list[Column[NamespaceRow]], Callable[[NamespaceRow], bool] | None]:
+def prepare(args: argparse.Namespace) -> tuple[list[Column[NamespaceRow]], Callable[[NamespaceRow], bool] | None]:
     """The columns and the -Q predicate (checked before any snapshot is taken)."""
     default: tuple[str, ...] = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
     if not args.namespace and args.type and "net" in args.type:  # lsns -t net: NETNSID and NSFS too
@@ -213,17 +210,19 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Column[NamespaceRow]], Call
     return pick_columns(args, COLUMNS, default), _compile_filter(args.filter) if args.filter else None
 
 
-def _print(snap: Snapshot, args: argparse.Namespace, columns: list[Column[NamespaceRow]],
+def output(snap: Snapshot, args: argparse.Namespace, columns: list[Column[NamespaceRow]],
            keep: Callable[[NamespaceRow], bool] | None, out: TextIO) -> None:
     lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
+    netnsids = _netnsids(snap)
     if args.namespace:
-        rows = [NamespaceRow(ns, snap, p) for ns in _positional(snap, args) for p in _members(ns, snap)]
+        rows = [NamespaceRow(ns, snap, p, netnsids) for ns in _positional(snap, args) for p in _members(ns, snap)]
     else:
-        rows = [NamespaceRow(ns, snap) for ns in select(snap, args)]
+        rows = [NamespaceRow(ns, snap, None, netnsids) for ns in select(snap, args)]
+    netnsids.wanted = [r.ns for r in rows]
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
-        print_json(_contract(snap, [r.ns for r in rows], args), out)
+        print_json(_contract(snap, [r.ns for r in rows], args, netnsids), out)
     else:
         tree_at = _tree_column(columns, args)
         roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
@@ -246,17 +245,32 @@ def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:
         raise UserError(f"failed to parse \"{text}\": {e}") from None
 
 
-def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace) -> dict[str, object]:
+def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace,
+              netnsids: Netnsids) -> dict[str, object]:
     """The documented object (README, the JSON contract), each namespace with lsns's keys too,
     in lsns's order (by inode)."""
     data = snap.to_dict()
     keep = {ns.inode for ns in chosen}
     columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
     nowrap = bool(args.nowrap)
+    shared: dict[int, dict[str, object]] = {}  # pid -> its cells of the OF_PROCESS columns
+
+    def of_process(row: NamespaceRow) -> dict[str, object]:
+        """The row's cells that are its process's alone, worked out once per process (a process is
+        in several namespaces: five of its own on a sandbox-dense host)."""
+        proc = row.process
+        if proc is None:
+            return {}
+        if (cells := shared.get(proc.pid)) is None:
+            cells = shared[proc.pid] = {key: json_cell(c, c.value(row), nowrap) for key, c in columns
+                                        if c.name in OF_PROCESS}
+        return cells
+
     namespaces = []
     for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
-        row = NamespaceRow(snap.namespaces[item["inode"]], snap)
-        item.update({key: json_cell(c, c.value(row), nowrap) for key, c in columns})
+        row = NamespaceRow(snap.namespaces[item["inode"]], snap, None, netnsids)
+        known = of_process(row)
+        item.update({key: known[key] if key in known else json_cell(c, c.value(row), nowrap) for key, c in columns})
         namespaces.append(item)
     data["namespaces"] = namespaces
     return data

@@ -232,21 +232,36 @@ def print_json(data: Any, out: Any = None) -> None:
 def json_bytes(data: Any) -> bytes:
     """JSON laid out for both people and speed: each top-level key on its own line, each item of a
     top-level list on its own line, compact inside (orjson: `nsfs ls --json` is 1 MB at 1,000
-    processes, encoded five times faster than by the json module)."""
+    processes, encoded five times faster than by the json module). Each item's encoding is copied
+    into one buffer and dropped at once: keeping thousands of orjson's results alive to join them
+    costs each its own fresh memory, four times the encoding itself."""
     import orjson  # (only the commands that print JSON need it)
 
-    def dumps(value: Any) -> bytes:
+    out = bytearray()
+
+    def put(value: Any) -> None:
+        nonlocal out
         try:
-            return orjson.dumps(value)
+            out += orjson.dumps(value)
         except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
-            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+            out += orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
     if not isinstance(data, dict):
-        return dumps(data) + b"\n"
-    lines = []
-    for key, value in data.items():
+        put(data)
+        return bytes(out + b"\n")
+    out += b"{\n"
+    for i, (key, value) in enumerate(data.items()):
+        out += b",\n  " if i else b"  "
+        put(key)
+        out += b": "
         if isinstance(value, list) and value:
-            lines.append(b"  %s: [\n    %s\n  ]" % (dumps(key), b",\n    ".join(map(dumps, value))))
+            out += b"[\n    "
+            for j, item in enumerate(value):
+                if j:
+                    out += b",\n    "
+                put(item)
+            out += b"\n  ]"
         else:
-            lines.append(b"  %s: %s" % (dumps(key), dumps(value)))
-    return b"{\n" + b",\n".join(lines) + b"\n}\n"
+            put(value)
+    out += b"\n}\n"
+    return bytes(out)

@@ -1,6 +1,6 @@
 """Asking a running daemon (`nsfs serve`) for exactly what a command prints, and printing it: the
 daemon renders it once per model change with the command's own code (GET /api/ls runs
-cli.ls.printed over its live model), so `nsfs ls` with a daemon costs a process start and one
+cli.rendering.ls_printed over its live model), so `nsfs ls` with a daemon costs a process start and one
 request, not a scan, a naming pass and a rendering.
 
 Only options the daemon can honour are sent. Anything else is done here, by a scan of our own:

@@ -11,8 +11,8 @@ CHROMIUM = ("chrome", "chromium", "chromium-browse", "chrome_crashpad", "headles
 
 def identify(c: Candidate) -> Identity | None:
     argv = c.init.cmdline
-    kind = option(argv, "--type")
-    if kind and (c.init.comm in CHROMIUM or any(n in (argv[0] if argv else "") for n in ("chrom", "headless_shell"))):
+    chromium = c.init.comm in CHROMIUM or any(n in (argv[0] if argv else "") for n in ("chrom", "headless_shell"))
+    if chromium and (kind := option(argv, "--type")):  # (the cheap test first: every candidate is asked)
         return Identity("chromium", f"chromium-{kind}", None, {"type": kind})
     if "-contentproc" in argv:
         kind = argv[-1] if argv else "content"

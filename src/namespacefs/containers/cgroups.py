@@ -5,6 +5,7 @@ LXC (`lxc.payload.NAME`, `/lxc/NAME`)."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 from namespacefs.containers.candidate import Candidate
@@ -24,20 +25,31 @@ POD = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][
 
 
 def identify(c: Candidate) -> Identity | None:
-    for path in c.cgroup_paths():
+    found = match(c.cgroup_paths())
+    if found is None:
+        return None
+    engine, name, ident, labels = found
+    return Identity(engine, name, ident, dict(labels))
+
+
+@functools.lru_cache(maxsize=1024)
+def match(paths: tuple[str, ...]) -> tuple[str, str, str, tuple[tuple[str, str], ...]] | None:
+    """(engine, name, id, labels) that these cgroup paths show, worked out once per distinct set
+    of paths (the processes of a host share a few)."""
+    for path in paths:
         pod = POD.search(path)
         for engine, pattern in PATTERNS:
             m = pattern.search(path)
             if not m:
                 continue
             ident = m.group(1)
-            labels = {"cgroup": path}
+            labels = [("cgroup", path)]
             if pod:
-                labels["io.kubernetes.pod.uid"] = pod.group(1).replace("_", "-")
+                labels.append(("io.kubernetes.pod.uid", pod.group(1).replace("_", "-")))
                 engine = "kubernetes" if engine in ("containerd", "docker") else engine
             name = ident if engine == "lxc" else ident[:12]
-            return Identity(engine, name, ident, labels)
+            return engine, name, ident, tuple(labels)
         if pod:
             uid = pod.group(1).replace("_", "-")
-            return Identity("kubernetes", f"pod-{uid[:8]}", uid, {"cgroup": path, "io.kubernetes.pod.uid": uid})
+            return "kubernetes", f"pod-{uid[:8]}", uid, (("cgroup", path), ("io.kubernetes.pod.uid", uid))
     return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from namespacefs.containers.candidate import Candidate, option
+from namespacefs.containers.candidate import Candidate, option, unit_identity
 from namespacefs.containers.model import Identity
 
 SCOPE = re.compile(r"machine-([^/]+)\.scope")
@@ -21,8 +21,4 @@ def identify(c: Candidate) -> Identity | None:
             where = option(argv, "--directory", "-D") or option(argv, "--image", "-i")
             name = os.path.basename(where.rstrip("/")) if where else None
         return Identity("systemd-nspawn", name or f"nspawn-{c.init.pid}", name, {"nspawn.pid": str(starter.pid)})
-    for path in c.cgroup_paths():
-        if m := SCOPE.search(path):
-            name = m.group(1).replace("\\x2d", "-")
-            return Identity("systemd-nspawn", name, name, {"cgroup": path})
-    return None
+    return unit_identity("systemd-nspawn", SCOPE, c)

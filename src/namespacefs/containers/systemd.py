@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from namespacefs.containers.candidate import Candidate
+from namespacefs.containers.candidate import Candidate, unit_identity
 from namespacefs.containers.model import Identity
 
 UNIT = re.compile(r"/([^/]+\.service)(?:/|$)")
@@ -15,8 +15,4 @@ UNIT = re.compile(r"/([^/]+\.service)(?:/|$)")
 def identify(c: Candidate) -> Identity | None:
     if c.starter is not None and c.starter.pid != 1 and c.starter.comm != "systemd":
         return None  # started by a process of the unit (a script's `unshare`): not the unit's own namespaces
-    for path in c.cgroup_paths():
-        if m := UNIT.search(path):
-            unit = m.group(1).replace("\\x2d", "-")
-            return Identity("systemd", unit, unit, {"cgroup": path})
-    return None
+    return unit_identity("systemd", UNIT, c)

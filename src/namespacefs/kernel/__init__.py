@@ -30,7 +30,9 @@ The other half of the kernel layer is compiled: namespacefs._walk (src/namespace
 discovery's syscalls in a loop (openat, readlinkat, getdents64, read, fstat; NS_GET_NSTYPE,
 NS_GET_ID, NS_GET_MNTNS_ID, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID from linux/nsfs.h;
 SIOCGSKNS from linux/sockios.h; pidfd_open, pidfd_getfd), each citing its header there, and
-returns plain tuples (see namespacefs.discover.processes).
+returns plain tuples (see namespacefs.discover.processes). namespacefs._tree (src/namespacefs/_tree.c)
+makes the per-entry syscalls of `nsfs shift --chown` the same way (openat2, statx, getdents64,
+listxattrat/getxattrat/setxattrat, fchownat, fchmodat2; see namespacefs.ops.chown_shift.tree).
 """
 
 from __future__ import annotations

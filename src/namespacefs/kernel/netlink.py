@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -56,23 +59,29 @@ def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
     return sock
 
 
+def netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, the whole message) of each netlink message in one datagram."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
+            return
+        yield kind, seq, data[offset:offset + length]
+        offset += (length + 3) & ~3
+
+
 def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
     """(what, pid, tgid) for each proc event in one netlink datagram; for fork, the child's pid/tgid."""
     out = []
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size:
-            break
-        body = offset + NLMSGHDR.size
-        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= offset + length:
-            idx, val, *_ = CN_MSG.unpack_from(data, body)
+    body = NLMSGHDR.size
+    for kind, _seq, message in netlink_messages(data):
+        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= len(message):
+            idx, val, *_ = CN_MSG.unpack_from(message, body)
             if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
                 event = body + CN_MSG.size
-                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(data, event)
-                a, b, c, d = PROC_EVENT_IDS.unpack_from(data, event + 16)
+                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(message, event)
+                a, b, c, d = PROC_EVENT_IDS.unpack_from(message, event + 16)
                 out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
-        offset += (length + 3) & ~3
     return out
 
 
@@ -85,16 +94,60 @@ RTGENMSG: Final = struct.Struct("=Bxxx")  # struct rtgenmsg, padded to 4
 NLATTR: Final = struct.Struct("=HH")  # struct nlattr: len, type
 
 
-def netnsid(netns_fd: int) -> int | None:
-    """The netnsid our net namespace assigned to the net namespace behind netns_fd, or None where
-    none is assigned (or rtnetlink refuses). Raises OSError if no netlink socket can be made."""
+NLM_F_DUMP: Final = 0x300  # netlink.h: NLM_F_ROOT | NLM_F_MATCH
+
+
+def route_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket to ask RTM_GETNSID over (one for many questions)."""
     import socket  # (as for the proc connector: only some commands need it)
 
-    body = RTGENMSG.pack(socket.AF_UNSPEC) + NLATTR.pack(8, NETNSA_FD) + struct.pack("=I", netns_fd)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETNSID, NLM_F_REQUEST, 1, 0) + body)
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+def netnsid(netns_fd: int, sock: socket.socket | None = None) -> int | None:
+    """The netnsid our net namespace assigned to the net namespace behind netns_fd, or None where
+    none is assigned (or rtnetlink refuses), asked over sock (a route_socket(); else one made for
+    this question). Raises OSError if no netlink socket can be made."""
+    if sock is None:
+        with route_socket() as own:
+            return netnsid(netns_fd, own)
+    body = RTGENMSG.pack(0) + NLATTR.pack(8, NETNSA_FD) + struct.pack("=I", netns_fd)  # family AF_UNSPEC
+    seq = _next_seq()
+    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETNSID, NLM_F_REQUEST, seq, 0) + body)
+    while True:  # exactly one answer per request (RTM_NEWNSID, or NLMSG_ERROR): ours is the one with our seq
         reply = sock.recv(4096)
-    return parse_netnsid(reply)
+        if len(reply) < NLMSGHDR.size or NLMSGHDR.unpack_from(reply)[3] == seq:
+            return parse_netnsid(reply)
+
+
+def assigned_netnsids(sock: socket.socket) -> set[int]:
+    """Every netnsid our net namespace has assigned (an RTM_GETNSID dump: what `ip netns list-id`
+    shows), over a route_socket(). Raises OSError where rtnetlink refuses the dump."""
+    seq = _next_seq()
+    sock.send(NLMSGHDR.pack(NLMSGHDR.size + RTGENMSG.size, RTM_GETNSID, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+              + RTGENMSG.pack(0))
+    found: set[int] = set()
+    while True:
+        for kind, got, message in netlink_messages(sock.recv(65536)):
+            if got != seq:
+                continue
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", message, NLMSGHDR.size)
+                if error == 0:  # (an acknowledgement: the end)
+                    return found
+                raise OSError(-error, os.strerror(-error))
+            if (nsid := parse_netnsid(message)) is not None:
+                found.add(nsid)
+
+
+_SEQUENCE = itertools.count(1)
+
+
+def _next_seq() -> int:
+    """A sequence number for the next request (what tells its answer from a stale one)."""
+    return next(_SEQUENCE) & 0xFFFFFFFF
 
 
 def parse_netnsid(reply: bytes) -> int | None:

@@ -120,8 +120,9 @@ def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True,
     """The snapshot with Namespace.name and Namespace.path filled in (engine: see assigned)."""
     got = assigned(snapshot, db, strict, engine)
     names, paths_ = got.names, got.paths
-    return snapshot.replace(namespaces={inode: ns.named(names[inode][0], paths_[inode])
-                                        for inode, ns in snapshot.namespaces.items()})
+    named = {inode: ns if ns.name == names[inode][0] and ns.path == paths_[inode] else ns.named(names[inode][0], paths_[inode])
+             for inode, ns in snapshot.namespaces.items()}  # (a namespace already so named is kept as it is)
+    return snapshot.replace(namespaces=named)
 
 
 def _alive_elsewhere(row: StoredName) -> bool | None:

@@ -1,5 +1,5 @@
 """GET /api/ls: exactly what `nsfs ls` with the given options prints (text, or its JSON), made by
-the command's own code (cli.ls.printed) over the live model, once per model change and set of
+the command's own code (cli.rendering.ls_printed) over the live model, once per model change and set of
 options. `nsfs ls` asks for it when a daemon runs (cli.remote) and writes what it gets.
 
 The query parameters are the command's options by their long names (docs/service.md): repeatable
@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Response
 
-from namespacefs.cli import ls  # (the one arrow from the service to the command line: docs/architecture.md)
+from namespacefs.cli import rendering  # (the one arrow from the service to the command line: docs/architecture.md)
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Snapshot
 from namespacefs.service import models
@@ -70,8 +70,8 @@ def options(items: list[tuple[str, str]]) -> argparse.Namespace:
             setattr(args, name, [*(getattr(args, name) or []), value])
         else:
             raise HTTPException(400, f"unknown option '{name}'")
-    if args.tree is not None and args.tree not in ls.TREES:
-        raise HTTPException(400, f"tree: one of {', '.join(ls.TREES)}, not '{args.tree}'")
+    if args.tree is not None and args.tree not in rendering.TREES:
+        raise HTTPException(400, f"tree: one of {', '.join(rendering.TREES)}, not '{args.tree}'")
     return args
 
 
@@ -113,7 +113,7 @@ class Listings:
             if found is not None and found.snap is snap:
                 found = found._replace(as_of=as_of)
             elif found is None or not self._reusable(found, snap, args):
-                found = Rendered(snap, as_of, time.monotonic(), ls.printed(snap, args))
+                found = Rendered(snap, as_of, time.monotonic(), rendering.ls_printed(snap, args))
                 self.rendered += 1
             self._answers[key] = found
             self._answers.move_to_end(key)

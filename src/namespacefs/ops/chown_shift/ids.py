@@ -54,5 +54,16 @@ def shift_xattr(name: str, value: bytes, uid_map: IdMap, gid_map: IdMap) -> byte
     return shift_cap(value, uid_map) if name == CAP_XATTR else shift_acl(value, uid_map, gid_map)
 
 
-def carries_ids(name: str) -> bool:
-    return name == CAP_XATTR or name in ACL_XATTRS
+ID_XATTRS: Final = (*ACL_XATTRS, CAP_XATTR)  # every xattr that carries ids
+
+
+def dropped_by_chown(name: str) -> bool:
+    """The kernel removes a file capability on chown (security_inode_killpriv): a missing one is
+    the state to change, and one whose value the shift keeps is still recorded, to be put back."""
+    return name == CAP_XATTR
+
+
+def recorded_xattr(name: str, old: bytes, uid_map: IdMap, gid_map: IdMap) -> bytes | None:
+    """The new value the plan records for an id-carrying xattr, or None when it needs nothing."""
+    new = shift_xattr(name, old, uid_map, gid_map)
+    return new if new != old or dropped_by_chown(name) else None
