@@ -10,7 +10,8 @@ For each synthetic host shape (bench/synthetic.py: "sets", N processes in N/10 n
   `--idle` seconds with nothing of ours changing, and during 100 namespace creations per second;
   its RSS;
 - GET /api/snapshot (warm) and one namespace, client-side over the Unix socket;
-- `nsfs ls --json` and `nsfs ls` end to end (process start included) with the daemon running;
+- `nsfs ls --json` and `nsfs ls` end to end (process start included) with the daemon running (they
+  print what the daemon rendered: GET /api/ls), and GET /api/ls?json=1 itself (warm);
 - event latency: namespace made -> `created` received by an SSE client, at 10 and 100 per second
   (unshare then exec), and for unshare() and setns() by processes that forked long before (no
   process event: the syscall tracepoints); `destroyed` after SIGKILL;
@@ -251,6 +252,8 @@ def measure_shape(base: Path, shape: str, n: int, idle: float, seconds: float) -
             out["one"] = timed(lambda: _get(d.http, f"/api/namespaces/{one}"), 30)
             out["ls_json"] = timed(lambda: _cli(d.socket, "ls", "--json"), 10)
             out["ls"] = timed(lambda: _cli(d.socket, "ls"), 10)
+            out["ls_api"] = timed(lambda: _get(d.http, "/api/ls?json=1"), 30)
+            out["sweep"] = d.status()["mechanisms"]["sweep"]
             out["runs"] = [run_rate(d.socket, 10, seconds, "exec"), run_rate(d.socket, 100, seconds, "exec", d),
                            run_rate(d.socket, 10, seconds, "old")]
             out["status"] = d.status()

@@ -35,8 +35,9 @@ SIBLINGS = {("ops", "mountpoints"), ("__main__", "cli"), ("access", "accounting"
 #: fork-and-setns helper that reading code (accounting, details, access) uses too.
 OWN_PART = {"namespacefs.ops.inside": "inside"}
 #: Single modules another part may use across a layer: the daemon's client (the FUSE server asks a
-#: running daemon for snapshots, as the command line does).
-SHARED = {("fs", "namespacefs.service.client")}
+#: running daemon for snapshots, as the command line does); the rendering of `nsfs ls` (the daemon
+#: answers GET /api/ls with exactly what the command prints, by the command's own code).
+SHARED = {("fs", "namespacefs.service.client"), ("service", "namespacefs.cli.rendering")}
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 
 

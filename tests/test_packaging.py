@@ -79,7 +79,8 @@ def test_nsfs_help_lists_every_command_and_a_command_loads_only_its_own_module()
     probe = ("import sys; from namespacefs.cli import main; main({argv!r}); print(sorted(m for m in sys.modules "
              "if m.startswith('namespacefs.cli.')), file=sys.stderr)")
     for argv, loaded in ((["--help"], []),
-                         (["ls", "-n"], ["namespacefs.cli.common", "namespacefs.cli.ls", "namespacefs.cli.output"])):
+                         (["ls", "-n"], ["namespacefs.cli.common", "namespacefs.cli.ls", "namespacefs.cli.output",
+                                         "namespacefs.cli.remote"])):  # (remote: ls asks a daemon first)
         run = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True,
                              timeout=60, env=env, check=True)
         assert run.stderr.strip().splitlines()[-1] == repr(loaded), run

@@ -195,6 +195,12 @@ class Namespace(NamedTuple):
         }
 
 
+class _Index(NamedTuple):
+    by_id: dict[int, Namespace]
+    owned: dict[int | None, list[Namespace]]
+    children: dict[int | None, list[Namespace]]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
     """Every namespace and process seen in one scan (each one its own: compared by identity)."""
@@ -207,12 +213,13 @@ class Snapshot:
     processes: Mapping[int, Process]
     errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
     sources: tuple[str, ...] = ()
-    # indexes, derived from namespaces
-    _by_id: dict[int, Namespace] = field(init=False, repr=False, compare=False)
-    _owned: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
-    _children: dict[int | None, list[Namespace]] = field(init=False, repr=False, compare=False)
+    # indexes, derived from namespaces on first use (by id, by owner, by parent): a copy made by
+    # replace() that no one asks costs nothing (the daemon makes several per update)
+    _index: _Index | None = field(init=False, repr=False, compare=False, default=None)
 
-    def __post_init__(self) -> None:
+    def _indexes(self) -> _Index:
+        if self._index is not None:
+            return self._index
         by_id: dict[int, Namespace] = {}
         owned: dict[int | None, list[Namespace]] = {}
         children: dict[int | None, list[Namespace]] = {}
@@ -222,9 +229,9 @@ class Snapshot:
             owned.setdefault(ns.owner, []).append(ns)
             if ns.type in HIERARCHICAL:
                 children.setdefault(ns.parent, []).append(ns)
-        object.__setattr__(self, "_by_id", by_id)  # (how a frozen dataclass sets a derived field)
-        object.__setattr__(self, "_owned", owned)
-        object.__setattr__(self, "_children", children)
+        index = _Index(by_id, owned, children)
+        object.__setattr__(self, "_index", index)  # (how a frozen dataclass sets a derived field)
+        return index
 
     def __repr__(self) -> str:
         return (f"Snapshot(boot_id={self.boot_id!r}, taken_at={self.taken_at!r}, "
@@ -244,18 +251,18 @@ class Snapshot:
         return self.namespaces.get(inode)
 
     def by_id(self, ident: int) -> Namespace | None:
-        return self._by_id.get(ident)
+        return self._indexes().by_id.get(ident)
 
     def of_type(self, *types: str) -> list[Namespace]:
         return [ns for ns in self.namespaces.values() if ns.type in types]
 
     def owned_by(self, user_ns: int | None) -> list[Namespace]:
         """The namespaces whose owner is this user namespace (None: those with no visible owner)."""
-        return self._owned.get(user_ns, [])
+        return self._indexes().owned.get(user_ns, [])
 
     def children(self, inode: int | None) -> list[Namespace]:
         """The pid/user namespaces whose parent is this one."""
-        return self._children.get(inode, [])
+        return self._indexes().children.get(inode, [])
 
     def namespace_of(self, pid: int, nstype: str) -> Namespace | None:
         proc = self.processes.get(pid)
@@ -264,7 +271,7 @@ class Snapshot:
     @property
     def initial_user(self) -> Namespace | None:
         """The top of the visible user-namespace tree."""
-        tops = [ns for ns in self._owned.get(None, []) if ns.type == "user"]
+        tops = [ns for ns in self._indexes().owned.get(None, []) if ns.type == "user"]
         return min(tops, key=lambda ns: ns.level) if tops else None
 
     def with_namespaces(self, namespaces: Iterable[Namespace]) -> Snapshot:

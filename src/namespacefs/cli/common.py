@@ -8,8 +8,8 @@ import os
 import pwd
 import sys
 from functools import cache
+from typing import TextIO
 
-from namespacefs import core, targets
 from namespacefs.cli import UserError
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import SOURCES, Namespace, Snapshot
@@ -72,6 +72,8 @@ def daemon_snapshot() -> Snapshot | None:
 
 
 def take_snapshot(args: argparse.Namespace) -> Snapshot:
+    from namespacefs import core  # (here: a command the daemon prints, cli.remote, never scans)
+
     verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
                          fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot)
@@ -85,6 +87,8 @@ def ns_type(text: str) -> str:
 
 
 def find(snapshot: Snapshot, spec: str, nstype: str | None = None) -> Namespace:
+    from namespacefs import targets
+
     try:
         return targets.resolve(snapshot, spec, nstype)
     except targets.NotFound as e:
@@ -101,7 +105,7 @@ def user_name(uid: int | None) -> str:
         return str(uid)
 
 
-def report_errors(snapshot: Snapshot) -> None:
+def report_errors(snapshot: Snapshot, out: TextIO | None = None) -> None:
     """Say, on stderr, what could not be read, so a partial answer is never mistaken for a whole one
     (with -v/--verbose the scan has named each entry as it met it: see verbose_scan)."""
     from namespacefs.discover import state
@@ -111,11 +115,11 @@ def report_errors(snapshot: Snapshot) -> None:
     if denied:
         what = "entry" if denied == 1 else "entries"
         print(f"nsfs: {denied} {what} could not be read (permission denied; run as root to see everything{more})",
-              file=sys.stderr)
+              file=out or sys.stderr)
     if protected:
         what = "entry" if protected == 1 else "entries"
         print(f"nsfs: {protected} {what} could not be read even as root (protected by the kernel or a security "
-              f"module{more})", file=sys.stderr)
+              f"module{more})", file=out or sys.stderr)
 
 
 def verbose_scan(args: argparse.Namespace) -> None:

@@ -4,8 +4,9 @@ exist, plus ours (ID, NAME, HOLDERS, ...)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from namespacefs.cli import UserError, whole
 from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_type, report_errors, take_snapshot, user_name
@@ -190,13 +191,28 @@ def run(args: argparse.Namespace) -> int:
         print_columns_help(COLUMNS)
         return 0
     check_arguments(args)
-    lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
+    columns, keep = prepare(args)
+    from namespacefs.cli.remote import printed_by_daemon
+
+    if printed_by_daemon(args):  # a running daemon printed it (GET /api/ls: cli.rendering, over output())
+        return 0
+    snap = take_snapshot(args)
+    output(snap, args, columns, keep, sys.stdout)
+    report_errors(snap)
+    return 0
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[Column[NamespaceRow]], Callable[[NamespaceRow], bool] | None]:
+    """The columns and the -Q predicate (checked before any snapshot is taken)."""
     default: tuple[str, ...] = PROCESS_COLUMNS if args.namespace else DEFAULT_COLUMNS
     if not args.namespace and args.type and "net" in args.type:  # lsns -t net: NETNSID and NSFS too
         default = (*DEFAULT_COLUMNS[:-1], "NETNSID", "NSFS", DEFAULT_COLUMNS[-1])
-    columns = pick_columns(args, COLUMNS, default)
-    keep = _compile_filter(args.filter) if args.filter else None
-    snap = take_snapshot(args)
+    return pick_columns(args, COLUMNS, default), _compile_filter(args.filter) if args.filter else None
+
+
+def output(snap: Snapshot, args: argparse.Namespace, columns: list[Column[NamespaceRow]],
+           keep: Callable[[NamespaceRow], bool] | None, out: TextIO) -> None:
+    lsns_shape = bool(args.output or args.output_all)  # -J with -o: exactly lsns's JSON
     netnsids = _netnsids(snap)
     if args.namespace:
         rows = [NamespaceRow(ns, snap, p, netnsids) for ns in _positional(snap, args) for p in _members(ns, snap)]
@@ -206,16 +222,14 @@ def run(args: argparse.Namespace) -> int:
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
-        print_json(_contract(snap, [r.ns for r in rows], args, netnsids))
+        print_json(_contract(snap, [r.ns for r in rows], args, netnsids), out)
     else:
         tree_at = _tree_column(columns, args)
         roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
         if args.json:
-            print_json({"namespaces": json_rows(roots, columns, lambda r: kids.get(id(r), []), args.nowrap)})
+            print_json({"namespaces": json_rows(roots, columns, lambda r: kids.get(id(r), []), args.nowrap)}, out)
         else:
-            render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, tree_column=tree_at or 0)
-    report_errors(snap)
-    return 0
+            render(tree_rows(roots, lambda r: kids.get(id(r), [])), columns, args, out, tree_column=tree_at or 0)
 
 
 def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:

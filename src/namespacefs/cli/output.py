@@ -104,7 +104,8 @@ def render(rows: Iterable[tuple[str, RowT]], columns: Sequence[Column[RowT]], ar
         columns = [c._replace(right=False) if i == t else c for i, c in enumerate(columns)]
     header = [c.name for c in columns]
     widths = [max([len(header[i]), columns[i].whint] + [_width(line[i]) for line in lines]) for i in range(len(columns))]
-    limit = None if args.notruncate else _terminal_width(out)
+    # (a daemon rendering for a terminal is told its width: args.width, see cli.remote)
+    limit = None if args.notruncate else getattr(args, "width", None) or _terminal_width(out)
     if limit:
         widths = fit(widths, columns, limit)
     printed = [_line(header, widths, columns)] if not args.noheadings else []
@@ -220,10 +221,12 @@ def tree_rows(roots: Sequence[RowT], children: Callable[[RowT], Sequence[RowT]])
     return rows
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(json_bytes(data))
-    sys.stdout.buffer.flush()
+def print_json(data: Any, out: Any = None) -> None:
+    """json_bytes(data) on out's byte stream (standard output unless told)."""
+    out = out or sys.stdout
+    out.flush()
+    out.buffer.write(json_bytes(data))
+    out.buffer.flush()
 
 
 def json_bytes(data: Any) -> bytes:

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from namespacefs import access, accounting, targets
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
-from namespacefs.service import metrics, models
+from namespacefs.service import listing, metrics, models
 from namespacefs.service.events import KINDS
+from namespacefs.service.listing import Listings
 from namespacefs.service.live import Live
 from namespacefs.service.streaming import stream_events
 
@@ -173,7 +174,9 @@ def make_app(live: Live, token: str | None = None) -> FastAPI:
 
     app.add_middleware(TokenMiddleware, token=token)
     _session_routes(app, token)
+    app.state.listings = Listings(live)
     _model_routes(app, live)
+    _listing_route(app, app.state.listings)
     _container_routes(app, live, hostnames)
     _service_routes(app, live, registries)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -212,7 +215,7 @@ def _model_routes(app: FastAPI, live: Live) -> None:
              response_model_exclude_unset=True)
     def status() -> dict[str, Any]:
         # subscribers: the open event streams (the metrics' own counter of events is no client)
-        return {**live.status(), "subscribers": len(app.state.streams)}
+        return {**live.status(), "subscribers": len(app.state.streams), "listings": app.state.listings.counts()}
 
     @app.get("/api/snapshot", summary="The full snapshot (Snapshot.to_dict(), the JSON contract)",
              response_class=Response, responses={200: {"model": models.Snapshot}, **ERRORS})
@@ -241,6 +244,16 @@ def _model_routes(app: FastAPI, live: Live) -> None:
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
         return namespace_details(ns, live, reader)
+
+
+def _listing_route(app: FastAPI, listings: Listings) -> None:
+    """What `nsfs ls` prints, for the command line to print (service.listing)."""
+
+    @app.get("/api/ls", summary="Exactly what `nsfs ls` with these options prints (text or JSON), made once per model change",
+             response_class=Response, responses=listing.RESPONSES)
+    def ls(request: Request) -> Response:
+        _root_only(request)
+        return listings.answer(list(request.query_params.multi_items()))
 
 
 def _container_routes(app: FastAPI, live: Live, hostnames: Hostnames) -> None:

@@ -9,19 +9,19 @@ email and friends (~40 ms) into every command only to learn that nothing listens
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from namespacefs import ownership, procfs
-from namespacefs.discover.processes import read_at
-from namespacefs.model import Snapshot
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 
 if TYPE_CHECKING:
+    from namespacefs.model import Snapshot
     from namespacefs.service.events import Event
+
+# (json and the model are imported where they are used: `nsfs ls` through GET /api/ls needs neither)
 
 _MAX_HEAD = 64 * 1024  # status line and headers: the daemon's are a few hundred bytes
 
@@ -103,7 +103,8 @@ def _behind_fuse(path: str) -> bool:
     """The socket lies under a FUSE mount (the namespacefs filesystem's default mountpoint is the
     socket's directory): looking it up could wait on a FUSE server that is this very process."""
     try:
-        mounts = procfs.parse_mountinfo(read_at("/proc/self/mountinfo"))
+        with open("/proc/self/mountinfo", "rb") as f:  # (read() reads to the end, page by page)
+            mounts = procfs.parse_mountinfo(f.read())
     except OSError:
         return False
     path = os.path.abspath(path)
@@ -145,25 +146,66 @@ def _open(path: str, url: str, timeout: float | None) -> _Response | None:
         return None
 
 
-def get_json(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> Any | None:
-    """GET url from the daemon as JSON; None when no daemon answers; DaemonError on a 4xx/5xx."""
+def _get(url: str, socket_path_: str | None, timeout: float) -> tuple[_Response, bytes] | None:
+    """GET url from the daemon: (its response, the whole body); None when no daemon answers."""
     opened = _open(socket_path(socket_path_), url, timeout)
     if opened is None:
         return None
-    resp = opened
     try:
-        body = resp.read()
+        return opened, opened.read()
     except (OSError, ValueError):
         return None
     finally:
-        resp.close()
+        opened.close()
+
+
+def get_json(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> Any | None:
+    """GET url from the daemon as JSON; None when no daemon answers; DaemonError on a 4xx/5xx."""
+    got = _get(url, socket_path_, timeout)
+    if got is None:
+        return None
+    resp, body = got
     if resp.status != 200:
-        try:
-            detail = json.loads(body).get("detail", body.decode(errors="replace"))
-        except ValueError:
-            detail = body.decode(errors="replace")
-        raise DaemonError(resp.status, str(detail))
+        raise DaemonError(resp.status, _detail(body))
+    import json
+
     return json.loads(body)
+
+
+def _detail(body: bytes) -> str:
+    """The message of an error answer (its JSON `detail`, else its text)."""
+    import json
+
+    try:
+        return str(json.loads(body).get("detail", body.decode(errors="replace")))
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")
+
+
+def get_printed(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> tuple[int, bytes, str] | None:
+    """What a command prints, rendered by the daemon (GET /api/ls): (exit status, stdout, stderr);
+    a refusal (422: the command's own error) as its exit status and message. None when no daemon
+    answers, or it cannot answer for these options (the caller does the work itself)."""
+    got = _get(url, socket_path_, timeout)
+    if got is None:
+        return None
+    resp, body = got
+    status = resp.headers.get("x-nsfs-exit", "")
+    if resp.status == 422 and status.isdigit():
+        return int(status), b"", _detail(body)
+    if resp.status != 200:
+        return None  # (409: another names database; 400: an option it does not know)
+    return 0, body, _unquote(resp.headers.get("x-nsfs-stderr", ""))
+
+
+def _unquote(text: str) -> str:
+    """Percent-decoding (UTF-8) of what the daemon encoded (urllib.parse would cost an import)."""
+    first, *rest = text.split("%")
+    try:
+        data = first.encode() + b"".join(bytes.fromhex(part[:2]) + part[2:].encode() for part in rest)
+    except ValueError:
+        return text
+    return data.decode(errors="replace")
 
 
 def fetch_snapshot(socket_path: str | None = None, timeout: float = 5.0) -> Snapshot | None:
@@ -172,6 +214,8 @@ def fetch_snapshot(socket_path: str | None = None, timeout: float = 5.0) -> Snap
         data = get_json("/api/snapshot", socket_path, timeout)
     except (DaemonError, ValueError):
         return None
+    from namespacefs.model import Snapshot
+
     return Snapshot.from_dict(data) if data is not None else None  # type: ignore[attr-defined]
 
 
@@ -188,16 +232,14 @@ def stream_events(socket_path_: str | None = None, kinds: str | None = None, typ
         except (OSError, ValueError):
             body = b""
         resp.close()
-        try:
-            detail = json.loads(body).get("detail", "")
-        except ValueError:
-            detail = body.decode(errors="replace")
-        raise DaemonError(resp.status, str(detail))
+        raise DaemonError(resp.status, _detail(body))
     resp.sock.settimeout(None)  # events may be minutes apart (keepalives every 15 s)
     return _events(resp)
 
 
 def _events(resp: _Response) -> Iterator[Event]:
+    import json
+
     from namespacefs.service.events import Event
 
     try:

@@ -18,6 +18,7 @@ from namespacefs import ownership
 from namespacefs.service import outside_name
 from namespacefs.service.live import Live
 from namespacefs.service.notify import sd_notify
+from namespacefs.service.sweep import settings as sweep_settings
 from namespacefs.syntax import number
 
 log = logging.getLogger("namespacefs.service")
@@ -33,7 +34,7 @@ class Options:
     tcp: tuple[str, int] | None = None
     token_file: str | None = None
     interval: float = 300.0
-    sweep: float = 30.0
+    sweep: float | None = None  # None: the default, within a CPU budget (service.sweep.settings)
     trace: bool = True
     debounce: float = 0.01
     settle: float = 0.25
@@ -294,8 +295,9 @@ def serve(opts: Options) -> None:
     # the full scan runs in a thread of this process: hand the GIL over more often than every 5 ms,
     # so requests are not queued behind it
     sys.setswitchinterval(0.001)
+    period, budget = sweep_settings(opts.sweep)
     live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
-                rcvbuf=opts.rcvbuf, sweep=opts.sweep, trace=opts.trace)
+                rcvbuf=opts.rcvbuf, sweep=period, sweep_budget=budget, trace=opts.trace)
     outside = outside_listener(opts.socket_path)
     second = _bound(outside)
     try:

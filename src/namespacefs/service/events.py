@@ -90,7 +90,7 @@ def own_helpers(snap: Snapshot, me: int | None = None) -> set[int]:
 def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
     """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one).
     Our own helper processes (own_helpers) are in no event."""
-    d = diff(old, new)
+    d = diff(*_changed(old, new))
     ours = own_helpers(old) | own_helpers(new)
     out = [_event("created", now, ns, new, creator(ns, new)) for ns in d.appeared]
     out += [_event("renamed", now, b, new, old_name=a.name) for a, b in d.changed if a.name != b.name]
@@ -98,6 +98,15 @@ def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
     out += [_event("left", now, ns, old, pid) for pid, ns in d.left if pid not in ours]
     out += [_event("destroyed", now, ns, old) for ns in d.vanished]
     return out
+
+
+def _changed(old: Snapshot, new: Snapshot) -> tuple[Snapshot, Snapshot]:
+    """old and new with only the namespaces that are not the same object in both: an update keeps
+    every namespace it did not touch, and one kept makes no event (the diff of those alone is the
+    diff of the whole, at the cost of what changed)."""
+    before, after = old.namespaces, new.namespaces
+    return (old.replace(namespaces={i: ns for i, ns in before.items() if after.get(i) is not ns}),
+            new.replace(namespaces={i: ns for i, ns in after.items() if before.get(i) is not ns}))
 
 
 class Bus:

@@ -20,8 +20,6 @@ Each new model is compared with the previous one; the differences go out as life
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 from collections import Counter
@@ -31,10 +29,12 @@ from typing import Any, NamedTuple, TypeVar
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
-from namespacefs.service.naming import Namer, Naming
+from namespacefs.service.mounttables import MountTables
+from namespacefs.service.naming import Namer, Naming, db_stamp, names_path
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
-from namespacefs.service.watchers import ProcConnector, Tracepoints
+from namespacefs.service.sweep import Sweep, unread_mounts
+from namespacefs.service.watchers import ProcConnector, Tracepoints, Watched
 
 log = logging.getLogger("namespacefs.service")
 
@@ -54,16 +54,17 @@ class Job(NamedTuple):
     pids: frozenset[int]
     full: Snapshot | None  # the full scan to start from
     mounts: bool  # re-read the bind mounts of the touched processes' mount namespaces
+    swept: bool  # a slice of the sweep is in it
     rename: bool  # run the naming pass even if nothing it depends on changed in the model
     recheck: bool  # ask the kernel again about namespaces no known holder holds
 
 
-class Live:
+class Live(Watched):
     def __init__(self, scan: Scanner = scan_in_child, interval: float = 300.0, debounce: float = 0.01,
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
                  refresh: Refresher | None = _refresh, sweep: float | None = None, trace: bool | None = None,
                  name: Namer | None = core_name, duty: float = 0.25, rename_every: float = 60.0,
-                 names_db: str | None = None) -> None:
+                 names_db: str | None = None, sweep_budget: float | None = None) -> None:
         if interval <= 0 or debounce < 0 or settle < 0 or (sweep is not None and sweep <= 0) or not 0 < duty <= 1:
             raise ValueError("interval and sweep must be > 0, debounce and settle >= 0, duty in (0, 1]")
         self.scan_func, self.refresh_func = scan, refresh
@@ -82,8 +83,8 @@ class Live:
         self.last_full_duration = 0.0
         self.full_taken_at = 0.0  # when the full scan behind the model started
         self.last_update = (0.0, 0.0)  # (seconds the last update took, of which naming)
-        self.netlink_watch: ProcConnector | None = None
-        self.trace_watch: Tracepoints | None = None
+        self.mount_watch: MountTables | None = None
+        self._remount: set[int] = set()  # pids whose mount namespace's table changed (mount_watch)
         self._lock = threading.Lock()  # the snapshot
         self._cond = threading.Condition()  # everything below
         self._pending: set[int] = set()  # pids with events not yet re-read
@@ -93,15 +94,15 @@ class Live:
         self._full_result: tuple[Snapshot, str] | None = None
         self._full_wanted: str | None = None  # why a full scan is wanted now (overrun)
         self._touched_since_full: set[int] = set()
-        self._sweep_todo: list[int] = []
-        self._sweep_size = 1
-        self._sweep_at = self._names_at = 0.0
+        self.sweeper = Sweep(sweep, sweep_budget)
+        self._names_at = 0.0
         self._names_stamp: tuple[float, int] | None = None
         self._not_before = 0.0  # the next update waits until then (duty)
         self._recheck_at: float | None = None  # when to ask the kernel again about kernel-held namespaces
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._generation = 0
+        self._whole: Snapshot | None = None  # the model, named by a whole pass (not provisionally)
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Live:
         """Open the watchers, take the first snapshot (no events for it) and start the threads."""
         self.netlink_watch = ProcConnector(self.touch, self.rescan, self.want_netlink, self.rcvbuf)
         self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace)
+        self.mount_watch = MountTables(self.remount, self.rescan, self.want_netlink)
         clock = time.monotonic()
         for attempt in range(3):  # a scan can trip over a process dying mid-read; try again
             try:
@@ -122,10 +124,11 @@ class Live:
         self._names_stamp = self._db_stamp()
         self._commit(self.naming.named(first, True, None, None), "initial", first)
         now = time.monotonic()
-        self._sweep_at = now + self._tick() if self.sweep is not None else math.inf
+        self.sweeper.start(now)
         self._names_at = now + self.rename_every
-        self.netlink_watch.start()
-        self.trace_watch.start()
+        for w in (self.netlink_watch, self.trace_watch, self.mount_watch):
+            w.start()
+        self.mount_watch.follow(self.current())
         self._threads = [threading.Thread(target=self._update, name="nsfs-updater", daemon=True),
                          threading.Thread(target=self._full_scans, name="nsfs-fullscan", daemon=True)]
         for t in self._threads:
@@ -137,32 +140,15 @@ class Live:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        for w in (w for w in (self.netlink_watch, self.trace_watch) if w is not None):
+        for w in (w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None):
             w.stop()
-
-    @property
-    def netlink(self) -> bool:
-        return self.netlink_watch is not None and self.netlink_watch.running
-
-    @property
-    def netlink_error(self) -> str | None:  # (why there is no proc connector)
-        return self.netlink_watch.error if self.netlink_watch is not None else None
-
-    @property
-    def tracing(self) -> bool:
-        return self.trace_watch is not None and self.trace_watch.running
-
-    @property
-    def overruns(self) -> int:
-        return sum(w.overruns for w in (self.netlink_watch, self.trace_watch) if w is not None)
-
-    @property
-    def proc_events(self) -> Counter[str]:  # (fork, exec, exit)
-        return self.netlink_watch.counts if self.netlink_watch is not None else Counter()
 
     def touch(self, pids: Iterable[int]) -> None:
         """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
         now = time.monotonic()
+        pids = set(pids)
+        if self.mount_watch is not None:
+            self.mount_watch.let_go(pids)
         with self._cond:
             self._pending.update(pids)
             if self._due is None:
@@ -170,6 +156,13 @@ class Live:
                 if self._waiting_since is None:  # what is touched now happened after the last drain
                     self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
             self._cond.notify_all()
+
+    def remount(self, pids: Iterable[int]) -> None:
+        """The mount tables of these processes' mount namespaces changed: re-read them soon."""
+        pids = set(pids)
+        with self._cond:
+            self._remount |= pids
+        self.touch(pids)
 
     def rescan(self, reason: str = "request") -> None:
         """A full scan as soon as possible."""
@@ -226,17 +219,16 @@ class Live:
             log.exception("%s failed", what)
         return None
 
-    def _tick(self) -> float:
-        return min(1.0, self.sweep) if self.sweep is not None else math.inf
-
     def _update(self) -> None:
         while not self._stop.is_set():
             job = self._next_job()
             if job is None:
                 return
-            clock = time.monotonic()
+            clock, cpu = time.monotonic(), time.thread_time()
             result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
             spent = time.monotonic() - clock
+            if job.swept:  # (what the slice cost sets the sweep's pace)
+                self.sweeper.done(time.thread_time() - cpu)
             self.last_update = (spent, self.naming.spent)
             self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
             if result is not None:
@@ -251,6 +243,8 @@ class Live:
         base = full if full is not None else self.current()
         if (job.pids or job.recheck) and self.refresh_func is not None:
             raw = self.refresh_func(base, set(job.pids), mounts=job.mounts, recheck=job.recheck)
+            if not job.mounts and (first := unread_mounts(base, raw)):  # a new mount namespace: its table now
+                raw = self.refresh_func(raw, first, mounts=True)
         elif job.pids and full is None:
             raw = full = self.scan_func()  # no partial rescan: a full one
         else:
@@ -267,7 +261,7 @@ class Live:
                 if self._full_result is not None:
                     break
                 dues = [d for d in (self._due, self._settling[0][0] if self._settling else None,
-                                    self._sweep_at, self._names_at, self._recheck_at, self.naming.due) if d is not None]
+                                    self.sweeper.due, self._names_at, self._recheck_at, self.naming.due) if d is not None]
                 due = max(min(dues), self._not_before)
                 if due <= now:
                     break
@@ -279,18 +273,18 @@ class Live:
     def _take_job(self, now: float) -> Job:
         full, self._full_result = self._full_result, None
         pids: set[int] = set()
-        kind, mounts = "", False
+        kind, mounts, swept = "", False, False
         if self._due is not None and self._due <= now:
             pids, self._pending, self._due = self._pending, set(), None
-            kind = "process"
+            kind, mounts, self._remount = "process", bool(self._remount & pids), self._remount - pids
             if self.settle and not self.tracing:
                 self._settling.append((now + self.settle, set(pids)))
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self._sweep_at <= now:
-            pids |= self._sweep_slice()
-            kind, mounts = kind or "sweep", True
+        if self.sweeper.due <= now:  # (merged with events: what the job costs paces the sweep, an overestimate)
+            pids |= self.sweeper.slice(self.current().processes.keys())
+            kind, mounts, swept = kind or "sweep", True, True
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
             self._recheck_at, kind = None, kind or "recheck"
@@ -301,30 +295,10 @@ class Live:
             pids |= self._touched_since_full
             kind = full[1]
         self._touched_since_full |= pids
-        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, rename, recheck)
-
-    def _sweep_slice(self) -> set[int]:
-        """The next slice of the sweep: every process once per `sweep` seconds, a slice per tick,
-        and every process /proc has that the model has not (an event missed, or no proc connector)."""
-        tick = self._tick()
-        self._sweep_at = time.monotonic() + tick
-        known = self.current().processes
-        if not self._sweep_todo:
-            self._sweep_todo = sorted(known, reverse=True)
-            self._sweep_size = max(1, math.ceil(len(self._sweep_todo) * tick / (self.sweep or tick)))
-        part = set(self._sweep_todo[-self._sweep_size:])
-        del self._sweep_todo[-self._sweep_size:]
-        return part | {int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in known}
+        return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, swept, rename, recheck)
 
     def _db_stamp(self) -> tuple[float, int] | None:
-        """(mtime, size) of the names database: a rename changes it."""
-        from namespacefs.names import db_path
-
-        try:
-            st = os.stat(db_path(self.names_db))
-            return st.st_mtime, st.st_size
-        except (OSError, ValueError):
-            return None
+        return db_stamp(self.names_path())
 
     def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
         """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
@@ -342,8 +316,12 @@ class Live:
                 self._recheck_at = time.monotonic() + RECHECK  # a user namespace dies a little after its last process
             events = events_between(old, new, time.time()) if old is not None else []
             with self._lock:
+                if not self.naming.provisional:  # (decided just now, in this thread)
+                    self._whole = new
                 self.snapshot = new
             self.bus.publish(events)
+            if self.mount_watch is not None:
+                self.mount_watch.follow(new)
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
@@ -361,9 +339,6 @@ class Live:
         taken_at is as_of() (what GET /api/snapshot serves)."""
         as_of = self.as_of() if live_time else None  # first: the model read next is at least that new
         return self.served.snapshot_json(self.current(), as_of)
-
-    def _watchers(self) -> list[ProcConnector | Tracepoints]:
-        return [w for w in (self.netlink_watch, self.trace_watch) if w is not None and w.running]
 
     def as_of(self) -> float:
         """The time up to which the model has applied every event: when each watcher last found
@@ -388,10 +363,21 @@ class Live:
             taken, self.durations = self.durations, []
         return taken
 
-    @property
-    def sweep_left(self) -> int:
-        """Processes the current round of the sweep has still to re-read."""
-        return len(self._sweep_todo)
+    def whole_named(self) -> Snapshot:
+        """The model, named by a whole naming pass over its namespaces (as a scan of our own is
+        named): between two whole passes after namespaces came or went, the model's names are
+        provisional; then it is named here, once per model (what `nsfs ls` prints through the
+        daemon, service.listing). Names stale after a change of processes alone are served as
+        they are (service.naming: they follow within STALE_AFTER)."""
+        snap = self.current()
+        if snap is self._whole or self.naming.name_func is None:
+            return snap
+        named: Snapshot = self.derived("whole-named", self.naming.name_func)
+        return named
+
+    def names_path(self) -> str:
+        """The names database the model is named with."""
+        return names_path(self.names_db)
 
     def status(self) -> dict[str, object]:
         from namespacefs.service.status import status

@@ -180,6 +180,8 @@ class Status(Open):
     mechanisms: dict[str, dict[str, Any]] | None = Field(
         None, description="proc_connector, tracepoints, mountinfo_poll, sweep, full_scan: each `running` and `error`")
     last_update: dict[str, float] | None = Field(None, description="seconds the last update took, and of them naming")
+    listings: dict[str, int] | None = Field(
+        None, description="GET /api/ls: `rendered` (made by the command's code), `served` (answers given)")
 
 
 class Event(Open):

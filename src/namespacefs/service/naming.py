@@ -1,18 +1,28 @@
 """Naming the live model: core.name (the one naming pass), run where it is needed and no more often
-than the daemon can afford. A whole pass costs ~30 us per namespace; between whole passes new
-namespaces are named by the same pass over just them and their owners (provisional), and a whole
-pass is due again (`due`)."""
+than the daemon can afford (`duty`, a share of the updater's time). A whole pass costs ~30 us per
+namespace; between whole passes new namespaces are named by the same pass over just them and their
+owners (provisional), and a whole pass is due again (`due`).
+
+A name depends on the namespaces (their ids, owners, `ip netns` bind mounts), the names database
+and the containers recognised in the snapshot. A change of processes alone (a fork, an exit, an
+exec in namespaces that are all named) can change a name only through container recognition (a
+container whose engine is known only once its process exec'd): it makes the names `stale` and a
+whole pass due STALE_AFTER seconds later (a trickle of forks on a host at rest costs a pass per
+STALE_AFTER at most, not one per fork)."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 
 from namespacefs.discover import incremental
-from namespacefs.model import Namespace, Snapshot
+from namespacefs.model import Namespace, Snapshot, netns_names
 
 Namer = Callable[[Snapshot], Snapshot]
+#: Seconds from a change of processes alone to the whole pass it makes due.
+STALE_AFTER = 5.0
 
 
 class Naming:
@@ -22,6 +32,9 @@ class Naming:
         self.whole = 0.0  # seconds the last whole pass took
         self.named_at = 0.0  # when it ended (time.monotonic())
         self.due = math.inf  # when a whole pass is wanted (after provisional names)
+        self.stale = False  # processes changed since the last whole pass (see above)
+        self.provisional = False  # namespaces came or went since the last whole pass
+        self.passes = 0  # whole passes made
 
     def named(self, raw: Snapshot, force: bool, base: Snapshot | None, current: Snapshot | None) -> Snapshot:
         """raw named by the naming pass. Skipped where nothing a name depends on changed (the same
@@ -36,11 +49,15 @@ class Naming:
         if raw is base:
             return raw
         unnamed = [ns for ns in raw if ns.name is None]
-        if raw.processes is base.processes and raw.namespaces.keys() == base.namespaces.keys() and not unnamed:
-            return raw
         gap = max(1.0, self.whole * (1 / self.duty - 1))
+        if raw.namespaces.keys() == base.namespaces.keys() and not unnamed and not _netns_changed(raw, base):
+            if raw.processes is not base.processes and not self.stale:
+                self.stale = True
+                self.due = min(self.due, max(self.named_at + gap, time.monotonic() + STALE_AFTER))
+            return raw
         if time.monotonic() < self.named_at + gap:
             self.due = min(self.due, self.named_at + gap)
+            self.provisional = True
             return self._provisional(raw, unnamed) if unnamed else raw
         return self._whole(raw, current)
 
@@ -70,8 +87,16 @@ class Naming:
         clock = time.monotonic()
         named = self.name_func(raw)
         self.spent = self.whole = time.monotonic() - clock
-        self.named_at, self.due = time.monotonic(), math.inf
+        self.named_at, self.due, self.stale, self.provisional = time.monotonic(), math.inf, False, False
+        self.passes += 1
         return _renamed(raw, _same_objects(named, current))
+
+
+def _netns_changed(raw: Snapshot, base: Snapshot) -> bool:
+    """A net namespace whose `ip netns` names (bind mounts under /run/netns) changed: its name may."""
+    old = base.namespaces
+    return any(netns_names(ns) != netns_names(old[inode]) for inode, ns in raw.namespaces.items()
+               if ns.type == "net" and old.get(inode) is not ns and inode in old)
 
 
 def _renamed(raw: Snapshot, named: Snapshot) -> Snapshot:
@@ -87,4 +112,23 @@ def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
         return new
     same = [prev for inode, ns in new.namespaces.items() if (prev := old.namespaces.get(inode)) is not None
             and prev is not ns and prev == ns]
+    if (len(same) == len(new.namespaces) == len(old.namespaces) and new.processes is old.processes
+            and new.taken_at == old.taken_at):
+        return old  # a pass that changed nothing: no new model (no events, nothing served anew)
     return new.with_namespaces(same) if same else new
+
+
+def names_path(given: str | None) -> str:
+    """The names database a model is named with (the given one, else $NSFS_DB, else the default)."""
+    from namespacefs.names import db_path
+
+    return db_path(given)
+
+
+def db_stamp(path: str) -> tuple[float, int] | None:
+    """(mtime, size) of the names database: a rename changes it."""
+    try:
+        st = os.stat(path)
+        return st.st_mtime, st.st_size
+    except (OSError, ValueError):
+        return None

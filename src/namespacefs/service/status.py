@@ -17,9 +17,8 @@ def mechanisms(live: Live) -> dict[str, dict[str, object]]:
         "tracepoints": {"running": live.tracing, "error": trace.error if trace else None,
                         "calls": dict(trace.counts) if trace else {},
                         "mounted_tracefs": trace.mounted_tracefs if trace else None},
-        "mountinfo_poll": {"running": False, "error": f"not implemented: bind mounts are re-read by the sweep "
-                                                      f"(within {live.sweep or live.interval:g}s)"},
-        "sweep": {"running": live.sweep is not None, "period": live.sweep, "left_in_round": live.sweep_left},
+        "mountinfo_poll": live.mount_watch.status() if live.mount_watch else {"running": False, "error": "not started"},
+        "sweep": live.sweeper.status(),
         "full_scan": {"running": True, "interval": live.interval},
     }
 

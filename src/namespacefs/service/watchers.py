@@ -162,3 +162,38 @@ class Tracepoints(Watcher):
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
+
+
+class Watched:
+    """What a live model knows of its watchers (for its status and metrics): the proc connector,
+    the tracepoints and the mount tables (service.mounttables), each None until started."""
+
+    netlink_watch: ProcConnector | None = None
+    trace_watch: Tracepoints | None = None
+    mount_watch: Watcher | None = None
+
+    @property
+    def netlink(self) -> bool:
+        return self.netlink_watch is not None and self.netlink_watch.running
+
+    @property
+    def netlink_error(self) -> str | None:  # (why there is no proc connector)
+        return self.netlink_watch.error if self.netlink_watch is not None else None
+
+    @property
+    def tracing(self) -> bool:
+        return self.trace_watch is not None and self.trace_watch.running
+
+    @property
+    def overruns(self) -> int:
+        return sum(w.overruns for w in (self.netlink_watch, self.trace_watch) if w is not None)
+
+    @property
+    def proc_events(self) -> Counter[str]:  # (fork, exec, exit)
+        return self.netlink_watch.counts if self.netlink_watch is not None else Counter()
+
+    def _watchers(self) -> list[Watcher]:
+        """The event watchers that run: every change they report up to their drained_at is applied
+        (the as-of time of the model). The mount-table poll is not among them: mount changes are
+        rare, and its drained_at, like theirs, lags up to WAKE when nothing happens."""
+        return [w for w in (self.netlink_watch, self.trace_watch) if w is not None and w.running]

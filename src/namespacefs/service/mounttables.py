@@ -1,0 +1,153 @@
+"""Mount-table changes as they happen: poll(POLLPRI) on /proc/PID/mountinfo of one process in each
+mount namespace (the kernel flags the file when a mount is added to or removed from its namespace:
+fs/proc_namespace.c mounts_poll). A bind mount of a namespace file made in another mount namespace
+(`ip netns add` in a container, `nsfs pin` in a sandbox) is then re-read at once (Live.remount),
+instead of at the sweep.
+
+At most `limit` mount namespaces are watched, those with the most processes first; the others
+(`unwatched` in /api/status) are left to the sweep. An open mountinfo holds its mount namespace,
+so a watched one is let go as soon as the process it was opened through is touched by an event and
+is no longer in it (before that update reads the host), and at each new model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+
+from namespacefs.model import Snapshot
+from namespacefs.service.watchers import WAKE, Rescan, Touch, Watcher
+
+log = logging.getLogger("namespacefs.service")
+
+#: Mount namespaces watched at most (each costs an fd).
+LIMIT = 256
+
+
+class MountTables(Watcher):
+    name = "mountinfo"
+
+    def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True, limit: int = LIMIT) -> None:
+        super().__init__(touch, rescan)
+        self.limit = limit
+        self.unwatched = 0  # mount namespaces over the limit
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[int, int]] = {}  # mount namespace inode -> (fd, pid)
+        self._by_fd: dict[int, tuple[int, int]] = {}  # fd -> (inode, pid)
+        self._wanted: Snapshot | None = None
+        self._epoll: select.epoll | None = None
+        self._wake = -1
+        if not enabled:
+            self.error = "mount tables not polled (disabled)"
+            return
+        try:
+            self._epoll = select.epoll()
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._epoll.register(self._wake, select.EPOLLIN)
+        except OSError as e:
+            self.error = f"mount tables cannot be polled ({e.strerror or e})"
+            log.warning("%s", self.error)
+
+    @property
+    def watched(self) -> int:
+        return len(self._open)
+
+    def follow(self, snap: Snapshot) -> None:
+        """The model changed: watch its mount namespaces (done in the watcher's thread)."""
+        self._wanted = snap
+        if self._wake >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake, 1)
+
+    def let_go(self, pids: set[int]) -> None:
+        """These processes changed (an event): a watched table opened through one that is no longer
+        in that mount namespace is closed now, so it holds nothing the update is about to read."""
+        with self._lock:
+            gone = [(inode, fd) for inode, (fd, pid) in self._open.items() if pid in pids and not _in(pid, inode)]
+            for inode, fd in gone:
+                self._close(inode, fd)
+
+    def _run(self) -> None:
+        assert self._epoll is not None
+        while not self._stop.is_set():
+            try:
+                ready = self._epoll.poll(WAKE)
+            except InterruptedError:
+                continue
+            asked = time.time()
+            pids = set()
+            for fd, _mask in ready:
+                if fd == self._wake:
+                    with contextlib.suppress(OSError):
+                        os.eventfd_read(self._wake)
+                    continue
+                with self._lock:
+                    found = self._by_fd.get(fd)
+                if found is not None:
+                    self.counts["changed"] += 1
+                    pids.add(found[1])
+            if pids:
+                self.touch(pids)
+            self.drained_at = asked
+            wanted, self._wanted = self._wanted, None
+            if wanted is not None:
+                self._sync(wanted)
+
+    def _sync(self, snap: Snapshot) -> None:
+        """Watch a process's table in each of the (first `limit`) mount namespaces of the model."""
+        spaces = sorted((ns for ns in snap.of_type("mnt") if ns.processes), key=lambda ns: (-len(ns.processes), ns.inode))
+        want = {ns.inode: ns.processes[0] for ns in spaces[:self.limit]}
+        members = {ns.inode: set(ns.processes) for ns in spaces[:self.limit]}
+        self.unwatched = max(0, len(spaces) - self.limit)
+        with self._lock:
+            for inode, (fd, pid) in list(self._open.items()):
+                if inode not in want or pid not in members[inode]:
+                    self._close(inode, fd)
+        for inode, pid in want.items():
+            if inode not in self._open:
+                self._watch(inode, pid)
+
+    def _watch(self, inode: int, pid: int) -> None:
+        assert self._epoll is not None
+        try:
+            fd = os.open(f"/proc/{pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # gone: the next model has another process in it, or not the namespace
+        if not _in(pid, inode):  # (the pid was reused, or it moved on, between the model and the open)
+            os.close(fd)
+            return
+        with self._lock:
+            self._epoll.register(fd, select.EPOLLPRI)
+            self._open[inode] = (fd, pid)
+            self._by_fd[fd] = (inode, pid)
+
+    def _close(self, inode: int, fd: int) -> None:
+        del self._open[inode]
+        del self._by_fd[fd]
+        os.close(fd)  # (epoll forgets a closed fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for inode, (fd, _pid) in list(self._open.items()):
+                self._close(inode, fd)
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
+
+    def status(self) -> dict[str, object]:
+        return {"running": self.running, "error": self.error, "watched": self.watched, "limit": self.limit,
+                "unwatched": self.unwatched, "changes": self.counts["changed"]}
+
+
+def _in(pid: int, inode: int) -> bool:
+    """The process is (still) in that mount namespace."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == inode
+    except OSError:
+        return False

@@ -1,0 +1,86 @@
+"""At rest the live model costs a sweep slice now and then, and nothing more: a slice that found
+nothing changed makes no naming pass and no event. Counted, not timed: the model runs in this
+process over a world of our own (a scan of the host narrowed to processes we started, and re-reads
+of those alone), so what other work on the machine does cannot change it; the sweep is real, and
+so are its re-reads of our processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from namespacefs.discover import discover, incremental
+from namespacefs.model import Snapshot
+from namespacefs.service.events import Event
+from namespacefs.service.live import Live
+from namespacefs.service.scanning import core_name
+from test_service import Holder
+
+
+def _ours(snap: Snapshot, pids: set[int]) -> Snapshot:
+    """The snapshot narrowed to our processes, their namespaces and those namespaces' owners."""
+    keep = {inode for pid in pids if pid in snap.processes for inode in snap.processes[pid].namespaces.values()}
+    todo = list(keep)
+    while todo:
+        ns = snap.namespaces.get(todo.pop())
+        for up in (ns.owner, ns.parent) if ns is not None else ():
+            if up is not None and up not in keep:
+                keep.add(up)
+                todo.append(up)
+    namespaces = {}
+    for inode in keep:
+        if (ns := snap.namespaces.get(inode)) is not None:
+            holders = tuple(h for h in ns.holders if h.pid in pids)
+            namespaces[inode] = ns._replace(holders=holders, processes=tuple(p for p in ns.processes if p in pids))
+    return snap.replace(namespaces=namespaces, processes={p: snap.processes[p] for p in pids if p in snap.processes})
+
+
+class World:
+    def __init__(self, holders: list[Holder]) -> None:
+        self.pids = {h.pid for h in holders}
+        self.named = 0
+        self.events: list[Event] = []
+
+    def scan(self) -> Snapshot:
+        return _ours(discover(), self.pids)
+
+    def refresh(self, snap: Snapshot, pids: Iterable[int], **kw: Any) -> Snapshot:
+        return incremental.refresh(snap, set(pids) & self.pids, mounts=kw.get("mounts", False), recheck=False)
+
+    def name(self, snap: Snapshot) -> Snapshot:
+        self.named += 1
+        return core_name(snap)
+
+
+def test_sweep_slices_that_find_nothing_changed_make_no_naming_pass_and_no_event(tmp_path: Any,
+                                                                                monkeypatch: Any) -> None:
+    holders = [Holder("--uts", "--ipc"), Holder("--user", "--map-root-user", "--uts")]
+    world = World(holders)
+    monkeypatch.setenv("NSFS_DB", str(tmp_path / "names.db"))
+    live = Live(scan=world.scan, refresh=world.refresh, name=world.name, netlink=False, trace=False,
+                sweep=2.0, interval=3600, rename_every=3600, names_db=str(tmp_path / "names.db"))
+    live.bus.subscribe(world.events.extend)
+    try:
+        live.start()
+        assert world.named == 1  # the first model
+        slices = live.sweeper.slices
+        generation = live.generation
+        deadline = time.monotonic() + 120
+        while live.sweeper.slices < slices + 8:  # eight ticks of the sweep, each re-reading our processes
+            assert time.monotonic() < deadline, "the sweep did not tick"
+            time.sleep(0.1)
+        assert (world.named, world.events) == (1, [])
+        assert live.generation > generation  # (each slice is an update that left the model as it was)
+        assert live.current() is live.whole_named()
+        # the same counts see a change: one of ours ends, a slice re-reads it
+        holders[0].kill()
+        deadline = time.monotonic() + 60
+        while not any(e.kind == "destroyed" for e in world.events):
+            assert time.monotonic() < deadline, "the sweep did not see the end of a process"
+            time.sleep(0.1)
+        assert world.named >= 1
+    finally:
+        live.stop()
+        for h in holders:
+            h.kill()
