@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -370,3 +371,36 @@ def test_the_models_named_constants_are_the_kernel_layers_and_the_documented_one
     assert (a.key, a.stored_key) == (("net", 7), "ino:net:4:7")  # one key, and its stored text form
     assert Namespace("net", 7, 99, 4, None, None, (), ()).stored_key == "id:99"
     assert sorted([a, Namespace("user", 1, None, 4, None, None, (), ())], key=model.by_type)[1] is a  # (user before net)
+
+
+_REREAD_AS_NOBODY = """
+import json, subprocess, sys
+from namespacefs.discover import discover
+from namespacefs.discover.incremental import refresh
+pids = [int(p) for p in sys.argv[1:]]
+snap = discover()
+counts = [dict(snap.errors)]
+for _ in range(3):
+    child = subprocess.Popen(["sleep", "60"])  # one more process each time: the model changes
+    snap = refresh(snap, [*pids, child.pid], mounts=True)
+    counts.append(dict(snap.errors))
+    child.kill()
+    child.wait()
+print(json.dumps({"counts": counts, "ours": {str(p): dict(getattr(snap, "errors_by_pid", {}).get(p, {})) for p in pids}}))
+"""
+
+
+def test_a_live_models_errors_are_replaced_by_each_reread_not_added_to(spawn):
+    """The daemon re-reads processes again and again; what it could not read of them is counted
+    once (the last read's), not once per re-read, and a process gone leaves no error behind."""
+    mine = spawn(["sleep", "60"])  # root's: an unprivileged reader may not read its links
+    gone = spawn(["sleep", "60"])
+    gone.kill()
+    gone.wait()
+    out = subprocess.run([sys.executable, "-c", _REREAD_AS_NOBODY, str(mine.pid), str(gone.pid)], user=65534,
+                         capture_output=True, text=True, check=True, timeout=60)
+    result = json.loads(out.stdout)
+    first, *again = result["counts"]
+    assert first.get("denied", 0) > 0  # the reader is unprivileged: it sees less, and says so
+    assert all(counts == first for counts in again), result["counts"]
+    assert result["ours"][str(mine.pid)].get("denied", 0) > 0 and result["ours"][str(gone.pid)] == {}

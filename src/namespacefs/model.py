@@ -213,6 +213,9 @@ class Snapshot:
     processes: Mapping[int, Process]
     errors: Mapping[str, int] = field(default_factory=dict)  # what could not be read, counted by reason
     sources: tuple[str, ...] = ()
+    # the errors of each process they belong to (not in the JSON): what a live model's partial
+    # re-read of a process replaces, so its count does not grow with every re-read
+    errors_by_pid: Mapping[int, Mapping[str, int]] = field(default_factory=dict, repr=False, compare=False)
     # indexes, derived from namespaces on first use (by id, by owner, by parent): a copy made by
     # replace() that no one asks costs nothing (the daemon makes several per update)
     _index: _Index | None = field(init=False, repr=False, compare=False, default=None)

@@ -55,6 +55,7 @@ def discover(sources: Iterable[str] = SOURCES, proc: str = "/proc") -> Snapshot:
         boot_id=boot_id(proc), kernel=os.uname().release, taken_at=started,
         duration=time.perf_counter() - clock, namespaces=namespaces, processes=dict(state.processes),
         errors=dict(state.errors), sources=tuple(s for s in SOURCES if s in chosen),
+        errors_by_pid={pid: dict(counts) for pid, counts in state.errors_by_pid.items()},
     )
 
 

@@ -122,9 +122,11 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     clock = time.perf_counter()
     chosen = frozenset(sources)
     new, touched, suspects = old, frozenset(pids), frozenset[int]()
-    errors: Counter[str] = Counter()
+    errors: dict[int, Counter[str]] = {}
+    reread: set[int] = set()
     changed: set[int] = set()
     for _round in range(MAX_ROUNDS):
+        reread |= touched
         new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors, changed,
                                       mounts if recheck is None else recheck)
         touched = suspects - touched
@@ -132,16 +134,36 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
             break
     if new is old:
         return old
-    total = Counter(old.errors)
-    total.update(errors)
+    total, by_pid = _errors(old, reread, errors)
     index = _index(old)
-    new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=dict(total))
+    new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=total, errors_by_pid=by_pid)
     _last[:] = [index.derive(new, changed)]  # the next refresh starts from `new`, most likely
     return new
 
 
+#: what one read meets by chance (a process gone, an inode reused while it read): not something the
+#: model cannot see, which only holds what is still there
+RACES = frozenset({"vanished", "changed"})
+
+
+def _errors(old: Snapshot, reread: set[int],
+            read: Mapping[int, Counter[str]]) -> tuple[dict[str, int], dict[int, Mapping[str, int]]]:
+    """The model's errors after a re-read of `reread`: what those processes had is replaced by
+    what this read found of them (races left out); every other count stays as it was."""
+    total = Counter(old.errors)
+    by_pid = dict(old.errors_by_pid)
+    for pid in reread:
+        total.subtract(by_pid.pop(pid, {}))
+    for pid in reread & read.keys():
+        kept = {reason: n for reason, n in read[pid].items() if reason not in RACES}
+        if kept:
+            by_pid[pid] = kept
+            total.update(kept)
+    return {reason: n for reason, n in total.items() if n > 0}, by_pid
+
+
 def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,
-                  errors: Counter[str], changed: set[int], recheck: bool) -> tuple[Snapshot, frozenset[int]]:
+                  errors: dict[int, Counter[str]], changed: set[int], recheck: bool) -> tuple[Snapshot, frozenset[int]]:
     """One round: (the new snapshot, pids that held a namespace found dead and must be re-read);
     the inodes whose entry may differ are added to `changed`."""
     state = Scan(proc=proc)
@@ -153,7 +175,8 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         read_user_maps(state)
     finally:
         state.close_fds()
-    errors.update(state.errors)
+    for pid, counts in state.errors_by_pid.items():
+        errors.setdefault(pid, Counter()).update(counts)
     merge = _Merge(old, touched, chosen, state.mounts_read if remount else set(), recheck)
     merge.add_fresh(freeze(state))
     merge.settle()

@@ -109,7 +109,7 @@ def _error(err: int, where: str) -> OSError:
     return OSError(err, os.strerror(err), where)
 
 
-def links_of(state: Scan, raw: tuple[int, ...], where: str, zombie: bool = False) -> dict[str, int]:
+def links_of(state: Scan, raw: tuple[int, ...], where: str, zombie: bool = False, pid: int | None = None) -> dict[str, int]:
     """The namespace links the walk read (inode, or -errno) as link name -> inode. A link the kernel
     hides (pid_for_children before the first child; all but pid and user of a zombie) is left out,
     and so is one we may not read while others can be (counted): those still show where the
@@ -127,7 +127,7 @@ def links_of(state: Scan, raw: tuple[int, ...], where: str, zombie: bool = False
     if denied:
         if not links:
             raise PermissionError(errno.EACCES, "cannot read any namespace link", where)
-        state.errors["denied"] += denied
+        state.count("denied", denied, pid)
     return links
 
 
@@ -136,7 +136,7 @@ def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, ra
           fds: list[tuple[int, int, int, int]] | int) -> None:
     """One process's record: checked whole first (links_of may raise), then added."""
     status = procfs.parse_status(status_text)
-    links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", status.zombie)
+    links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", status.zombie, pid)
     state.processes[pid] = Process(pid, status.ppid, status.name, procfs.parse_cmdline(cmdline), status.uid,
                                    status.gid, status.nspid, status.threads, links, cgroup)
     if Source.PROCESS in sources:
@@ -169,7 +169,7 @@ def _add_tasks(state: Scan, pid: int, process_links: dict[str, int], tasks: list
     link that differs from its process's."""
     for tid, raw in tasks:
         try:
-            links = links_of(state, raw, f"{state.proc}/{pid}/task/{tid}/ns")
+            links = links_of(state, raw, f"{state.proc}/{pid}/task/{tid}/ns", pid=pid)
         except OSError as e:
             state.failed(e)
             continue

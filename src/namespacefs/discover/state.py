@@ -54,6 +54,9 @@ class Scan:
         self.found: dict[int, Found] = {}
         self.processes: dict[int, Process] = {}
         self.errors: Counter[str] = Counter()
+        #: the same errors of each process they belong to: a partial re-read (the daemon's) replaces
+        #: what a process had with what it has now, instead of adding to the count
+        self.errors_by_pid: dict[int, Counter[str]] = {}
         #: every namespace the walk (or the hierarchy pass) opened, by inode (see Info)
         self.known: dict[int, Info] = {}
         #: the processes of each mount namespace, in scan order: the bindmount source reads the
@@ -94,19 +97,22 @@ class Scan:
             reason = "protected" if os.geteuid() == 0 else "denied"
         else:
             raise err
-        self.errors[reason] += 1
-        if REPORT_TO is not None:
-            print(f"nsfs: {reason}: {self._where(err, pid)}: {err.strerror}", file=REPORT_TO)
-
-    def _where(self, err: OSError, pid: int | None) -> str:
-        """'pid N /proc/N/...' for -v: the pid given, else the one the path names."""
         path = str(err.filename or "")
         if pid is not None and not path.startswith("/"):
             path = f"{self.proc}/{pid}/{path}"  # read through the process's directory fd
         if pid is None and path.startswith(self.proc + "/"):
             head = path[len(self.proc) + 1:].split("/", 1)[0]
             pid = int(head) if head.isdigit() else None
-        return f"pid {pid} {path}" if pid is not None else path
+        self.count(reason, pid=pid)
+        if REPORT_TO is not None:
+            where = f"pid {pid} {path}" if pid is not None else path
+            print(f"nsfs: {reason}: {where}: {err.strerror}", file=REPORT_TO)
+
+    def count(self, reason: str, n: int = 1, pid: int | None = None) -> None:
+        """n more entries that could not be read, for `reason`, of process `pid` if one."""
+        self.errors[reason] += n
+        if pid is not None:
+            self.errors_by_pid.setdefault(pid, Counter())[reason] += n
 
     def close_fds(self) -> None:
         for ns in self.found.values():
