@@ -23,7 +23,7 @@ from test_service import Daemon, Holder
 
 #: The bound the tests assert: generous, for a loaded machine (the bench measures the real latency;
 #: the target is 20 ms at the 95th percentile).
-BOUND = 1.0
+BOUND = 3.0  # (the sweep and the full scan are 600 s away: only the tracepoints can be this quick)
 QUIET = ("--interval", "600", "--sweep", "600")
 
 _CHILD = """
