@@ -34,7 +34,7 @@ from namespacefs.service.naming import Namer, Naming, db_stamp, names_path
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
 from namespacefs.service.sweep import Sweep, unread_mounts
-from namespacefs.service.watchers import ProcConnector, Tracepoints, Watched
+from namespacefs.service.watchers import ProcConnector, Tracepoints, Watched, name_thread
 
 log = logging.getLogger("namespacefs.service")
 
@@ -186,6 +186,7 @@ class Live(Watched):
         return self._generation
 
     def _full_scans(self) -> None:
+        name_thread("nsfs-fullscan")
         last_end = time.monotonic()
         while not self._stop.is_set():
             with self._cond:
@@ -220,6 +221,7 @@ class Live(Watched):
         return None
 
     def _update(self) -> None:
+        name_thread("nsfs-updater")
         while not self._stop.is_set():
             job = self._next_job()
             if job is None:
