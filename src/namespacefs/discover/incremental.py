@@ -55,11 +55,25 @@ def kernel_held(snap: Snapshot) -> int:
     return len(_last[0].kernel_held) if _last and _last[0].snap is snap else 0
 
 
-def renamed(old: Snapshot, new: Snapshot) -> None:
-    """`new` is `old` with other names only (a naming pass): the next refresh of `new` reuses the
-    index of `old` instead of building one."""
+def renamed(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None = None) -> None:
+    """`new` is `old` with other names only (a naming pass; `inodes`: the entries it renamed, if
+    known): the next refresh of `new` reuses the index of `old` instead of building one, and
+    changes() knows what the refresh behind `old` and this renaming changed together."""
     if _last and _last[0].snap is old and new.namespaces.keys() == old.namespaces.keys():
         _last[0].snap = new
+    if inodes is None:
+        _changes.clear()
+    else:
+        _link(old, new, inodes)
+
+
+def kids(snap: Snapshot, inode: int) -> list[Namespace] | None:
+    """The namespaces of `snap` that name `inode` as owner or parent, from the index kept for `snap`
+    (None where there is none: ask the snapshot)."""
+    if not _last or _last[0].snap is not snap:
+        return None
+    table = snap.namespaces
+    return [table[i] for i in sorted(_last[0].kids.get(inode, ())) if i in table]
 
 
 def _index(snap: Snapshot) -> Holdings:
@@ -78,10 +92,11 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     new, touched, suspects = old, frozenset(pids), frozenset[int]()
     errors: dict[int, Counter[str]] = {}
     reread: set[int] = set()
+    changed: set[int] = set()
     for _round in range(MAX_ROUNDS):
         reread |= touched
         new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors,
-                                      mounts if recheck is None else recheck)
+                                      mounts if recheck is None else recheck, changed)
         touched = suspects - touched
         if not touched:
             break
@@ -91,7 +106,34 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     index = _index(new)
     new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=total, errors_by_pid=by_pid)
     index.snap = new  # (the same namespaces: the next refresh starts from `new`, most likely)
+    _link(old, new, frozenset(changed))
     return new
+
+
+#: (old, new, inodes): the last refreshes (and renamings), each with the inodes whose entries it
+#: may have changed; a chain, each starting from the one before it.
+_changes: list[tuple[Snapshot, Snapshot, frozenset[int]]] = []
+
+
+def _link(old: Snapshot, new: Snapshot, inodes: frozenset[int]) -> None:
+    if not (_changes and _changes[-1][1] is old):
+        _changes.clear()
+    _changes.append((old, new, inodes))
+    del _changes[:-4]
+
+
+def changes(old: Snapshot, new: Snapshot) -> frozenset[int] | None:
+    """The inodes whose entries may differ between `old` and `new` where `new` is what the last
+    refreshes made of `old` (every other entry is the same object in both); None if it is not."""
+    inodes: frozenset[int] = frozenset()
+    for i in range(len(_changes) - 1, -1, -1):
+        start, end, these = _changes[i]
+        if i == len(_changes) - 1 and end is not new:
+            return None
+        inodes |= these
+        if start is old:
+            return inodes
+    return None
 
 
 #: what one read meets by chance (a process gone, an inode reused while it read): not something the
@@ -116,9 +158,10 @@ def _errors(old: Snapshot, reread: set[int],
 
 
 def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,
-                  errors: dict[int, Counter[str]], recheck: bool) -> tuple[Snapshot, frozenset[int]]:
+                  errors: dict[int, Counter[str]], recheck: bool, changed: set[int]) -> tuple[Snapshot, frozenset[int]]:
     """One round: (the new snapshot, pids that held a namespace found dead and must be re-read);
-    the index is moved on to the new snapshot."""
+    the index is moved on to the new snapshot, and the inodes whose entries may differ are added to
+    `changed`."""
     state = Scan(proc=proc)
     try:
         processes.scan(state, chosen & set(KINDS_OF), sorted(touched))
@@ -140,6 +183,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     if procs is old.processes and not merge.changed:
         return old, frozenset(merge.suspects)
     new = old.replace(namespaces=merge.table, processes=procs)
+    changed |= merge.visited
     _last.clear()  # (moved on in place: an error half-way must leave no index behind)
     if chosen >= KINDS_OF.keys():
         index.advance(new, merge.visited, touched, remounted, fresh)
