@@ -126,9 +126,10 @@ def changes(old: Snapshot, new: Snapshot) -> frozenset[int] | None:
     """The inodes whose entries may differ between `old` and `new` where `new` is what the last
     refreshes made of `old` (every other entry is the same object in both); None if it is not."""
     inodes: frozenset[int] = frozenset()
-    for i in range(len(_changes) - 1, -1, -1):
-        start, end, these = _changes[i]
-        if i == len(_changes) - 1 and end is not new:
+    links = list(_changes)  # (a copy: other threads ask while the updater adds)
+    for i in range(len(links) - 1, -1, -1):
+        start, end, these = links[i]
+        if i == len(links) - 1 and end is not new:
             return None
         inodes |= these
         if start is old:

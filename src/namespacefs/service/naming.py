@@ -23,6 +23,10 @@ from namespacefs.model import Namespace, Snapshot, netns_names
 Namer = Callable[[Snapshot], Snapshot]
 #: Seconds from a change of processes alone to the whole pass it makes due.
 STALE_AFTER = 5.0
+#: Seconds between whole passes at least, under churn: until then new namespaces keep the names the
+#: pass over just them gave (what can differ: a default lengthened against a sibling's, a container
+#: an engine names only once the others of its namespaces are seen), and a whole pass follows.
+WHOLE_EVERY = 5.0
 
 
 class Naming:
@@ -53,7 +57,7 @@ class Naming:
         changed = _changed(base, raw)
         unnamed = [ns for i in changed if (ns := raw.namespaces.get(i)) is not None and ns.name is None]
         came_or_went = any((i in raw.namespaces) != (i in base.namespaces) for i in changed)
-        gap = max(1.0, self.whole * (1 / self.duty - 1))
+        gap = max(WHOLE_EVERY, self.whole * (1 / self.duty - 1))
         if not came_or_went and not unnamed and not _netns_changed(raw, base, changed):
             if raw.processes is not base.processes and not self.stale:
                 self.stale = True
