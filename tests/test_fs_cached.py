@@ -56,8 +56,8 @@ def test_a_walk_of_an_unchanged_tree_asks_the_server_next_to_nothing(cached: Pat
     # without the kernel's caches each directory costs at least an opendir, two readdirs and a
     # releasedir (4 requests), and its entry a lookup once the 1 s entry timeout has passed
     assert asked <= dirs // 20, f"{asked} requests for {dirs} directories"
-    # and never an opendir: the kernel opens directories without asking (they are cached)
-    assert " request opendir " not in server_log(cached)
+    # and one opendir in all, the first, answered ENOSYS: the kernel opens directories itself since
+    assert server_log(cached).count(" request opendir ") == 1
     assert len(second) > dirs
 
 
