@@ -156,6 +156,30 @@ def test_nsfs_ls_through_the_daemon_imports_no_discovery_naming_or_containers(ho
     assert done.stderr.decode().splitlines()[-1] == "0 []", done.stderr
 
 
+#: What `nsfs ls` printed by a daemon has no use for: the model and everything that makes one (and
+#: the kernel layer's ctypes), naming, containers, and the standard modules only they import.
+NOT_FOR_PRINTING = ("namespacefs.model", "namespacefs.kernel", "namespacefs.handles", "namespacefs.details",
+                    "namespacefs.discover", "namespacefs.names", "namespacefs.containers", "namespacefs.core",
+                    "namespacefs.targets", "ctypes", "dataclasses", "inspect", "sqlite3", "hashlib", "json",
+                    "orjson", "http.client", "shutil")
+
+
+@pytest.mark.parametrize("argv", [["ls"], ["ls", "--json"], ["ls", "-t", "net", "-o", "+NSPATH"]], ids=" ".join)
+def test_nsfs_ls_printed_by_the_daemon_imports_no_model_kernel_layer_or_json(host: Host, argv: list[str]) -> None:
+    probe = ("import sys\n"
+             f"sys.argv = ['nsfs', *{argv!r}]\n"
+             "from namespacefs.cli import main\n"
+             "status = main()\n"
+             f"heavy = sorted(m for m in sys.modules if m in {NOT_FOR_PRINTING!r} or m.startswith(tuple("
+             f"p + '.' for p in {NOT_FOR_PRINTING!r})))\n"
+             "print(status, heavy, file=sys.stderr)\n")
+    before = host.served()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=host.env(True), timeout=60, check=False)
+    assert host.served() == before + 1
+    assert done.stderr.decode().splitlines()[-1] == "0 []", done.stderr
+    assert done.stdout  # (what the daemon rendered, printed)
+
+
 def test_the_api_answers_with_the_status_and_refuses_bad_options(host: Host) -> None:
     http = host.daemon.http
     got = http.get("/api/ls", params={"json": "1", "filter": host.mine})

@@ -21,11 +21,11 @@ from namespacefs.cli.output import (
     render,
     tree_rows,
 )
-from namespacefs.handles import holder_path
-from namespacefs.model import HolderKind, Namespace, Process, Snapshot
+from namespacefs.kinds import HolderKind
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (imported where a snapshot is rendered: printing what a daemon rendered needs none)
     from namespacefs.details import Netnsids
+    from namespacefs.model import Namespace, Process, Snapshot
 
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
@@ -58,6 +58,8 @@ class NamespaceRow:
 
     @property
     def path(self) -> str | None:
+        from namespacefs.handles import holder_path
+
         proc = self.process
         if proc is not None and proc.namespaces.get(self.ns.type) == self.ns.inode:
             return f"/proc/{proc.pid}/ns/{self.ns.type}"  # as lsns shows it
