@@ -180,6 +180,22 @@ def test_nsfs_ls_printed_by_the_daemon_imports_no_model_kernel_layer_or_json(hos
     assert done.stdout  # (what the daemon rendered, printed)
 
 
+@pytest.mark.parametrize("argv", [["ls", "-n"], ["ls", "--json"], ["ls", "-t", "net", "-o", "NS,NSPATH"]], ids=" ".join)
+def test_with_no_daemon_nsfs_ls_looks_for_its_socket_once(tmp_path: Path, argv: list[str]) -> None:
+    """No daemon: one look at where its socket would be (in a directory we trust), no connect(),
+    and the scan of our own does not look again."""
+    sock = tmp_path / "run" / "api.sock"
+    sock.parent.mkdir(mode=0o700)
+    trace = tmp_path / "trace"
+    env = {**os.environ, "NSFS_SOCKET": str(sock)}
+    env.pop("NSFS_NO_DAEMON", None)
+    subprocess.run(["strace", "-f", "-e", "trace=%file,connect", "-o", str(trace), sys.executable, "-m", "namespacefs",
+                    *argv], env=env, capture_output=True, timeout=120, check=True)
+    calls = trace.read_text().splitlines()
+    assert len([c for c in calls if f'"{sock}"' in c]) == 1, [c for c in calls if "api.sock" in c]
+    assert not [c for c in calls if "connect(" in c and "sun_path" in c and str(sock.parent) in c]
+
+
 def test_the_api_answers_with_the_status_and_refuses_bad_options(host: Host) -> None:
     http = host.daemon.http
     got = http.get("/api/ls", params={"json": "1", "filter": host.mine})

@@ -34,7 +34,24 @@ class Holder(NamedTuple):
     via: int | None = None  # parent/owner: the inode of the namespace it is parent/owner of
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: v for name, v in zip(self._fields, self, strict=True) if v is not None}
+        """The fields that are set, kind first (spelled out: a listing makes thousands of these)."""
+        kind, pid, tid, fd, mntns, path, socket, via = self
+        data: dict[str, Any] = {"kind": kind}
+        if pid is not None:
+            data["pid"] = pid
+        if tid is not None:
+            data["tid"] = tid
+        if fd is not None:
+            data["fd"] = fd
+        if mntns is not None:
+            data["mntns"] = mntns
+        if path is not None:
+            data["path"] = path
+        if socket is not None:
+            data["socket"] = socket
+        if via is not None:
+            data["via"] = via
+        return data
 
     def describe(self) -> str:
         """A short human form: 'fd pid=12 fd=4', 'bindmount /run/netns/a (mnt 4026532...)'."""
@@ -231,8 +248,10 @@ class Snapshot:
         table.update((ns.inode, ns) for ns in namespaces)
         return self.replace(namespaces=table)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON contract (see README): stable keys, more may be added, none renamed."""
+    def to_dict(self, namespaces: Iterable[Namespace] | None = None) -> dict[str, Any]:
+        """The JSON contract (see README): stable keys, more may be added, none renamed. Its
+        namespaces are all of them by type (by_type), or those given, in their order."""
+        chosen = sorted(self.namespaces.values(), key=by_type) if namespaces is None else namespaces
         return {
             "boot_id": self.boot_id,
             "kernel": self.kernel,
@@ -240,8 +259,8 @@ class Snapshot:
             "duration": self.duration,
             "errors": dict(self.errors),
             "sources": list(self.sources),
-            "namespaces": [ns.to_dict() for ns in sorted(self.namespaces.values(), key=by_type)],
-            "processes": [p.to_dict() for p in sorted(self.processes.values(), key=lambda p: p.pid)],
+            "namespaces": [ns.to_dict() for ns in chosen],
+            "processes": [p.to_dict() for _pid, p in sorted(self.processes.items())],
         }
 
 

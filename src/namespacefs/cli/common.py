@@ -74,12 +74,14 @@ def daemon_snapshot() -> Snapshot | None:
     return fetch_snapshot(timeout=2.0)
 
 
-def take_snapshot(args: argparse.Namespace) -> Snapshot:
+def take_snapshot(args: argparse.Namespace, daemon: bool = True) -> Snapshot:
+    """The command's snapshot: the running daemon's where it may be used (daemon=False: one known
+    not to answer), else a scan of our own, named."""
     from namespacefs import core  # (here: a command the daemon prints, cli.remote, never scans)
 
     verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
-                         fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot)
+                         fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot if daemon else None)
 
 
 def ns_type(text: str) -> str:

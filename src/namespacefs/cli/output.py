@@ -237,31 +237,28 @@ def json_bytes(data: Any) -> bytes:
     costs each its own fresh memory, four times the encoding itself."""
     import orjson  # (only the commands that print JSON need it)
 
-    out = bytearray()
+    try:
+        return _laid_out(data, orjson.dumps, 0)
+    except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
+        return _laid_out(data, orjson.dumps, orjson.OPT_NON_STR_KEYS)
 
-    def put(value: Any) -> None:
-        nonlocal out
-        try:
-            out += orjson.dumps(value)
-        except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
-            out += orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
+def _laid_out(data: Any, dumps: Callable[..., bytes], option: int) -> bytes:
     if not isinstance(data, dict):
-        put(data)
-        return bytes(out + b"\n")
-    out += b"{\n"
+        return dumps(data, option=option) + b"\n"
+    out = bytearray(b"{\n")
     for i, (key, value) in enumerate(data.items()):
         out += b",\n  " if i else b"  "
-        put(key)
+        out += dumps(key, option=option)
         out += b": "
         if isinstance(value, list) and value:
             out += b"[\n    "
-            for j, item in enumerate(value):
-                if j:
-                    out += b",\n    "
-                put(item)
+            out += dumps(value[0], option=option)
+            for item in value[1:]:
+                out += b",\n    "
+                out += dumps(item, option=option)
             out += b"\n  ]"
         else:
-            put(value)
+            out += dumps(value, option=option)
     out += b"\n}\n"
     return bytes(out)
