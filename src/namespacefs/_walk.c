@@ -57,10 +57,12 @@
 #define WANT_FDS 2     /* fd/ links that name a kind in fd_kinds */
 #define WANT_SOCKETS 4 /* the net namespace of each socket fd (pidfd_getfd + SIOCGSKNS) */
 #define WANT_CGROUP 8  /* the cgroup file */
+#define WANT_MOUNTS 16 /* the mountinfo of the first process seen in each mount namespace */
 
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
+#define MAX_PINS 32        /* user and pid namespaces kept open during a walk (see Pins) */
 
 /* A growing buffer, reused for one file of every process (freed at the end of the call). */
 typedef struct {
@@ -68,9 +70,20 @@ typedef struct {
     size_t size;
 } Buffer;
 
+/* Files of user and pid namespaces kept open until the walk ends. nsfs frees a namespace's dentry
+ * and inode when its last file closes, so every NS_GET_USERNS (NS_GET_PARENT) of a namespace that
+ * nobody holds open makes them anew (~3 µs): the initial user namespace owns almost everything, and
+ * is asked for once per namespace. Holding one file of it makes each later answer a reference. */
+typedef struct {
+    int fds[MAX_PINS];
+    int n;
+} Pins;
+
 /* What one walk() call carries around. */
 typedef struct {
     PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
+    PyObject *tables;      /* mount namespace inode -> (pid, mount count, its nsfs lines), or NULL */
+    Pins pins;
     PyObject *sockets;     /* socket inode -> net namespace inode: each socket probed once */
     const char *links[MAX_LINKS];
     int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
@@ -79,8 +92,10 @@ typedef struct {
     size_t kind_len[MAX_LINKS];
     Py_ssize_t nkinds;
     Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
+    Py_ssize_t mnt_link;    /* the index of "mnt" in links, or -1 */
     int flags;
     Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
+    Buffer mountinfo;
 } Walk;
 
 /* --- small helpers ------------------------------------------------------------------------- */
@@ -241,8 +256,9 @@ static PyObject *optional_u64(int known, unsigned long long value)
  * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
  * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
  * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
- * fd is no file at all, -1 on a Python error (exception set). */
-static long long resolve(PyObject *known, int fd, int type, int depth)
+ * fd is no file at all, -1 on a Python error (exception set). A user or pid namespace's fd is kept
+ * in pins (when given and not full) instead of closed. */
+static long long resolve(PyObject *known, Pins *pins, int fd, int type, int depth)
 {
     struct stat st;
     int failed;
@@ -281,7 +297,10 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
             parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
         has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
     }
-    close(fd);
+    if (pins != NULL && (type == CLONE_NEWUSER || type == CLONE_NEWPID) && pins->n < MAX_PINS)
+        pins->fds[pins->n++] = fd;
+    else
+        close(fd);
     Py_END_ALLOW_THREADS
     if (type <= 0) {
         Py_DECREF(key);
@@ -289,9 +308,9 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
     }
     long long owner = 0, parent = 0;
     if (owner_fd >= 0)
-        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
+        owner = resolve(known, pins, owner_fd, CLONE_NEWUSER, depth + 1);
     if (parent_fd >= 0 && owner >= 0)
-        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
+        parent = resolve(known, pins, parent_fd, CLONE_NEWPID, depth + 1);
     else if (parent_fd >= 0)
         close(parent_fd);
     if (owner < 0 || parent < 0) {
@@ -313,7 +332,7 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
 /* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
  * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
  * Python side). */
-static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
+static int resolve_path(PyObject *known, Pins *pins, int dir_fd, const char *path, unsigned long long inode, int type)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(inode);
     if (key == NULL)
@@ -328,7 +347,7 @@ static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned 
     Py_END_ALLOW_THREADS
     if (fd < 0)
         return 0;
-    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
+    return resolve(known, pins, fd, type, 0) < 0 ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -359,7 +378,7 @@ static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long
         char path[96];
         snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
         PyObject *item = PyLong_FromLongLong(values[i]);
-        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
+        if (item == NULL || (values[i] > 0 && resolve_path(w->known, &w->pins, dir_fd, path, (unsigned long long)values[i],
                                                             w->link_types[i]) < 0)) {
             Py_XDECREF(item);
             Py_DECREF(links);
@@ -438,7 +457,7 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = resolve(w->known, &w->pins, netns, CLONE_NEWNET, 0); /* -1: a Python error */
     return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
@@ -534,7 +553,7 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
             char name[24];
             snprintf(name, sizeof name, "%ld", links[i].fd);
             /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            netns = resolve_path(w->known, &w->pins, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
@@ -554,6 +573,64 @@ static long thread_count(const char *status, size_t len)
     const char *key = "\nThreads:";
     const char *at = memmem(status, len, key, strlen(key));
     return at ? strtol(at + strlen(key), NULL, 10) : 1;
+}
+
+/* Keep, at the front of a mountinfo text, only its lines that name nsfs (what procfs.nsfs_mounts
+ * parses: bind-mounted namespace files are rare, the other ~20 to 200 lines of each table are not
+ * worth a Python object); *lines gets the number of lines. Returns the length kept. */
+static size_t nsfs_lines(char *text, size_t len, size_t *lines)
+{
+    size_t kept = 0, n = 0;
+    for (size_t start = 0; start < len;) {
+        char *newline = memchr(text + start, '\n', len - start);
+        size_t end = newline ? (size_t)(newline - text) + 1 : len;
+        n += newline != NULL;
+        if (memmem(text + start, end - start, " nsfs ", 6) != NULL) {
+            memmove(text + kept, text + start, end - start);
+            kept += end - start;
+        }
+        start = end;
+    }
+    *lines = n;
+    return kept;
+}
+
+/* With WANT_MOUNTS, the mount table of the process's mount namespace, unless one is in w->tables
+ * already: tables[mntns] = (pid, number of mounts, the lines that name nsfs), read to EOF through
+ * the process's handle. A table that cannot be read is left for the next process in that
+ * namespace (and the Python side's reading, which counts the error). 0, or -1 on a Python error. */
+static int read_mounts(Walk *w, int dir_fd, long pid, const long long *values)
+{
+    if (w->tables == NULL || !(w->flags & WANT_MOUNTS) || w->mnt_link < 0 || values[w->mnt_link] <= 0)
+        return 0;
+    PyObject *key = PyLong_FromLongLong(values[w->mnt_link]);
+    if (key == NULL)
+        return -1;
+    int seen = PyDict_Contains(w->tables, key);
+    if (seen != 0) {
+        Py_DECREF(key);
+        return seen < 0 ? -1 : 0;
+    }
+    ssize_t len;
+    size_t lines = 0, kept = 0;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    len = read_file(&w->mountinfo, dir_fd, "mountinfo");
+    if (len < 0)
+        err = errno;
+    else
+        kept = nsfs_lines(w->mountinfo.data, (size_t)len, &lines);
+    Py_END_ALLOW_THREADS
+    if (len < 0) {
+        Py_DECREF(key);
+        return err == ENOMEM ? (PyErr_NoMemory(), -1) : 0;
+    }
+    PyObject *entry = Py_BuildValue("(lny#)", pid, (Py_ssize_t)lines, w->mountinfo.data, (Py_ssize_t)kept);
+    /* (the other thread of a two-thread walk may have stored this namespace meanwhile: first wins) */
+    int stored = entry != NULL && PyDict_SetDefault(w->tables, key, entry) != NULL;
+    Py_XDECREF(entry);
+    Py_DECREF(key);
+    return stored ? 0 : -1;
 }
 
 static PyObject *errno_record(long pid, int err)
@@ -591,7 +668,7 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     PyObject *record = NULL, *status, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
     long threads = thread_count(w->status.data, (size_t)status_len);
     if ((status = PyBytes_FromStringAndSize(w->status.data, status_len)) == NULL ||
-        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL ||
+        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL || read_mounts(w, dir_fd, pid, values) < 0 ||
         (cmdline = PyBytes_FromStringAndSize(w->cmdline.data, cmdline_len)) == NULL ||
         (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
                                          : Py_NewRef(Py_None)) == NULL ||
@@ -663,26 +740,37 @@ static long *pids_to_read(int proc_fd, PyObject *given, size_t *count)
 }
 
 PyDoc_STRVAR(walk_doc,
-"walk(proc, pids, links, fd_kinds, flags, known) -> list\n\n"
+"walk(proc, pids, links, fd_kinds, flags, known, tables=None) -> list\n\n"
 "Read each process (pids, or every one in the proc directory when None): a record\n"
 "(pid, status, links, cmdline, cgroup, tasks, fds) or (pid, errno). links: per name in links,\n"
 "the inode or -errno; tasks: [(tid, links)] or an errno; fds: [(fd, kind index, inode, netns)]\n"
-"or an errno. Every namespace seen is resolved into known (see resolve).");
+"or an errno. Every namespace seen is resolved into known (see resolve). With WANT_MOUNTS, the\n"
+"mount table of each mount namespace not in tables yet goes into tables: mnt inode ->\n"
+"(pid, number of mounts, the lines that name nsfs).");
 
 static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
 {
     const char *proc;
-    PyObject *given, *link_names, *kind_names, *known;
+    PyObject *given, *link_names, *kind_names, *known, *tables = Py_None;
     Walk w = {0};
-    if (!PyArg_ParseTuple(args, "sOOOiO!:walk", &proc, &given, &link_names, &kind_names, &w.flags,
-                          &PyDict_Type, &known))
+    if (!PyArg_ParseTuple(args, "sOOOiO!|O:walk", &proc, &given, &link_names, &kind_names, &w.flags,
+                          &PyDict_Type, &known, &tables))
         return NULL;
+    if (tables != Py_None && !PyDict_Check(tables)) {
+        PyErr_SetString(PyExc_TypeError, "tables: a dict or None");
+        return NULL;
+    }
     w.known = known;
+    w.tables = tables == Py_None ? NULL : tables;
     if ((w.nlinks = names_of(link_names, w.links, NULL, "links")) < 0 ||
         (w.nkinds = names_of(kind_names, w.kinds, w.kind_len, "fd_kinds")) < 0)
         return NULL;
-    for (Py_ssize_t i = 0; i < w.nlinks; i++)
+    w.mnt_link = -1;
+    for (Py_ssize_t i = 0; i < w.nlinks; i++) {
         w.link_types[i] = link_type(w.links[i]);
+        if (strcmp(w.links[i], "mnt") == 0)
+            w.mnt_link = i;
+    }
     w.socket_kind = -1;
     for (Py_ssize_t k = 0; k < w.nkinds; k++)
         if (strcmp(w.kinds[k], "socket") == 0)
@@ -702,6 +790,9 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
         Py_XDECREF(record);
     }
     Py_XDECREF(w.sockets);
+    for (int i = 0; i < w.pins.n; i++)
+        close(w.pins.fds[i]);
+    PyMem_RawFree(w.mountinfo.data);
     PyMem_RawFree(w.status.data);
     PyMem_RawFree(w.cmdline.data);
     PyMem_RawFree(w.cgroup.data);
@@ -725,7 +816,7 @@ static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    long long inode = resolve(known, copy, 0, 0);
+    long long inode = resolve(known, NULL, copy, 0, 0);
     if (inode < 0)
         return NULL;
     if (inode == 0)
@@ -751,7 +842,8 @@ PyMODINIT_FUNC PyInit__walk(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntMacro(m, WANT_TASKS) < 0 || PyModule_AddIntMacro(m, WANT_FDS) < 0 ||
-        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0) {
+        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0 ||
+        PyModule_AddIntMacro(m, WANT_MOUNTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
