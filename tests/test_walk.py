@@ -206,13 +206,23 @@ def test_the_walks_mount_tables_are_the_kernels(shaped_host: SyntheticHost) -> N
 
 
 def test_a_walk_leaves_no_file_open() -> None:
-    """The namespaces the walk holds open while it runs (user and pid ones, which own and parent the
-    others) are closed when it returns."""
     before = sorted(os.listdir("/proc/self/fd"))
     known: dict[int, Any] = {}
     _walk.walk("/proc", None, processes.LINKS, processes.FD_KINDS, 31, known, {})
     assert sorted(os.listdir("/proc/self/fd")) == before
     assert any(info[0] == kernel.CLONE_FLAGS["user"] for info in known.values())
+
+
+def test_the_scanner_holds_nothing_it_reads(shaped_host: SyntheticHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk reads its own process too: the files it opens itself (namespaces it resolves,
+    sockets it takes with pidfd_getfd, in either thread) are never reported as this process's fds
+    or sockets. (Namespaces kept open for the whole walk were, until this process was read alone;
+    the other thread's short-lived files rarely are, and are not since.)"""
+    monkeypatch.setattr(processes, "TWO_THREADS_FROM", 2)
+    for _ in range(5):
+        snap = discover()
+        assert os.getpid() in snap.processes
+        assert [h for ns in snap for h in ns.holders if h.pid == os.getpid() and h.kind in ("fd", "socket")] == []
 
 
 # --- reads, races ------------------------------------------------------------------------------------

@@ -62,7 +62,6 @@
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
-#define MAX_PINS 32        /* user and pid namespaces kept open during a walk (see Pins) */
 
 /* A growing buffer, reused for one file of every process (freed at the end of the call). */
 typedef struct {
@@ -70,20 +69,10 @@ typedef struct {
     size_t size;
 } Buffer;
 
-/* Files of user and pid namespaces kept open until the walk ends. nsfs frees a namespace's dentry
- * and inode when its last file closes, so every NS_GET_USERNS (NS_GET_PARENT) of a namespace that
- * nobody holds open makes them anew (~3 µs): the initial user namespace owns almost everything, and
- * is asked for once per namespace. Holding one file of it makes each later answer a reference. */
-typedef struct {
-    int fds[MAX_PINS];
-    int n;
-} Pins;
-
 /* What one walk() call carries around. */
 typedef struct {
     PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
     PyObject *tables;      /* mount namespace inode -> (pid, mount count, its nsfs lines), or NULL */
-    Pins pins;
     PyObject *sockets;     /* socket inode -> net namespace inode: each socket probed once */
     const char *links[MAX_LINKS];
     int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
@@ -256,9 +245,8 @@ static PyObject *optional_u64(int known, unsigned long long value)
  * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
  * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
  * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
- * fd is no file at all, -1 on a Python error (exception set). A user or pid namespace's fd is kept
- * in pins (when given and not full) instead of closed. */
-static long long resolve(PyObject *known, Pins *pins, int fd, int type, int depth)
+ * fd is no file at all, -1 on a Python error (exception set). */
+static long long resolve(PyObject *known, int fd, int type, int depth)
 {
     struct stat st;
     int failed;
@@ -297,10 +285,7 @@ static long long resolve(PyObject *known, Pins *pins, int fd, int type, int dept
             parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
         has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
     }
-    if (pins != NULL && (type == CLONE_NEWUSER || type == CLONE_NEWPID) && pins->n < MAX_PINS)
-        pins->fds[pins->n++] = fd;
-    else
-        close(fd);
+    close(fd);
     Py_END_ALLOW_THREADS
     if (type <= 0) {
         Py_DECREF(key);
@@ -308,9 +293,9 @@ static long long resolve(PyObject *known, Pins *pins, int fd, int type, int dept
     }
     long long owner = 0, parent = 0;
     if (owner_fd >= 0)
-        owner = resolve(known, pins, owner_fd, CLONE_NEWUSER, depth + 1);
+        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
     if (parent_fd >= 0 && owner >= 0)
-        parent = resolve(known, pins, parent_fd, CLONE_NEWPID, depth + 1);
+        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
     else if (parent_fd >= 0)
         close(parent_fd);
     if (owner < 0 || parent < 0) {
@@ -332,7 +317,7 @@ static long long resolve(PyObject *known, Pins *pins, int fd, int type, int dept
 /* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
  * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
  * Python side). */
-static int resolve_path(PyObject *known, Pins *pins, int dir_fd, const char *path, unsigned long long inode, int type)
+static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(inode);
     if (key == NULL)
@@ -347,7 +332,7 @@ static int resolve_path(PyObject *known, Pins *pins, int dir_fd, const char *pat
     Py_END_ALLOW_THREADS
     if (fd < 0)
         return 0;
-    return resolve(known, pins, fd, type, 0) < 0 ? -1 : 0;
+    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -378,7 +363,7 @@ static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long
         char path[96];
         snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
         PyObject *item = PyLong_FromLongLong(values[i]);
-        if (item == NULL || (values[i] > 0 && resolve_path(w->known, &w->pins, dir_fd, path, (unsigned long long)values[i],
+        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
                                                             w->link_types[i]) < 0)) {
             Py_XDECREF(item);
             Py_DECREF(links);
@@ -457,7 +442,7 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    long long inode = resolve(w->known, &w->pins, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
     return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
@@ -553,7 +538,7 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
             char name[24];
             snprintf(name, sizeof name, "%ld", links[i].fd);
             /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, &w->pins, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
@@ -790,8 +775,6 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
         Py_XDECREF(record);
     }
     Py_XDECREF(w.sockets);
-    for (int i = 0; i < w.pins.n; i++)
-        close(w.pins.fds[i]);
     PyMem_RawFree(w.mountinfo.data);
     PyMem_RawFree(w.status.data);
     PyMem_RawFree(w.cmdline.data);
@@ -816,7 +799,7 @@ static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    long long inode = resolve(known, NULL, copy, 0, 0);
+    long long inode = resolve(known, copy, 0, 0);
     if (inode < 0)
         return NULL;
     if (inode == 0)

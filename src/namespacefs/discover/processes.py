@@ -83,6 +83,11 @@ def _records(state: Scan, pids: list[int] | None, flags: int) -> list[_walk.Reco
         pids = [int(name) for name in os.listdir(state.proc) if name.isdigit()]
     if len(pids) < TWO_THREADS_FROM:
         return walk(pids)
+    # this process first, alone: what one thread has open (a namespace it reads, a socket it took
+    # with pidfd_getfd) is among this process's fds while the other thread lists them
+    me = os.getpid()
+    first = walk([me]) if me in pids else []
+    pids = [pid for pid in pids if pid != me]
     other: list[_walk.Record] = []
     failure: list[BaseException] = []
 
@@ -100,7 +105,7 @@ def _records(state: Scan, pids: list[int] | None, flags: int) -> list[_walk.Reco
         helper.join()
     if failure:
         raise failure[0]
-    return mine + other
+    return first + mine + other
 
 
 def resolve_fd(fd: int, known: dict[int, Info]) -> int:
