@@ -13,9 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(
-  python3-venv python3-dev gcc pkg-config      # the venv, building pyfuse3 and our C (_walk.c, _tree.c)
+  python3-venv python3-dev gcc pkg-config      # the venv, building our C (_walk.c, _tree.c)
   valgrind strace                              # the walk's memory check in the tests; the bench's read audit
-  fuse3 libfuse3-dev                           # the FUSE filesystem
+  fuse3                                        # the FUSE filesystem (fusermount3 clears a stale mount)
   util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
   runc bubblewrap systemd-container busybox-static criu  # real containers in the tests
   chromium                                     # the web page test (headless)
@@ -23,8 +23,8 @@ APT_PACKAGES=(
   podman crun uidmap slirp4netns catatonit fuse-overlayfs conmon golang-github-containers-common  # podman, rootless too
   systemd man-db                               # systemd-analyze verify of the unit (it runs man for Documentation=)
 )
-# What a system install needs (no test tools, no browser): the venv and building pyfuse3.
-SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev util-linux)
+# What a system install needs (no test tools, no browser): the venv and building our C.
+SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc pkg-config fuse3 util-linux)
 cmd=${1:-run}
 shift || true
 

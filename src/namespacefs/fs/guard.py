@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import pyfuse3
+from namespacefs.fs.wire import FUSEError
 
 log = logging.getLogger("namespacefs.fs")
 
@@ -22,9 +22,9 @@ def guarded(op: F) -> F:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await op(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except FUSEError:
             raise
         except Exception:
             log.exception("%s failed", op.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise FUSEError(errno.EIO) from None
     return wrapper  # type: ignore[return-value]

@@ -12,13 +12,13 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 
-import pyfuse3
 import trio
 
 from namespacefs import kernel, mountpoints, procfs
 from namespacefs.discover import SOURCES
 from namespacefs.discover.processes import read_at
 from namespacefs.fs.operations import NamespaceFS
+from namespacefs.fs.session import Session
 from namespacefs.fs.source import Source, snapshot_taker
 
 log = logging.getLogger("namespacefs.fs")
@@ -94,7 +94,7 @@ def open_mountpoint(mountpoint: str) -> int:
 def mount_fuse(target_fd: int, allow_other: bool) -> tuple[int, int]:
     """Mount a FUSE filesystem onto the checked handle target_fd, as libfuse would (fd=, rootmode=,
     user_id=, group_id=, nosuid, nodev, noatime) but with the new mount API: fsopen/fsconfig/fsmount,
-    then move_mount onto the handle. Returns (the /dev/fuse fd for pyfuse3, the new mount's id)."""
+    then move_mount onto the handle. Returns (the /dev/fuse fd to serve, the new mount's id)."""
     fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     try:
         fs_fd = kernel.fsopen("fuse")
@@ -148,19 +148,14 @@ def serve(mountpoint: str, *, allow_other: bool = False, db: str | None = None,
             raise MountError(f"cannot mount on {mountpoint}: {e.strerror}") from None
         finally:
             os.close(target)
-        try:
-            # libfuse takes /dev/fd/N as "the mount is made already, serve this connection"
-            pyfuse3.init(operations, f"/dev/fd/{fuse_fd}", {"debug"} if debug else set())
-        except RuntimeError as e:
-            _unmount_ours(mountpoint, mount_id)
-            raise MountError(f"cannot serve the mount on {mountpoint}: {e}") from None
+        session = operations.session = Session(fuse_fd, operations, debug)
         try:
             if ready is not None:
                 ready(mountpoint)
             if not _Stop.requested:
-                trio.run(_main, source)
+                trio.run(_main, source, session)
         finally:
-            pyfuse3.close(unmount=False)
+            os.close(fuse_fd)
             _unmount_ours(mountpoint, mount_id)
     finally:
         if created:
@@ -197,20 +192,20 @@ class _Stop:
         cls.requested = True
 
 
-async def _main(source: Source) -> None:
+async def _main(source: Source, session: Session) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(source.run)
-        nursery.start_soon(_stop_on_signal)
-        await pyfuse3.main()
+        nursery.start_soon(_stop_on_signal, session)
+        await session.run()
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(session: Session) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         if not _Stop.requested:
             async for _ in signals:
                 break
-        pyfuse3.terminate()
+        session.stop()
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:

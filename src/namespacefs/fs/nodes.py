@@ -24,9 +24,8 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pyfuse3
-
 from namespacefs.fs import layout, selectors
+from namespacefs.fs.wire import ROOT_INODE, Attributes, FUSEError
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Namespace, Snapshot
 from namespacefs.syntax import is_number
@@ -54,10 +53,15 @@ Key = tuple[Any, ...]
 ROOT: Key = (Kind.ROOT,)
 TREE: Key = (Kind.TREE,)
 BY: Key = (Kind.BY,)
-#: Cache timeouts (seconds) when only the mounting user can read (everyone sees everything).
-#: With allow_other the view depends on the reader, so the kernel must ask every time (0).
+#: How long the kernel keeps names and attributes (seconds). Only the mounting user can read
+#: (no --allow-other): everyone sees everything, so the kernel keeps them long, and the operations
+#: invalidate what a rescan changed (fs.operations); the timeout only bounds what a change that
+#: invalidates nothing (an attribute) leaves stale. by/ names resolve through names and containers
+#: that change without a namespace coming or going: kept TIMEOUT only.
+CACHED_TIMEOUT = 60.0
+#: With --allow-other the view depends on the reader, so the kernel must ask every time (0),
+#: except for what looks the same to every reader (SHARED).
 TIMEOUT = 1.0
-#: Entries that look the same to every reader (cached by the kernel even with --allow-other).
 SHARED = frozenset({Kind.ROOT, Kind.TYPE, Kind.TREE, Kind.FILE, Kind.BY})
 DIRECTORIES = frozenset({Kind.ROOT, Kind.TREE, Kind.BY, Kind.TYPE, Kind.NS, Kind.TDIR, Kind.BYDIR})
 #: Kinds whose node is a namespace of the snapshot (found again by its key).
@@ -66,8 +70,8 @@ SYMLINKS = frozenset({Kind.LINK, Kind.TLINK, Kind.BYLINK, Kind.BYNSLINK})
 BY_KINDS = frozenset({Kind.BY, Kind.BYLINK, Kind.BYDIR, Kind.BYNSLINK})
 
 
-def NoEntry() -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(errno.ENOENT)
+def NoEntry() -> FUSEError:
+    return FUSEError(errno.ENOENT)
 
 
 class Node:
@@ -104,12 +108,12 @@ def find(snapshot: Snapshot, nskey: tuple[Any, int]) -> Namespace | None:
 class Nodes:
     """Inode numbers (one per key for the life of the mount) and what each is for a view."""
 
-    timeout: float
+    cached: bool  # the kernel caches (no --allow-other)
     started: int
 
     def __init__(self, tree_of: Callable[[Snapshot], ContainerTree | None]) -> None:
-        self._ino: dict[Key, int] = {ROOT: pyfuse3.ROOT_INODE}
-        self._key: dict[int, Key] = {pyfuse3.ROOT_INODE: ROOT}
+        self._ino: dict[Key, int] = {ROOT: ROOT_INODE}
+        self._key: dict[int, Key] = {ROOT_INODE: ROOT}
         self._tree_of = tree_of  # the container tree of a snapshot, if it is known yet (by/)
         self._by: tuple[layout.View, selectors.ByDir] | None = None
 
@@ -141,23 +145,26 @@ class Nodes:
         if ns is None:
             raise NoEntry()
         if not view.can_see(ns):  # (reached through a handle someone else passed: the same answer for any name)
-            raise pyfuse3.FUSEError(errno.EPERM)
+            raise FUSEError(errno.EPERM)
         if kind is Kind.LINK and view.link_target(ns, key[2]) is None:
             raise NoEntry()
         if kind in (Kind.TDIR, Kind.TLINK) and view.tree_chain(ns) is None:
             raise NoEntry()
         return Node(key, ns)
 
-    def attrs(self, view: layout.View, node: Node) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        kind, ns = node.kind, node.ns
-        a.st_ino = self.ino(node.key)
+    def timeout(self, kind: Kind) -> float:
+        if self.cached:
+            return TIMEOUT if kind in BY_KINDS else CACHED_TIMEOUT
         # with a per-reader view, only what is the same for every reader may be cached: the top
         # directories and the files inside a namespace's directory (reached only through that
         # directory, which the kernel asks about every time)
-        a.entry_timeout = a.attr_timeout = TIMEOUT if kind in SHARED else self.timeout
-        a.st_nlink = 1
-        a.st_size = 0
+        return TIMEOUT if kind in SHARED else 0.0
+
+    def attrs(self, view: layout.View, node: Node) -> Attributes:
+        a = Attributes()
+        kind, ns = node.kind, node.ns
+        a.st_ino = self.ino(node.key)
+        a.entry_timeout = a.attr_timeout = self.timeout(kind)
         if kind in DIRECTORIES:
             a.st_mode = stat.S_IFDIR | (0o755 if kind is Kind.TDIR else 0o555)
             a.st_nlink = 2
@@ -167,10 +174,9 @@ class Nodes:
             a.st_mode = stat.S_IFLNK | 0o777
             a.st_size = len(self.link_text(view, node))
         a.st_uid = owner_uid(view.snapshot, ns) if ns is not None else 0
-        a.st_gid = 0
-        stamp = int(view.snapshot.taken_at * 1e9) if ns is not None else self.started
+        # a directory's mtime stays put: the kernel drops its cached listing when it changes
+        stamp = int(view.snapshot.taken_at * 1e9) if ns is not None and kind not in DIRECTORIES else self.started
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = stamp
-        a.st_blksize = 4096
         return a
 
     def link_text(self, view: layout.View, node: Node) -> str:
@@ -211,7 +217,7 @@ class Nodes:
         if kind is Kind.BYDIR:
             links = self.by(view).container_links(node.key[1]) or {}
             return [(t, (Kind.BYNSLINK, node.key[1], t)) for t in links]
-        raise pyfuse3.FUSEError(errno.ENOTDIR)
+        raise FUSEError(errno.ENOTDIR)
 
     def child(self, view: layout.View, node: Node, name: str) -> Node | None:
         """One entry of a directory, without listing it all."""

@@ -1,4 +1,4 @@
-"""The FUSE operations (pyfuse3): a thin translation of layout.View into inodes, attributes,
+"""The FUSE operations: a thin translation of layout.View into inodes, attributes,
 directory listings and file contents, for the reader each request comes from."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ import os
 import time
 from collections.abc import Callable
 
-import pyfuse3
 import trio
 
 from namespacefs import access, kernel
-from namespacefs.fs import layout
+from namespacefs.fs import invalidation, layout
 from namespacefs.fs.changes import RENAME_BURST, RENAME_WINDOW, Changes
 from namespacefs.fs.guard import guarded
-from namespacefs.fs.nodes import BY_KINDS, SYMLINKS, TIMEOUT, TREE, Kind, Node, Nodes, NoEntry, tree_key
+from namespacefs.fs.nodes import BY_KINDS, SYMLINKS, Kind, Node, Nodes, NoEntry
+from namespacefs.fs.session import Session
 from namespacefs.fs.source import Source
+from namespacefs.fs.wire import Attributes, Context, FileInfo, FUSEError, Listing, Statfs
 from namespacefs.handles import Gone, still_members
 from namespacefs.model import Namespace, Snapshot, diff
 from namespacefs.syntax import is_number
@@ -37,27 +38,24 @@ MEMBER_FILES = frozenset({"tasks", "nspids", "init"})
 GUARDED_FILES = frozenset({"uname", "hostname", "domainname", "interfaces", "mountinfo", "root", "offsets", "objects"})
 
 
-class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
+class NamespaceFS(Nodes, Changes):
     """Everything is read-only except rename (mv) inside tree/, which renames a namespace."""
-
-    supports_dot_lookup = False
-    enable_writeback_cache = False
-    enable_acl = False
 
     def __init__(self, source: Source, filtered: bool, db: str | None = None,
                  reader_userns: Callable[[int], tuple[int, int | None] | None] | None = None) -> None:
-        pyfuse3.Operations.__init__(self)
         Nodes.__init__(self, source.tree_if_known)
         self.source = source
         self.filtered = filtered  # allow_other: each reader sees its own subtree
         self.db = db
-        self.timeout = 0.0 if filtered else TIMEOUT
+        self.cached = not filtered
+        self.session: Session | None = None  # (set once mounted: the kernel's caches are told through it)
         self._reader_userns = reader_userns or userns_of_pid
         self._views: dict[tuple[int | None, int | None, int | None], layout.View] = {}
         self._views_of: Snapshot | None = None
         self._readers: dict[int, tuple[float, tuple[int, int | None]]] = {}
         self._open: dict[int, bytes] = {}
-        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._dirs: dict[int, list[tuple[bytes, Attributes]]] = {}  # by fh (--allow-other)
+        self._listing: dict[int, list[tuple[bytes, Attributes]]] = {}  # by inode, until listed to the end (cached)
         self._next_fh = 1
         self._gone: dict[str, float] = {}  # names of namespaces that vanished lately -> when
         self._gone_pruned = 0.0
@@ -68,7 +66,7 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
 
     # --- who is asking ---------------------------------------------------------------------
 
-    async def view(self, ctx: pyfuse3.RequestContext | None) -> layout.View:
+    async def view(self, ctx: Context | None) -> layout.View:
         """What the requesting reader may see: with --allow-other, its user namespace's tree,
         narrowed to what the kernel would show it (access.visible_namespaces)."""
         snapshot = self.source.current
@@ -119,7 +117,7 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
     # --- FUSE operations ---------------------------------------------------------------------
 
     @guarded
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Context) -> Attributes:
         text = os.fsdecode(name)
         view = await self.view(ctx)
         parent = self.node(view, parent_inode)
@@ -140,20 +138,26 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         return self.attrs(view, found)
 
     @guarded
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: Context) -> Attributes:
         view = await self.view(ctx)
         return self.attrs(view, self.node(view, inode))
 
     @guarded
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    async def readlink(self, inode: int, ctx: Context) -> bytes:
         view = await self.view(ctx)
         node = self.node(view, inode)
         if node.kind not in SYMLINKS:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            raise FUSEError(errno.EINVAL)
         return os.fsencode(self.link_text(view, node))
 
     @guarded
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: Context) -> int:
+        """(--allow-other only: in cached mode the kernel opens directories without asking.)"""
+        fh = self._fh()
+        self._dirs[fh] = await self._entries(inode, ctx)
+        return fh
+
+    async def _entries(self, inode: int, ctx: Context) -> list[tuple[bytes, Attributes]]:
         view = await self.view(ctx)
         node = self.node(view, inode)
         if node.kind in BY_KINDS and not self._by_used:
@@ -163,19 +167,27 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         for name, key in self.children(view, node):
             try:
                 child = self.node(view, self.ino(key))
-            except pyfuse3.FUSEError:
+            except FUSEError:
                 continue
             entries.append((os.fsencode(name), self.attrs(view, child)))
-        fh = self._fh()
-        self._dirs[fh] = entries
-        return fh
+        return entries
 
     @guarded
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs.get(fh, [])
-        for i in range(start_id, len(entries)):
+    async def readdir(self, inode: int, fh: int, offset: int, listing: Listing, ctx: Context) -> None:
+        """The entries from offset on (each offset the index of the next one). Without a handle
+        (cached mode) the listing of an inode is made at offset 0 and kept until it is read to
+        the end, so that the kernel caches one listing, not pieces of two."""
+        if fh:
+            entries = self._dirs.get(fh, [])
+        elif offset == 0 or inode not in self._listing:
+            entries = self._listing[inode] = await self._entries(inode, ctx)
+        else:
+            entries = self._listing[inode]
+        if offset >= len(entries):
+            self._listing.pop(inode, None)
+        for i in range(offset, len(entries)):
             name, attrs = entries[i]
-            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
+            if not listing.add(name, attrs, i + 1):
                 return
 
     @guarded
@@ -183,20 +195,20 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @guarded
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Context) -> FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise FUSEError(errno.EACCES)
         view = await self.view(ctx)
         node = self.node(view, inode)
         if node.kind is not Kind.FILE or node.ns is None:
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise FUSEError(errno.EISDIR)
         reader = access.Reader(ctx.uid, ctx.gid, ctx.pid) if self.filtered else None
         if reader is not None:  # (the probe forks: not in the event loop)
             await trio.to_thread.run_sync(access.access_of, reader, view.snapshot)
         data = await self.content(view.snapshot, node.ns, node.key[2], reader)
         fh = self._fh()
         self._open[fh] = data
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return FileInfo(fh, direct_io=True)
 
     async def content(self, snapshot: Snapshot, ns: Namespace, name: str, reader: access.Reader | None = None) -> bytes:
         """A file's content as this reader may see it (access.may_see): only the processes and
@@ -209,14 +221,14 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
                              holders=tuple(h for h in ns.holders
                                            if h.pid is None or access.may_see(reader, h.pid, snapshot)))
         elif name in GUARDED_FILES and not access.may_see(reader, ns, snapshot, enter=ns.type in access.ENTERED):
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise FUSEError(errno.EACCES)
         text = layout.simple_content(snapshot, ns, name)
         if text is None:
             try:
                 text = await self.source.detail(ns, name)
             except Gone as e:
                 log.info("%s/%s/%s: %s", ns.type, ns.inode, name, e)
-                raise pyfuse3.FUSEError(errno.ENODATA) from None
+                raise FUSEError(errno.ENODATA) from None
         return text.encode(errors="surrogateescape")
 
     @guarded
@@ -228,18 +240,14 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         self._open.pop(fh, None)
 
     @guarded
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    async def access(self, inode: int, mode: int, ctx: Context) -> bool:
         view = await self.view(ctx)
         node = self.node(view, inode)
         return not (mode & os.W_OK) or node.kind is Kind.TDIR
 
     @guarded
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_files = len(self.source.current)
-        s.f_namemax = 255
-        return s
+    async def statfs(self, ctx: Context) -> Statfs:
+        return Statfs(files=len(self.source.current))
 
     # --- keeping the kernel's caches honest -----------------------------------------------
 
@@ -262,35 +270,20 @@ class NamespaceFS(Nodes, Changes, pyfuse3.Operations):
         return name not in self._gone
 
     def _changed(self, old: Snapshot, new: Snapshot) -> None:
-        """After a rescan: remember what vanished, and drop the kernel's cached entries for it
-        (cached mode only)."""
+        """After a rescan: remember what vanished, and (cached mode) tell the kernel which of its
+        cached listings and names the rescan changed (fs.invalidation)."""
         d = diff(old, new)
-        if not d.vanished:
-            return
         now = time.monotonic()
         for ns in d.vanished:
             self._gone[layout.display_name(ns)] = now
-        if self.filtered:
-            return  # nothing is cached by the kernel
-        old_view = layout.View(old)
-        for ns in d.vanished:
-            type_dir = self._ino.get((Kind.TYPE, ns.type))
-            if type_dir is not None and (Kind.NS, ns.key) in self._ino:
-                self._invalidate(type_dir, str(ns.inode))
-            path = old_view.tree_path(ns) if tree_key(ns) in self._ino else None
-            if path:
-                head, _, name = path.rpartition("/")
-                holder = old.get(ns.owner) if ns.owner is not None and head != layout.TREE else None
-                parent_key = TREE if holder is None else (Kind.TDIR, holder.key)
-                if parent_key in self._ino:
-                    self._invalidate(self._ino[parent_key], name)
-
-    @staticmethod
-    def _invalidate(parent: int, name: str) -> None:
-        try:
-            pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
-        except Exception:  # the kernel may already have dropped it
-            log.debug("invalidate %s/%s failed", parent, name, exc_info=True)
+        if self.filtered or self.session is None:
+            return  # (with --allow-other the kernel caches no listing, and names for 1 s at most)
+        dirs, names = invalidation.stale(old, new, d, self._ino)
+        for parent, name in names:
+            self.session.invalidate_entry(parent, os.fsencode(name))
+        for number in dirs:
+            self._listing.pop(number, None)
+            self.session.invalidate_inode(number)
 
     def _fh(self) -> int:
         fh = self._next_fh
