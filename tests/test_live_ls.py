@@ -90,8 +90,10 @@ def test_the_json_contract_from_the_daemon_is_a_scans_for_our_namespaces(host: H
         remote, local = host.both(*options)
         assert remote.returncode == local.returncode == 0
 
-        def mine(out: bytes) -> list[bytes]:
-            return [line for line in out.splitlines() if any(b'"inode":%d,' % i in line for i in host.inodes)
+        def mine(out: bytes) -> list[bytes]:  # (each without the list's separator: whether another item
+            # follows ours depends on the namespaces and processes of others that come and go in between)
+            return [line.rstrip(b",") for line in out.splitlines()
+                    if any(b'"inode":%d,' % i in line for i in host.inodes)
                     or any(b'{"pid":%d,' % p in line for p in (host.a.pid, host.b.pid))]
 
         assert mine(remote.stdout) == mine(local.stdout)
@@ -154,6 +156,46 @@ def test_nsfs_ls_through_the_daemon_imports_no_discovery_naming_or_containers(ho
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=host.env(True), timeout=60, check=False)
     assert host.served() == before + 1
     assert done.stderr.decode().splitlines()[-1] == "0 []", done.stderr
+
+
+#: What `nsfs ls` printed by a daemon has no use for: the model and everything that makes one (and
+#: the kernel layer's ctypes), naming, containers, and the standard modules only they import.
+NOT_FOR_PRINTING = ("namespacefs.model", "namespacefs.kernel", "namespacefs.handles", "namespacefs.details",
+                    "namespacefs.discover", "namespacefs.names", "namespacefs.containers", "namespacefs.core",
+                    "namespacefs.targets", "ctypes", "dataclasses", "inspect", "sqlite3", "hashlib", "json",
+                    "orjson", "http.client", "shutil")
+
+
+@pytest.mark.parametrize("argv", [["ls"], ["ls", "--json"], ["ls", "-t", "net", "-o", "+NSPATH"]], ids=" ".join)
+def test_nsfs_ls_printed_by_the_daemon_imports_no_model_kernel_layer_or_json(host: Host, argv: list[str]) -> None:
+    probe = ("import sys\n"
+             f"sys.argv = ['nsfs', *{argv!r}]\n"
+             "from namespacefs.cli import main\n"
+             "status = main()\n"
+             f"heavy = sorted(m for m in sys.modules if m in {NOT_FOR_PRINTING!r} or m.startswith(tuple("
+             f"p + '.' for p in {NOT_FOR_PRINTING!r})))\n"
+             "print(status, heavy, file=sys.stderr)\n")
+    before = host.served()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=host.env(True), timeout=60, check=False)
+    assert host.served() == before + 1
+    assert done.stderr.decode().splitlines()[-1] == "0 []", done.stderr
+    assert done.stdout  # (what the daemon rendered, printed)
+
+
+@pytest.mark.parametrize("argv", [["ls", "-n"], ["ls", "--json"], ["ls", "-t", "net", "-o", "NS,NSPATH"]], ids=" ".join)
+def test_with_no_daemon_nsfs_ls_looks_for_its_socket_once(tmp_path: Path, argv: list[str]) -> None:
+    """No daemon: one look at where its socket would be (in a directory we trust), no connect(),
+    and the scan of our own does not look again."""
+    sock = tmp_path / "run" / "api.sock"
+    sock.parent.mkdir(mode=0o700)
+    trace = tmp_path / "trace"
+    env = {**os.environ, "NSFS_SOCKET": str(sock)}
+    env.pop("NSFS_NO_DAEMON", None)
+    subprocess.run(["strace", "-f", "-e", "trace=%file,connect", "-o", str(trace), sys.executable, "-m", "namespacefs",
+                    *argv], env=env, capture_output=True, timeout=120, check=True)
+    calls = trace.read_text().splitlines()
+    assert len([c for c in calls if f'"{sock}"' in c]) == 1, [c for c in calls if "api.sock" in c]
+    assert not [c for c in calls if "connect(" in c and "sun_path" in c and str(sock.parent) in c]
 
 
 def test_the_api_answers_with_the_status_and_refuses_bad_options(host: Host) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from namespacefs import _walk, kernel
+from namespacefs import _walk, kernel, procfs
 from namespacefs.discover import SOURCES, discover, processes
 from namespacefs.discover.state import Scan
 from namespacefs.model import Holder, Snapshot
@@ -183,6 +183,48 @@ def check_fds(snap: Snapshot, pid: int, process_links: dict[str, int]) -> None:
                 assert all(holder not in ns.holders for ns in snap)
 
 
+def test_the_walks_mount_tables_are_the_kernels(shaped_host: SyntheticHost) -> None:
+    """With WANT_MOUNTS the walk reads the mountinfo of the first process it sees in each mount
+    namespace, to its end: its number of lines, and exactly those of its lines that name nsfs."""
+    tables: dict[int, tuple[int, int, bytes]] = {}
+    records = _walk.walk("/proc", shaped_host.pids, processes.LINKS, processes.FD_KINDS, _walk.WANT_MOUNTS, {}, tables)
+    first: dict[int, int] = {}
+    for record in records:
+        assert len(record) > 2, record  # (the host's processes all live)
+        first.setdefault(record[2][processes.LINKS.index("mnt")], record[0])
+    assert {mntns: pid for mntns, (pid, _, _) in tables.items()} == first
+    binds = 0
+    for pid, count, lines in tables.values():
+        text = Path(f"/proc/{pid}/mountinfo").read_bytes()
+        assert count == text.count(b"\n") > 0
+        assert lines == b"".join(line for line in text.splitlines(keepends=True) if b" nsfs " in line)
+        assert procfs.nsfs_mounts(lines) == procfs.nsfs_mounts(text)
+        binds += len(procfs.nsfs_mounts(lines))
+    assert binds >= (len(shaped_host.pids) // 10 if shaped_host.shape == "sets" else 0)
+    assert _walk.walk("/proc", shaped_host.pids[:1], processes.LINKS, processes.FD_KINDS, 0, {}, tables) and \
+        len(tables) == len(first)  # (without WANT_MOUNTS: nothing read)
+
+
+def test_a_walk_leaves_no_file_open() -> None:
+    before = sorted(os.listdir("/proc/self/fd"))
+    known: dict[int, Any] = {}
+    _walk.walk("/proc", None, processes.LINKS, processes.FD_KINDS, 31, known, {})
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert any(info[0] == kernel.CLONE_FLAGS["user"] for info in known.values())
+
+
+def test_the_scanner_holds_nothing_it_reads(shaped_host: SyntheticHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk reads its own process too: the files it opens itself (namespaces it resolves,
+    sockets it takes with pidfd_getfd, in either thread) are never reported as this process's fds
+    or sockets. (Namespaces kept open for the whole walk were, until this process was read alone;
+    the other thread's short-lived files rarely are, and are not since.)"""
+    monkeypatch.setattr(processes, "TWO_THREADS_FROM", 2)
+    for _ in range(5):
+        snap = discover()
+        assert os.getpid() in snap.processes
+        assert [h for ns in snap for h in ns.holders if h.pid == os.getpid() and h.kind in ("fd", "socket")] == []
+
+
 # --- reads, races ------------------------------------------------------------------------------------
 
 
@@ -239,6 +281,8 @@ def test_bad_arguments_are_errors_not_crashes() -> None:
         _walk.walk("/proc", ["1"], processes.LINKS, processes.FD_KINDS, 0, {})
     with pytest.raises(ValueError):
         _walk.walk("/proc", None, ("x",) * 17, processes.FD_KINDS, 0, {})
+    with pytest.raises(TypeError):
+        _walk.walk("/proc", [], processes.LINKS, processes.FD_KINDS, 0, {}, [])
     with pytest.raises(OSError):
         _walk.resolve(-1, {})
 
@@ -274,20 +318,20 @@ SCAN = textwrap.dedent("""
     import _walk
     from namespacefs.discover.processes import LINKS, FD_KINDS
     for _ in range(3):
-        known = {}
-        records = _walk.walk("/proc", None, LINKS, FD_KINDS, 15, known)
-        _walk.walk("/proc", [os.getpid(), 1, 999999999], LINKS, FD_KINDS, 15, known)
+        known, tables = {}, {}
+        records = _walk.walk("/proc", None, LINKS, FD_KINDS, 31, known, tables)
+        _walk.walk("/proc", [os.getpid(), 1, 999999999], LINKS, FD_KINDS, 31, known, {})
     fd = os.open("/proc/self/ns/user", os.O_RDONLY)
     _walk.resolve(fd, known)
     os.close(fd)
     import threading  # two walks at once, as discover runs them: one dict of known namespaces
     pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    known = {}
-    other = threading.Thread(target=_walk.walk, args=("/proc", pids[1::2], LINKS, FD_KINDS, 15, known))
+    known, tables = {}, {}
+    other = threading.Thread(target=_walk.walk, args=("/proc", pids[1::2], LINKS, FD_KINDS, 31, known, tables))
     other.start()
-    _walk.walk("/proc", pids[0::2], LINKS, FD_KINDS, 15, known)
+    _walk.walk("/proc", pids[0::2], LINKS, FD_KINDS, 31, known, tables)
     other.join()
-    print(len(records), len(known), _walk.__file__)
+    print(len(records), len(known), len(tables), _walk.__file__)
 """)
 
 
@@ -362,7 +406,7 @@ def test_repeated_walks_do_not_grow_memory() -> None:
         from namespacefs.discover.processes import LINKS, FD_KINDS
         tracemalloc.start()
         def walk():
-            _walk.walk("/proc", None, LINKS, FD_KINDS, 15, {})
+            _walk.walk("/proc", None, LINKS, FD_KINDS, 31, {}, {})
         for _ in range(5):
             walk()
         base = tracemalloc.get_traced_memory()[0]

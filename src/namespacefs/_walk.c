@@ -57,6 +57,7 @@
 #define WANT_FDS 2     /* fd/ links that name a kind in fd_kinds */
 #define WANT_SOCKETS 4 /* the net namespace of each socket fd (pidfd_getfd + SIOCGSKNS) */
 #define WANT_CGROUP 8  /* the cgroup file */
+#define WANT_MOUNTS 16 /* the mountinfo of the first process seen in each mount namespace */
 
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
@@ -71,6 +72,7 @@ typedef struct {
 /* What one walk() call carries around. */
 typedef struct {
     PyObject *known;       /* inode -> (type, dev, id, owner, parent, owner_uid): see resolve() */
+    PyObject *tables;      /* mount namespace inode -> (pid, mount count, its nsfs lines), or NULL */
     PyObject *sockets;     /* socket inode -> net namespace inode: each socket probed once */
     const char *links[MAX_LINKS];
     int link_types[MAX_LINKS]; /* the CLONE_NEW* type each link's path fixes (0: ask the kernel) */
@@ -79,8 +81,10 @@ typedef struct {
     size_t kind_len[MAX_LINKS];
     Py_ssize_t nkinds;
     Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
+    Py_ssize_t mnt_link;    /* the index of "mnt" in links, or -1 */
     int flags;
     Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
+    Buffer mountinfo;
 } Walk;
 
 /* --- small helpers ------------------------------------------------------------------------- */
@@ -556,6 +560,64 @@ static long thread_count(const char *status, size_t len)
     return at ? strtol(at + strlen(key), NULL, 10) : 1;
 }
 
+/* Keep, at the front of a mountinfo text, only its lines that name nsfs (what procfs.nsfs_mounts
+ * parses: bind-mounted namespace files are rare, the other ~20 to 200 lines of each table are not
+ * worth a Python object); *lines gets the number of lines. Returns the length kept. */
+static size_t nsfs_lines(char *text, size_t len, size_t *lines)
+{
+    size_t kept = 0, n = 0;
+    for (size_t start = 0; start < len;) {
+        char *newline = memchr(text + start, '\n', len - start);
+        size_t end = newline ? (size_t)(newline - text) + 1 : len;
+        n += newline != NULL;
+        if (memmem(text + start, end - start, " nsfs ", 6) != NULL) {
+            memmove(text + kept, text + start, end - start);
+            kept += end - start;
+        }
+        start = end;
+    }
+    *lines = n;
+    return kept;
+}
+
+/* With WANT_MOUNTS, the mount table of the process's mount namespace, unless one is in w->tables
+ * already: tables[mntns] = (pid, number of mounts, the lines that name nsfs), read to EOF through
+ * the process's handle. A table that cannot be read is left for the next process in that
+ * namespace (and the Python side's reading, which counts the error). 0, or -1 on a Python error. */
+static int read_mounts(Walk *w, int dir_fd, long pid, const long long *values)
+{
+    if (w->tables == NULL || !(w->flags & WANT_MOUNTS) || w->mnt_link < 0 || values[w->mnt_link] <= 0)
+        return 0;
+    PyObject *key = PyLong_FromLongLong(values[w->mnt_link]);
+    if (key == NULL)
+        return -1;
+    int seen = PyDict_Contains(w->tables, key);
+    if (seen != 0) {
+        Py_DECREF(key);
+        return seen < 0 ? -1 : 0;
+    }
+    ssize_t len;
+    size_t lines = 0, kept = 0;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    len = read_file(&w->mountinfo, dir_fd, "mountinfo");
+    if (len < 0)
+        err = errno;
+    else
+        kept = nsfs_lines(w->mountinfo.data, (size_t)len, &lines);
+    Py_END_ALLOW_THREADS
+    if (len < 0) {
+        Py_DECREF(key);
+        return err == ENOMEM ? (PyErr_NoMemory(), -1) : 0;
+    }
+    PyObject *entry = Py_BuildValue("(lny#)", pid, (Py_ssize_t)lines, w->mountinfo.data, (Py_ssize_t)kept);
+    /* (the other thread of a two-thread walk may have stored this namespace meanwhile: first wins) */
+    int stored = entry != NULL && PyDict_SetDefault(w->tables, key, entry) != NULL;
+    Py_XDECREF(entry);
+    Py_DECREF(key);
+    return stored ? 0 : -1;
+}
+
 static PyObject *errno_record(long pid, int err)
 {
     return Py_BuildValue("(li)", pid, err);
@@ -591,7 +653,7 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     PyObject *record = NULL, *status, *links = NULL, *cmdline = NULL, *cgroup = NULL, *tasks = NULL, *fds = NULL;
     long threads = thread_count(w->status.data, (size_t)status_len);
     if ((status = PyBytes_FromStringAndSize(w->status.data, status_len)) == NULL ||
-        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL ||
+        (links = links_tuple(w, dir_fd, "ns/", values)) == NULL || read_mounts(w, dir_fd, pid, values) < 0 ||
         (cmdline = PyBytes_FromStringAndSize(w->cmdline.data, cmdline_len)) == NULL ||
         (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
                                          : Py_NewRef(Py_None)) == NULL ||
@@ -663,26 +725,37 @@ static long *pids_to_read(int proc_fd, PyObject *given, size_t *count)
 }
 
 PyDoc_STRVAR(walk_doc,
-"walk(proc, pids, links, fd_kinds, flags, known) -> list\n\n"
+"walk(proc, pids, links, fd_kinds, flags, known, tables=None) -> list\n\n"
 "Read each process (pids, or every one in the proc directory when None): a record\n"
 "(pid, status, links, cmdline, cgroup, tasks, fds) or (pid, errno). links: per name in links,\n"
 "the inode or -errno; tasks: [(tid, links)] or an errno; fds: [(fd, kind index, inode, netns)]\n"
-"or an errno. Every namespace seen is resolved into known (see resolve).");
+"or an errno. Every namespace seen is resolved into known (see resolve). With WANT_MOUNTS, the\n"
+"mount table of each mount namespace not in tables yet goes into tables: mnt inode ->\n"
+"(pid, number of mounts, the lines that name nsfs).");
 
 static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
 {
     const char *proc;
-    PyObject *given, *link_names, *kind_names, *known;
+    PyObject *given, *link_names, *kind_names, *known, *tables = Py_None;
     Walk w = {0};
-    if (!PyArg_ParseTuple(args, "sOOOiO!:walk", &proc, &given, &link_names, &kind_names, &w.flags,
-                          &PyDict_Type, &known))
+    if (!PyArg_ParseTuple(args, "sOOOiO!|O:walk", &proc, &given, &link_names, &kind_names, &w.flags,
+                          &PyDict_Type, &known, &tables))
         return NULL;
+    if (tables != Py_None && !PyDict_Check(tables)) {
+        PyErr_SetString(PyExc_TypeError, "tables: a dict or None");
+        return NULL;
+    }
     w.known = known;
+    w.tables = tables == Py_None ? NULL : tables;
     if ((w.nlinks = names_of(link_names, w.links, NULL, "links")) < 0 ||
         (w.nkinds = names_of(kind_names, w.kinds, w.kind_len, "fd_kinds")) < 0)
         return NULL;
-    for (Py_ssize_t i = 0; i < w.nlinks; i++)
+    w.mnt_link = -1;
+    for (Py_ssize_t i = 0; i < w.nlinks; i++) {
         w.link_types[i] = link_type(w.links[i]);
+        if (strcmp(w.links[i], "mnt") == 0)
+            w.mnt_link = i;
+    }
     w.socket_kind = -1;
     for (Py_ssize_t k = 0; k < w.nkinds; k++)
         if (strcmp(w.kinds[k], "socket") == 0)
@@ -702,6 +775,7 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
         Py_XDECREF(record);
     }
     Py_XDECREF(w.sockets);
+    PyMem_RawFree(w.mountinfo.data);
     PyMem_RawFree(w.status.data);
     PyMem_RawFree(w.cmdline.data);
     PyMem_RawFree(w.cgroup.data);
@@ -751,7 +825,8 @@ PyMODINIT_FUNC PyInit__walk(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntMacro(m, WANT_TASKS) < 0 || PyModule_AddIntMacro(m, WANT_FDS) < 0 ||
-        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0) {
+        PyModule_AddIntMacro(m, WANT_SOCKETS) < 0 || PyModule_AddIntMacro(m, WANT_CGROUP) < 0 ||
+        PyModule_AddIntMacro(m, WANT_MOUNTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -5,72 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
 from namespacefs.kernel import HIERARCHICAL, NS_TYPES
 
-
-class _Names(StrEnum):
-    """Named strings: each member is its value, and shows as it (in a repr too)."""
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
-class NsType(_Names):
-    """The eight namespace types, by the names of their /proc/PID/ns links (kernel.NS_TYPES, in
-    that order, is the source; a test holds the two together)."""
-
-    MNT = "mnt"
-    UTS = "uts"
-    IPC = "ipc"
-    USER = "user"
-    PID = "pid"
-    NET = "net"
-    CGROUP = "cgroup"
-    TIME = "time"
-
-
-class HolderKind(_Names):
-    """Why a namespace is alive, in the order kinds are reported."""
-
-    PROCESS = "process"  # a process is in it (/proc/PID/ns/TYPE)
-    ZOMBIE = "zombie"  # an exited, unreaped process still pins it (user and pid namespaces)
-    TASK = "task"  # only some thread of a process is in it (/proc/PID/task/TID/ns/TYPE)
-    PID_FOR_CHILDREN = "pid_for_children"  # a process's future children will be in it
-    TIME_FOR_CHILDREN = "time_for_children"
-    FD = "fd"  # an open file descriptor refers to it (/proc/PID/fd/N)
-    BINDMOUNT = "bindmount"  # an nsfs file is bind-mounted in some mount namespace
-    SOCKET = "socket"  # a socket (of a process in another net namespace) lives in it
-    PARENT = "parent"  # nothing holds it directly; it is the parent of a pid/user namespace that is held
-    OWNER = "owner"  # nothing holds it directly; it owns a namespace that is held
-    LISTNS = "listns"  # found only by the kernel's listns() (Linux 6.19+)
-
-
-class Source(_Names):
-    """The discovery sources (`--sources`), in the order they run."""
-
-    PROCESS = "process"
-    TASK = "task"
-    FOR_CHILDREN = "for_children"
-    FD = "fd"
-    SOCKET = "socket"
-    BINDMOUNT = "bindmount"
-    LISTNS = "listns"
-
-
-#: Holder kinds, in the order they are reported.
-HOLDER_KINDS: Final[tuple[str, ...]] = tuple(HolderKind)
-#: What holds a namespace itself (not only through a child that names it as parent or owner).
-DIRECT_KINDS: Final[frozenset[str]] = frozenset(HOLDER_KINDS) - {HolderKind.PARENT, HolderKind.OWNER}
-#: Kinds whose /proc path is a namespace link (ns/TYPE): what it opens is always of that type.
-NS_LINK_KINDS: Final[frozenset[str]] = frozenset({
-    HolderKind.PROCESS, HolderKind.ZOMBIE, HolderKind.TASK, HolderKind.PID_FOR_CHILDREN, HolderKind.TIME_FOR_CHILDREN})
-#: Kinds a process gives a namespace (and takes away when it goes).
-PER_PROCESS_KINDS: Final[frozenset[str]] = NS_LINK_KINDS | {HolderKind.FD}
-#: Every source, in the order they run.
-SOURCES: Final[tuple[str, ...]] = tuple(Source)
+# The words of the model (namespace types, holder kinds, sources) live in namespacefs.kinds, which
+# the command line reads without importing this module; they are this module's names too.
+from namespacefs.kinds import DIRECT_KINDS as DIRECT_KINDS
+from namespacefs.kinds import HOLDER_KINDS as HOLDER_KINDS
+from namespacefs.kinds import NS_LINK_KINDS as NS_LINK_KINDS
+from namespacefs.kinds import PER_PROCESS_KINDS as PER_PROCESS_KINDS
+from namespacefs.kinds import SOURCES as SOURCES
+from namespacefs.kinds import HolderKind as HolderKind
+from namespacefs.kinds import NsType as NsType
+from namespacefs.kinds import Source as Source
 
 
 class Holder(NamedTuple):
@@ -86,7 +34,24 @@ class Holder(NamedTuple):
     via: int | None = None  # parent/owner: the inode of the namespace it is parent/owner of
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: v for name, v in zip(self._fields, self, strict=True) if v is not None}
+        """The fields that are set, kind first (spelled out: a listing makes thousands of these)."""
+        kind, pid, tid, fd, mntns, path, socket, via = self
+        data: dict[str, Any] = {"kind": kind}
+        if pid is not None:
+            data["pid"] = pid
+        if tid is not None:
+            data["tid"] = tid
+        if fd is not None:
+            data["fd"] = fd
+        if mntns is not None:
+            data["mntns"] = mntns
+        if path is not None:
+            data["path"] = path
+        if socket is not None:
+            data["socket"] = socket
+        if via is not None:
+            data["via"] = via
+        return data
 
     def describe(self) -> str:
         """A short human form: 'fd pid=12 fd=4', 'bindmount /run/netns/a (mnt 4026532...)'."""
@@ -283,8 +248,10 @@ class Snapshot:
         table.update((ns.inode, ns) for ns in namespaces)
         return self.replace(namespaces=table)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON contract (see README): stable keys, more may be added, none renamed."""
+    def to_dict(self, namespaces: Iterable[Namespace] | None = None) -> dict[str, Any]:
+        """The JSON contract (see README): stable keys, more may be added, none renamed. Its
+        namespaces are all of them by type (by_type), or those given, in their order."""
+        chosen = sorted(self.namespaces.values(), key=by_type) if namespaces is None else namespaces
         return {
             "boot_id": self.boot_id,
             "kernel": self.kernel,
@@ -292,8 +259,8 @@ class Snapshot:
             "duration": self.duration,
             "errors": dict(self.errors),
             "sources": list(self.sources),
-            "namespaces": [ns.to_dict() for ns in sorted(self.namespaces.values(), key=by_type)],
-            "processes": [p.to_dict() for p in sorted(self.processes.values(), key=lambda p: p.pid)],
+            "namespaces": [ns.to_dict() for ns in chosen],
+            "processes": [p.to_dict() for _pid, p in sorted(self.processes.items())],
         }
 
 

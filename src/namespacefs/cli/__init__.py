@@ -10,7 +10,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from namespacefs.syntax import is_number, number
 
@@ -123,9 +123,34 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+class HelpLayout(argparse.HelpFormatter):
+    """argparse's help layout, as wide as argparse makes it (shutil.get_terminal_size() less 2:
+    $COLUMNS, else standard output's terminal, else 80), found without shutil: argparse makes a
+    formatter for every add_argument() (to check its metavar), and shutil would bring its archive
+    modules (bz2, lzma, fnmatch) into every command that prints no help at all."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _help_width() if width is None else width)
+
+
+def _help_width() -> int:
+    columns = os.environ.get("COLUMNS", "")
+    if is_number(columns) and int(columns) > 0:
+        return int(columns) - 2
+    try:
+        return (os.get_terminal_size(sys.__stdout__.fileno()).columns or 80) - 2  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80 - 2
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr (`nsfs CMD: message (see nsfs CMD --help)`)
-    and exit status 2, like any other error of the command line."""
+    and exit status 2, like any other error of the command line; help laid out by HelpLayout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpLayout)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)", 2)

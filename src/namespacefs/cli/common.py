@@ -1,4 +1,5 @@
-"""Options and helpers shared by the commands that work on a snapshot."""
+"""Options and helpers shared by the commands that work on a snapshot. Importing it costs no
+model, discovery or kernel layer: `nsfs ls` printed by a daemon uses only its options."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import pwd
 import sys
 from functools import cache
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from namespacefs.cli import UserError
-from namespacefs.kernel import NS_TYPES
-from namespacefs.model import SOURCES, Namespace, Snapshot
+from namespacefs.kinds import NS_TYPES, SOURCES
+
+if TYPE_CHECKING:  # (the model is imported by what takes a snapshot: a command the daemon prints needs none)
+    from namespacefs.model import Namespace, Snapshot
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -71,12 +74,14 @@ def daemon_snapshot() -> Snapshot | None:
     return fetch_snapshot(timeout=2.0)
 
 
-def take_snapshot(args: argparse.Namespace) -> Snapshot:
+def take_snapshot(args: argparse.Namespace, daemon: bool = True) -> Snapshot:
+    """The command's snapshot: the running daemon's where it may be used (daemon=False: one known
+    not to answer), else a scan of our own, named."""
     from namespacefs import core  # (here: a command the daemon prints, cli.remote, never scans)
 
     verbose_scan(args)
     return core.snapshot(chosen_sources(getattr(args, "sources", None)), db=getattr(args, "db", None),
-                         fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot)
+                         fresh=bool(getattr(args, "verbose", False)), provider=daemon_snapshot if daemon else None)
 
 
 def ns_type(text: str) -> str:

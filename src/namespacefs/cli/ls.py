@@ -13,7 +13,6 @@ from namespacefs.cli.common import PrintVersion, add_source_options, find, ns_ty
 from namespacefs.cli.output import (
     Column,
     add_table_options,
-    json_cell,
     json_rows,
     pick_columns,
     print_columns_help,
@@ -21,21 +20,16 @@ from namespacefs.cli.output import (
     render,
     tree_rows,
 )
-from namespacefs.handles import holder_path
-from namespacefs.model import HolderKind, Namespace, Process, Snapshot
+from namespacefs.kinds import HolderKind
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (imported where a snapshot is rendered: printing what a daemon rendered needs none)
     from namespacefs.details import Netnsids
+    from namespacefs.model import Namespace, Process, Snapshot
 
 DEFAULT_COLUMNS = ("NS", "TYPE", "NAME", "NPROCS", "PID", "USER", "COMMAND")  # NAME: see docs/names.md
 #: lsns's columns for a positional namespace: the processes in it
 PROCESS_COLUMNS = ("PID", "PPID", "USER", "COMMAND")
-#: The keys of lsns -J (util-linux 2.42 sys-utils/lsns.c, all its columns but PATH, whose key the
-#: JSON contract already gives the name path) added to every namespace object of `nsfs ls -J`
-LSNS_KEYS = ("NS", "NPROCS", "PID", "PPID", "COMMAND", "USER", "UID", "NETNSID", "NSFS", "PNS", "ONS")
 TREES = ("owner", "parent", "process")
-#: The columns whose value is that of the row's process alone, where the row has one
-OF_PROCESS = frozenset({"PID", "PPID", "COMMAND", "UID", "USER"})
 
 
 class NamespaceRow:
@@ -58,6 +52,8 @@ class NamespaceRow:
 
     @property
     def path(self) -> str | None:
+        from namespacefs.handles import holder_path
+
         proc = self.process
         if proc is not None and proc.namespaces.get(self.ns.type) == self.ns.inode:
             return f"/proc/{proc.pid}/ns/{self.ns.type}"  # as lsns shows it
@@ -192,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_arguments(args)
     columns, keep = prepare(args)
-    from namespacefs.cli.remote import printed_by_daemon
+    from namespacefs.cli import remote
 
-    if printed_by_daemon(args):  # a running daemon printed it (GET /api/ls: cli.rendering, over output())
+    asked = remote.printed_by_daemon(args)
+    if asked == remote.PRINTED:  # a running daemon printed it (GET /api/ls: cli.rendering, over output())
         return 0
-    snap = take_snapshot(args)
+    snap = take_snapshot(args, daemon=asked != remote.NO_DAEMON)  # (no daemon: not asked twice)
     output(snap, args, columns, keep, sys.stdout)
     report_errors(snap)
     return 0
@@ -222,7 +219,7 @@ def output(snap: Snapshot, args: argparse.Namespace, columns: list[Column[Namesp
     if keep is not None:
         rows = [r for r in rows if keep(r)]
     if args.json and not lsns_shape:
-        print_json(_contract(snap, [r.ns for r in rows], args, netnsids), out)
+        print_json(_contract(snap, rows, args), out)
     else:
         tree_at = _tree_column(columns, args)
         roots, kids = _arrange(rows, snap, args) if tree_at is not None else (rows, {})
@@ -245,34 +242,16 @@ def _compile_filter(text: str) -> Callable[[NamespaceRow], bool]:
         raise UserError(f"failed to parse \"{text}\": {e}") from None
 
 
-def _contract(snap: Snapshot, chosen: Sequence[Namespace], args: argparse.Namespace,
-              netnsids: Netnsids) -> dict[str, object]:
-    """The documented object (README, the JSON contract), each namespace with lsns's keys too,
-    in lsns's order (by inode)."""
-    data = snap.to_dict()
-    keep = {ns.inode for ns in chosen}
-    columns = [(BY_NAME[name].key, BY_NAME[name]) for name in LSNS_KEYS]
-    nowrap = bool(args.nowrap)
-    shared: dict[int, dict[str, object]] = {}  # pid -> its cells of the OF_PROCESS columns
+def _contract(snap: Snapshot, rows: Sequence[NamespaceRow], args: argparse.Namespace) -> dict[str, object]:
+    """The documented object (README, the JSON contract) of the rows' namespaces, in lsns's order
+    (by inode), each with lsns's keys too (cli.lsns_keys: only -J needs them)."""
+    from namespacefs.cli.lsns_keys import LsnsKeys
 
-    def of_process(row: NamespaceRow) -> dict[str, object]:
-        """The row's cells that are its process's alone, worked out once per process (a process is
-        in several namespaces: five of its own on a sandbox-dense host)."""
-        proc = row.process
-        if proc is None:
-            return {}
-        if (cells := shared.get(proc.pid)) is None:
-            cells = shared[proc.pid] = {key: json_cell(c, c.value(row), nowrap) for key, c in columns
-                                        if c.name in OF_PROCESS}
-        return cells
-
-    namespaces = []
-    for item in sorted((d for d in data["namespaces"] if d["inode"] in keep), key=lambda d: d["inode"]):
-        row = NamespaceRow(snap.namespaces[item["inode"]], snap, None, netnsids)
-        known = of_process(row)
-        item.update({key: known[key] if key in known else json_cell(c, c.value(row), nowrap) for key, c in columns})
-        namespaces.append(item)
-    data["namespaces"] = namespaces
+    rows = sorted(rows, key=lambda r: r.ns.inode)
+    data = snap.to_dict(r.ns for r in rows)
+    keys = LsnsKeys(bool(args.nowrap))
+    for item, row in zip(data["namespaces"], rows, strict=True):
+        keys.add(item, row)
     return data
 
 

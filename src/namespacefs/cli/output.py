@@ -73,6 +73,8 @@ def print_columns_help(columns: Sequence[Column[Any]]) -> None:
 
 
 def cell(value: Any) -> str:
+    if type(value) is str:  # (most cells: first)
+        return value
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
@@ -89,7 +91,8 @@ def render(rows: Iterable[tuple[str, RowT]], columns: Sequence[Column[RowT]], ar
     unless -W/--nowrap or -r, where its lines are joined with commas."""
     out = out or sys.stdout
     nowrap = args.raw or getattr(args, "nowrap", False)
-    table = [(prefix, [_one_line(cell(c.value(row))) if nowrap else cell(c.value(row)) for c in columns])
+    values = [c.value for c in columns]
+    table = [(prefix, [_one_line(cell(value(row))) for value in values] if nowrap else [cell(value(row)) for value in values])
              for prefix, row in rows]
     t = tree_column if 0 <= tree_column < len(columns) else 0
     lines = [[*cells[:t], prefix + cells[t], *cells[t + 1:]] if prefix else cells for prefix, cells in table]
@@ -103,14 +106,21 @@ def render(rows: Iterable[tuple[str, RowT]], columns: Sequence[Column[RowT]], ar
         # the tree column is left-aligned (as in lsns -T), or the branches would not line up
         columns = [c._replace(right=False) if i == t else c for i, c in enumerate(columns)]
     header = [c.name for c in columns]
-    widths = [max([len(header[i]), columns[i].whint] + [_width(line[i]) for line in lines]) for i in range(len(columns))]
+    texts = [[line[i] for line in lines] for i in range(len(columns))]  # column by column
+    tall = [i for i, column in enumerate(texts) if "\n" in "".join(column)]  # the columns with multi-line cells
+    widths = [max(len(header[i]), columns[i].whint, max(map(_width if i in tall else len, column), default=0))
+              for i, column in enumerate(texts)]
     # (a daemon rendering for a terminal is told its width: args.width, see cli.remote)
     limit = None if args.notruncate else getattr(args, "width", None) or _terminal_width(out)
     if limit:
         widths = fit(widths, columns, limit)
-    printed = [_line(header, widths, columns)] if not args.noheadings else []
+    line_of = _liner(widths, columns)
+    printed = [line_of(header)] if not args.noheadings else []
     for line in lines:
-        printed += [_line(physical, widths, columns) for physical in _physical_lines(line)]
+        if tall and any("\n" in line[i] for i in tall):
+            printed += [line_of(physical) for physical in _physical_lines(line)]
+        else:
+            printed.append(line_of(line))
     if printed:
         out.write("\n".join(printed) + "\n")  # one write: a line at a time costs a terminal 50 us each
 
@@ -142,21 +152,26 @@ def _one_line(text: str) -> str:
 
 def _physical_lines(cells: list[str]) -> list[list[str]]:
     """A row whose cells hold newlines, as several printed lines (the other cells blank below)."""
-    if not any("\n" in c for c in cells):
-        return [cells]
     split = [c.split("\n") for c in cells]
     height = max(map(len, split))
     return [[parts[k] if k < len(parts) else "" for parts in split] for k in range(height)]
 
 
-def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column[Any]]) -> str:
-    parts = []
-    for i, (text, width, col) in enumerate(zip(cells, widths, columns, strict=False)):
-        last = i == len(cells) - 1
-        if len(text) > width:
-            text = text[: max(width - 1, 0)] + "…"
-        parts.append(text.rjust(width) if col.right else (text if last else text.ljust(width)))
-    return " ".join(parts).rstrip()
+def _liner(widths: Sequence[int], columns: Sequence[Column[Any]]) -> Callable[[Sequence[str]], str]:
+    """The function that lays out one line of cells in these columns: each cut to its width (with
+    '…'), right-aligned or padded, the last one unpadded; laid out once per table, used per line."""
+    last = len(columns) - 1
+    spec = [(width, col.right, i == last) for i, (width, col) in enumerate(zip(widths, columns, strict=False))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for text, (width, right, final) in zip(cells, spec, strict=False):
+            if len(text) > width:
+                text = text[: max(width - 1, 0)] + "…"
+            parts.append(text.rjust(width) if right else (text if final else text.ljust(width)))
+        return " ".join(parts).rstrip()
+
+    return line
 
 
 def json_rows(rows: Iterable[RowT], columns: Sequence[Column[RowT]], children: Callable[[RowT], Sequence[RowT]] | None = None,
@@ -237,31 +252,28 @@ def json_bytes(data: Any) -> bytes:
     costs each its own fresh memory, four times the encoding itself."""
     import orjson  # (only the commands that print JSON need it)
 
-    out = bytearray()
+    try:
+        return _laid_out(data, orjson.dumps, 0)
+    except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
+        return _laid_out(data, orjson.dumps, orjson.OPT_NON_STR_KEYS)
 
-    def put(value: Any) -> None:
-        nonlocal out
-        try:
-            out += orjson.dumps(value)
-        except orjson.JSONEncodeError:  # a dict with int keys, as some reports have: twice as slow
-            out += orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
+def _laid_out(data: Any, dumps: Callable[..., bytes], option: int) -> bytes:
     if not isinstance(data, dict):
-        put(data)
-        return bytes(out + b"\n")
-    out += b"{\n"
+        return dumps(data, option=option) + b"\n"
+    out = bytearray(b"{\n")
     for i, (key, value) in enumerate(data.items()):
         out += b",\n  " if i else b"  "
-        put(key)
+        out += dumps(key, option=option)
         out += b": "
         if isinstance(value, list) and value:
             out += b"[\n    "
-            for j, item in enumerate(value):
-                if j:
-                    out += b",\n    "
-                put(item)
+            out += dumps(value[0], option=option)
+            for item in value[1:]:
+                out += b",\n    "
+                out += dumps(item, option=option)
             out += b"\n  ]"
         else:
-            put(value)
+            out += dumps(value, option=option)
     out += b"\n}\n"
     return bytes(out)

@@ -61,17 +61,25 @@ def ls_query(args: argparse.Namespace) -> str | None:
         return None
 
 
-def printed_by_daemon(args: argparse.Namespace) -> bool:
-    """`nsfs ls` printed by a running daemon: True when it was (its output written, its error
-    raised as ours), False when there is no daemon or it cannot answer for these options."""
+#: What printed_by_daemon() found: the daemon printed it; no daemon answered (a scan of our own,
+#: without asking it again); or it was not asked, or cannot answer for these options (a scan of
+#: our own, which may still start from its snapshot: core.snapshot's provider).
+PRINTED, NO_DAEMON, SCAN_HERE = "printed", "no daemon", "scan here"
+
+
+def printed_by_daemon(args: argparse.Namespace) -> str:
+    """`nsfs ls` printed by a running daemon: PRINTED when it was (its output written, its error
+    raised as ours), else NO_DAEMON or SCAN_HERE."""
     query = ls_query(args)
     if query is None:
-        return False
-    from namespacefs.service.client import get_printed
+        return SCAN_HERE
+    from namespacefs.service.client import NotAnswered, get_printed
 
     answer = get_printed(f"/api/ls?{query}")
     if answer is None:
-        return False
+        return NO_DAEMON
+    if isinstance(answer, NotAnswered):
+        return SCAN_HERE
     status, out, err = answer
     if status:
         raise UserError(err, status)
@@ -80,4 +88,4 @@ def printed_by_daemon(args: argparse.Namespace) -> bool:
     sys.stdout.buffer.flush()
     if err:
         sys.stderr.write(err)
-    return True
+    return PRINTED

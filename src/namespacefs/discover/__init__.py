@@ -129,9 +129,12 @@ def freeze(state: Scan) -> dict[int, Namespace]:
 
 
 def _indirect_holders(found: dict[int, Found]) -> dict[int, list[Holder]]:
-    """For namespaces nothing holds directly: the children that keep them alive."""
-    indirect = indirect_holders((inode, ns.owner, ns.parent) for inode, ns in found.items())
-    return {k: v for k, v in indirect.items() if not any(h.kind in DIRECT_KINDS for h in found[k].holders)} if found else {}
+    """For namespaces nothing holds directly: the children that keep them alive. (Only the
+    relations that name such a namespace are looked at: the initial user namespace owns almost
+    everything, and a holder for each of those would be made only to be dropped.)"""
+    bare = {inode for inode, ns in found.items() if not any(h.kind in DIRECT_KINDS for h in ns.holders)}
+    return indirect_holders((inode, ns.owner if ns.owner in bare else None, ns.parent if ns.parent in bare else None)
+                            for inode, ns in found.items() if ns.owner in bare or ns.parent in bare) if bare else {}
 
 
 # the names discover/incremental.py used before they were public (kept until it uses the new ones)

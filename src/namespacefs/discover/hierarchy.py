@@ -43,9 +43,9 @@ def resolve(state: Scan) -> None:
 
 
 def _relative(state: Scan, inode: int, nstype: str, todo: list[int]) -> int:
-    """An owner or parent: found (if unseen) and resolved in its turn."""
-    state.ensure(nstype, inode)
-    todo.append(inode)
+    """An owner or parent: found (if unseen) and resolved in its turn (if not resolved yet)."""
+    if not state.ensure(nstype, inode).resolved:
+        todo.append(inode)
     return inode
 
 

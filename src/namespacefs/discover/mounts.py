@@ -29,28 +29,33 @@ _CHILD_TIMEOUT = 2.0
 
 
 def scan(state: Scan) -> None:
-    """Read the mount table of each mount namespace in state.mount_readers not read yet."""
+    """Read the mount table of each mount namespace in state.mount_readers not read yet: the one the
+    walk read (state.mount_tables, when its process is one the scan took), else the first reader's."""
     for mntns, readers in state.mount_readers.items():
         if mntns in state.mounts_read:
             continue
-        read = _first_readable(state, readers)
+        read = state.mount_tables.get(mntns)
+        if read is None or read[0] not in state.processes:
+            read = _first_readable(state, readers)
         if read is None:
             continue  # every reader gone
         state.mounts_read.add(mntns)
-        pid, data = read
+        pid, count, data = read
         if mntns in state.found:
-            state.found[mntns].mounts = data.count(b"\n")
+            state.found[mntns].mounts = count
         for nstype, inode, mountpoint in procfs.nsfs_mounts(data):
             holder = Holder(HolderKind.BINDMOUNT, pid=pid, mntns=mntns, path=mountpoint)
             state.add(nstype, inode, holder)
 
 
-def _first_readable(state: Scan, readers: list[int]) -> tuple[int, bytes] | None:
-    """The mountinfo of the first reader still alive: a process that exits between the process
-    scan and here answers ENOENT, or EINVAL while it is tearing down its mount namespace."""
+def _first_readable(state: Scan, readers: list[int]) -> tuple[int, int, bytes] | None:
+    """(pid, number of mounts, text) of the mountinfo of the first reader still alive: a process that
+    exits between the process scan and here answers ENOENT, or EINVAL while it is tearing down its
+    mount namespace."""
     for pid in readers:
         try:
-            return pid, read_at(f"{state.proc}/{pid}/mountinfo")
+            data = read_at(f"{state.proc}/{pid}/mountinfo")
+            return pid, data.count(b"\n"), data
         except OSError as e:
             if e.errno == errno.EINVAL:
                 state.errors["vanished"] += 1

@@ -59,7 +59,8 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
     one call to the compiled walk, and add what each holds to the scan. A process that vanished (or
     may not be read) while the walk read it is counted and left out whole."""
     flags = ((_walk.WANT_TASKS if Source.TASK in sources else 0) | (_walk.WANT_FDS if Source.FD in sources else 0)
-             | (_walk.WANT_SOCKETS if Source.SOCKET in sources else 0) | _walk.WANT_CGROUP)
+             | (_walk.WANT_SOCKETS if Source.SOCKET in sources else 0) | _walk.WANT_CGROUP
+             | (_walk.WANT_MOUNTS if Source.BINDMOUNT in sources else 0))  # (mounts.scan takes the tables)
     pids = None if todo is None else list(todo)
     for record in _records(state, pids, flags):
         if len(record) == 2:
@@ -73,30 +74,38 @@ def scan(state: Scan, sources: frozenset[str], todo: Iterable[int] | None = None
 
 def _records(state: Scan, pids: list[int] | None, flags: int) -> list[_walk.Record]:
     """The walk's records of these processes (every one in /proc when None)."""
+    def walk(some: list[int] | None) -> list[_walk.Record]:
+        return _walk.walk(state.proc, some, LINKS, FD_KINDS, flags, state.known, state.mount_tables)
+
     if len(os.sched_getaffinity(0)) < 2:  # (the CPUs this process may run on)
-        return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
+        return walk(pids)
     if pids is None:
         pids = [int(name) for name in os.listdir(state.proc) if name.isdigit()]
     if len(pids) < TWO_THREADS_FROM:
-        return _walk.walk(state.proc, pids, LINKS, FD_KINDS, flags, state.known)
+        return walk(pids)
+    # this process first, alone: what one thread has open (a namespace it reads, a socket it took
+    # with pidfd_getfd) is among this process's fds while the other thread lists them
+    me = os.getpid()
+    first = walk([me]) if me in pids else []
+    pids = [pid for pid in pids if pid != me]
     other: list[_walk.Record] = []
     failure: list[BaseException] = []
 
     def walk_other_half() -> None:
         try:
-            other.extend(_walk.walk(state.proc, pids[1::2], LINKS, FD_KINDS, flags, state.known))
+            other.extend(walk(pids[1::2]))
         except BaseException as e:  # (raised in the caller's thread below)
             failure.append(e)
 
     helper = threading.Thread(target=walk_other_half, name="nsfs-walk", daemon=True)
     helper.start()
     try:
-        mine = _walk.walk(state.proc, pids[0::2], LINKS, FD_KINDS, flags, state.known)
+        mine = walk(pids[0::2])
     finally:
         helper.join()
     if failure:
         raise failure[0]
-    return mine + other
+    return first + mine + other
 
 
 def resolve_fd(fd: int, known: dict[int, Info]) -> int:

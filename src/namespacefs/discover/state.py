@@ -63,6 +63,9 @@ class Scan:
         #: mountinfo of the first one still alive
         self.mount_readers: dict[int, list[int]] = {}
         self.mounts_read: set[int] = set()  # by the bindmount source
+        #: mount tables the walk read (the first process of each mount namespace it saw): mnt inode
+        #: -> (pid, number of mounts, the lines of the table that name nsfs); mounts.scan takes them
+        self.mount_tables: dict[int, tuple[int, int, bytes]] = {}
         #: user namespace -> (uid_map, gid_map, setgroups), read once each
         self.user_maps: UserMaps = {}
 

@@ -10,18 +10,20 @@ email and friends (~40 ms) into every command only to learn that nothing listens
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from namespacefs import ownership, procfs
 from namespacefs.service import DEFAULT_SOCKET, outside_name
 
 if TYPE_CHECKING:
+    import socket
+
     from namespacefs.model import Snapshot
     from namespacefs.service.events import Event
 
-# (json and the model are imported where they are used: `nsfs ls` through GET /api/ls needs neither)
+# (json and the model are imported where they are used: `nsfs ls` through GET /api/ls needs neither;
+# and socket once there is a trusted socket to connect to: a command with no daemon needs none)
 
 _MAX_HEAD = 64 * 1024  # status line and headers: the daemon's are a few hundred bytes
 
@@ -99,16 +101,21 @@ def socket_path(path: str | None = None) -> str:
     return path or os.environ.get("NSFS_SOCKET") or DEFAULT_SOCKET
 
 
-def _behind_fuse(path: str) -> bool:
-    """The socket lies under a FUSE mount (the namespacefs filesystem's default mountpoint is the
-    socket's directory): looking it up could wait on a FUSE server that is this very process."""
+def _fuse_mounts() -> list[str]:
+    """The mountpoints of FUSE filesystems in our mount namespace."""
     try:
         with open("/proc/self/mountinfo", "rb") as f:  # (read() reads to the end, page by page)
             mounts = procfs.parse_mountinfo(f.read())
     except OSError:
-        return False
+        return []
+    return [m.mountpoint for m in mounts if m.fstype.startswith("fuse")]
+
+
+def _behind_fuse(path: str, fuse: list[str]) -> bool:
+    """The socket lies under a FUSE mount (the namespacefs filesystem's default mountpoint is the
+    socket's directory): looking it up could wait on a FUSE server that is this very process."""
     path = os.path.abspath(path)
-    return any(m.fstype.startswith("fuse") and (path + "/").startswith(m.mountpoint.rstrip("/") + "/") for m in mounts)
+    return any((path + "/").startswith(mountpoint.rstrip("/") + "/") for mountpoint in fuse)
 
 
 def _trusted(path: str) -> bool:
@@ -131,10 +138,13 @@ def _trusted(path: str) -> bool:
 
 
 def _open(path: str, url: str, timeout: float | None) -> _Response | None:
-    if _behind_fuse(path):
+    fuse = _fuse_mounts()
+    if _behind_fuse(path, fuse):
         path = outside_name(path)  # the filesystem is mounted on the socket's directory: its other name
-    if _behind_fuse(path) or not _trusted(path):  # (no socket at all: lstat says so, not connect)
+    if _behind_fuse(path, fuse) or not _trusted(path):  # (no socket at all: lstat says so, not connect)
         return None
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
@@ -182,10 +192,18 @@ def _detail(body: bytes) -> str:
         return body.decode(errors="replace")
 
 
-def get_printed(url: str, socket_path_: str | None = None, timeout: float = 5.0) -> tuple[int, bytes, str] | None:
+class NotAnswered(NamedTuple):
+    """A daemon is there but does not answer for this (409: another names database than its own;
+    400: an option it does not know): the caller does the work itself."""
+
+    status: int  # the HTTP status of its answer
+
+
+def get_printed(url: str, socket_path_: str | None = None,
+                timeout: float = 5.0) -> tuple[int, bytes, str] | NotAnswered | None:
     """What a command prints, rendered by the daemon (GET /api/ls): (exit status, stdout, stderr);
     a refusal (422: the command's own error) as its exit status and message. None when no daemon
-    answers, or it cannot answer for these options (the caller does the work itself)."""
+    answers; NotAnswered when it cannot answer for these options."""
     got = _get(url, socket_path_, timeout)
     if got is None:
         return None
@@ -194,7 +212,7 @@ def get_printed(url: str, socket_path_: str | None = None, timeout: float = 5.0)
     if resp.status == 422 and status.isdigit():
         return int(status), b"", _detail(body)
     if resp.status != 200:
-        return None  # (409: another names database; 400: an option it does not know)
+        return NotAnswered(resp.status)
     return 0, body, _unquote(resp.headers.get("x-nsfs-stderr", ""))
 
 
