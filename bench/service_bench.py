@@ -75,6 +75,18 @@ class Daemon:
             fields = f.read().rsplit(")", 1)[1].split()
         return sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
 
+    def threads(self) -> dict[str, float]:
+        """CPU seconds by thread name (the daemon names its threads: nsfs-updater, nsfs-netlink, ...;
+        the HTTP server is `python`), summed over the threads of each name."""
+        out: dict[str, float] = {}
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{self.proc.pid}/task/{tid}/stat") as f:
+                text = f.read()
+                name = text[text.index("(") + 1:text.rindex(")")]
+                fields = text.rsplit(")", 1)[1].split()
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        return out
+
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -131,6 +143,12 @@ def make_namespace(exec_after: bool) -> tuple[int, float, int, int]:
     return pid, float(t), int(inode), int(ident)
 
 
+def _per_thread(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """% of one core by thread name over `seconds`."""
+    return {name: round(100 * (v - before.get(name, 0.0)) / seconds, 2) for name, v in after.items()
+            if v > before.get(name, 0.0)}
+
+
 def run_rate(sock: str, rate: float, seconds: float, how: str, d: Daemon | None = None) -> dict[str, Any]:
     """`rate` namespaces a second for `seconds`, each living 1.2 s; how: "exec" (unshare then exec)
     or "old" (unshare by a process forked 2 s before, no exec: only the tracepoints see it)."""
@@ -141,6 +159,7 @@ def run_rate(sock: str, rate: float, seconds: float, how: str, d: Daemon | None 
     pool = [_parked() for _ in range(int(rate * 2))] if how == "old" else []
     time.sleep(2 if pool else 0)
     cpu0, t0 = (d.cpu(), time.monotonic()) if d else (0.0, time.monotonic())
+    threads0 = d.threads() if d else {}
     start = time.monotonic()
     for i in range(int(rate * seconds)):
         target = start + i / rate
@@ -158,6 +177,7 @@ def run_rate(sock: str, rate: float, seconds: float, how: str, d: Daemon | None 
         children.append((pid, time.monotonic() + 1.2, ident_made))
         _reap(children, killed)
     cpu = (d.cpu() - cpu0) / (time.monotonic() - t0) if d else None
+    threads = _per_thread(threads0, d.threads(), time.monotonic() - t0) if d else None
     while children:
         time.sleep(0.01)
         _reap(children, killed)
@@ -169,7 +189,7 @@ def run_rate(sock: str, rate: float, seconds: float, how: str, d: Daemon | None 
     dlat = sorted(destroyed[i] - killed[i] for i in destroyed if i in killed)
     return {"rate": rate, "n": len(made), "how": how, "both": sum(1 for i in made if i in created and i in destroyed),
             "p50": pct(lat, 50), "p95": pct(lat, 95), "max": lat[-1] if lat else None,
-            "d50": pct(dlat, 50), "d95": pct(dlat, 95), "cpu": cpu}
+            "d50": pct(dlat, 50), "d95": pct(dlat, 95), "cpu": cpu, "threads": threads}
 
 
 def _parked() -> tuple[int, int, int]:
@@ -242,9 +262,10 @@ def measure_shape(base: Path, shape: str, n: int, idle: float, seconds: float) -
                 time.sleep(0.5)
             st = d.status()
             out: dict[str, Any] = {"shape": shape, "n": n, "namespaces": st["namespaces"], "processes": st["processes"]}
-            cpu0, t0 = d.cpu(), time.monotonic()
+            cpu0, t0, threads0 = d.cpu(), time.monotonic(), d.threads()
             time.sleep(idle)
             out["idle_cpu"] = (d.cpu() - cpu0) / (time.monotonic() - t0)
+            out["idle_threads"] = _per_thread(threads0, d.threads(), time.monotonic() - t0)
             out["rss"] = d.rss_mb()
             one = next(iter(d.http.get("/api/namespaces?type=uts").json()))["inode"]
             _get(d.http, "/api/snapshot")

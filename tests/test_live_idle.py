@@ -84,3 +84,59 @@ def test_sweep_slices_that_find_nothing_changed_make_no_naming_pass_and_no_event
         live.stop()
         for h in holders:
             h.kill()
+
+
+def test_updates_for_events_never_wait_for_a_whole_naming_pass(tmp_path: Any, monkeypatch: Any) -> None:
+    """Events first: a whole naming pass (slow here: 0.4 s each) runs in a job of its own, never in
+    an update for events, and new namespaces are named at once by the pass over just them."""
+    from namespacefs.service import naming
+
+    first = Holder("--uts")
+    world = World([first])
+    monkeypatch.setenv("NSFS_DB", str(tmp_path / "names.db"))
+    monkeypatch.setattr(naming, "WHOLE_EVERY", 0.0)  # a whole pass due after every change
+    kinds: list[str] = []  # the job each whole pass ran in
+    live = Live(scan=world.scan, refresh=world.refresh, name=world.name, netlink=False, trace=False,
+                interval=3600, rename_every=3600, names_db=str(tmp_path / "names.db"))
+    real_apply, real_whole = live._apply, live.naming._whole
+    job: list[str] = [""]
+
+    def apply(j: Any) -> Any:
+        job[0] = j.kind
+        return real_apply(j)
+
+    def whole(raw: Snapshot, current: Snapshot | None) -> Snapshot:
+        kinds.append(job[0])
+        if job[0] != "initial":
+            time.sleep(0.4)
+        return real_whole(raw, current)
+
+    monkeypatch.setattr(live, "_apply", apply)
+    monkeypatch.setattr(live.naming, "_whole", whole)
+    job[0] = "initial"
+    made: list[Holder] = []
+    try:
+        live.start()
+        late = []
+        for _ in range(4):
+            h = Holder("--uts", "--ipc")
+            made.append(h)
+            world.pids.add(h.pid)
+            touched, generation = time.monotonic(), live.generation
+            live.touch([h.pid])
+            uts = h.ns("uts")[0]
+            while (ns := live.current().get(uts)) is None:
+                assert live.wait_scan(generation, 30), "no update"
+                generation = live.generation
+            late.append(time.monotonic() - touched)
+            assert ns.name is not None and ns.name.startswith("uts-")  # named at once, provisionally
+        deadline = time.monotonic() + 30
+        while len(kinds) < 2:  # the whole pass that was made due
+            assert time.monotonic() < deadline, "no whole naming pass followed"
+            time.sleep(0.1)
+        assert "process" not in kinds and len(kinds) >= 2, kinds  # whole passes ran, none for events
+        assert min(late) < 0.4, late  # (an update for events waited for no 0.4 s pass)
+    finally:
+        live.stop()
+        for h in (first, *made):
+            h.kill()

@@ -356,8 +356,10 @@ def engine_names(snapshot: Snapshot, tree: ContainerTree | None = None) -> dict[
             return {}
         world = engines.World(snapshot)
         found = layout.identities(world)
-        if not any(ident is not None and (ident.name or ident.group) for _cand, ident in found.values()):
+        known = {combo for combo, (_cand, ident) in found.items() if ident is not None and (ident.name or ident.group)}
+        if not known:
             return {}  # (no container any engine runs: every one would be `unknown`)
+        _prune(layout, known)
         tree = _build(layout, world, found, _Naming(snapshot, world, {}, hostnames=False))
     names: dict[int, str] = {}
     for c in tree:
@@ -366,6 +368,21 @@ def engine_names(snapshot: Snapshot, tree: ContainerTree | None = None) -> dict[
         for inode in c.own_namespaces(tree.parent(c)).values():
             names.setdefault(inode, c.name)
     return names
+
+
+def _prune(layout: _Layout, known: set[Combo]) -> None:
+    """Keep of the layout only the containers engines recognised and those they are nested in:
+    the names engine_names gives depend on nothing else (a name an engine gave is kept before one
+    a container chose, _unique; a container's own namespaces are those its parent does not share),
+    and building the tree of every other container costs most of the time on a host of many."""
+    parent = {kid: up for up, kids in layout.kids.items() for kid in kids}
+    keep: set[Combo | None] = {layout.host}
+    for combo in known:
+        cur: Combo | None = combo
+        while cur is not None and cur not in keep:
+            keep.add(cur)
+            cur = parent.get(cur)
+    layout.kids = {up: [k for k in kids if k in keep] for up, kids in layout.kids.items() if up in keep}
 
 
 def describe_container(c: Container, tree: ContainerTree, snap: Snapshot) -> dict[str, Any]:

@@ -18,8 +18,9 @@ or was parent of (a live namespace pins its owner and parent): they are dropped,
 that held them are read again (they changed without telling: setns, unshare, a closed fd). So no
 namespace of the result ever points at a reused inode.
 
-The work is proportional to what was touched (an index of who holds what is built once per
-snapshot), and an update that changes nothing returns `old` itself.
+The work is proportional to what was touched: an index of who holds what (discover.holdings) is
+built once for a snapshot that did not come from a refresh, and moved on by each refresh from
+what it changed; an update that changes nothing returns `old` itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
 from namespacefs.discover import SOURCES, freeze, hierarchy, mounts, processes, read_user_maps
+from namespacefs.discover.holdings import KERNEL_HELD, PER_PROCESS, Holdings
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
@@ -39,60 +41,13 @@ KINDS_OF: dict[str, frozenset[str]] = {
     "for_children": frozenset({"pid_for_children", "time_for_children"}), "fd": frozenset({"fd"}),
     "socket": frozenset({"socket"}),
 }
-#: Holder kinds a process gives (and takes away when it goes).
-PER_PROCESS = frozenset().union(*KINDS_OF.values())
+assert frozenset().union(*KINDS_OF.values()) == PER_PROCESS
 #: How often suspects found through a reused inode are read again within one refresh.
 MAX_ROUNDS = 3
-#: What a namespace is held by when the touched processes no longer hold it, yet the kernel says
-#: it is alive (open by its id): a holder no re-read process showed (an fd passed to a process that
-#: was not touched, a bind mount elsewhere). The sweep finds the real holder, or its end.
-KERNEL_HELD = Holder("listns")
 
-
-class _Index:
-    """Who holds what in one snapshot: pid -> inodes it is in or holds, mount namespace -> inodes
-    bind-mounted in it, and the namespaces known only through the kernel. Built once for the first
-    snapshot, then derived for each next one from what changed (the last one is kept)."""
-
-    def __init__(self, snap: Snapshot, base: _Index | None = None) -> None:
-        self.snap = snap
-        self.by_pid: dict[int, frozenset[int]] = dict(base.by_pid) if base is not None else {}
-        self.by_mntns: dict[int, frozenset[int]] = dict(base.by_mntns) if base is not None else {}
-        self.kernel_held: set[int] = set(base.kernel_held) if base is not None else set()
-        if base is None:
-            self._change(snap.namespaces, add=True)
-
-    def derive(self, new: Snapshot, changed: Iterable[int]) -> _Index:
-        """The index of `new`, which differs from this snapshot in the inodes `changed` only."""
-        index = _Index(new, self)
-        changed = set(changed)
-        index._change({i: ns for i in changed if (ns := self.snap.namespaces.get(i)) is not None}, add=False)
-        index._change({i: ns for i in changed if (ns := new.namespaces.get(i)) is not None}, add=True)
-        return index
-
-    def _change(self, namespaces: Mapping[int, Namespace], add: bool) -> None:
-        by_pid: dict[int, set[int]] = {}
-        by_mntns: dict[int, set[int]] = {}
-        for inode, ns in namespaces.items():
-            if ns.holders == (KERNEL_HELD,):
-                (self.kernel_held.add if add else self.kernel_held.discard)(inode)
-            for pid in ns.processes:
-                by_pid.setdefault(pid, set()).add(inode)
-            for h in ns.holders:
-                if h.pid is not None and h.kind in PER_PROCESS:
-                    by_pid.setdefault(h.pid, set()).add(inode)
-                elif h.kind == "bindmount" and h.mntns is not None:
-                    by_mntns.setdefault(h.mntns, set()).add(inode)
-        for table, delta in ((self.by_pid, by_pid), (self.by_mntns, by_mntns)):
-            for key, inodes in delta.items():
-                now = table.get(key, frozenset()) | inodes if add else table.get(key, frozenset()) - inodes
-                if now:
-                    table[key] = frozenset(now)
-                else:
-                    table.pop(key, None)
-
-
-_last: list[_Index] = []
+#: The index of the last snapshot a refresh made (or was given): the next refresh most likely
+#: starts from it. One at a time; emptied while it is being moved on (an error half-way leaves none).
+_last: list[Holdings] = []
 
 
 def kernel_held(snap: Snapshot) -> int:
@@ -100,17 +55,30 @@ def kernel_held(snap: Snapshot) -> int:
     return len(_last[0].kernel_held) if _last and _last[0].snap is snap else 0
 
 
-def renamed(old: Snapshot, new: Snapshot) -> None:
-    """`new` is `old` with other names only (a naming pass): the next refresh of `new` reuses the
-    index of `old` instead of building one."""
+def renamed(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None = None) -> None:
+    """`new` is `old` with other names only (a naming pass; `inodes`: the entries it renamed, if
+    known): the next refresh of `new` reuses the index of `old` instead of building one, and
+    changes() knows what the refresh behind `old` and this renaming changed together."""
     if _last and _last[0].snap is old and new.namespaces.keys() == old.namespaces.keys():
-        index = _Index(new, _last[0])
-        _last[:] = [index]
+        _last[0].snap = new
+    if inodes is None:
+        _changes.clear()
+    else:
+        _link(old, new, inodes)
 
 
-def _index(snap: Snapshot) -> _Index:
+def kids(snap: Snapshot, inode: int) -> list[Namespace] | None:
+    """The namespaces of `snap` that name `inode` as owner or parent, from the index kept for `snap`
+    (None where there is none: ask the snapshot)."""
     if not _last or _last[0].snap is not snap:
-        _last[:] = [_Index(snap)]
+        return None
+    table = snap.namespaces
+    return [table[i] for i in sorted(_last[0].kids.get(inode, ())) if i in table]
+
+
+def _index(snap: Snapshot) -> Holdings:
+    if not _last or _last[0].snap is not snap:
+        _last[:] = [Holdings(snap)]
     return _last[0]
 
 
@@ -127,18 +95,46 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     changed: set[int] = set()
     for _round in range(MAX_ROUNDS):
         reread |= touched
-        new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors, changed,
-                                      mounts if recheck is None else recheck)
+        new, suspects = _refresh_once(new, touched, chosen, proc, mounts and "bindmount" in chosen, errors,
+                                      mounts if recheck is None else recheck, changed)
         touched = suspects - touched
         if not touched:
             break
     if new is old:
         return old
     total, by_pid = _errors(old, reread, errors)
-    index = _index(old)
+    index = _index(new)
     new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=total, errors_by_pid=by_pid)
-    _last[:] = [index.derive(new, changed)]  # the next refresh starts from `new`, most likely
+    index.snap = new  # (the same namespaces: the next refresh starts from `new`, most likely)
+    _link(old, new, frozenset(changed))
     return new
+
+
+#: (old, new, inodes): the last refreshes (and renamings), each with the inodes whose entries it
+#: may have changed; a chain, each starting from the one before it.
+_changes: list[tuple[Snapshot, Snapshot, frozenset[int]]] = []
+
+
+def _link(old: Snapshot, new: Snapshot, inodes: frozenset[int]) -> None:
+    if not (_changes and _changes[-1][1] is old):
+        _changes.clear()
+    _changes.append((old, new, inodes))
+    del _changes[:-4]
+
+
+def changes(old: Snapshot, new: Snapshot) -> frozenset[int] | None:
+    """The inodes whose entries may differ between `old` and `new` where `new` is what the last
+    refreshes made of `old` (every other entry is the same object in both); None if it is not."""
+    inodes: frozenset[int] = frozenset()
+    links = list(_changes)  # (a copy: other threads ask while the updater adds)
+    for i in range(len(links) - 1, -1, -1):
+        start, end, these = links[i]
+        if i == len(links) - 1 and end is not new:
+            return None
+        inodes |= these
+        if start is old:
+            return inodes
+    return None
 
 
 #: what one read meets by chance (a process gone, an inode reused while it read): not something the
@@ -163,9 +159,10 @@ def _errors(old: Snapshot, reread: set[int],
 
 
 def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,
-                  errors: dict[int, Counter[str]], changed: set[int], recheck: bool) -> tuple[Snapshot, frozenset[int]]:
+                  errors: dict[int, Counter[str]], recheck: bool, changed: set[int]) -> tuple[Snapshot, frozenset[int]]:
     """One round: (the new snapshot, pids that held a namespace found dead and must be re-read);
-    the inodes whose entry may differ are added to `changed`."""
+    the index is moved on to the new snapshot, and the inodes whose entries may differ are added to
+    `changed`."""
     state = Scan(proc=proc)
     try:
         processes.scan(state, chosen & set(KINDS_OF), sorted(touched))
@@ -177,14 +174,24 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         state.close_fds()
     for pid, counts in state.errors_by_pid.items():
         errors.setdefault(pid, Counter()).update(counts)
-    merge = _Merge(old, touched, chosen, state.mounts_read if remount else set(), recheck)
-    merge.add_fresh(freeze(state))
+    remounted = state.mounts_read if remount else set()
+    index = _index(old)
+    merge = _Merge(old, index, touched, chosen, remounted, recheck)
+    fresh = freeze(state)
+    merge.add_fresh(fresh)
     merge.settle()
     procs = _processes(old.processes, touched, state.processes)
-    changed |= merge.visited
     if procs is old.processes and not merge.changed:
         return old, frozenset(merge.suspects)
-    return old.replace(namespaces=merge.table, processes=procs), frozenset(merge.suspects)
+    new = old.replace(namespaces=merge.table, processes=procs)
+    changed |= merge.visited
+    _last.clear()  # (moved on in place: an error half-way must leave no index behind)
+    if chosen >= KINDS_OF.keys():
+        index.advance(new, merge.visited, touched, remounted, fresh)
+    else:  # (some per-process sources were not read: what the touched processes hold is not all known)
+        index = Holdings(new)
+    _last.append(index)
+    return new, frozenset(merge.suspects)
 
 
 def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mapping[int, Process]) -> Mapping[int, Process]:
@@ -192,7 +199,9 @@ def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mappin
     same = all(old.get(pid) == p for pid, p in read.items()) and all(pid in read for pid in touched if pid in old)
     if same:
         return old
-    procs = {pid: p for pid, p in old.items() if pid not in touched}
+    procs = dict(old)
+    for pid in touched:
+        procs.pop(pid, None)
     for pid, p in read.items():
         prev = old.get(pid)
         procs[pid] = prev if prev is not None and prev == p else p
@@ -203,9 +212,9 @@ class _Merge:
     """The old namespace table, with what the touched processes held taken out and what was read
     put in."""
 
-    def __init__(self, old: Snapshot, touched: frozenset[int], chosen: frozenset[str], remounted: set[int],
-                 recheck: bool) -> None:
-        self.old = old
+    def __init__(self, old: Snapshot, index: Holdings, touched: frozenset[int], chosen: frozenset[str],
+                 remounted: set[int], recheck: bool) -> None:
+        self.old, self.index = old, index
         self.table: dict[int, Namespace] = dict(old.namespaces)
         self.changed = False
         self.suspects: set[int] = set()
@@ -215,10 +224,7 @@ class _Merge:
         self.dropped: set[int] = set()  # inodes removed as dead
         self.visited: set[int] = set()  # every inode whose entry may have changed
         kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF))
-        index = _index(old)
-        affected = set().union(*(index.by_pid.get(p, ()) for p in touched),
-                               *(index.by_mntns.get(m, ()) for m in remounted),
-                               index.kernel_held if recheck else ())
+        affected = index.affected(touched, remounted, recheck)
         for inode in affected:
             ns = self.table[inode]
             holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and h != KERNEL_HELD
@@ -262,17 +268,22 @@ class _Merge:
             if dead.inode not in self.fresh and self.table.get(dead.inode) is not None and self.table[dead.inode].id == dead.id:
                 del self.table[dead.inode]
                 self.dropped.add(dead.inode)
-            stack.extend(k for k in (*self.old.owned_by(dead.inode), *self.old.children(dead.inode))
+            stack.extend(k for k in self._old_kids(dead.inode)
                          if k.inode != dead.inode and k.inode in self.table and self.table[k.inode].id == k.id
                          and k.inode not in self.fresh)
             for ref in (dead.owner, dead.parent):
                 if ref is not None:
                     self.todo.add(ref)
 
+    def _old_kids(self, inode: int) -> list[Namespace]:
+        """The namespaces of the old snapshot that name `inode` as owner or parent (its index's)."""
+        old = self.old.namespaces
+        return [old[i] for i in self.index.kids.get(inode, ()) if i in old]
+
     def _children(self, inode: int) -> list[Namespace]:
         """The namespaces of the table that name `inode` as owner or parent."""
         found: dict[int, Namespace] = {}
-        for k in (*self.old.owned_by(inode), *self.old.children(inode)):
+        for k in self._old_kids(inode):
             now = self.table.get(k.inode)
             if now is not None and k.inode not in self.fresh and now.id == k.id:
                 found[k.inode] = now
@@ -347,4 +358,5 @@ def _kernel_held(ns: Namespace) -> tuple[Holder, ...]:
 
 
 def _union(old: tuple[Holder, ...], new: tuple[Holder, ...]) -> tuple[Holder, ...]:
-    return old + tuple(h for h in new if h not in old)
+    have = set(old) if len(old) > 8 else old  # (a namespace many processes are in has thousands)
+    return old + tuple(h for h in new if h not in have)

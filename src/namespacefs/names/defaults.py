@@ -78,6 +78,28 @@ def _digest(keyed: Keyed, nstype: str, ident: int | None, inode: int) -> str:
     return outer.hexdigest()
 
 
+#: (seed, type, id, inode) -> digest: a namespace's default name depends on these alone, so a
+#: process that names many snapshots (the daemon) works each out once. Emptied when it grows past
+#: DIGESTS_KEPT (namespaces long gone).
+_DIGESTS: dict[tuple[str, str, int | None, int], str] = {}
+DIGESTS_KEPT = 200_000
+
+
+def _digests(members: list[Namespace], seed: str) -> dict[int, str]:
+    """inode -> the full digest of each (from _DIGESTS where it is there)."""
+    if len(_DIGESTS) > DIGESTS_KEPT:
+        _DIGESTS.clear()
+    keyed = _keyed(seed)
+    out: dict[int, str] = {}
+    for ns in members:
+        key = (seed, ns.type, ns.id, ns.inode)
+        found = _DIGESTS.get(key)
+        if found is None:
+            found = _DIGESTS[key] = _digest(keyed, ns.type, ns.id, ns.inode)
+        out[ns.inode] = found
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _keyed(seed: str) -> Keyed:
     key = seed.encode()
@@ -117,7 +139,8 @@ def assign(snapshot: Snapshot, stored: Iterable[StoredName], engine: Mapping[int
     by_key = {r.key: r for r in stored}
     result: dict[int, tuple[str, str]] = {}
     for scope, members in _scopes(snapshot).items():
-        members.sort(key=by_type)
+        if by_key:  # (the order decides between two renames to one name; nothing else depends on it)
+            members.sort(key=by_type)
         taken: set[str] = set()
         rest: list[Namespace] = []
         for ns in members:
@@ -170,8 +193,7 @@ def _defaults(members: list[Namespace], taken: set[str], seed: str, result: dict
     collide the oldest keeps the shorter name and only the newer ones are lengthened, so a name that
     is already shown does not change when a colliding namespace appears. A name taken by a rename
     or a world name lengthens every default that would collide with it."""
-    keyed = _keyed(seed)
-    full = {ns.inode: _digest(keyed, ns.type, ns.id, ns.inode) for ns in members}
+    full = _digests(members, seed)
     short = [f"{ns.type}-{full[ns.inode][:SHORT]}" for ns in members]
     if len(set(short)) == len(short) and taken.isdisjoint(short):  # no two collide (all but always)
         result.update((ns.inode, (name, DEFAULT)) for ns, name in zip(members, short, strict=True))
@@ -215,21 +237,31 @@ def path_of(ns: Namespace, name: str, owner_path: str | None) -> str:
 
 
 def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int, str]:
-    """inode -> the path through the owning user namespaces (path_of) of every namespace: the
-    user namespaces' first (owners are user namespaces), then every other in one pass."""
+    """inode -> the path through the owning user namespaces (path_of) of every namespace: each
+    owner's path worked out once (owners are user namespaces), then every other namespace's from
+    it."""
     out: dict[int, str] = {}
+    table = snapshot.namespaces
 
-    def owner_path(inode: int | None, depth: int) -> str | None:
-        owner = snapshot.get(inode) if inode is not None and depth <= 64 else None
-        if owner is None:
-            return None
-        if owner.inode not in out:
-            out[owner.inode] = path_of(owner, names[owner.inode][0], owner_path(owner.owner, depth + 1))
-        return out[owner.inode]
+    def path(inode: int, depth: int) -> str:
+        if inode not in out:
+            ns = table[inode]
+            up = ns.owner if ns.owner is not None and ns.owner in table and depth <= 64 else None
+            out[inode] = path_of(ns, names[inode][0], path(up, depth + 1) if up is not None else None)
+        return out[inode]
 
-    for ns in snapshot:
-        if ns.inode not in out:
-            out[ns.inode] = path_of(ns, names[ns.inode][0], owner_path(ns.owner, 0))
+    prefix: dict[int | None, str | None] = {}
+    for inode, ns in table.items():
+        if inode in out:
+            continue
+        owner = ns.owner
+        if owner is None or ns.type == NsType.USER:
+            path(inode, 0)
+            continue
+        if owner not in prefix:
+            prefix[owner] = path(owner, 1).rstrip("/") + "/" if owner in table else None
+        start = prefix[owner]
+        out[inode] = start + names[inode][0] if start is not None else path_of(ns, names[inode][0], None)
     return out
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from namespacefs.discover import incremental
 from namespacefs.model import Namespace, Snapshot, diff
 
 #: Every event kind, in the order they are reported for one change.
@@ -91,20 +92,35 @@ def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
     """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one).
     Our own helper processes (own_helpers) are in no event."""
     d = diff(*_changed(old, new))
-    ours = own_helpers(old) | own_helpers(new)
+    me = os.getpid()
+
+    def ours(pid: int) -> bool:  # (own_helpers, asked of the processes in an event only)
+        return _helper(old, pid, me) or _helper(new, pid, me)
+
     out = [_event("created", now, ns, new, creator(ns, new)) for ns in d.appeared]
     out += [_event("renamed", now, b, new, old_name=a.name) for a, b in d.changed if a.name != b.name]
-    out += [_event("joined", now, ns, new, pid) for pid, ns in d.joined if pid not in ours]
-    out += [_event("left", now, ns, old, pid) for pid, ns in d.left if pid not in ours]
+    out += [_event("joined", now, ns, new, pid) for pid, ns in d.joined if not ours(pid)]
+    out += [_event("left", now, ns, old, pid) for pid, ns in d.left if not ours(pid)]
     out += [_event("destroyed", now, ns, old) for ns in d.vanished]
     return out
+
+
+def _helper(snap: Snapshot, pid: int, me: int) -> bool:
+    """own_helpers(snap, me) holds pid."""
+    proc, mine = snap.processes.get(pid), snap.processes.get(me)
+    return proc is not None and mine is not None and proc.ppid == me and proc.cmdline == mine.cmdline
 
 
 def _changed(old: Snapshot, new: Snapshot) -> tuple[Snapshot, Snapshot]:
     """old and new with only the namespaces that are not the same object in both: an update keeps
     every namespace it did not touch, and one kept makes no event (the diff of those alone is the
-    diff of the whole, at the cost of what changed)."""
+    diff of the whole, at the cost of what changed: what the refresh behind `new` says it changed,
+    where it says so)."""
     before, after = old.namespaces, new.namespaces
+    known = incremental.changes(old, new)
+    if known is not None:
+        return (old.replace(namespaces={i: ns for i in known if (ns := before.get(i)) is not None and after.get(i) is not ns}),
+                new.replace(namespaces={i: ns for i in known if (ns := after.get(i)) is not None and before.get(i) is not ns}))
     return (old.replace(namespaces={i: ns for i, ns in before.items() if after.get(i) is not ns}),
             new.replace(namespaces={i: ns for i, ns in after.items() if before.get(i) is not ns}))
 

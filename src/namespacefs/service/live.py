@@ -20,21 +20,23 @@ Each new model is compared with the previous one; the differences go out as life
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.events import Bus, events_between
 from namespacefs.service.mounttables import MountTables
-from namespacefs.service.naming import Namer, Naming, db_stamp, names_path
+from namespacefs.service.naming import Namer, Naming
+from namespacefs.service.reading import Reading
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
 from namespacefs.service.sweep import Sweep, unread_mounts
-from namespacefs.service.watchers import ProcConnector, Tracepoints, Watched
+from namespacefs.service.watchers import ProcConnector, Tracepoints, name_thread
 
 log = logging.getLogger("namespacefs.service")
 
@@ -47,6 +49,8 @@ def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False, recheck: bool
     return incremental.refresh(snap, pids, mounts=mounts, recheck=mounts or recheck)
 
 RECHECK = 0.3  # s: namespaces kept while the kernel had them are asked again (a user namespace dies late)
+QUIET = 0.05  # s without events before a sweep slice or a whole naming pass runs (it would hold them up)
+HELD = 0.5  # s such a job waits at most for a pause in the events
 
 
 class Job(NamedTuple):
@@ -59,7 +63,7 @@ class Job(NamedTuple):
     recheck: bool  # ask the kernel again about namespaces no known holder holds
 
 
-class Live(Watched):
+class Live(Reading):
     def __init__(self, scan: Scanner = scan_in_child, interval: float = 300.0, debounce: float = 0.01,
                  settle: float = 0.25, netlink: bool = True, rcvbuf: int = 8 << 20,
                  refresh: Refresher | None = _refresh, sweep: float | None = None, trace: bool | None = None,
@@ -97,7 +101,9 @@ class Live(Watched):
         self.sweeper = Sweep(sweep, sweep_budget)
         self._names_at = 0.0
         self._names_stamp: tuple[float, int] | None = None
-        self._not_before = 0.0  # the next update waits until then (duty)
+        self._not_before = 0.0  # the next update but one for events waits until then (duty)
+        self._events_not_before = 0.0  # the next update for events waits until then (duty)
+        self._last_events = 0.0  # time.monotonic() of the last update for events
         self._recheck_at: float | None = None  # when to ask the kernel again about kernel-held namespaces
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -186,6 +192,7 @@ class Live(Watched):
         return self._generation
 
     def _full_scans(self) -> None:
+        name_thread("nsfs-fullscan")
         last_end = time.monotonic()
         while not self._stop.is_set():
             with self._cond:
@@ -220,17 +227,23 @@ class Live(Watched):
         return None
 
     def _update(self) -> None:
+        name_thread("nsfs-updater")
         while not self._stop.is_set():
             job = self._next_job()
             if job is None:
                 return
             clock, cpu = time.monotonic(), time.thread_time()
             result = self._guarded(lambda job=job: self._apply(job), "update")  # type: ignore[misc]
-            spent = time.monotonic() - clock
+            spent, cost = time.monotonic() - clock, time.thread_time() - cpu
             if job.swept:  # (what the slice cost sets the sweep's pace)
-                self.sweeper.done(time.thread_time() - cpu)
+                self.sweeper.done(cost)
             self.last_update = (spent, self.naming.spent)
-            self._not_before = time.monotonic() + spent * (1 / self.duty - 1)
+            # (its CPU, not its wall time: on a loaded machine the wall time is others' work too)
+            pace = time.monotonic() + cost * (1 / self.duty - 1)
+            if job.kind == "process":
+                self._events_not_before = pace
+            else:
+                self._not_before = pace
             if result is not None:
                 self._commit(*result)
                 with self._cond:
@@ -260,9 +273,7 @@ class Live(Watched):
                 now = time.monotonic()
                 if self._full_result is not None:
                     break
-                dues = [d for d in (self._due, self._settling[0][0] if self._settling else None,
-                                    self.sweeper.due, self._names_at, self._recheck_at, self.naming.due) if d is not None]
-                due = max(min(dues), self._not_before)
+                due = min(self._events_due(), self._other_due(now))
                 if due <= now:
                     break
                 self._cond.wait(due - now)
@@ -271,34 +282,61 @@ class Live(Watched):
             return self._take_job(time.monotonic())
 
     def _take_job(self, now: float) -> Job:
+        """Events first: processes touched are re-read in a job of their own (no sweep slice, no
+        whole naming pass in front of them); the rest when no event waits."""
+        if self._full_result is None and self._events_due() <= now and self._other_due(now) > now - HELD:
+            return self._event_job(now)  # (unless the rest has waited HELD: churn must not starve it)
         full, self._full_result = self._full_result, None
         pids: set[int] = set()
         kind, mounts, swept = "", False, False
-        if self._due is not None and self._due <= now:
-            pids, self._pending, self._due = self._pending, set(), None
-            kind, mounts, self._remount = "process", bool(self._remount & pids), self._remount - pids
-            if self.settle and not self.tracing:
-                self._settling.append((now + self.settle, set(pids)))
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self.sweeper.due <= now:  # (merged with events: what the job costs paces the sweep, an overestimate)
+        if self._later(self.sweeper.due, now) <= now:
             pids |= self.sweeper.slice(self.current().processes.keys())
             kind, mounts, swept = kind or "sweep", True, True
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
             self._recheck_at, kind = None, kind or "recheck"
-        rename = self._names_at <= now or self.naming.due <= now or self._db_stamp() != self._names_stamp
+        rename = (full is not None or self._later(min(self._names_at, self.naming.due), now) <= now
+                  or self._db_stamp() != self._names_stamp)
         if rename:
             self._names_at = now + self.rename_every
         if full is not None:
-            pids |= self._touched_since_full
+            pids |= self._touched_since_full | self._pending
+            self._pending, self._due = set(), None
             kind = full[1]
         self._touched_since_full |= pids
         return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, swept, rename, recheck)
 
-    def _db_stamp(self) -> tuple[float, int] | None:
-        return db_stamp(self.names_path())
+    def _event_job(self, now: float) -> Job:
+        pids, self._pending, self._due = self._pending, set(), None
+        mounts, self._remount = bool(self._remount & pids), self._remount - pids
+        if self.settle and not self.tracing:
+            self._settling.append((now + self.settle, set(pids)))
+        self._touched_since_full |= pids
+        self._last_events = now
+        return Job("process", frozenset(pids), None, mounts, False, False, False)
+
+    def _events_due(self) -> float:
+        """When the touched processes are to be re-read (debounce, and the duty's pace)."""
+        return max(self._due, self._events_not_before) if self._due is not None else math.inf
+
+    def _other_due(self, now: float) -> float:
+        """When the next job that is not for events is due (sweep, names, settle, recheck, a full
+        scan's result)."""
+        if self._full_result is not None:
+            return now
+        dues = (self._settling[0][0] if self._settling else math.inf, self._later(self.sweeper.due, now),
+                self._later(min(self._names_at, self.naming.due), now),
+                self._recheck_at if self._recheck_at is not None else math.inf)
+        return max(min(dues), self._not_before)
+
+    def _later(self, due: float, now: float) -> float:
+        """`due`, put off until QUIET seconds after the last update for events (a sweep slice or a
+        whole naming pass would hold the next events up), but by HELD seconds at most (churn
+        without end must not stop them)."""
+        return due if now - due >= HELD else max(due, self._last_events + QUIET)
 
     def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
         """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
@@ -325,59 +363,6 @@ class Live(Watched):
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
-
-    # --- reading ---------------------------------------------------------------------------------
-
-    def current(self) -> Snapshot:
-        snap = self.snapshot
-        if snap is None:
-            raise RuntimeError("no snapshot yet")
-        return snap
-
-    def snapshot_json(self, live_time: bool = False) -> bytes:
-        """Snapshot.to_dict() as JSON, made once per snapshot (service.served); with live_time, its
-        taken_at is as_of() (what GET /api/snapshot serves)."""
-        as_of = self.as_of() if live_time else None  # first: the model read next is at least that new
-        return self.served.snapshot_json(self.current(), as_of)
-
-    def as_of(self) -> float:
-        """The time up to which the model has applied every event: when each watcher last found
-        nothing more to read, or, if processes touched are still waiting to be re-read, when the
-        first of them was touched. Without watchers, when the model last changed. Changes no event
-        reports reach it within the sweep (`sweep` seconds)."""
-        watchers = self._watchers()
-        if not watchers:
-            return self.current().taken_at
-        with self._cond:
-            waiting = self._waiting_since
-        drained = min(w.drained_at for w in watchers)
-        return drained if waiting is None else min(drained, waiting)
-
-    def derived(self, what: str, compute: Callable[[Snapshot], Any]) -> Any:
-        """compute(snapshot), made once per snapshot (containers, overlaps, ...)."""
-        return self.served.derived(self.current(), what, compute)
-
-    def take_durations(self) -> list[float]:
-        """The scan durations since the last call (for the metrics histogram)."""
-        with self._lock:
-            taken, self.durations = self.durations, []
-        return taken
-
-    def whole_named(self) -> Snapshot:
-        """The model, named by a whole naming pass over its namespaces (as a scan of our own is
-        named): between two whole passes after namespaces came or went, the model's names are
-        provisional; then it is named here, once per model (what `nsfs ls` prints through the
-        daemon, service.listing). Names stale after a change of processes alone are served as
-        they are (service.naming: they follow within STALE_AFTER)."""
-        snap = self.current()
-        if snap is self._whole or self.naming.name_func is None:
-            return snap
-        named: Snapshot = self.derived("whole-named", self.naming.name_func)
-        return named
-
-    def names_path(self) -> str:
-        """The names database the model is named with."""
-        return names_path(self.names_db)
 
     def status(self) -> dict[str, object]:
         from namespacefs.service.status import status

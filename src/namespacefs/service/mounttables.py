@@ -19,6 +19,7 @@ import select
 import threading
 import time
 
+from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.watchers import WAKE, Rescan, Touch, Watcher
 
@@ -39,6 +40,7 @@ class MountTables(Watcher):
         self._open: dict[int, tuple[int, int]] = {}  # mount namespace inode -> (fd, pid)
         self._by_fd: dict[int, tuple[int, int]] = {}  # fd -> (inode, pid)
         self._wanted: Snapshot | None = None
+        self._synced: Snapshot | None = None  # the model last synced with
         self._epoll: select.epoll | None = None
         self._wake = -1
         if not enabled:
@@ -94,8 +96,28 @@ class MountTables(Watcher):
                 self.touch(pids)
             self.drained_at = asked
             wanted, self._wanted = self._wanted, None
-            if wanted is not None:
+            if wanted is not None and self._moved(wanted):
                 self._sync(wanted)
+
+    def _moved(self, snap: Snapshot) -> bool:
+        """Must the watched tables be chosen again for this model? Not when the mount namespaces
+        that changed since the model last synced (what the refreshes in between say they changed)
+        are all watched, still there, and still hold the process each is watched through: the
+        choice by number of processes is then made again at the next whole one."""
+        synced, self._synced = self._synced, snap
+        changed = incremental.changes(synced, snap) if synced is not None else None
+        if changed is None or synced is None:
+            return True
+        old, new = synced.namespaces, snap.namespaces
+        with self._lock:
+            for inode in changed:
+                before, now = old.get(inode), new.get(inode)
+                if (before is None or before.type != "mnt") and (now is None or now.type != "mnt"):
+                    continue
+                watched = self._open.get(inode)
+                if before is None or now is None or watched is None or watched[1] not in now.processes:
+                    return True
+        return False
 
     def _sync(self, snap: Snapshot) -> None:
         """Watch a process's table in each of the (first `limit`) mount namespaces of the model."""

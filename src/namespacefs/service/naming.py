@@ -23,6 +23,10 @@ from namespacefs.model import Namespace, Snapshot, netns_names
 Namer = Callable[[Snapshot], Snapshot]
 #: Seconds from a change of processes alone to the whole pass it makes due.
 STALE_AFTER = 5.0
+#: Seconds between whole passes at least, under churn: until then new namespaces keep the names the
+#: pass over just them gave (what can differ: a default lengthened against a sibling's, a container
+#: an engine names only once the others of its namespaces are seen), and a whole pass follows.
+WHOLE_EVERY = 5.0
 
 
 class Naming:
@@ -38,9 +42,11 @@ class Naming:
 
     def named(self, raw: Snapshot, force: bool, base: Snapshot | None, current: Snapshot | None) -> Snapshot:
         """raw named by the naming pass. Skipped where nothing a name depends on changed (the same
-        processes, the same namespaces, all named); where only new namespaces came and the last
-        whole pass was recent, the pass runs over just them and their owners (provisional) and a
-        whole pass is due (it may rename: `renamed`)."""
+        processes, the same namespaces, all named); where namespaces came or went, the pass runs
+        over just the new ones and their owners (provisional) and a whole pass is made due, at
+        most one per `gap` (it may rename: `renamed`). A whole pass runs only when forced (a job
+        of its own: the updater makes one when it is due and no event waits), so no update for
+        events waits for one."""
         self.spent = 0.0
         if self.name_func is None:
             return raw
@@ -48,18 +54,18 @@ class Naming:
             return self._whole(raw, current)
         if raw is base:
             return raw
-        unnamed = [ns for ns in raw if ns.name is None]
-        gap = max(1.0, self.whole * (1 / self.duty - 1))
-        if raw.namespaces.keys() == base.namespaces.keys() and not unnamed and not _netns_changed(raw, base):
+        changed = _changed(base, raw)
+        unnamed = [ns for i in changed if (ns := raw.namespaces.get(i)) is not None and ns.name is None]
+        came_or_went = any((i in raw.namespaces) != (i in base.namespaces) for i in changed)
+        gap = max(WHOLE_EVERY, self.whole * (1 / self.duty - 1))
+        if not came_or_went and not unnamed and not _netns_changed(raw, base, changed):
             if raw.processes is not base.processes and not self.stale:
                 self.stale = True
                 self.due = min(self.due, max(self.named_at + gap, time.monotonic() + STALE_AFTER))
             return raw
-        if time.monotonic() < self.named_at + gap:
-            self.due = min(self.due, self.named_at + gap)
-            self.provisional = True
-            return self._provisional(raw, unnamed) if unnamed else raw
-        return self._whole(raw, current)
+        self.due = min(self.due, max(self.named_at + gap, time.monotonic()))
+        self.provisional = True
+        return self._provisional(raw, unnamed) if unnamed else raw
 
     def _provisional(self, raw: Snapshot, unnamed: list[Namespace]) -> Snapshot:
         """The naming pass over the unnamed namespaces, their owners and parents and the processes
@@ -80,7 +86,8 @@ class Naming:
                           processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
         named = self.name_func(sub)
         self.spent = time.monotonic() - clock
-        return _renamed(raw, raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed))
+        return _renamed(raw, raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed),
+                        frozenset(ns.inode for ns in unnamed))
 
     def _whole(self, raw: Snapshot, current: Snapshot | None) -> Snapshot:
         assert self.name_func is not None
@@ -92,16 +99,27 @@ class Naming:
         return _renamed(raw, _same_objects(named, current))
 
 
-def _netns_changed(raw: Snapshot, base: Snapshot) -> bool:
+def _changed(base: Snapshot, raw: Snapshot) -> frozenset[int]:
+    """The inodes whose entries differ between base and raw (what the refresh that made raw of base
+    says, else found by comparing every entry)."""
+    known = incremental.changes(base, raw)
+    if known is not None:
+        return known
+    before, after = base.namespaces, raw.namespaces
+    return frozenset({i for i, ns in after.items() if before.get(i) is not ns} | (before.keys() - after.keys()))
+
+
+def _netns_changed(raw: Snapshot, base: Snapshot, changed: frozenset[int]) -> bool:
     """A net namespace whose `ip netns` names (bind mounts under /run/netns) changed: its name may."""
-    old = base.namespaces
-    return any(netns_names(ns) != netns_names(old[inode]) for inode, ns in raw.namespaces.items()
-               if ns.type == "net" and old.get(inode) is not ns and inode in old)
+    old, new = base.namespaces, raw.namespaces
+    return any(netns_names(ns) != netns_names(old[inode]) for inode in changed
+               if (ns := new.get(inode)) is not None and ns.type == "net" and inode in old)
 
 
-def _renamed(raw: Snapshot, named: Snapshot) -> Snapshot:
-    """`named`, which is `raw` with names (what the incremental refresh keeps about `raw` holds)."""
-    incremental.renamed(raw, named)
+def _renamed(raw: Snapshot, named: Snapshot, inodes: frozenset[int] | None = None) -> Snapshot:
+    """`named`, which is `raw` with names (what the incremental refresh keeps about `raw` holds;
+    `inodes`: the entries named, where known)."""
+    incremental.renamed(raw, named, inodes)
     return named
 
 

@@ -6,9 +6,10 @@ event missed, or no proc connector).
 A round is wanted every `period` seconds. With a `budget` (a fraction of one core: the default of
 `nsfs serve`), what the slices cost is measured (CPU seconds of the update each was in: more than
 the slice's own when events were re-read with it, so churn slows the sweep down) and the sweep
-slows down to stay within it: slices grow until one costs about SLICE_COST (a re-read has a fixed
-cost of its own, ~20 ms at 5,000 namespaces, so few big slices cost less than many small ones,
-and no slice holds events up for long), and the next slice waits cost / budget. A round then takes
+slows down to stay within it: slices grow until one costs about SLICE_COST (a re-read has a small
+fixed cost of its own, so slices are not made smaller than needed, and none holds events up for
+long; under churn a slice waits for a pause in the events, service.live), and the next slice
+waits cost / budget. A round then takes
 `round_bound` seconds, which /api/status reports: the bound on how late a silent change is seen.
 Without a budget (`--sweep SECONDS` given) the period is kept whatever it costs.
 """
@@ -20,10 +21,12 @@ import os
 import time
 from collections.abc import Collection
 
+from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 
-#: CPU seconds one slice may cost, with a budget.
-SLICE_COST = 0.1
+#: CPU seconds one slice may cost, with a budget: about what an update for events costs at most, so
+#: a slice holds events up no longer than one (a re-read's fixed cost is well under a millisecond).
+SLICE_COST = 0.02
 #: `nsfs serve` without --sweep: a round at most this often, within this share of one core.
 DEFAULT_PERIOD, DEFAULT_BUDGET = 30.0, 0.005
 
@@ -113,5 +116,7 @@ def unread_mounts(old: Snapshot, new: Snapshot) -> set[int]:
     """A process in each mount namespace `new` has and `old` had not, whose mount table was not read
     (an update for process events reads no mount tables): re-read with its table, the new
     namespace's bind mounts and mount count are in the model at once, as a scan has them."""
-    fresh = (new.namespaces[inode] for inode in new.namespaces.keys() - old.namespaces.keys())
+    changed = incremental.changes(old, new)
+    came = (changed - old.namespaces.keys()) if changed is not None else new.namespaces.keys() - old.namespaces.keys()
+    fresh = (new.namespaces[inode] for inode in came if inode in new.namespaces)
     return {ns.processes[0] for ns in fresh if ns.type == "mnt" and ns.mounts is None and ns.processes}

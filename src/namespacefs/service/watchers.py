@@ -6,6 +6,7 @@ rescans for that part alone."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,6 +29,13 @@ WAKE = 0.2
 _PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
+def name_thread(name: str) -> None:
+    """Give the calling thread's OS thread this name (/proc/PID/task/TID/comm, what `top -H` and
+    `ps -L` show): what each of the daemon's threads costs can be seen from outside."""
+    with contextlib.suppress(OSError), open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+        f.write(name[:15])
+
+
 class Watcher:
     """A source of pids to re-read, in a thread."""
 
@@ -48,7 +56,7 @@ class Watcher:
 
     def start(self) -> None:
         if self.error is None:
-            self._thread = threading.Thread(target=self._run, name=f"nsfs-{self.name}", daemon=True)
+            self._thread = threading.Thread(target=self._named_run, name=f"nsfs-{self.name}", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -62,6 +70,10 @@ class Watcher:
         if self.overruns in (1, 10, 100) or self.overruns % 1000 == 0:  # not a line per overrun
             log.warning("%s overrun (%d so far): events were lost; rescanning", what, self.overruns)
         self.rescan("overrun")
+
+    def _named_run(self) -> None:
+        name_thread(f"nsfs-{self.name}")
+        self._run()
 
     def _run(self) -> None:
         raise NotImplementedError

@@ -1,0 +1,136 @@
+"""A partial re-read costs what it changed: the index of who holds what (discover.holdings) is moved
+on by each refresh from what the re-read found, never rebuilt or walked whole, and stays equal to
+one built whole from the result. Counted, not timed: a model of the real host, padded with
+thousands of namespaces held by a process that is not re-read, and the calls that look at a
+namespace's holders counted while real processes come, unshare and go."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from namespacefs.discover import discover, holdings, incremental
+from namespacefs.model import Holder, Namespace, Snapshot
+from test_service import Holder as Held
+
+PADDING = 3000
+
+
+def _padded(snap: Snapshot) -> Snapshot:
+    """The host's snapshot and PADDING net namespaces held by an fd of a process that exists in
+    the model only (a pid no process has: nothing re-reads it but a sweep), owned by the initial
+    user namespace."""
+    root = snap.initial_user
+    assert root is not None
+    pid = max(snap.processes) + 1_000_000
+    extra = [Namespace("net", 1_000_000_000 + i, None, root.dev, root.inode, None, (Holder("fd", pid=pid, fd=i),), ())
+             for i in range(PADDING)]
+    return snap.with_namespaces(extra)
+
+
+class Counted:
+    """How many namespaces had their holders looked at, and whether a snapshot's own (whole)
+    indexes were built."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.looked = 0
+        self.whole = 0
+        real_holders, real_build = holdings.holders_of, Snapshot._indexes
+
+        def holders_of(ns: Namespace) -> tuple[set[int], set[int]]:
+            self.looked += 1
+            return real_holders(ns)
+
+        def indexes(snap: Snapshot) -> Any:
+            self.whole += snap._index is None
+            return real_build(snap)
+
+        monkeypatch.setattr(holdings, "holders_of", holders_of)
+        monkeypatch.setattr(Snapshot, "_indexes", indexes)
+
+    def reset(self) -> None:
+        self.looked = self.whole = 0
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
+    yield Counted(monkeypatch)
+
+
+def _index_of(snap: Snapshot) -> holdings.Holdings:
+    index = incremental._last[0]
+    assert index.snap is snap
+    return index
+
+
+def test_a_reread_of_a_few_processes_looks_at_their_namespaces_only_and_keeps_the_index_exact(
+        counted: Counted) -> None:
+    model = _padded(discover())
+    model = incremental.refresh(model, {1})  # (the index is built whole here, once)
+    assert _index_of(model).check()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for flags in (("-u",), ("-u", "-n"), ("-i",)):
+            procs.append(subprocess.Popen(["unshare", *flags, "sleep", "60"], start_new_session=True))
+        time.sleep(0.3)  # (each has exec'd sleep in its new namespaces)
+        counted.reset()
+        for p in procs:
+            model = incremental.refresh(model, {p.pid})
+        grown, looked, whole = len(model.namespaces), counted.looked, counted.whole
+        for p in procs:
+            p.kill()
+            p.wait()
+        counted.reset()
+        model = incremental.refresh(model, {p.pid for p in procs})
+        gone_looked, gone_whole = counted.looked, counted.whole
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert grown >= PADDING + 4 and all(p.pid not in model.processes for p in procs)
+    # a re-read looks at what it read and the entries it changed: a handful, not the thousands
+    assert looked <= 60 and gone_looked <= 60, (looked, gone_looked, len(model.namespaces))
+    assert whole == gone_whole == 0, "a refresh built a snapshot's whole index"
+    assert _index_of(model).check(), "the index moved on differs from one built whole"
+
+
+def test_the_index_stays_exact_through_unshare_setns_and_exits_of_real_processes(
+        holders: Any, counted: Counted) -> None:
+    model = incremental.refresh(discover(), {1})
+    made: list[Held] = []
+    for args in (("--uts", "--ipc"), ("--user", "--map-root-user", "--uts"), ("--net",)):
+        made.append(holders(*args))
+        model = incremental.refresh(model, {made[-1].pid}, mounts=True)
+        assert _index_of(model).check()
+    for h in made:
+        h.kill()
+        model = incremental.refresh(model, {h.pid}, mounts=True, recheck=True)
+        assert _index_of(model).check()
+        assert h.pid not in model.processes
+
+
+def test_a_snapshot_the_index_was_not_made_for_gets_one_built_whole() -> None:
+    snap = discover()
+    incremental.refresh(snap, {1})
+    other = snap.replace(taken_at=0.0)  # the same namespaces, another snapshot: not the one indexed
+    assert incremental.kernel_held(other) == 0
+    again = incremental.refresh(other, {1})
+    assert _index_of(again).check()
+
+
+@pytest.fixture
+def holders() -> Iterator[Any]:
+    made: list[Held] = []
+
+    def make(*args: str) -> Held:
+        h = Held(*args)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.kill()
