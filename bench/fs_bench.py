@@ -4,7 +4,8 @@ namespaces, and `cat tasks` of a namespace with 1,000 processes. Run as root:
     .venv/bin/python bench/fs_bench.py [--namespaces 1000] [--processes 1000] [--runs 5]
 
 It makes the namespaces and processes itself (and removes them), mounts namespacefs on a temporary
-directory twice (default mode, where the kernel caches entries for 1 s, and --allow-other, where
+directory twice (default mode, where the kernel caches listings and names until a rescan changes
+them, and --allow-other, where
 every lookup of a namespace directory reaches the server because the answer depends on the
 reader), and writes bench/RESULTS-fs.md.
 """
@@ -136,7 +137,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="nsfs-bench-") as tmp:
             mnt = Path(tmp) / "mnt"
             mnt.mkdir()
-            results["default (kernel caches 1 s)"] = measure(mnt, uts, args.runs, [])
+            cached = "default (the kernel caches listings and names; each rescan invalidates what it changed)"
+            results[cached] = measure(mnt, uts, args.runs, [])
             filtered = "--allow-other (per-reader view: namespace entries not cached by the kernel)"
             results[filtered] = measure(mnt, uts, args.runs, ["--allow-other"])
     finally:
@@ -148,7 +150,7 @@ def main() -> int:
     lines = [
         "# namespacefs FUSE benchmark (bench/fs_bench.py)", "",
         f"Machine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, "
-        f"pyfuse3 FUSE server. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+        f"our FUSE session (fs.session). Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"Extra namespaces made for the run: {args.namespaces} (uts+ipc pairs held by fds), plus one uts namespace "
         f"with {args.processes} processes. The host then had {total} namespaces and {procs} processes in all "
         f"(load average {os.getloadavg()[0]:.2f} at the end). One discovery scan took "
