@@ -133,19 +133,25 @@ def stop(server: subprocess.Popen[str], mountpoint: Path) -> int:
     return status
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """namespacefs mounted with --allow-other for the whole module; unmounted by SIGTERM after."""
-    mountpoint = tmp_path_factory.mktemp("fs") / "mnt"
+def mounted_for_a_module(factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[Path]:
+    """namespacefs mounted (with these options and a names database of its own) for a module's
+    tests; unmounted by SIGTERM after, and its server must have ended cleanly."""
+    mountpoint = factory.mktemp(name) / "mnt"
     mountpoint.mkdir()
-    server = serve(mountpoint, "--allow-other", "--db", str(mountpoint.parent / "names.db"))
+    server = serve(mountpoint, *args, "--db", str(mountpoint.parent / "names.db"))
     yield mountpoint
     status = stop(server, mountpoint)
     log = server_log(mountpoint)
-    print(log)
-    assert status == 0, log
-    assert "Traceback" not in log, log
+    print(log[-20000:])
+    assert status == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
     assert not is_mounted(mountpoint)
+
+
+@pytest.fixture(scope="module")
+def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """namespacefs mounted with --allow-other for the whole module."""
+    yield from mounted_for_a_module(tmp_path_factory, "fs", "--allow-other")
 
 
 @pytest.fixture
