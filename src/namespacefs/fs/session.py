@@ -33,7 +33,7 @@ class Session:
 
     def __init__(self, fd: int, operations: Any, debug: bool = False) -> None:
         self.fd, self.ops, self.debug = fd, operations, debug
-        self.cached = not operations.filtered
+        self.cached: bool = operations.cached  # (the operations decide: no --allow-other)
         self._cancel: trio.CancelScope | None = None
         # Notifications go out from a thread of their own: the kernel may hold a directory's
         # lock while it waits for our reply to a request in it, and an invalidation of a name
