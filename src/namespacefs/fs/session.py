@@ -144,7 +144,8 @@ class Session:
         return target
 
     async def _open(self, r: Request) -> bytes:
-        return wire.open_out(await self.ops.open(r.nodeid, r.u32(), r.context))
+        info = await self.ops.open(r.nodeid, r.u32(), r.context)
+        return wire.open_out(info.fh, wire.FOPEN_DIRECT_IO if info.direct_io else 0)
 
     async def _read(self, r: Request) -> bytes:
         fh, offset, size = r.read_in()
@@ -159,7 +160,7 @@ class Session:
         if self.cached:
             raise FUSEError(errno.ENOSYS)  # (see the module's docstring)
         fh = await self.ops.opendir(r.nodeid, r.context)
-        return wire.open_out(wire.FileInfo(fh, direct_io=False))
+        return wire.open_out(fh)  # (a listing for one reader: nothing of it cached)
 
     async def _readdir(self, r: Request) -> bytes:
         fh, offset, size = r.read_in()

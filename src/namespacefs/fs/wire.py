@@ -72,7 +72,6 @@ WANTED = ASYNC_READ | BIG_WRITES | DO_READDIRPLUS | PARALLEL_DIROPS | MAX_PAGES_
 
 # fuse_open_out.open_flags
 FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
 
 # renameat2(2) flags, as FUSE_RENAME2 carries them (linux/fs.h)
 RENAME_NOREPLACE = 1 << 0
@@ -227,8 +226,9 @@ def attr_out(a: Attributes) -> bytes:
     return _ATTR_HEAD.pack(attr_s, attr_ns, 0) + a.packed()
 
 
-def open_out(info: FileInfo) -> bytes:
-    return _OPEN_OUT.pack(info.fh, FOPEN_DIRECT_IO if info.direct_io else FOPEN_KEEP_CACHE, 0)
+def open_out(fh: int, open_flags: int = 0) -> bytes:
+    """fuse_open_out: our handle, and FOPEN_* flags (none: the kernel caches nothing of it)."""
+    return _OPEN_OUT.pack(fh, open_flags, 0)
 
 
 def statfs_out(s: Statfs) -> bytes:
