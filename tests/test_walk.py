@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -416,6 +417,39 @@ def test_repeated_walks_do_not_grow_memory() -> None:
     """)
     grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert grown < 64 * 1024, f"{grown} bytes more after 25 walks"
+
+
+def test_the_owners_a_walk_keeps_open_are_never_the_scanners_fds() -> None:
+    """A walk keeps the user namespaces it opens open while it lasts (NS_GET_USERNS of a namespace
+    nothing holds makes its dentry and inode again at each call); they are the scanner's files,
+    not holders: this process, read after another one by the same walk and while another thread
+    walks, shows no fd of them, and shows the one it holds itself."""
+    me = os.getpid()
+    mine = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    user = os.fstat(mine).st_ino
+    known: dict[int, Any] = {}
+    _walk.walk("/proc", [me], processes.LINKS, processes.FD_KINDS, 0, known)
+    del known[user]  # (the other thread's walk opens only the user namespace, and keeps it open)
+    stop = threading.Event()
+
+    def walk_along() -> None:
+        while not stop.is_set():
+            _walk.walk("/proc", [me] * 2000, processes.LINKS, processes.FD_KINDS, 0, dict(known))
+
+    along = threading.Thread(target=walk_along)
+    along.start()
+    try:
+        for _ in range(5):
+            time.sleep(0.01)
+            records = _walk.walk("/proc", [1, me], processes.LINKS, processes.FD_KINDS, _walk.WANT_FDS, {})
+            fds = records[-1][6]
+            assert [fd for fd, kind, inode, _net in fds if processes.FD_KINDS[kind] == "user"] == [mine]
+    finally:
+        stop.set()
+        along.join()
+        os.close(mine)
+    assert f"user:[{user}]" not in {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                                     if os.path.exists(f"/proc/self/fd/{fd}")}
 
 
 def test_sockets_in_another_net_namespace_are_probed_once_per_socket(spawn: Callable[..., subprocess.Popen[str]]) -> None:

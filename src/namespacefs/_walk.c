@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/nsfs.h>
+#include <pthread.h>
 #include <linux/sockios.h>
 #include <sched.h>
 #include <stdint.h>
@@ -60,6 +61,7 @@
 #define WANT_MOUNTS 16 /* the mountinfo of the first process seen in each mount namespace */
 
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
+#define MAX_HELD 32        /* owner user namespaces a walk keeps open (see Held) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
 
@@ -68,6 +70,78 @@ typedef struct {
     char *data;
     size_t size;
 } Buffer;
+
+/* The owner user namespaces a walk keeps open while it lasts, one fd each. nsfs frees a namespace's
+ * dentry and inode at the last close of it, so with nothing holding it NS_GET_USERNS makes both
+ * again for every namespace it is asked of (~3 us each: the initial user namespace owns nearly
+ * every namespace of a host). These fds are the scanner's own files, never a holder it reports: a
+ * walk reading this very process skips every fd some walk of this process holds (held_by_a_walk:
+ * one registry for all threads, since any of them may be walking). */
+typedef struct {
+    int fds[MAX_HELD];
+    unsigned long long inodes[MAX_HELD];
+    int count;
+} Held;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static int registry[4 * MAX_HELD]; /* the fds every walk in this process holds (-1: a free slot) */
+static int registry_used;          /* slots in use at the front of registry (free ones are -1) */
+
+/* Take fd (of the user namespace inode) into held and the registry, if both have room: 1 if
+ * taken (the walk now owns it until release_held), else 0. No GIL needed. */
+static int hold(Held *held, int fd, unsigned long long inode)
+{
+    if (held->count == MAX_HELD)
+        return 0;
+    int taken = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < registry_used && !taken; i++)
+        if (registry[i] == -1)
+            registry[i] = fd, taken = 1;
+    if (!taken && registry_used < (int)(sizeof registry / sizeof registry[0]))
+        registry[registry_used++] = fd, taken = 1;
+    pthread_mutex_unlock(&registry_lock);
+    if (taken) {
+        held->fds[held->count] = fd;
+        held->inodes[held->count++] = inode;
+    }
+    return taken;
+}
+
+static int is_held(const Held *held, unsigned long long inode)
+{
+    for (int i = 0; i < held->count; i++)
+        if (held->inodes[i] == inode)
+            return 1;
+    return 0;
+}
+
+/* Is fd one that some walk of this process holds? */
+static int held_by_a_walk(long fd)
+{
+    int found = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < registry_used && !found; i++)
+        found = registry[i] == fd;
+    pthread_mutex_unlock(&registry_lock);
+    return found;
+}
+
+/* Close what a walk held (out of the registry first, so no walk skips the fd once it is reused). */
+static void release_held(Held *held)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int k = 0; k < held->count; k++)
+        for (int i = 0; i < registry_used; i++)
+            if (registry[i] == held->fds[k])
+                registry[i] = -1;
+    while (registry_used > 0 && registry[registry_used - 1] == -1)
+        registry_used--;
+    pthread_mutex_unlock(&registry_lock);
+    for (int k = 0; k < held->count; k++)
+        close(held->fds[k]);
+    held->count = 0;
+}
 
 /* What one walk() call carries around. */
 typedef struct {
@@ -83,9 +157,18 @@ typedef struct {
     Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
     Py_ssize_t mnt_link;    /* the index of "mnt" in links, or -1 */
     int flags;
+    long self;     /* this process's pid in the proc directory walked (-1: not known, so nothing held) */
+    int reading_self; /* the process being read is this one: held fds are not among its fds */
+    Held held;
     Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
     Buffer mountinfo;
 } Walk;
+
+/* What this walk may hold: nothing while it cannot tell this process among those it reads. */
+static Held *held_of(Walk *w)
+{
+    return w->self > 0 ? &w->held : NULL;
+}
 
 /* --- small helpers ------------------------------------------------------------------------- */
 
@@ -240,13 +323,21 @@ static PyObject *optional_u64(int known, unsigned long long value)
     return PyLong_FromUnsignedLongLong(value);
 }
 
-/* Read the namespace behind fd (which this closes) into known: (CLONE_NEW* type, st_dev, id or
+/* Done with fd, an nsfs file of the namespace inode of this type: kept open if it is a user
+ * namespace this walk can still hold (see Held; held NULL: nothing is), else closed. No GIL needed. */
+static void done_with(Held *held, int fd, int type, unsigned long long inode)
+{
+    if (held == NULL || type != CLONE_NEWUSER || is_held(held, inode) || !hold(held, fd, inode))
+        close(fd);
+}
+
+/* Read the namespace behind fd (which this closes, or holds: done_with) into known: (CLONE_NEW* type, st_dev, id or
  * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
  * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
  * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
  * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
  * fd is no file at all, -1 on a Python error (exception set). */
-static long long resolve(PyObject *known, int fd, int type, int depth)
+static long long resolve(PyObject *known, Held *held, int fd, int type, int depth)
 {
     struct stat st;
     int failed;
@@ -267,7 +358,7 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
     int seen = PyDict_Contains(known, key);
     if (seen != 0 || depth > MAX_DEPTH) {
         Py_DECREF(key);
-        close(fd);
+        done_with(held, fd, type, st.st_ino);
         return seen < 0 ? -1 : (long long)st.st_ino;
     }
     uint64_t id = 0;
@@ -285,7 +376,7 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
             parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
         has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
     }
-    close(fd);
+    done_with(held, fd, type, st.st_ino);
     Py_END_ALLOW_THREADS
     if (type <= 0) {
         Py_DECREF(key);
@@ -293,9 +384,9 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
     }
     long long owner = 0, parent = 0;
     if (owner_fd >= 0)
-        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
+        owner = resolve(known, held, owner_fd, CLONE_NEWUSER, depth + 1);
     if (parent_fd >= 0 && owner >= 0)
-        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
+        parent = resolve(known, held, parent_fd, CLONE_NEWPID, depth + 1);
     else if (parent_fd >= 0)
         close(parent_fd);
     if (owner < 0 || parent < 0) {
@@ -317,7 +408,7 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
 /* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
  * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
  * Python side). */
-static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
+static int resolve_path(PyObject *known, Held *held, int dir_fd, const char *path, unsigned long long inode, int type)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(inode);
     if (key == NULL)
@@ -332,7 +423,7 @@ static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned 
     Py_END_ALLOW_THREADS
     if (fd < 0)
         return 0;
-    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
+    return resolve(known, held, fd, type, 0) < 0 ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -363,7 +454,7 @@ static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long
         char path[96];
         snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
         PyObject *item = PyLong_FromLongLong(values[i]);
-        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
+        if (item == NULL || (values[i] > 0 && resolve_path(w->known, held_of(w), dir_fd, path, (unsigned long long)values[i],
                                                             w->link_types[i]) < 0)) {
             Py_XDECREF(item);
             Py_DECREF(links);
@@ -442,7 +533,7 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = resolve(w->known, held_of(w), netns, CLONE_NEWNET, 0); /* -1: a Python error */
     return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
@@ -491,6 +582,8 @@ static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         char name[24], target[256];
+        if (w->reading_self && held_by_a_walk(fds[i]))
+            continue; /* the scanner's own file (see Held) */
         snprintf(name, sizeof name, "%ld", fds[i]);
         if (read_link(fd_dir, name, target, sizeof target) < 0)
             continue;
@@ -538,7 +631,7 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
             char name[24];
             snprintf(name, sizeof name, "%ld", links[i].fd);
             /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            netns = resolve_path(w->known, held_of(w), fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
@@ -635,6 +728,7 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     long long values[MAX_LINKS];
     ssize_t status_len = -1, cmdline_len = -1, cgroup_len = 0;
     int dir_fd, err = 0;
+    w->reading_self = pid == w->self;
     Py_BEGIN_ALLOW_THREADS
     dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd >= 0 && (status_len = read_file(&w->status, dir_fd, "status")) >= 0) {
@@ -690,6 +784,15 @@ static Py_ssize_t names_of(PyObject *seq, const char **names, size_t *lens, cons
             lens[i] = (size_t)len;
     }
     return PyTuple_GET_SIZE(seq);
+}
+
+/* This process's pid as the proc directory shows it (its "self" link), -1 if it does not. */
+static long self_pid(int proc_fd)
+{
+    char target[32];
+    if (read_link(proc_fd, "self", target, sizeof target) < 0 || !all_digits(target))
+        return -1;
+    return strtol(target, NULL, 10);
 }
 
 /* The pids to read: those given, or every numeric entry of the proc directory. */
@@ -763,6 +866,7 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
     int proc_fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (proc_fd < 0)
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, proc);
+    w.self = self_pid(proc_fd);
     size_t n = 0;
     long *pids = pids_to_read(proc_fd, given, &n);
     PyObject *records = pids ? PyList_New(0) : NULL;
@@ -774,6 +878,7 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
             Py_CLEAR(records);
         Py_XDECREF(record);
     }
+    release_held(&w.held);
     Py_XDECREF(w.sockets);
     PyMem_RawFree(w.mountinfo.data);
     PyMem_RawFree(w.status.data);
@@ -799,7 +904,7 @@ static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    long long inode = resolve(known, copy, 0, 0);
+    long long inode = resolve(known, NULL, copy, 0, 0);
     if (inode < 0)
         return NULL;
     if (inode == 0)
