@@ -331,18 +331,108 @@ static void done_with(Held *held, int fd, int type, unsigned long long inode)
         close(fd);
 }
 
-/* Read the namespace behind fd (which this closes, or holds: done_with) into known: (CLONE_NEW* type, st_dev, id or
- * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
- * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
- * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
- * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
- * fd is no file at all, -1 on a Python error (exception set). */
+/* What the syscalls read of one namespace (read_ns), before it goes into known. */
+typedef struct {
+    struct stat st;         /* of the namespace's own fd */
+    int type;               /* its CLONE_NEW* type, <= 0 when the fd is no nsfs file */
+    int has_id, has_uid;
+    uint64_t id;
+    uid_t uid;
+    int owner_fd, parent_fd;                  /* from NS_GET_USERNS / NS_GET_PARENT, or -1 */
+    unsigned long long owner_ino, parent_ino; /* their inodes (0: fstat failed) */
+} NsRead;
+
+/* The ioctls of the namespace behind fd, r->st already its fstat (type: what the way fd was
+ * opened fixes, an ns/TYPE link, NS_GET_USERNS, SIOCGSKNS; else 0 and NS_GET_NSTYPE asks), and
+ * the fstat of the relatives they give; fd is then done with. Syscalls only: runs without the
+ * GIL, all in one block (each block costs a GIL hand-over, a futex call when the other walk
+ * thread wants it). */
+static void read_ns(Held *held, int fd, int type, NsRead *r)
+{
+    r->type = type ? type : ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    r->has_id = r->has_uid = 0;
+    r->id = 0;
+    r->uid = 0; /* (NS_GET_OWNER_UID is an _IO ioctl: a checker cannot tell that it writes uid) */
+    r->owner_fd = r->parent_fd = -1;
+    r->owner_ino = r->parent_ino = 0;
+    if (r->type > 0) {
+        r->has_id = ioctl(fd, NS_GET_ID, &r->id) == 0;
+        if (!r->has_id && r->type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
+            r->has_id = ioctl(fd, NS_GET_MNTNS_ID, &r->id) == 0; /* 6.8–6.17: the same number */
+        r->owner_fd = ioctl(fd, NS_GET_USERNS);                  /* EPERM: outside what we may see */
+        if (r->type == CLONE_NEWPID)
+            r->parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
+        r->has_uid = r->type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &r->uid) == 0;
+        struct stat rel;
+        if (r->owner_fd >= 0 && fstat(r->owner_fd, &rel) == 0)
+            r->owner_ino = rel.st_ino;
+        if (r->parent_fd >= 0 && fstat(r->parent_fd, &rel) == 0)
+            r->parent_ino = rel.st_ino;
+    }
+    done_with(held, fd, r->type, r->st.st_ino);
+}
+
+static long long resolve(PyObject *known, Held *held, int fd, int type, int depth);
+
+/* A relative's fd (owner, parent, a socket's namespace) whose fstat gave ino: read into known
+ * unless it is there already, then done with. Its inode, 0 when there is none (no fd, or no
+ * file behind it), -1 on a Python error. */
+static long long relative(PyObject *known, Held *held, int fd, unsigned long long ino, int type, int depth)
+{
+    if (fd < 0)
+        return 0;
+    if (ino == 0) {
+        close(fd);
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(ino);
+    int seen = key == NULL ? -1 : PyDict_Contains(known, key);
+    Py_XDECREF(key);
+    if (seen == 0 && depth <= MAX_DEPTH)
+        return resolve(known, held, fd, type, depth);
+    done_with(held, fd, type, ino);
+    return seen < 0 ? -1 : (long long)ino;
+}
+
+/* What read_ns read, into known: (CLONE_NEW* type, st_dev, id or None, owner inode or None, parent
+ * inode or None, owner uid or None), relatives not known yet read in their turn. Returns the
+ * inode (also when the namespace itself could not be read: it is then left out of known, for the
+ * Python side), -1 on a Python error (exception set). */
+static long long store(PyObject *known, Held *held, NsRead *r, int depth)
+{
+    if (r->type <= 0)
+        return (long long)r->st.st_ino;
+    long long owner = relative(known, held, r->owner_fd, r->owner_ino, CLONE_NEWUSER, depth + 1);
+    long long parent = 0;
+    if (owner >= 0)
+        parent = relative(known, held, r->parent_fd, r->parent_ino, CLONE_NEWPID, depth + 1);
+    else if (r->parent_fd >= 0)
+        close(r->parent_fd);
+    if (owner < 0 || parent < 0)
+        return -1;
+    if (r->type == CLONE_NEWUSER)
+        parent = owner; /* a user namespace's owner is its parent */
+    PyObject *key = PyLong_FromUnsignedLongLong(r->st.st_ino);
+    PyObject *info = key == NULL ? NULL : Py_BuildValue("(iKNNNN)", r->type, (unsigned long long)r->st.st_dev,
+                                                         optional_u64(r->has_id, r->id),
+                                                         optional_u64(owner > 0, (unsigned long long)owner),
+                                                         optional_u64(parent > 0, (unsigned long long)parent),
+                                                         optional_u64(r->has_uid, r->uid));
+    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
+    Py_XDECREF(info);
+    Py_XDECREF(key);
+    return stored ? (long long)r->st.st_ino : -1;
+}
+
+/* Read the namespace behind fd (which this closes, or holds: done_with) into known (see store),
+ * following NS_GET_USERNS and NS_GET_PARENT to relatives not known yet. Returns its inode, 0
+ * when fd is no file at all, -1 on a Python error (exception set). */
 static long long resolve(PyObject *known, Held *held, int fd, int type, int depth)
 {
-    struct stat st;
+    NsRead r;
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = fstat(fd, &st) < 0;
+    failed = fstat(fd, &r.st) < 0;
     Py_END_ALLOW_THREADS
     if (failed) {
         int saved = errno;
@@ -350,64 +440,27 @@ static long long resolve(PyObject *known, Held *held, int fd, int type, int dept
         errno = saved;
         return 0;
     }
-    PyObject *key = PyLong_FromUnsignedLongLong(st.st_ino);
+    PyObject *key = PyLong_FromUnsignedLongLong(r.st.st_ino);
     if (key == NULL) {
         close(fd);
         return -1;
     }
     int seen = PyDict_Contains(known, key);
-    if (seen != 0 || depth > MAX_DEPTH) {
-        Py_DECREF(key);
-        done_with(held, fd, type, st.st_ino);
-        return seen < 0 ? -1 : (long long)st.st_ino;
-    }
-    uint64_t id = 0;
-    uid_t uid = 0;
-    int has_id = 0, has_uid = 0, owner_fd = -1, parent_fd = -1;
-    Py_BEGIN_ALLOW_THREADS
-    if (type == 0)
-        type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
-    if (type > 0) {
-        has_id = ioctl(fd, NS_GET_ID, &id) == 0;
-        if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
-            has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
-        owner_fd = ioctl(fd, NS_GET_USERNS);                /* EPERM: outside what we may see */
-        if (type == CLONE_NEWPID)
-            parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
-        has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
-    }
-    done_with(held, fd, type, st.st_ino);
-    Py_END_ALLOW_THREADS
-    if (type <= 0) {
-        Py_DECREF(key);
-        return (long long)st.st_ino;
-    }
-    long long owner = 0, parent = 0;
-    if (owner_fd >= 0)
-        owner = resolve(known, held, owner_fd, CLONE_NEWUSER, depth + 1);
-    if (parent_fd >= 0 && owner >= 0)
-        parent = resolve(known, held, parent_fd, CLONE_NEWPID, depth + 1);
-    else if (parent_fd >= 0)
-        close(parent_fd);
-    if (owner < 0 || parent < 0) {
-        Py_DECREF(key);
-        return -1;
-    }
-    if (type == CLONE_NEWUSER)
-        parent = owner; /* a user namespace's owner is its parent */
-    PyObject *info = Py_BuildValue("(iKNNNN)", type, (unsigned long long)st.st_dev, optional_u64(has_id, id),
-                                   optional_u64(owner > 0, (unsigned long long)owner),
-                                   optional_u64(parent > 0, (unsigned long long)parent),
-                                   optional_u64(has_uid, uid));
-    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
-    Py_XDECREF(info);
     Py_DECREF(key);
-    return stored ? (long long)st.st_ino : -1;
+    if (seen != 0 || depth > MAX_DEPTH) {
+        done_with(held, fd, type, r.st.st_ino);
+        return seen < 0 ? -1 : (long long)r.st.st_ino;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    read_ns(held, fd, type, &r);
+    Py_END_ALLOW_THREADS
+    return store(known, held, &r, depth);
 }
 
-/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
- * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
- * Python side). */
+/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already:
+ * open, fstat and (when it is still that inode) the ioctls in one block without the GIL. -1 on a
+ * Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the Python
+ * side). */
 static int resolve_path(PyObject *known, Held *held, int dir_fd, const char *path, unsigned long long inode, int type)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(inode);
@@ -417,13 +470,20 @@ static int resolve_path(PyObject *known, Held *held, int dir_fd, const char *pat
     Py_DECREF(key);
     if (seen != 0)
         return seen < 0 ? -1 : 0;
-    int fd;
+    NsRead r;
+    int fd, same = 0;
     Py_BEGIN_ALLOW_THREADS
     fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd >= 0 && fstat(fd, &r.st) == 0 && r.st.st_ino == inode) {
+        same = 1;
+        read_ns(held, fd, type, &r);
+    }
     Py_END_ALLOW_THREADS
     if (fd < 0)
         return 0;
-    return resolve(known, held, fd, type, 0) < 0 ? -1 : 0;
+    if (same)
+        return store(known, held, &r, 0) < 0 ? -1 : 0;
+    return resolve(known, held, fd, type, 0) < 0 ? -1 : 0; /* it is another namespace by now: the long way */
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -515,6 +575,7 @@ static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
 static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
 {
     int netns, err = 0;
+    unsigned long long netns_ino;
     Py_BEGIN_ALLOW_THREADS
     if (*pidfd < 0)
         *pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
@@ -528,12 +589,13 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     netns = err ? -1 : ioctl(sock, SIOCGSKNS);
     if (!err && netns < 0)
         err = errno;
+    netns_ino = netns >= 0 && fstat(netns, &st) == 0 ? st.st_ino : 0;
     if (sock >= 0)
         close(sock);
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    long long inode = resolve(w->known, held_of(w), netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = relative(w->known, held_of(w), netns, netns_ino, CLONE_NEWNET, 0); /* -1: a Python error */
     return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
