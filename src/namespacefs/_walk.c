@@ -457,33 +457,62 @@ static long long resolve(PyObject *known, Held *held, int fd, int type, int dept
     return store(known, held, &r, depth);
 }
 
-/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already:
- * open, fstat and (when it is still that inode) the ioctls in one block without the GIL. -1 on a
- * Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the Python
- * side). */
-static int resolve_path(PyObject *known, Held *held, int dir_fd, const char *path, unsigned long long inode, int type)
-{
-    PyObject *key = PyLong_FromUnsignedLongLong(inode);
-    if (key == NULL)
-        return -1;
-    int seen = PyDict_Contains(known, key);
-    Py_DECREF(key);
-    if (seen != 0)
-        return seen < 0 ? -1 : 0;
+/* One namespace to open by its path and read (resolve_paths). */
+typedef struct {
+    char path[96];            /* relative to the directory given */
+    unsigned long long inode; /* what its link named */
+    int type;                 /* what the path fixes (0: ask) */
+    int fd;                   /* the opened file, or -1 */
+    int same;                 /* it was still that inode: read (r), its fd done with */
     NsRead r;
-    int fd, same = 0;
+} NsOpen;
+
+/* Open the paths (relative to dir_fd) of the namespaces in ns not known yet and resolve each:
+ * open, fstat and (when it is still the inode its link named) the ioctls of all of them in one
+ * block without the GIL. ns is reused for the work. -1 on a Python error; otherwise 0 (whatever
+ * the kernel answered: what is not read stays for the Python side). */
+static int resolve_paths(PyObject *known, Held *held, int dir_fd, NsOpen *ns, int n)
+{
+    int todo = 0;
+    for (int i = 0; i < n; i++) {
+        int again = 0; /* (pid and pid_for_children: one namespace, opened once) */
+        for (int k = 0; k < todo && !again; k++)
+            again = ns[k].inode == ns[i].inode;
+        PyObject *key = again ? NULL : PyLong_FromUnsignedLongLong(ns[i].inode);
+        int seen = again ? 1 : key == NULL ? -1 : PyDict_Contains(known, key);
+        Py_XDECREF(key);
+        if (seen < 0)
+            return -1;
+        if (!seen && todo != i)
+            ns[todo] = ns[i];
+        todo += !seen;
+    }
+    if (todo == 0)
+        return 0;
     Py_BEGIN_ALLOW_THREADS
-    fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd >= 0 && fstat(fd, &r.st) == 0 && r.st.st_ino == inode) {
-        same = 1;
-        read_ns(held, fd, type, &r);
+    for (int i = 0; i < todo; i++) {
+        NsOpen *o = &ns[i];
+        o->fd = openat(dir_fd, o->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        o->same = o->fd >= 0 && fstat(o->fd, &o->r.st) == 0 && o->r.st.st_ino == o->inode;
+        if (o->same)
+            read_ns(held, o->fd, o->type, &o->r);
     }
     Py_END_ALLOW_THREADS
-    if (fd < 0)
-        return 0;
-    if (same)
-        return store(known, held, &r, 0) < 0 ? -1 : 0;
-    return resolve(known, held, fd, type, 0) < 0 ? -1 : 0; /* it is another namespace by now: the long way */
+    int failed = 0;
+    for (int i = 0; i < todo; i++) {
+        NsOpen *o = &ns[i];
+        if (failed) { /* what is still open is closed (a read one's own fd is done with already) */
+            if (o->same && o->r.owner_fd >= 0)
+                close(o->r.owner_fd);
+            if (o->same && o->r.parent_fd >= 0)
+                close(o->r.parent_fd);
+            if (!o->same && o->fd >= 0)
+                close(o->fd);
+        } else if (o->fd >= 0) { /* (not the same: another namespace by now, the long way) */
+            failed = (o->same ? store(known, held, &o->r, 0) : resolve(known, held, o->fd, o->type, 0)) < 0;
+        }
+    }
+    return failed ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -507,20 +536,24 @@ static void read_links(const Walk *w, int dir_fd, const char *prefix, long long 
 /* Those links as a tuple; the namespaces not known yet are opened and resolved. */
 static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long long *values)
 {
-    PyObject *links = PyTuple_New(w->nlinks);
-    if (links == NULL)
-        return NULL;
+    NsOpen ns[MAX_LINKS];
+    int n = 0;
     for (Py_ssize_t i = 0; i < w->nlinks; i++) {
-        char path[96];
-        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        if (values[i] <= 0)
+            continue;
+        snprintf(ns[n].path, sizeof ns[n].path, "%s%s", prefix, w->links[i]);
+        ns[n].inode = (unsigned long long)values[i];
+        ns[n++].type = w->link_types[i];
+    }
+    if (resolve_paths(w->known, held_of(w), dir_fd, ns, n) < 0)
+        return NULL;
+    PyObject *links = PyTuple_New(w->nlinks);
+    for (Py_ssize_t i = 0; links != NULL && i < w->nlinks; i++) {
         PyObject *item = PyLong_FromLongLong(values[i]);
-        if (item == NULL || (values[i] > 0 && resolve_path(w->known, held_of(w), dir_fd, path, (unsigned long long)values[i],
-                                                            w->link_types[i]) < 0)) {
-            Py_XDECREF(item);
-            Py_DECREF(links);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(links, i, item);
+        if (item == NULL)
+            Py_CLEAR(links);
+        else
+            PyTuple_SET_ITEM(links, i, item);
     }
     return links;
 }
@@ -690,10 +723,10 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
                 continue;
             netns = socket_netns(w, &pidfd, pid, links[i].fd, links[i].inode);
         } else {
-            char name[24];
-            snprintf(name, sizeof name, "%ld", links[i].fd);
-            /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, held_of(w), fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            NsOpen ns = {.inode = links[i].inode, .type = 0}; /* (an fd may be another file by now: its type is
+                                                                 asked, not taken from the link) */
+            snprintf(ns.path, sizeof ns.path, "%ld", links[i].fd);
+            netns = resolve_paths(w->known, held_of(w), fd_dir, &ns, 1) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
