@@ -696,24 +696,45 @@ static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
     return found;
 }
 
-/* The fds that are namespaces or sockets: a list of (fd, kind index, inode, net namespace of a
- * socket or 0), or an errno (int) when the fd directory cannot be listed. Namespaces behind fds
- * are resolved, sockets probed (once per socket inode). */
-static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+/* A process's fd directory and the fds of it list_fds found (read in the process's first block). */
+typedef struct {
+    int dir;        /* the fd directory, or -1 */
+    FdLink *links;  /* NULL when it could not be listed (err) */
+    size_t n;
+    int err;
+} FdList;
+
+/* Open and list the fd directory. Syscalls only: runs without the GIL. */
+static void list_fd_dir(const Walk *w, int dir_fd, FdList *l)
 {
-    int fd_dir, err = 0;
-    size_t n = 0;
-    FdLink *links = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd_dir < 0 || (links = list_fds(w, fd_dir, &n)) == NULL)
-        err = errno;
-    Py_END_ALLOW_THREADS
-    if (links == NULL) {
-        if (fd_dir >= 0)
-            close(fd_dir);
+    l->links = NULL;
+    l->n = 0;
+    l->dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    l->err = l->dir < 0 || (l->links = list_fds(w, l->dir, &l->n)) == NULL ? errno : 0;
+}
+
+static void drop_fd_list(FdList *l)
+{
+    if (l->dir >= 0)
+        close(l->dir);
+    PyMem_RawFree(l->links);
+    l->dir = -1;
+    l->links = NULL;
+}
+
+/* The fds that are namespaces or sockets, from the listing l (which this drops): a list of (fd,
+ * kind index, inode, net namespace of a socket or 0), or an errno (int) when the fd directory
+ * could not be listed. Namespaces behind fds are resolved, sockets probed (once per socket inode). */
+static PyObject *read_fds(Walk *w, long pid, FdList *l)
+{
+    if (l->links == NULL) {
+        int err = l->err;
+        drop_fd_list(l);
         return err == ENOMEM ? PyErr_NoMemory() : PyLong_FromLong(err);
     }
+    int fd_dir = l->dir;
+    FdLink *links = l->links;
+    size_t n = l->n;
     int pidfd = -1;
     PyObject *found = PyList_New(0);
     for (size_t i = 0; found != NULL && i < n; i++) {
@@ -735,8 +756,7 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
     }
     if (pidfd >= 0)
         close(pidfd);
-    PyMem_RawFree(links);
-    close(fd_dir);
+    drop_fd_list(l);
     return found;
 }
 
@@ -823,6 +843,7 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     long long values[MAX_LINKS];
     ssize_t status_len = -1, cmdline_len = -1, cgroup_len = 0;
     int dir_fd, err = 0;
+    FdList fd_list = {.dir = -1, .links = NULL};
     w->reading_self = pid == w->self;
     Py_BEGIN_ALLOW_THREADS
     dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -833,6 +854,8 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     }
     if (dir_fd < 0 || status_len < 0 || cmdline_len < 0 || cgroup_len < 0)
         err = errno ? errno : EIO;
+    else if (w->flags & (WANT_FDS | WANT_SOCKETS))
+        list_fd_dir(w, dir_fd, &fd_list); /* (in this block too: one GIL hand-over less per process) */
     Py_END_ALLOW_THREADS
     if (err) {
         if (dir_fd >= 0)
@@ -847,10 +870,11 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
         (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
                                          : Py_NewRef(Py_None)) == NULL ||
         (tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0)) == NULL ||
-        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0)) == NULL)
+        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, pid, &fd_list) : PyList_New(0)) == NULL)
         goto done;
     record = Py_BuildValue("(lOOOOOO)", pid, status, links, cmdline, cgroup, tasks, fds);
 done:
+    drop_fd_list(&fd_list); /* (read_fds dropped it, unless something failed before) */
     close(dir_fd);
     Py_XDECREF(status);
     Py_XDECREF(links);
