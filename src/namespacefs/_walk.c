@@ -6,9 +6,12 @@
  * end one process's read come back in its record as an errno, so the Python side counts them at
  * its one error boundary (Scan.failed).
  *
- * The syscalls run without the GIL (in blocks: a process's files and links, a directory's entries
- * and links, a namespace's ioctls), so the live service's other threads keep answering while it
- * scans; Python objects are made between the blocks. Memory used without the GIL is PyMem_Raw*.
+ * The syscalls run without the GIL, so the live service's other threads keep answering while it
+ * scans, in as few blocks as there are points where Python objects must be looked at (each block
+ * ends in a GIL hand-over: a futex call when the other walk thread holds it): a process's files,
+ * links and fd directory; the namespaces new to the walk that its links name (opened, fstat'ed and
+ * asked their ioctls together); its mount table; its threads; each socket probe. Python objects
+ * are made between the blocks. Memory used without the GIL is PyMem_Raw*.
  *
  * Kernel interfaces used, with their headers:
  *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
