@@ -452,6 +452,31 @@ def test_the_owners_a_walk_keeps_open_are_never_the_scanners_fds() -> None:
                                      if os.path.exists(f"/proc/self/fd/{fd}")}
 
 
+def test_what_a_walk_keeps_open_never_runs_its_process_out_of_files(spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    """40 user namespaces (more than a walk keeps open), read by a process with little room for
+    files (RLIMIT_NOFILE 48, 20 of them in use): no process's record is an EMFILE, and every user
+    namespace is read."""
+    sleepers = [spawn(["unshare", "--user", "sleep", "1000"]) for _ in range(40)]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            os.readlink(f"/proc/{p.pid}/ns/user") == os.readlink("/proc/self/ns/user") for p in sleepers):
+        time.sleep(0.05)  # (until each has unshared)
+    code = textwrap.dedent(f"""
+        import errno, os, resource
+        from namespacefs import _walk, kernel
+        from namespacefs.discover import processes
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+        known = {{}}
+        records = _walk.walk("/proc", {[p.pid for p in sleepers]!r}, processes.LINKS, processes.FD_KINDS, 31, known, {{}})
+        print(sum(len(r) == 2 and r[1] == errno.EMFILE for r in records), len(records),
+              sum(info[0] == kernel.CLONE_FLAGS["user"] for info in known.values()))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    emfile, read, users = map(int, out)
+    assert (emfile, read) == (0, 40) and users >= 41  # (theirs, and the initial one that owns them)
+
+
 def test_sockets_in_another_net_namespace_are_probed_once_per_socket(spawn: Callable[..., subprocess.Popen[str]]) -> None:
     """Two fds of one socket (dup) in a net namespace the process left: both are holders, found
     through one probe (the cache is per socket inode)."""

@@ -15,6 +15,7 @@
  *
  * Kernel interfaces used, with their headers:
  *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
+ *   getrlimit (RLIMIT_NOFILE)                  man 2
  *   getdents64                                 include/uapi/linux/dirent.h (struct linux_dirent64)
  *   NS_GET_NSTYPE, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID, NS_GET_ID (6.18),
  *   NS_GET_MNTNS_ID (6.8)                      include/uapi/linux/nsfs.h
@@ -36,6 +37,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -84,6 +86,8 @@ typedef struct {
     int fds[MAX_HELD];
     unsigned long long inodes[MAX_HELD];
     int count;
+    int below; /* only fds numbered below this are kept (a quarter of RLIMIT_NOFILE: the files the
+                * walk keeps must not be the ones that make a later open fail with EMFILE) */
 } Held;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -94,7 +98,7 @@ static int registry_used;          /* slots in use at the front of registry (fre
  * taken (the walk now owns it until release_held), else 0. No GIL needed. */
 static int hold(Held *held, int fd, unsigned long long inode)
 {
-    if (held->count == MAX_HELD)
+    if (held->count == MAX_HELD || fd >= held->below)
         return 0;
     int taken = 0;
     pthread_mutex_lock(&registry_lock);
@@ -989,6 +993,10 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
     if (proc_fd < 0)
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, proc);
     w.self = self_pid(proc_fd);
+    struct rlimit files;
+    w.held.below = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                       ? (int)(files.rlim_cur / 4 < INT_MAX ? files.rlim_cur / 4 : INT_MAX)
+                       : 256;
     size_t n = 0;
     long *pids = pids_to_read(proc_fd, given, &n);
     PyObject *records = pids ? PyList_New(0) : NULL;
