@@ -68,24 +68,24 @@ def _message(nstype: str, ident: int | None, inode: int) -> bytes:
     return f"{nstype}:id:{ident}".encode() if ident is not None else f"{nstype}:ino:{inode}".encode()
 
 
-#: (seed, type, id, inode) -> digest: a namespace's default name depends on these alone, so a
-#: process that names many snapshots (the daemon) works each out once. Emptied when it grows past
+#: seed -> {message: digest}: a namespace's default name depends on these alone, so a process
+#: that names many snapshots (the daemon) works each out once. Emptied when it grows past
 #: DIGESTS_KEPT (namespaces long gone).
-_DIGESTS: dict[tuple[str, str, int | None, int], str] = {}
+_DIGESTS: dict[str, dict[bytes, str]] = {}
 DIGESTS_KEPT = 200_000
 
 
 def _digests(members: list[Namespace], seed: str) -> dict[int, str]:
     """inode -> the full digest of each (from _DIGESTS where it is there; the others in one call of
     the compiled HMAC: thousands of namespaces are named at every command)."""
-    if len(_DIGESTS) > DIGESTS_KEPT:
-        _DIGESTS.clear()
-    keys = [(seed, ns.type, ns.id, ns.inode) for ns in members]
-    missing = [key for key in keys if key not in _DIGESTS]
+    known = _DIGESTS.setdefault(seed, {})
+    if len(known) > DIGESTS_KEPT:
+        known.clear()
+    messages = [_message(ns.type, ns.id, ns.inode) for ns in members]
+    missing = [m for m in messages if m not in known]
     if missing:
-        made = hmac_sha256_hex(seed.encode(), [_message(t, ident, inode) for _seed, t, ident, inode in missing])
-        _DIGESTS.update(zip(missing, made, strict=True))
-    return {key[3]: _DIGESTS[key] for key in keys}
+        known.update(zip(missing, hmac_sha256_hex(seed.encode(), missing), strict=True))
+    return {ns.inode: known[m] for ns, m in zip(members, messages, strict=True)}
 
 
 def default_name(ns: Namespace, seed: str, length: int = SHORT) -> str:
