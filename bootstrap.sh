@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(
-  python3-venv python3-dev gcc pkg-config      # the venv, building our C (_walk.c, _tree.c, _digest.c)
+  python3-venv python3-dev gcc                 # the venv, building our C (_walk.c, _tree.c, _digest.c)
   valgrind strace                              # the walk's memory check in the tests; the bench's read audit
   fuse3                                        # the FUSE filesystem (fusermount3 clears a stale mount)
   util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
@@ -24,7 +24,7 @@ APT_PACKAGES=(
   systemd man-db                               # systemd-analyze verify of the unit (it runs man for Documentation=)
 )
 # What a system install needs (no test tools, no browser): the venv and building our C.
-SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc pkg-config fuse3 util-linux)
+SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc fuse3 util-linux)
 cmd=${1:-run}
 shift || true
 
