@@ -399,7 +399,7 @@ def test_repeated_walks_do_not_grow_memory() -> None:
 
 
 def test_the_owners_a_walk_keeps_open_are_never_the_scanners_fds() -> None:
-    """A walk keeps the user namespaces it opens open while it lasts (NS_GET_USERNS of a namespace
+    """A walk keeps the namespaces it opened last open while it lasts (NS_GET_USERNS of a namespace
     nothing holds makes its dentry and inode again at each call); they are the scanner's files,
     not holders: this process, read after another one by the same walk and while another thread
     walks, shows no fd of them, and shows the one it holds itself."""

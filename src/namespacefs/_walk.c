@@ -66,7 +66,7 @@
 #define WANT_MOUNTS 16 /* the mountinfo of the first process seen in each mount namespace */
 
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
-#define MAX_HELD 32        /* owner user namespaces a walk keeps open (see Held) */
+#define MAX_HELD 32        /* namespaces a walk keeps open (see Held) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
 
@@ -76,15 +76,19 @@ typedef struct {
     size_t size;
 } Buffer;
 
-/* The owner user namespaces a walk keeps open while it lasts, one fd each. nsfs frees a namespace's
- * dentry and inode at the last close of it, so with nothing holding it NS_GET_USERNS makes both
- * again for every namespace it is asked of (~3 us each: the initial user namespace owns nearly
- * every namespace of a host). These fds are the scanner's own files, never a holder it reports: a
- * walk reading this very process skips every fd some walk of this process holds (held_by_a_walk:
- * one registry for all threads, since any of them may be walking). */
+/* The namespaces a walk keeps open, one fd each, the MAX_HELD it wanted last. nsfs frees a
+ * namespace's dentry and inode at the last close of it, so with nothing holding it each open of
+ * it makes both again: NS_GET_USERNS for every namespace an owner is asked of (~3 us each: the
+ * initial user namespace owns nearly every namespace of a host), SIOCGSKNS for every socket of a
+ * process in the net namespace the walk read a moment ago. These fds are the scanner's own
+ * files, never a holder it reports: a walk reading this very process skips every fd some walk of
+ * this process holds (held_by_a_walk: one registry for all threads, since any of them may be
+ * walking). */
 typedef struct {
     int fds[MAX_HELD];
     unsigned long long inodes[MAX_HELD];
+    unsigned long used[MAX_HELD]; /* when each was last wanted (clock): the least recent goes first */
+    unsigned long clock;
     int count;
     int below; /* only fds numbered below this are kept (a quarter of RLIMIT_NOFILE: the files the
                 * walk keeps must not be the ones that make a later open fail with EMFILE) */
@@ -94,32 +98,48 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static int registry[4 * MAX_HELD]; /* the fds every walk in this process holds (-1: a free slot) */
 static int registry_used;          /* slots in use at the front of registry (free ones are -1) */
 
-/* Take fd (of the user namespace inode) into held and the registry, if both have room: 1 if
- * taken (the walk now owns it until release_held), else 0. No GIL needed. */
+/* Take fd (of the namespace inode) into held, in place of the one wanted least recently when held
+ * is full, and into the registry if it has room: 1 if taken (the walk now owns it until it is
+ * replaced or release_held), else 0. No GIL needed. */
 static int hold(Held *held, int fd, unsigned long long inode)
 {
-    if (held->count == MAX_HELD || fd >= held->below)
+    if (fd >= held->below)
         return 0;
+    int slot = held->count, old = -1;
+    if (slot == MAX_HELD) {
+        slot = 0;
+        for (int i = 1; i < MAX_HELD; i++)
+            if (held->used[i] < held->used[slot])
+                slot = i;
+        old = held->fds[slot];
+    }
     int taken = 0;
     pthread_mutex_lock(&registry_lock);
     for (int i = 0; i < registry_used && !taken; i++)
-        if (registry[i] == -1)
+        if (registry[i] == old) /* (-1: the first free slot) */
             registry[i] = fd, taken = 1;
-    if (!taken && registry_used < (int)(sizeof registry / sizeof registry[0]))
+    if (!taken && old == -1 && registry_used < (int)(sizeof registry / sizeof registry[0]))
         registry[registry_used++] = fd, taken = 1;
     pthread_mutex_unlock(&registry_lock);
-    if (taken) {
-        held->fds[held->count] = fd;
-        held->inodes[held->count++] = inode;
-    }
-    return taken;
+    if (!taken)
+        return 0;
+    if (old >= 0)
+        close(old); /* (out of the registry first, so no walk skips the fd once it is reused) */
+    held->count += slot == held->count;
+    held->fds[slot] = fd;
+    held->inodes[slot] = inode;
+    held->used[slot] = ++held->clock;
+    return 1;
 }
 
-static int is_held(const Held *held, unsigned long long inode)
+/* Is the namespace inode held (and so wanted now)? */
+static int is_held(Held *held, unsigned long long inode)
 {
     for (int i = 0; i < held->count; i++)
-        if (held->inodes[i] == inode)
+        if (held->inodes[i] == inode) {
+            held->used[i] = ++held->clock;
             return 1;
+        }
     return 0;
 }
 
@@ -330,11 +350,12 @@ static PyObject *optional_u64(int known, unsigned long long value)
     return PyLong_FromUnsignedLongLong(value);
 }
 
-/* Done with fd, an nsfs file of the namespace inode of this type: kept open if it is a user
- * namespace this walk can still hold (see Held; held NULL: nothing is), else closed. No GIL needed. */
+/* Done with fd, an nsfs file of the namespace inode of this type (<= 0: not an nsfs file): kept
+ * open unless that namespace is held already (see Held; held NULL: nothing is), else closed. No
+ * GIL needed. */
 static void done_with(Held *held, int fd, int type, unsigned long long inode)
 {
-    if (held == NULL || type != CLONE_NEWUSER || is_held(held, inode) || !hold(held, fd, inode))
+    if (held == NULL || type <= 0 || is_held(held, inode) || !hold(held, fd, inode))
         close(fd);
 }
 
