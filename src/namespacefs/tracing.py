@@ -87,6 +87,7 @@ class Call(NamedTuple):
     syscall: str  # "unshare", "setns", "clone", "clone3"
     pid: int  # the caller's process (tgid)
     tid: int
+    ret: int = 0  # what it returned: for a clone, the new task's id (in the caller's pid namespace)
 
 
 class Unavailable(OSError):
@@ -235,7 +236,7 @@ class Tracer:
         name = self.names.get(ident)
         if name is None or ret < 0 or (ret == 0 and name.startswith("clone")):
             return None  # failed (no filter in the kernel), or the child's side of a clone
-        return Call(name, pid, tid)
+        return Call(name, pid, tid, ret)
 
     def close(self) -> None:
         for ring in self.rings:

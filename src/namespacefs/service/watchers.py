@@ -26,6 +26,9 @@ Rescan = Callable[[str], None]
 #: Seconds a watcher sleeps at most: how stale drained_at (and so the model's as-of time) gets on a
 #: host where nothing happens.
 WAKE = 0.2
+#: Datagrams (one event each) the proc connector's thread reads before it hands their pids over, at
+#: most (all there are when fewer are queued).
+BATCH = 64
 _PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
@@ -101,11 +104,19 @@ class ProcConnector(Watcher):
 
     def _run(self) -> None:
         assert self.sock is not None
+        pids: list[int] = []  # (handed over once per drain, or per BATCH datagrams: one wake-up of the updater)
+        read = 0
         while not self._stop.is_set():
+            if pids and read >= BATCH:
+                self.touch(pids)
+                pids, read = [], 0
             try:
                 asked = time.time()
                 data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:  # nothing queued: every event before `asked` was handled
+                if pids:
+                    self.touch(pids)
+                    pids, read = [], 0
                 self.drained_at = asked
                 select.select([self.sock], [], [], WAKE)
                 continue
@@ -117,15 +128,13 @@ class ProcConnector(Watcher):
                     self.error = f"proc connector failed ({e})"
                     log.error("%s; relying on the sweep and full rescans", self.error)
                 return
-            pids = []
+            read += 1
             for what, pid, tgid in kernel.parse_proc_events(data):
                 name = _PROC_EVENTS.get(what)
                 if name is None or pid != tgid:
                     continue
                 self.counts[name] += 1
                 pids.append(pid)
-            if pids:
-                self.touch(pids)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -133,8 +142,8 @@ class ProcConnector(Watcher):
 
 
 class Tracepoints(Watcher):
-    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read;
-    a clone's child comes from the proc connector)."""
+    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read,
+    or for a clone that made a process, that process: `_changed`)."""
 
     name = "tracepoints"
 
@@ -166,7 +175,7 @@ class Tracepoints(Watcher):
                 lost = self.tracer.lost
                 self._overrun("tracepoint")
             self.counts.update(c.syscall for c in calls)
-            pids = {c.pid for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
+            pids = {_changed(c) for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
             if pids:
                 self.touch(pids)
             self.drained_at = self.tracer.read_at
@@ -174,6 +183,26 @@ class Tracepoints(Watcher):
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
+
+
+def _changed(call: tracing.Call) -> int:
+    """The process to re-read for a call: its caller (unshare, setns: its namespaces changed; a
+    clone that made a thread: a thread may have namespaces of its own, which the caller's re-read
+    finds among its tasks), but for a clone that made a process, that process (the caller did not
+    change; the proc connector names the child too, and without it this is how it is seen). A
+    clone's return value is the child's id in the caller's pid namespace: where that is not ours,
+    the caller."""
+    if not call.syscall.startswith("clone") or call.ret <= 0:
+        return call.pid
+    try:
+        if os.readlink(f"/proc/{call.pid}/ns/pid") != _OUR_PID_NS or os.path.exists(f"/proc/{call.pid}/task/{call.ret}"):
+            return call.pid
+    except OSError:  # the caller is gone: what it made is read through its own events
+        return call.pid
+    return call.ret
+
+
+_OUR_PID_NS = os.readlink("/proc/self/ns/pid")
 
 
 class Watched:
