@@ -146,7 +146,10 @@ class Live(Reading):
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        for w in (w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None):
+        watchers = [w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None]
+        for w in watchers:  # (all at once: each takes up to WAKE to see it)
+            w.ask_stop()
+        for w in watchers:
             w.stop()
 
     def touch(self, pids: Iterable[int]) -> None:

@@ -23,9 +23,10 @@ log = logging.getLogger("namespacefs.service")
 
 Touch = Callable[[Iterable[int]], None]
 Rescan = Callable[[str], None]
-#: Seconds a watcher sleeps at most: how stale drained_at (and so the model's as-of time) gets on a
-#: host where nothing happens.
-WAKE = 0.2
+#: Seconds a watcher sleeps at most (how long its thread takes to stop). While it sleeps with
+#: nothing left to read, its drained_at is the time it is asked (`Watcher.drained_at`), so the
+#: model's as-of time does not lag on a host where nothing happens.
+WAKE = 1.0
 #: Datagrams (one event each) the proc connector's thread reads before it hands their pids over, at
 #: most (all there are when fewer are queued).
 BATCH = 64
@@ -49,9 +50,41 @@ class Watcher:
         self.error: str | None = None  # why it does not run, if it does not
         self.counts: Counter[str] = Counter()  # what it saw, by kind
         self.overruns = 0
-        self.drained_at = time.time()  # every event before this was handed to touch()
+        self._drained = time.time()  # every event before this was handed to touch()
+        self._waiting: object | None = None  # a new token each time the thread waits, having drained all
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def drained_at(self) -> float:
+        """The time up to which every event was handed to touch(): when the thread last found
+        nothing more to read; or, while it waits with nothing read since (the same wait before and
+        after the check) and nothing is pending, now."""
+        token = self._waiting
+        if token is None:
+            return self._drained
+        asked = time.time()
+        return asked if not self.pending() and self._waiting is token else self._drained
+
+    @drained_at.setter
+    def drained_at(self, when: float) -> None:
+        self._drained = when
+
+    def pending(self) -> bool:
+        """Something is queued that the thread has not read (True where that cannot be asked)."""
+        return True
+
+    def _wait(self, wait: Callable[[], object]) -> None:
+        """wait() for events, having handed over everything up to drained_at."""
+        self._waiting = object()
+        try:
+            wait()
+        finally:
+            self._waiting = None
+
+    def ask_stop(self) -> None:
+        """Tell the thread to end (within WAKE); stop() waits for it."""
+        self._stop.set()
 
     @property
     def running(self) -> bool:
@@ -104,6 +137,7 @@ class ProcConnector(Watcher):
 
     def _run(self) -> None:
         assert self.sock is not None
+        sock = self.sock
         pids: list[int] = []  # (handed over once per drain, or per BATCH datagrams: one wake-up of the updater)
         read = 0
         while not self._stop.is_set():
@@ -112,13 +146,13 @@ class ProcConnector(Watcher):
                 pids, read = [], 0
             try:
                 asked = time.time()
-                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:  # nothing queued: every event before `asked` was handled
                 if pids:
                     self.touch(pids)
                     pids, read = [], 0
                 self.drained_at = asked
-                select.select([self.sock], [], [], WAKE)
+                self._wait(lambda: select.select([sock], [], [], WAKE))
                 continue
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
@@ -135,6 +169,15 @@ class ProcConnector(Watcher):
                     continue
                 self.counts[name] += 1
                 pids.append(pid)
+
+    def pending(self) -> bool:
+        sock = self.sock
+        if sock is None:
+            return True
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):  # (closed as the daemon stops)
+            return True
 
     def close(self) -> None:
         if self.sock is not None:
@@ -157,16 +200,23 @@ class Tracepoints(Watcher):
         if self.error:
             log.warning("%s", self.error)
 
+    def pending(self) -> bool:
+        try:
+            return self.tracer is None or self.tracer.pending()
+        except (OSError, ValueError):  # (closed as the daemon stops)
+            return True
+
     @property
     def mounted_tracefs(self) -> str | None:
         return self.tracer.mounted if self.tracer is not None else None
 
     def _run(self) -> None:
         assert self.tracer is not None
-        me, lost = os.getpid(), 0
+        tracer, me, lost = self.tracer, os.getpid(), 0
         while not self._stop.is_set():
             try:
-                calls = self.tracer.poll_calls(WAKE)
+                self._wait(lambda: tracer.wait(WAKE))
+                calls = tracer.calls()
             except OSError as e:
                 self.error = f"syscall tracepoints failed ({e})"
                 log.error("%s; relying on the sweep and full rescans", self.error)
