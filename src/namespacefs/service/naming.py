@@ -110,7 +110,11 @@ class Naming:
         self.spent, self.whole = time.monotonic() - clock, time.thread_time() - cpu
         self.named_at, self.due, self.stale, self.provisional = time.monotonic(), math.inf, False, False
         self.passes += 1
-        return _renamed(raw, _same_objects(named, current))
+        result = _same_objects(named, current)
+        before, after = raw.namespaces, result.namespaces
+        # (what differs, by identity: the events, the next naming and the mount watch look at those only)
+        differ = frozenset(i for i, ns in after.items() if before.get(i) is not ns) | (before.keys() - after.keys())
+        return _renamed(raw, result, differ)
 
 
 def _changed(base: Snapshot, raw: Snapshot) -> frozenset[int]:
