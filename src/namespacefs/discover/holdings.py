@@ -16,9 +16,10 @@ their holders, owner and parent with them). Nothing in an update walks every nam
 
 from __future__ import annotations
 
-from bisect import insort
+import contextlib
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
-from itertools import filterfalse
+from itertools import chain, filterfalse
 
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
 
@@ -57,21 +58,38 @@ def holders_of(ns: Namespace) -> tuple[Parts, Parts]:
 
 def swapped(holders: tuple[Holder, ...], gave: list[Holder], gives: tuple[Holder, ...]) -> tuple[Holder, ...]:
     """`holders` with what the re-read gave before (`gave`, all among them) replaced by what it
-    gives now: the same tuple if that is the same; else those no longer given taken out (in C: a
-    namespace many processes are in has thousands of holders) and the new ones put at the end."""
+    gives now: the same tuple if that is the same; else those no longer given taken out and the new
+    ones put at the end (in C: a namespace many processes are in has thousands of holders)."""
     before, after = set(gave), set(gives)
     if before == after:
         return holders
     gone = before - after
-    kept = tuple(filterfalse(gone.__contains__, holders)) if gone else holders
+    kept = _without(holders, gone) if gone else holders
     return kept + tuple(h for h in gives if h not in before)
+
+
+def _without(items: tuple[Holder, ...], gone: set[Holder]) -> tuple[Holder, ...]:
+    """`items` less `gone`: a few found by position (a scan in C, ~3x cheaper than hashing every
+    item), more by a filter."""
+    if len(gone) <= FEW:
+        with contextlib.suppress(ValueError):  # (one missing: the filter, which needs none)
+            cuts = sorted(items.index(h) for h in gone)
+            return tuple(chain.from_iterable(items[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(items)], strict=True)))
+    return tuple(filterfalse(gone.__contains__, items))
+
+
+#: Holders taken out of a namespace by position at most (`_without`).
+FEW = 4
 
 
 def resorted(procs: tuple[int, ...], was: set[int], now: tuple[int, ...]) -> tuple[int, ...]:
     """The sorted pids `procs` with `was` (the re-read processes that were in it) replaced by `now`."""
     after = set(now)
-    gone = was - after
-    kept = list(filterfalse(gone.__contains__, procs)) if gone else list(procs)
+    kept = list(procs)
+    for pid in was - after:
+        at = bisect_left(kept, pid)
+        if at < len(kept) and kept[at] == pid:
+            del kept[at]
     for pid in sorted(after - was):
         insort(kept, pid)
     return tuple(kept)
