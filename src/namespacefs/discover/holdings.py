@@ -56,6 +56,18 @@ def holders_of(ns: Namespace) -> tuple[Parts, Parts]:
             {m: {ns.inode: tuple(hs)} for m, hs in by_mnt.items()})
 
 
+def indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
+    """The `owner` and `parent` holders a namespace gets from those that name it (a user
+    namespace's owner is its parent: counted once), as discovery gives them."""
+    out = []
+    for k in sorted(kids, key=lambda n: n.inode):
+        if k.owner == inode and k.owner != k.parent:
+            out.append(Holder("owner", via=k.inode))
+        if k.parent == inode:
+            out.append(Holder("parent", via=k.inode))
+    return tuple(out)
+
+
 def swapped(holders: tuple[Holder, ...], gave: list[Holder], gives: tuple[Holder, ...]) -> tuple[Holder, ...]:
     """`holders` with what the re-read gave before (`gave`, all among them) replaced by what it
     gives now: the same tuple if that is the same; else those no longer given taken out and the new

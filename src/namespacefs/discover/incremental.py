@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
 from namespacefs.discover import SOURCES, freeze, hierarchy, mounts, processes, read_user_maps
-from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, resorted, swapped
+from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
@@ -195,7 +195,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     changed |= merge.visited
     _last.clear()  # (moved on in place: an error half-way must leave no index behind)
     if chosen >= KINDS_OF.keys():
-        index.advance(new, merge.visited, touched, remounted, fresh)
+        index.advance(new, merge.visited, touched, remounted | merge.unmounted, fresh)
     else:  # (some per-process sources were not read: what the touched processes hold is not all known)
         index = Holdings(new)
     _last.append(index)
@@ -233,6 +233,8 @@ class _Merge:
         self.todo: set[int] = set()  # inodes to check for being held at the end
         self.dropped: set[int] = set()  # inodes removed as dead
         self.visited: set[int] = set()  # every inode whose entry changed
+        self.remounted = remounted
+        self.unmounted: set[int] = set()  # mount namespaces gone, whose bind mounts went with them
         kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF)) | {BINDMOUNT}
         gave = index.affected(touched, remounted, recheck)
         if kinds < PER_PROCESS | {BINDMOUNT}:  # (holders of the sources not read stay as they are)
@@ -254,6 +256,8 @@ class _Merge:
                 continue
             if prev is not None:  # the inode was reused: the namespace that had it is dead
                 self._dead(prev)
+                if prev.type == "mnt" and inode not in self.remounted:
+                    self.todo.update(self._unmount(inode))
             self.table[inode] = ns._replace(holders=direct(ns.holders))
             self.todo.add(inode)
         merged.extend(i for i in self.gave if i not in self.fresh)
@@ -327,18 +331,23 @@ class _Merge:
         """Every namespace to check: kept with its direct holders, else with `owner`/`parent`
         holders from the namespaces that name it, else dropped (and its owner and parent checked).
         Where nothing changed after all, the old object stays (front ends cache per object)."""
+        for inode in self.dropped:
+            if self.old.namespaces[inode].type == "mnt" and inode not in self.table:
+                self.todo.update(self._unmount(inode))
         todo, seen = list(self.todo), set(self.todo)
         while todo:
             inode = todo.pop()
             ns = self.table.get(inode)
             if ns is None:
                 continue
-            holders = direct(ns.holders) or _indirect(inode, self._children(inode)) or _kernel_held(ns)
+            holders = direct(ns.holders) or indirect(inode, self._children(inode)) or _kernel_held(ns)
             if not holders:
                 del self.table[inode]
-                refs = [r for r in (ns.owner, ns.parent) if r is not None]
-                todo.extend(refs)
-                seen.update(refs)
+                again = [r for r in (ns.owner, ns.parent) if r is not None]
+                if ns.type == "mnt":
+                    again += self._unmount(inode)
+                todo.extend(again)
+                seen.update(again)
             elif holders != ns.holders:
                 self.table[inode] = ns._replace(holders=holders)
         self.visited = set()
@@ -351,16 +360,17 @@ class _Merge:
         self.changed = bool(self.visited)
 
 
-def _indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
-    """The `owner` and `parent` holders a namespace gets from those that name it (a user
-    namespace's owner is its parent: counted once), as discovery gives them."""
-    out = []
-    for k in sorted(kids, key=lambda n: n.inode):
-        if k.owner == inode and k.owner != k.parent:
-            out.append(Holder("owner", via=k.inode))
-        if k.parent == inode:
-            out.append(Holder("parent", via=k.inode))
-    return tuple(out)
+    def _unmount(self, mntns: int) -> list[int]:
+        """A mount namespace that is gone takes its bind mounts with it (nothing can read its table
+        any more): they are taken out of the namespaces they held; those, to check again."""
+        self.unmounted.add(mntns)
+        out = []
+        for target, part in self.index.by_mntns.get(mntns, {}).items():
+            ns = self.table.get(target)
+            if ns is not None and (holders := swapped(ns.holders, list(part), ())) is not ns.holders:
+                self.table[target] = ns._replace(holders=holders)
+                out.append(target)
+        return out
 
 
 #: (inode, id) -> when a namespace was first kept as KERNEL_HELD (time.monotonic()).
