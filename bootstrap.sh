@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(
-  python3-venv python3-dev gcc pkg-config      # the venv, building our C (_walk.c, _tree.c)
+  python3-venv python3-dev gcc                 # the venv, building our C (_walk.c, _tree.c, _digest.c)
   valgrind strace                              # the walk's memory check in the tests; the bench's read audit
   fuse3                                        # the FUSE filesystem (fusermount3 clears a stale mount)
   util-linux iproute2 procps psmisc acl attr   # lsns/unshare/nsenter to compare and test with, ip netns
@@ -24,7 +24,7 @@ APT_PACKAGES=(
   systemd man-db                               # systemd-analyze verify of the unit (it runs man for Documentation=)
 )
 # What a system install needs (no test tools, no browser): the venv and building our C.
-SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc pkg-config fuse3 util-linux)
+SYSTEM_APT_PACKAGES=(python3-venv python3-dev gcc fuse3 util-linux)
 cmd=${1:-run}
 shift || true
 
@@ -85,7 +85,7 @@ fi
 ensure_apt "${APT_PACKAGES[@]}"
 
 # (an edit of the C extension's source installs again, which rebuilds it)
-stamp=.venv/.installed-$(cat pyproject.toml src/namespacefs/_walk.c src/namespacefs/_tree.c | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml src/namespacefs/*.c | sha256sum | cut -c1-16)
 if [ -e .venv ] && [ "$(cat .venv/.python 2>/dev/null)" != "$PY" ]; then
   echo "bootstrap.sh: making .venv again with $PY" >&2
   rm -rf .venv
@@ -97,7 +97,7 @@ if [ ! -e "$stamp" ]; then
     echo "bootstrap.sh: installing namespacefs failed (see above; its C extension needs gcc and python3-dev)" >&2
     exit 1
   fi
-  for ext in _walk _tree; do
+  for ext in _walk _tree _digest; do
     if ! .venv/bin/python -c "import namespacefs.$ext" 2>/dev/null; then
       echo "bootstrap.sh: namespacefs.$ext (src/namespacefs/$ext.c) was not built: see the compiler's messages above" >&2
       exit 1

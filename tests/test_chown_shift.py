@@ -10,25 +10,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from chown_trees import Listing, listing, make_rich, odd_dir, odd_file, shifted
+from compiled import asan_run, valgrind_errors
 from conftest import kill_group, nsfs
 from namespacefs import _tree, kernel
 from namespacefs.ops import chown_shift
 from test_shift import kill_mid_run, mounts  # noqa: F401 - the `mounts` fixture
-from test_walk import build_extension
 
+TREE_SOURCE = Path(_tree.__file__).parent / "_tree.c"
 MAP = "1000:2000:10000"  # its range overlaps its domain: shifting anything twice shows (2000 -> 3000)
 
 
@@ -278,34 +277,13 @@ RUN_TREE = textwrap.dedent("""
 def test_the_tree_code_runs_clean_under_valgrind(tmp_path: Path) -> None:
     """No invalid read or write, no use of uninitialised memory and no definite leak with a stack in
     _tree.c, over a plan, a shift with a conflict and a vanished directory, and a rollback."""
-    if shutil.which("valgrind") is None:
-        pytest.skip("valgrind is not installed (bootstrap.sh installs it)")
-    build = build_extension(Path(_tree.__file__).parent / "_tree.c", tmp_path)
-    log = tmp_path / "valgrind.xml"
-    done = subprocess.run(
-        ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
-         "--xml=yes", f"--xml-file={log}", sys.executable, "-c", RUN_TREE, str(build), str(Path(__file__).parent),
-         str(tmp_path)], capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONMALLOC": "malloc"})
-    assert done.returncode in (0, 99), done.stderr[-2000:]
-    assert str(build) in done.stdout  # the build under test
-    assert int(done.stdout.split()[1]) > 1  # ran it all: the conflict and the directory gone
-    errors = ET.parse(log).getroot().findall("error")
-    ours = [(e.findtext("kind"), e.findtext("what") or e.findtext("xwhat/text")) for e in errors
-            if any("_tree" in (f.findtext("obj") or "") or f.findtext("file") == "_tree.c" for f in e.iter("frame"))]
-    assert not ours, ours
+    out, errors = valgrind_errors(TREE_SOURCE, tmp_path, RUN_TREE, str(Path(__file__).parent), str(tmp_path))
+    assert str(tmp_path) in out  # the build under test
+    assert int(out.split()[1]) > 1  # ran it all: the conflict and the directory gone
+    assert not errors, errors
 
 
 def test_the_tree_code_runs_clean_under_address_sanitizer(tmp_path: Path) -> None:
-    runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(runtime) or not os.path.exists(runtime):
-        pytest.skip("gcc has no AddressSanitizer runtime here")
-    build = build_extension(Path(_tree.__file__).parent / "_tree.c", tmp_path, "-fsanitize=address,undefined",
-                            "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
-    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=98",
-           "UBSAN_OPTIONS": "halt_on_error=1:exitcode=98"}
-    done = subprocess.run([sys.executable, "-c", RUN_TREE, str(build), str(Path(__file__).parent), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert str(build) in done.stdout and "ERROR: AddressSanitizer" not in done.stderr
+    assert str(tmp_path) in asan_run(TREE_SOURCE, tmp_path, RUN_TREE, str(Path(__file__).parent), str(tmp_path))
 
 

@@ -63,6 +63,8 @@ CACHED_TIMEOUT = 60.0
 #: except for what looks the same to every reader (SHARED).
 TIMEOUT = 1.0
 SHARED = frozenset({Kind.ROOT, Kind.TYPE, Kind.TREE, Kind.FILE, Kind.BY})
+#: by/ and its directories (listings made from names and containers)
+BY_DIRECTORIES = frozenset({Kind.BY, Kind.BYDIR})
 DIRECTORIES = frozenset({Kind.ROOT, Kind.TREE, Kind.BY, Kind.TYPE, Kind.NS, Kind.TDIR, Kind.BYDIR})
 #: Kinds whose node is a namespace of the snapshot (found again by its key).
 OF_A_NAMESPACE = frozenset({Kind.NS, Kind.FILE, Kind.LINK, Kind.TDIR, Kind.TLINK, Kind.BYLINK})
@@ -114,6 +116,7 @@ class Nodes:
     def __init__(self, tree_of: Callable[[Snapshot], ContainerTree | None]) -> None:
         self._ino: dict[Key, int] = {ROOT: ROOT_INODE}
         self._key: dict[int, Key] = {ROOT_INODE: ROOT}
+        self._by_dirs: list[int] = []  # by/ and its directories: their listings change with any name
         self._tree_of = tree_of  # the container tree of a snapshot, if it is known yet (by/)
         self._by: tuple[layout.View, selectors.ByDir] | None = None
 
@@ -128,6 +131,8 @@ class Nodes:
         if ino is None:
             ino = self._ino[key] = len(self._ino) + 1
             self._key[ino] = key
+            if key[0] in BY_DIRECTORIES:
+                self._by_dirs.append(ino)
         return ino
 
     def node(self, view: layout.View, ino: int) -> Node:

@@ -278,7 +278,7 @@ class NamespaceFS(Nodes, Changes):
             self._gone[layout.display_name(ns)] = now
         if self.filtered or self.session is None:
             return  # (with --allow-other the kernel caches no listing, and names for 1 s at most)
-        dirs, names = invalidation.stale(old, new, d, self._ino)
+        dirs, names = invalidation.stale(old, new, d, self._ino, self._by_dirs)
         for parent, name in names:
             self.session.invalidate_entry(parent, os.fsencode(name))
         for number in dirs:

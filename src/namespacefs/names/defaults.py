@@ -12,12 +12,11 @@ Precedence, within each scope (the namespaces owned by one user namespace):
 from __future__ import annotations
 
 import errno
-import functools
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from namespacefs._digest import hmac_sha256_hex
 from namespacefs.kernel import HIERARCHICAL, NS_TYPES
 from namespacefs.model import Namespace, NsType, Snapshot, by_type, netns_names
 from namespacefs.names.store import NamingError, StoredName
@@ -61,55 +60,32 @@ def scope_key(ns: Namespace, snapshot: Snapshot) -> str:
 
 def digest(nstype: str, ident: int | None, inode: int, seed: str) -> str:
     """The full hex digest behind a default name: HMAC-SHA256(seed, what)."""
-    return _digest(_keyed(seed), nstype, ident, inode)
+    return hmac_sha256_hex(seed.encode(), [_message(nstype, ident, inode)])[0]
 
 
-#: HMAC-SHA256 keyed once: the inner and outer hashes with the padded key already in them
-#: (RFC 2104: H(K ^ opad || H(K ^ ipad || text))), copied per namespace. The same digest as
-#: hmac.new(seed, what, sha256), for a third of its cost: names are made for thousands of
-#: namespaces at every command.
-Keyed = tuple["hashlib._Hash", "hashlib._Hash"]
+def _message(nstype: str, ident: int | None, inode: int) -> bytes:
+    """What the digest is of: the type and the 64-bit id, or the inode on kernels without ids."""
+    return f"{nstype}:id:{ident}".encode() if ident is not None else f"{nstype}:ino:{inode}".encode()
 
 
-def _digest(keyed: Keyed, nstype: str, ident: int | None, inode: int) -> str:
-    inner, outer = keyed[0].copy(), keyed[1].copy()
-    inner.update(f"{nstype}:id:{ident}".encode() if ident is not None else f"{nstype}:ino:{inode}".encode())
-    outer.update(inner.digest())
-    return outer.hexdigest()
-
-
-#: (seed, type, id, inode) -> digest: a namespace's default name depends on these alone, so a
-#: process that names many snapshots (the daemon) works each out once. Emptied when it grows past
+#: seed -> {message: digest}: a namespace's default name depends on these alone, so a process
+#: that names many snapshots (the daemon) works each out once. Emptied when it grows past
 #: DIGESTS_KEPT (namespaces long gone).
-_DIGESTS: dict[tuple[str, str, int | None, int], str] = {}
+_DIGESTS: dict[str, dict[bytes, str]] = {}
 DIGESTS_KEPT = 200_000
 
 
 def _digests(members: list[Namespace], seed: str) -> dict[int, str]:
-    """inode -> the full digest of each (from _DIGESTS where it is there)."""
-    if len(_DIGESTS) > DIGESTS_KEPT:
-        _DIGESTS.clear()
-    keyed = _keyed(seed)
-    out: dict[int, str] = {}
-    for ns in members:
-        key = (seed, ns.type, ns.id, ns.inode)
-        found = _DIGESTS.get(key)
-        if found is None:
-            found = _DIGESTS[key] = _digest(keyed, ns.type, ns.id, ns.inode)
-        out[ns.inode] = found
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _keyed(seed: str) -> Keyed:
-    key = seed.encode()
-    if len(key) > _BLOCK:  # (RFC 2104: a key longer than the block is hashed first)
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
-
-
-_BLOCK: Final = 64  # SHA-256's block size in bytes
+    """inode -> the full digest of each (from _DIGESTS where it is there; the others in one call of
+    the compiled HMAC: thousands of namespaces are named at every command)."""
+    known = _DIGESTS.setdefault(seed, {})
+    if len(known) > DIGESTS_KEPT:
+        known.clear()
+    messages = [_message(ns.type, ns.id, ns.inode) for ns in members]
+    missing = [m for m in messages if m not in known]
+    if missing:
+        known.update(zip(missing, hmac_sha256_hex(seed.encode(), missing), strict=True))
+    return {ns.inode: known[m] for ns, m in zip(members, messages, strict=True)}
 
 
 def default_name(ns: Namespace, seed: str, length: int = SHORT) -> str:
