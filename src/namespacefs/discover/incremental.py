@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, freeze, hierarchy, mounts, processes, read_user_maps
+from namespacefs.discover import SOURCES, freeze, hierarchy, holdings, mounts, processes, read_user_maps
 from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
@@ -207,7 +207,7 @@ def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mappin
     same = all(old.get(pid) == p for pid, p in read.items()) and all(pid in read for pid in touched if pid in old)
     if same:
         return old
-    procs = dict(old)
+    procs = holdings.copied(old)
     for pid in touched:
         procs.pop(pid, None)
     for pid, p in read.items():
@@ -225,7 +225,7 @@ class _Merge:
     def __init__(self, old: Snapshot, index: Holdings, touched: frozenset[int], chosen: frozenset[str],
                  remounted: set[int], recheck: bool) -> None:
         self.old, self.index = old, index
-        self.table: dict[int, Namespace] = dict(old.namespaces)
+        self.table: dict[int, Namespace] = holdings.copied(old.namespaces)
         self.changed = False
         self.suspects: set[int] = set()
         self.fresh: set[int] = set()  # inodes the read found (alive when it read them)
