@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from namespacefs.discover import incremental
+from namespacefs.discover import holdings, incremental
 from namespacefs.model import Namespace, Snapshot, netns_names
 
 Namer = Callable[[Snapshot], Snapshot]
@@ -100,7 +100,7 @@ class Naming:
                           processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
         named = self.name_func(sub)
         self.spent = time.monotonic() - clock
-        return _renamed(raw, raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed),
+        return _renamed(raw, _with(raw, (named.namespaces[ns.inode] for ns in unnamed)),
                         frozenset(ns.inode for ns in unnamed))
 
     def _whole(self, raw: Snapshot, current: Snapshot | None) -> Snapshot:
@@ -151,7 +151,14 @@ def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
     if (len(same) == len(new.namespaces) == len(old.namespaces) and new.processes is old.processes
             and new.taken_at == old.taken_at):
         return old  # a pass that changed nothing: no new model (no events, nothing served anew)
-    return new.with_namespaces(same) if same else new
+    return _with(new, same) if same else new
+
+
+def _with(snap: Snapshot, namespaces: Iterable[Namespace]) -> Snapshot:
+    """snap.with_namespaces(namespaces), its table copied by dict.copy() (holdings.copied)."""
+    table = holdings.copied(snap.namespaces)
+    table.update((ns.inode, ns) for ns in namespaces)
+    return snap.replace(namespaces=table)
 
 
 def names_path(given: str | None) -> str:
