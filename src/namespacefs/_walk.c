@@ -6,12 +6,16 @@
  * end one process's read come back in its record as an errno, so the Python side counts them at
  * its one error boundary (Scan.failed).
  *
- * The syscalls run without the GIL (in blocks: a process's files and links, a directory's entries
- * and links, a namespace's ioctls), so the live service's other threads keep answering while it
- * scans; Python objects are made between the blocks. Memory used without the GIL is PyMem_Raw*.
+ * The syscalls run without the GIL, so the live service's other threads keep answering while it
+ * scans, in as few blocks as there are points where Python objects must be looked at (each block
+ * ends in a GIL hand-over: a futex call when the other walk thread holds it): a process's files,
+ * links and fd directory; the namespaces new to the walk that its links name (opened, fstat'ed and
+ * asked their ioctls together); its mount table; its threads; each socket probe. Python objects
+ * are made between the blocks. Memory used without the GIL is PyMem_Raw*.
  *
  * Kernel interfaces used, with their headers:
  *   openat, read, close, fstat, readlinkat     man 2; proc(5) for the files under /proc/PID
+ *   getrlimit (RLIMIT_NOFILE)                  man 2
  *   getdents64                                 include/uapi/linux/dirent.h (struct linux_dirent64)
  *   NS_GET_NSTYPE, NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID, NS_GET_ID (6.18),
  *   NS_GET_MNTNS_ID (6.8)                      include/uapi/linux/nsfs.h
@@ -27,11 +31,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/nsfs.h>
+#include <pthread.h>
 #include <linux/sockios.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -60,6 +66,7 @@
 #define WANT_MOUNTS 16 /* the mountinfo of the first process seen in each mount namespace */
 
 #define MAX_LINKS 16       /* ns/ links per process (10 on Linux 6.18) */
+#define MAX_HELD 32        /* namespaces a walk keeps open (see Held) */
 #define MAX_DEPTH 64       /* owner/parent chains: user and pid namespaces nest at most 32 deep */
 #define DIRENT_BUF 32768
 
@@ -68,6 +75,100 @@ typedef struct {
     char *data;
     size_t size;
 } Buffer;
+
+/* The namespaces a walk keeps open, one fd each, the MAX_HELD it wanted last. nsfs frees a
+ * namespace's dentry and inode at the last close of it, so with nothing holding it each open of
+ * it makes both again: NS_GET_USERNS for every namespace an owner is asked of (~3 us each: the
+ * initial user namespace owns nearly every namespace of a host), SIOCGSKNS for every socket of a
+ * process in the net namespace the walk read a moment ago. These fds are the scanner's own
+ * files, never a holder it reports: a walk reading this very process skips every fd some walk of
+ * this process holds (held_by_a_walk: one registry for all threads, since any of them may be
+ * walking). */
+typedef struct {
+    int fds[MAX_HELD];
+    unsigned long long inodes[MAX_HELD];
+    unsigned long used[MAX_HELD]; /* when each was last wanted (clock): the least recent goes first */
+    unsigned long clock;
+    int count;
+    int below; /* only fds numbered below this are kept (a quarter of RLIMIT_NOFILE: the files the
+                * walk keeps must not be the ones that make a later open fail with EMFILE) */
+} Held;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static int registry[4 * MAX_HELD]; /* the fds every walk in this process holds (-1: a free slot) */
+static int registry_used;          /* slots in use at the front of registry (free ones are -1) */
+
+/* Take fd (of the namespace inode) into held, in place of the one wanted least recently when held
+ * is full, and into the registry if it has room: 1 if taken (the walk now owns it until it is
+ * replaced or release_held), else 0. No GIL needed. */
+static int hold(Held *held, int fd, unsigned long long inode)
+{
+    if (fd >= held->below)
+        return 0;
+    int slot = held->count, old = -1;
+    if (slot == MAX_HELD) {
+        slot = 0;
+        for (int i = 1; i < MAX_HELD; i++)
+            if (held->used[i] < held->used[slot])
+                slot = i;
+        old = held->fds[slot];
+    }
+    int taken = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < registry_used && !taken; i++)
+        if (registry[i] == old) /* (-1: the first free slot) */
+            registry[i] = fd, taken = 1;
+    if (!taken && old == -1 && registry_used < (int)(sizeof registry / sizeof registry[0]))
+        registry[registry_used++] = fd, taken = 1;
+    pthread_mutex_unlock(&registry_lock);
+    if (!taken)
+        return 0;
+    if (old >= 0)
+        close(old); /* (out of the registry first, so no walk skips the fd once it is reused) */
+    held->count += slot == held->count;
+    held->fds[slot] = fd;
+    held->inodes[slot] = inode;
+    held->used[slot] = ++held->clock;
+    return 1;
+}
+
+/* Is the namespace inode held (and so wanted now)? */
+static int is_held(Held *held, unsigned long long inode)
+{
+    for (int i = 0; i < held->count; i++)
+        if (held->inodes[i] == inode) {
+            held->used[i] = ++held->clock;
+            return 1;
+        }
+    return 0;
+}
+
+/* Is fd one that some walk of this process holds? */
+static int held_by_a_walk(long fd)
+{
+    int found = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < registry_used && !found; i++)
+        found = registry[i] == fd;
+    pthread_mutex_unlock(&registry_lock);
+    return found;
+}
+
+/* Close what a walk held (out of the registry first, so no walk skips the fd once it is reused). */
+static void release_held(Held *held)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int k = 0; k < held->count; k++)
+        for (int i = 0; i < registry_used; i++)
+            if (registry[i] == held->fds[k])
+                registry[i] = -1;
+    while (registry_used > 0 && registry[registry_used - 1] == -1)
+        registry_used--;
+    pthread_mutex_unlock(&registry_lock);
+    for (int k = 0; k < held->count; k++)
+        close(held->fds[k]);
+    held->count = 0;
+}
 
 /* What one walk() call carries around. */
 typedef struct {
@@ -83,9 +184,18 @@ typedef struct {
     Py_ssize_t socket_kind; /* the index of "socket" in kinds, or -1 */
     Py_ssize_t mnt_link;    /* the index of "mnt" in links, or -1 */
     int flags;
+    long self;     /* this process's pid in the proc directory walked (-1: not known, so nothing held) */
+    int reading_self; /* the process being read is this one: held fds are not among its fds */
+    Held held;
     Buffer status, cmdline, cgroup; /* one per file of a process: all three are read in one block */
     Buffer mountinfo;
 } Walk;
+
+/* What this walk may hold: nothing while it cannot tell this process among those it reads. */
+static Held *held_of(Walk *w)
+{
+    return w->self > 0 ? &w->held : NULL;
+}
 
 /* --- small helpers ------------------------------------------------------------------------- */
 
@@ -240,18 +350,117 @@ static PyObject *optional_u64(int known, unsigned long long value)
     return PyLong_FromUnsignedLongLong(value);
 }
 
-/* Read the namespace behind fd (which this closes) into known: (CLONE_NEW* type, st_dev, id or
- * None, owner inode or None, parent inode or None, owner uid or None), following NS_GET_USERNS and
- * NS_GET_PARENT to relatives not known yet. type: what the way fd was opened fixes (an ns/TYPE
- * link, NS_GET_USERNS, SIOCGSKNS), else 0 and NS_GET_NSTYPE asks. Returns the inode (also when the
- * namespace itself could not be read: it is then left out of known, for the Python side), 0 when
- * fd is no file at all, -1 on a Python error (exception set). */
-static long long resolve(PyObject *known, int fd, int type, int depth)
+/* Done with fd, an nsfs file of the namespace inode of this type (<= 0: not an nsfs file): kept
+ * open unless that namespace is held already (see Held; held NULL: nothing is), else closed. No
+ * GIL needed. */
+static void done_with(Held *held, int fd, int type, unsigned long long inode)
 {
-    struct stat st;
+    if (held == NULL || type <= 0 || is_held(held, inode) || !hold(held, fd, inode))
+        close(fd);
+}
+
+/* What the syscalls read of one namespace (read_ns), before it goes into known. */
+typedef struct {
+    struct stat st;         /* of the namespace's own fd */
+    int type;               /* its CLONE_NEW* type, <= 0 when the fd is no nsfs file */
+    int has_id, has_uid;
+    uint64_t id;
+    uid_t uid;
+    int owner_fd, parent_fd;                  /* from NS_GET_USERNS / NS_GET_PARENT, or -1 */
+    unsigned long long owner_ino, parent_ino; /* their inodes (0: fstat failed) */
+} NsRead;
+
+/* The ioctls of the namespace behind fd, r->st already its fstat (type: what the way fd was
+ * opened fixes, an ns/TYPE link, NS_GET_USERNS, SIOCGSKNS; else 0 and NS_GET_NSTYPE asks), and
+ * the fstat of the relatives they give; fd is then done with. Syscalls only: runs without the
+ * GIL, all in one block (each block costs a GIL hand-over, a futex call when the other walk
+ * thread wants it). */
+static void read_ns(Held *held, int fd, int type, NsRead *r)
+{
+    r->type = type ? type : ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
+    r->has_id = r->has_uid = 0;
+    r->id = 0;
+    r->uid = 0; /* (NS_GET_OWNER_UID is an _IO ioctl: a checker cannot tell that it writes uid) */
+    r->owner_fd = r->parent_fd = -1;
+    r->owner_ino = r->parent_ino = 0;
+    if (r->type > 0) {
+        r->has_id = ioctl(fd, NS_GET_ID, &r->id) == 0;
+        if (!r->has_id && r->type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
+            r->has_id = ioctl(fd, NS_GET_MNTNS_ID, &r->id) == 0; /* 6.8–6.17: the same number */
+        r->owner_fd = ioctl(fd, NS_GET_USERNS);                  /* EPERM: outside what we may see */
+        if (r->type == CLONE_NEWPID)
+            r->parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
+        r->has_uid = r->type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &r->uid) == 0;
+        struct stat rel;
+        if (r->owner_fd >= 0 && fstat(r->owner_fd, &rel) == 0)
+            r->owner_ino = rel.st_ino;
+        if (r->parent_fd >= 0 && fstat(r->parent_fd, &rel) == 0)
+            r->parent_ino = rel.st_ino;
+    }
+    done_with(held, fd, r->type, r->st.st_ino);
+}
+
+static long long resolve(PyObject *known, Held *held, int fd, int type, int depth);
+
+/* A relative's fd (owner, parent, a socket's namespace) whose fstat gave ino: read into known
+ * unless it is there already, then done with. Its inode, 0 when there is none (no fd, or no
+ * file behind it), -1 on a Python error. */
+static long long relative(PyObject *known, Held *held, int fd, unsigned long long ino, int type, int depth)
+{
+    if (fd < 0)
+        return 0;
+    if (ino == 0) {
+        close(fd);
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(ino);
+    int seen = key == NULL ? -1 : PyDict_Contains(known, key);
+    Py_XDECREF(key);
+    if (seen == 0 && depth <= MAX_DEPTH)
+        return resolve(known, held, fd, type, depth);
+    done_with(held, fd, type, ino);
+    return seen < 0 ? -1 : (long long)ino;
+}
+
+/* What read_ns read, into known: (CLONE_NEW* type, st_dev, id or None, owner inode or None, parent
+ * inode or None, owner uid or None), relatives not known yet read in their turn. Returns the
+ * inode (also when the namespace itself could not be read: it is then left out of known, for the
+ * Python side), -1 on a Python error (exception set). */
+static long long store(PyObject *known, Held *held, NsRead *r, int depth)
+{
+    if (r->type <= 0)
+        return (long long)r->st.st_ino;
+    long long owner = relative(known, held, r->owner_fd, r->owner_ino, CLONE_NEWUSER, depth + 1);
+    long long parent = 0;
+    if (owner >= 0)
+        parent = relative(known, held, r->parent_fd, r->parent_ino, CLONE_NEWPID, depth + 1);
+    else if (r->parent_fd >= 0)
+        close(r->parent_fd);
+    if (owner < 0 || parent < 0)
+        return -1;
+    if (r->type == CLONE_NEWUSER)
+        parent = owner; /* a user namespace's owner is its parent */
+    PyObject *key = PyLong_FromUnsignedLongLong(r->st.st_ino);
+    PyObject *info = key == NULL ? NULL : Py_BuildValue("(iKNNNN)", r->type, (unsigned long long)r->st.st_dev,
+                                                         optional_u64(r->has_id, r->id),
+                                                         optional_u64(owner > 0, (unsigned long long)owner),
+                                                         optional_u64(parent > 0, (unsigned long long)parent),
+                                                         optional_u64(r->has_uid, r->uid));
+    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
+    Py_XDECREF(info);
+    Py_XDECREF(key);
+    return stored ? (long long)r->st.st_ino : -1;
+}
+
+/* Read the namespace behind fd (which this closes, or holds: done_with) into known (see store),
+ * following NS_GET_USERNS and NS_GET_PARENT to relatives not known yet. Returns its inode, 0
+ * when fd is no file at all, -1 on a Python error (exception set). */
+static long long resolve(PyObject *known, Held *held, int fd, int type, int depth)
+{
+    NsRead r;
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = fstat(fd, &st) < 0;
+    failed = fstat(fd, &r.st) < 0;
     Py_END_ALLOW_THREADS
     if (failed) {
         int saved = errno;
@@ -259,80 +468,79 @@ static long long resolve(PyObject *known, int fd, int type, int depth)
         errno = saved;
         return 0;
     }
-    PyObject *key = PyLong_FromUnsignedLongLong(st.st_ino);
+    PyObject *key = PyLong_FromUnsignedLongLong(r.st.st_ino);
     if (key == NULL) {
         close(fd);
         return -1;
     }
     int seen = PyDict_Contains(known, key);
-    if (seen != 0 || depth > MAX_DEPTH) {
-        Py_DECREF(key);
-        close(fd);
-        return seen < 0 ? -1 : (long long)st.st_ino;
-    }
-    uint64_t id = 0;
-    uid_t uid = 0;
-    int has_id = 0, has_uid = 0, owner_fd = -1, parent_fd = -1;
-    Py_BEGIN_ALLOW_THREADS
-    if (type == 0)
-        type = ioctl(fd, NS_GET_NSTYPE); /* a CLONE_NEW* flag; fails on anything not nsfs */
-    if (type > 0) {
-        has_id = ioctl(fd, NS_GET_ID, &id) == 0;
-        if (!has_id && type == CLONE_NEWNS && (errno == ENOTTY || errno == EINVAL))
-            has_id = ioctl(fd, NS_GET_MNTNS_ID, &id) == 0; /* 6.8–6.17: the same number */
-        owner_fd = ioctl(fd, NS_GET_USERNS);                /* EPERM: outside what we may see */
-        if (type == CLONE_NEWPID)
-            parent_fd = ioctl(fd, NS_GET_PARENT); /* EPERM at the top */
-        has_uid = type == CLONE_NEWUSER && ioctl(fd, NS_GET_OWNER_UID, &uid) == 0;
-    }
-    close(fd);
-    Py_END_ALLOW_THREADS
-    if (type <= 0) {
-        Py_DECREF(key);
-        return (long long)st.st_ino;
-    }
-    long long owner = 0, parent = 0;
-    if (owner_fd >= 0)
-        owner = resolve(known, owner_fd, CLONE_NEWUSER, depth + 1);
-    if (parent_fd >= 0 && owner >= 0)
-        parent = resolve(known, parent_fd, CLONE_NEWPID, depth + 1);
-    else if (parent_fd >= 0)
-        close(parent_fd);
-    if (owner < 0 || parent < 0) {
-        Py_DECREF(key);
-        return -1;
-    }
-    if (type == CLONE_NEWUSER)
-        parent = owner; /* a user namespace's owner is its parent */
-    PyObject *info = Py_BuildValue("(iKNNNN)", type, (unsigned long long)st.st_dev, optional_u64(has_id, id),
-                                   optional_u64(owner > 0, (unsigned long long)owner),
-                                   optional_u64(parent > 0, (unsigned long long)parent),
-                                   optional_u64(has_uid, uid));
-    int stored = info != NULL && PyDict_SetItem(known, key, info) == 0;
-    Py_XDECREF(info);
     Py_DECREF(key);
-    return stored ? (long long)st.st_ino : -1;
+    if (seen != 0 || depth > MAX_DEPTH) {
+        done_with(held, fd, type, r.st.st_ino);
+        return seen < 0 ? -1 : (long long)r.st.st_ino;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    read_ns(held, fd, type, &r);
+    Py_END_ALLOW_THREADS
+    return store(known, held, &r, depth);
 }
 
-/* Open path (relative to dir_fd) and resolve it (as of type, 0: ask) unless inode is known already.
- * -1 on a Python error; otherwise 0 (whatever the kernel answered: what is not read stays for the
- * Python side). */
-static int resolve_path(PyObject *known, int dir_fd, const char *path, unsigned long long inode, int type)
+/* One namespace to open by its path and read (resolve_paths). */
+typedef struct {
+    char path[96];            /* relative to the directory given */
+    unsigned long long inode; /* what its link named */
+    int type;                 /* what the path fixes (0: ask) */
+    int fd;                   /* the opened file, or -1 */
+    int same;                 /* it was still that inode: read (r), its fd done with */
+    NsRead r;
+} NsOpen;
+
+/* Open the paths (relative to dir_fd) of the namespaces in ns not known yet and resolve each:
+ * open, fstat and (when it is still the inode its link named) the ioctls of all of them in one
+ * block without the GIL. ns is reused for the work. -1 on a Python error; otherwise 0 (whatever
+ * the kernel answered: what is not read stays for the Python side). */
+static int resolve_paths(PyObject *known, Held *held, int dir_fd, NsOpen *ns, int n)
 {
-    PyObject *key = PyLong_FromUnsignedLongLong(inode);
-    if (key == NULL)
-        return -1;
-    int seen = PyDict_Contains(known, key);
-    Py_DECREF(key);
-    if (seen != 0)
-        return seen < 0 ? -1 : 0;
-    int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    Py_END_ALLOW_THREADS
-    if (fd < 0)
+    int todo = 0;
+    for (int i = 0; i < n; i++) {
+        int again = 0; /* (pid and pid_for_children: one namespace, opened once) */
+        for (int k = 0; k < todo && !again; k++)
+            again = ns[k].inode == ns[i].inode;
+        PyObject *key = again ? NULL : PyLong_FromUnsignedLongLong(ns[i].inode);
+        int seen = again ? 1 : key == NULL ? -1 : PyDict_Contains(known, key);
+        Py_XDECREF(key);
+        if (seen < 0)
+            return -1;
+        if (!seen && todo != i)
+            ns[todo] = ns[i];
+        todo += !seen;
+    }
+    if (todo == 0)
         return 0;
-    return resolve(known, fd, type, 0) < 0 ? -1 : 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < todo; i++) {
+        NsOpen *o = &ns[i];
+        o->fd = openat(dir_fd, o->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        o->same = o->fd >= 0 && fstat(o->fd, &o->r.st) == 0 && o->r.st.st_ino == o->inode;
+        if (o->same)
+            read_ns(held, o->fd, o->type, &o->r);
+    }
+    Py_END_ALLOW_THREADS
+    int failed = 0;
+    for (int i = 0; i < todo; i++) {
+        NsOpen *o = &ns[i];
+        if (failed) { /* what is still open is closed (a read one's own fd is done with already) */
+            if (o->same && o->r.owner_fd >= 0)
+                close(o->r.owner_fd);
+            if (o->same && o->r.parent_fd >= 0)
+                close(o->r.parent_fd);
+            if (!o->same && o->fd >= 0)
+                close(o->fd);
+        } else if (o->fd >= 0) { /* (not the same: another namespace by now, the long way) */
+            failed = (o->same ? store(known, held, &o->r, 0) : resolve(known, held, o->fd, o->type, 0)) < 0;
+        }
+    }
+    return failed ? -1 : 0;
 }
 
 /* --- one process --------------------------------------------------------------------------- */
@@ -356,20 +564,24 @@ static void read_links(const Walk *w, int dir_fd, const char *prefix, long long 
 /* Those links as a tuple; the namespaces not known yet are opened and resolved. */
 static PyObject *links_tuple(Walk *w, int dir_fd, const char *prefix, const long long *values)
 {
-    PyObject *links = PyTuple_New(w->nlinks);
-    if (links == NULL)
-        return NULL;
+    NsOpen ns[MAX_LINKS];
+    int n = 0;
     for (Py_ssize_t i = 0; i < w->nlinks; i++) {
-        char path[96];
-        snprintf(path, sizeof path, "%s%s", prefix, w->links[i]);
+        if (values[i] <= 0)
+            continue;
+        snprintf(ns[n].path, sizeof ns[n].path, "%s%s", prefix, w->links[i]);
+        ns[n].inode = (unsigned long long)values[i];
+        ns[n++].type = w->link_types[i];
+    }
+    if (resolve_paths(w->known, held_of(w), dir_fd, ns, n) < 0)
+        return NULL;
+    PyObject *links = PyTuple_New(w->nlinks);
+    for (Py_ssize_t i = 0; links != NULL && i < w->nlinks; i++) {
         PyObject *item = PyLong_FromLongLong(values[i]);
-        if (item == NULL || (values[i] > 0 && resolve_path(w->known, dir_fd, path, (unsigned long long)values[i],
-                                                            w->link_types[i]) < 0)) {
-            Py_XDECREF(item);
-            Py_DECREF(links);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(links, i, item);
+        if (item == NULL)
+            Py_CLEAR(links);
+        else
+            PyTuple_SET_ITEM(links, i, item);
     }
     return links;
 }
@@ -424,6 +636,7 @@ static PyObject *read_tasks(Walk *w, int dir_fd, long pid)
 static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned long long sock_inode)
 {
     int netns, err = 0;
+    unsigned long long netns_ino;
     Py_BEGIN_ALLOW_THREADS
     if (*pidfd < 0)
         *pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
@@ -437,12 +650,13 @@ static long long probe_socket(Walk *w, int *pidfd, long pid, long fd, unsigned l
     netns = err ? -1 : ioctl(sock, SIOCGSKNS);
     if (!err && netns < 0)
         err = errno;
+    netns_ino = netns >= 0 && fstat(netns, &st) == 0 ? st.st_ino : 0;
     if (sock >= 0)
         close(sock);
     Py_END_ALLOW_THREADS
     if (err)
         return -err;
-    long long inode = resolve(w->known, netns, CLONE_NEWNET, 0); /* -1: a Python error */
+    long long inode = relative(w->known, held_of(w), netns, netns_ino, CLONE_NEWNET, 0); /* -1: a Python error */
     return inode == 0 ? -EBADF : inode;                           /* (0: no file behind the fd) */
 }
 
@@ -491,6 +705,8 @@ static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         char name[24], target[256];
+        if (w->reading_self && held_by_a_walk(fds[i]))
+            continue; /* the scanner's own file (see Held) */
         snprintf(name, sizeof name, "%ld", fds[i]);
         if (read_link(fd_dir, name, target, sizeof target) < 0)
             continue;
@@ -508,24 +724,45 @@ static FdLink *list_fds(const Walk *w, int fd_dir, size_t *count)
     return found;
 }
 
-/* The fds that are namespaces or sockets: a list of (fd, kind index, inode, net namespace of a
- * socket or 0), or an errno (int) when the fd directory cannot be listed. Namespaces behind fds
- * are resolved, sockets probed (once per socket inode). */
-static PyObject *read_fds(Walk *w, int dir_fd, long pid)
+/* A process's fd directory and the fds of it list_fds found (read in the process's first block). */
+typedef struct {
+    int dir;        /* the fd directory, or -1 */
+    FdLink *links;  /* NULL when it could not be listed (err) */
+    size_t n;
+    int err;
+} FdList;
+
+/* Open and list the fd directory. Syscalls only: runs without the GIL. */
+static void list_fd_dir(const Walk *w, int dir_fd, FdList *l)
 {
-    int fd_dir, err = 0;
-    size_t n = 0;
-    FdLink *links = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    fd_dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd_dir < 0 || (links = list_fds(w, fd_dir, &n)) == NULL)
-        err = errno;
-    Py_END_ALLOW_THREADS
-    if (links == NULL) {
-        if (fd_dir >= 0)
-            close(fd_dir);
+    l->links = NULL;
+    l->n = 0;
+    l->dir = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    l->err = l->dir < 0 || (l->links = list_fds(w, l->dir, &l->n)) == NULL ? errno : 0;
+}
+
+static void drop_fd_list(FdList *l)
+{
+    if (l->dir >= 0)
+        close(l->dir);
+    PyMem_RawFree(l->links);
+    l->dir = -1;
+    l->links = NULL;
+}
+
+/* The fds that are namespaces or sockets, from the listing l (which this drops): a list of (fd,
+ * kind index, inode, net namespace of a socket or 0), or an errno (int) when the fd directory
+ * could not be listed. Namespaces behind fds are resolved, sockets probed (once per socket inode). */
+static PyObject *read_fds(Walk *w, long pid, FdList *l)
+{
+    if (l->links == NULL) {
+        int err = l->err;
+        drop_fd_list(l);
         return err == ENOMEM ? PyErr_NoMemory() : PyLong_FromLong(err);
     }
+    int fd_dir = l->dir;
+    FdLink *links = l->links;
+    size_t n = l->n;
     int pidfd = -1;
     PyObject *found = PyList_New(0);
     for (size_t i = 0; found != NULL && i < n; i++) {
@@ -535,10 +772,10 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
                 continue;
             netns = socket_netns(w, &pidfd, pid, links[i].fd, links[i].inode);
         } else {
-            char name[24];
-            snprintf(name, sizeof name, "%ld", links[i].fd);
-            /* (an fd may be another file by now: its type is asked, not taken from the link) */
-            netns = resolve_path(w->known, fd_dir, name, links[i].inode, 0) < 0 ? NULL : PyLong_FromLong(0);
+            NsOpen ns = {.inode = links[i].inode, .type = 0}; /* (an fd may be another file by now: its type is
+                                                                 asked, not taken from the link) */
+            snprintf(ns.path, sizeof ns.path, "%ld", links[i].fd);
+            netns = resolve_paths(w->known, held_of(w), fd_dir, &ns, 1) < 0 ? NULL : PyLong_FromLong(0);
         }
         PyObject *entry = netns ? Py_BuildValue("(lnKN)", links[i].fd, links[i].kind, links[i].inode, netns) : NULL;
         if (entry == NULL || PyList_Append(found, entry) < 0)
@@ -547,8 +784,7 @@ static PyObject *read_fds(Walk *w, int dir_fd, long pid)
     }
     if (pidfd >= 0)
         close(pidfd);
-    PyMem_RawFree(links);
-    close(fd_dir);
+    drop_fd_list(l);
     return found;
 }
 
@@ -635,6 +871,8 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     long long values[MAX_LINKS];
     ssize_t status_len = -1, cmdline_len = -1, cgroup_len = 0;
     int dir_fd, err = 0;
+    FdList fd_list = {.dir = -1, .links = NULL};
+    w->reading_self = pid == w->self;
     Py_BEGIN_ALLOW_THREADS
     dir_fd = openat(proc_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd >= 0 && (status_len = read_file(&w->status, dir_fd, "status")) >= 0) {
@@ -644,6 +882,8 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
     }
     if (dir_fd < 0 || status_len < 0 || cmdline_len < 0 || cgroup_len < 0)
         err = errno ? errno : EIO;
+    else if (w->flags & (WANT_FDS | WANT_SOCKETS))
+        list_fd_dir(w, dir_fd, &fd_list); /* (in this block too: one GIL hand-over less per process) */
     Py_END_ALLOW_THREADS
     if (err) {
         if (dir_fd >= 0)
@@ -658,10 +898,11 @@ static PyObject *read_process(Walk *w, int proc_fd, long pid)
         (cgroup = w->flags & WANT_CGROUP ? PyBytes_FromStringAndSize(w->cgroup.data, cgroup_len)
                                          : Py_NewRef(Py_None)) == NULL ||
         (tasks = (w->flags & WANT_TASKS) && threads > 1 ? read_tasks(w, dir_fd, pid) : PyList_New(0)) == NULL ||
-        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, dir_fd, pid) : PyList_New(0)) == NULL)
+        (fds = w->flags & (WANT_FDS | WANT_SOCKETS) ? read_fds(w, pid, &fd_list) : PyList_New(0)) == NULL)
         goto done;
     record = Py_BuildValue("(lOOOOOO)", pid, status, links, cmdline, cgroup, tasks, fds);
 done:
+    drop_fd_list(&fd_list); /* (read_fds dropped it, unless something failed before) */
     close(dir_fd);
     Py_XDECREF(status);
     Py_XDECREF(links);
@@ -690,6 +931,15 @@ static Py_ssize_t names_of(PyObject *seq, const char **names, size_t *lens, cons
             lens[i] = (size_t)len;
     }
     return PyTuple_GET_SIZE(seq);
+}
+
+/* This process's pid as the proc directory shows it (its "self" link), -1 if it does not. */
+static long self_pid(int proc_fd)
+{
+    char target[32];
+    if (read_link(proc_fd, "self", target, sizeof target) < 0 || !all_digits(target))
+        return -1;
+    return strtol(target, NULL, 10);
 }
 
 /* The pids to read: those given, or every numeric entry of the proc directory. */
@@ -763,6 +1013,11 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
     int proc_fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (proc_fd < 0)
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, proc);
+    w.self = self_pid(proc_fd);
+    struct rlimit files;
+    w.held.below = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                       ? (int)(files.rlim_cur / 4 < INT_MAX ? files.rlim_cur / 4 : INT_MAX)
+                       : 256;
     size_t n = 0;
     long *pids = pids_to_read(proc_fd, given, &n);
     PyObject *records = pids ? PyList_New(0) : NULL;
@@ -774,6 +1029,7 @@ static PyObject *walk(PyObject *Py_UNUSED(module), PyObject *args)
             Py_CLEAR(records);
         Py_XDECREF(record);
     }
+    release_held(&w.held);
     Py_XDECREF(w.sockets);
     PyMem_RawFree(w.mountinfo.data);
     PyMem_RawFree(w.status.data);
@@ -799,7 +1055,7 @@ static PyObject *resolve_fd(PyObject *Py_UNUSED(module), PyObject *args)
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    long long inode = resolve(known, copy, 0, 0);
+    long long inode = resolve(known, NULL, copy, 0, 0);
     if (inode < 0)
         return NULL;
     if (inode == 0)

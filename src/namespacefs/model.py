@@ -91,10 +91,10 @@ class Process(NamedTuple):
         return " ".join(self.cmdline) if self.cmdline else f"[{self.comm}]"
 
     def to_dict(self) -> dict[str, Any]:
+        pid, ppid, comm, cmdline, uid, gid, nspid, threads, namespaces, _cgroup = self
         return {
-            "pid": self.pid, "ppid": self.ppid, "comm": self.comm, "cmdline": list(self.cmdline),
-            "uid": self.uid, "gid": self.gid, "nspid": list(self.nspid), "threads": self.threads,
-            "namespaces": dict(self.namespaces),
+            "pid": pid, "ppid": ppid, "comm": comm, "cmdline": list(cmdline), "uid": uid, "gid": gid,
+            "nspid": list(nspid), "threads": threads, "namespaces": dict(namespaces),
         }
 
 
@@ -146,17 +146,20 @@ class Namespace(NamedTuple):
         return not self.processes
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON contract's object (README); a listing makes thousands: the fields are unpacked
+        at once, not read one by one."""
+        (nstype, inode, ident, dev, owner, parent, holders, processes, owner_uid, uid_map, gid_map, setgroups, level,
+         mounts, name, path) = self
         return {
-            "type": self.type, "inode": self.inode, "id": self.id, "dev": self.dev,
-            "owner": self.owner, "parent": self.parent, "level": self.level,
-            "name": self.name, "path": self.path,
-            "holders": [h.to_dict() for h in self.holders],
-            "processes": list(self.processes),
-            "owner_uid": self.owner_uid,
-            "uid_map": [list(m) for m in self.uid_map] if self.uid_map is not None else None,
-            "gid_map": [list(m) for m in self.gid_map] if self.gid_map is not None else None,
-            "setgroups": self.setgroups,
-            "mounts": self.mounts,
+            "type": nstype, "inode": inode, "id": ident, "dev": dev, "owner": owner, "parent": parent, "level": level,
+            "name": name, "path": path,
+            "holders": [h.to_dict() for h in holders],
+            "processes": list(processes),
+            "owner_uid": owner_uid,
+            "uid_map": [list(m) for m in uid_map] if uid_map is not None else None,
+            "gid_map": [list(m) for m in gid_map] if gid_map is not None else None,
+            "setgroups": setgroups,
+            "mounts": mounts,
         }
 
 

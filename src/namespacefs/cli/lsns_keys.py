@@ -58,6 +58,9 @@ class LsnsKeys:
         return {key: json_cell(c, c.value(row), self._nowrap) for key, c in self._columns}
 
 
+_BINDMOUNT = HolderKind.BINDMOUNT  # (an enum member's lookup is slow: made once)
+
+
 def _mounted(holders: tuple[Holder, ...]) -> bool:
     """A bind mount among the holders (NSFS has a cell)."""
-    return any(h.kind == HolderKind.BINDMOUNT for h in holders)
+    return any(h.kind == _BINDMOUNT for h in holders)

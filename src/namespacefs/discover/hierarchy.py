@@ -23,28 +23,34 @@ from namespacefs.model import NsType
 
 
 def resolve(state: Scan) -> None:
-    todo = list(state.found)
+    found, known, flags, hierarchical = state.found, state.known, kernel.CLONE_FLAGS, kernel.HIERARCHICAL
+    todo = list(found)
     while todo:
         inode = todo.pop()
-        ns = state.found.get(inode)
+        ns = found.get(inode)
         if ns is None or ns.resolved:
             continue
-        info = _info(state, inode, ns)
+        info = known.get(inode)
+        if info is None or info[0] != flags[ns.type]:  # (else _info would return it as it is)
+            info = _info(state, inode, ns)
         if info is None:
-            del state.found[inode]  # every holder went away mid-scan
+            del found[inode]  # every holder went away mid-scan
             state.errors["vanished"] += 1
             continue
         _, ns.dev, ns.id, owner, parent, ns.owner_uid = info
         ns.resolved = True
         if owner is not None:
             ns.owner = _relative(state, owner, NsType.USER, todo)
-        if ns.type in kernel.HIERARCHICAL and parent is not None:
+        if parent is not None and ns.type in hierarchical:
             ns.parent = _relative(state, parent, ns.type, todo)
 
 
 def _relative(state: Scan, inode: int, nstype: str, todo: list[int]) -> int:
     """An owner or parent: found (if unseen) and resolved in its turn (if not resolved yet)."""
-    if not state.ensure(nstype, inode).resolved:
+    ns = state.found.get(inode)
+    if ns is None or ns.type != nstype:  # (else ensure would return it as it is)
+        ns = state.ensure(nstype, inode)
+    if not ns.resolved:
         todo.append(inode)
     return inode
 

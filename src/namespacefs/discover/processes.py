@@ -31,6 +31,11 @@ LINKS = NS_TYPES + tuple(FOR_CHILDREN_LINKS)
 #: The fd link kinds the walk reports ("KIND:[INODE]"): sockets and namespaces.
 FD_KINDS = (HolderKind.SOCKET, *NS_TYPES)
 _CHUNK = 65536
+# (the enum members _take reads for every process, looked up once: on Python 3.11 each lookup of an
+# enum member runs Python code)
+_PROCESS, _FOR_CHILDREN = Source.PROCESS, Source.FOR_CHILDREN
+_ZOMBIE = HolderKind.ZOMBIE
+_MNT, _NET = NsType.MNT, NsType.NET
 #: From this many processes on, two threads walk half of them each: the walk is ~90% kernel time,
 #: spent without the GIL, so two threads spend it on two CPUs (a shared `known`: each namespace
 #: is still resolved about once).
@@ -124,6 +129,8 @@ def links_of(state: Scan, raw: tuple[int, ...], where: str, zombie: bool = False
     and so is one we may not read while others can be (counted): those still show where the
     process is. When none can be read (another user's process, to an unprivileged caller)
     PermissionError says so for the whole process; a link gone otherwise means the process is."""
+    if min(raw) > 0:  # every link read (all but always): nothing to tell apart
+        return dict(zip(LINKS, raw, strict=True))
     links = {}
     denied = 0
     for link, value in zip(LINKS, raw, strict=True):
@@ -145,24 +152,19 @@ def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, ra
           fds: list[tuple[int, int, int, int]] | int) -> None:
     """One process's record: checked whole first (links_of may raise), then added."""
     status = procfs.parse_status(status_text)
-    links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", status.zombie, pid)
+    zombie = status.zombie
+    links = links_of(state, raw_links, f"{state.proc}/{pid}/ns", zombie, pid)
     state.processes[pid] = Process(pid, status.ppid, status.name, procfs.parse_cmdline(cmdline), status.uid,
                                    status.gid, status.nspid, status.threads, links, cgroup)
-    if Source.PROCESS in sources:
-        # an exited, unreaped process is in nothing any more, yet still pins its user and pid
-        # namespaces (lsns counts it as a process): a holder of its own kind
-        holder = Holder(HolderKind.ZOMBIE if status.zombie else HolderKind.PROCESS, pid=pid)
-        for nstype in NS_TYPES:
-            if nstype in links:
-                ns = state.add(nstype, links[nstype], holder)
-                if not status.zombie:
-                    ns.processes.append(pid)
-    if Source.FOR_CHILDREN in sources:
+    if _PROCESS in sources:
+        _add_process(state, pid, links, zombie)
+    if _FOR_CHILDREN in sources:
         for link, nstype in FOR_CHILDREN_LINKS.items():
             if link in links and links[link] != links.get(nstype):
                 state.add(nstype, links[link], Holder(link, pid=pid))
-    if NsType.MNT in links:
-        state.mount_readers.setdefault(links[NsType.MNT], []).append(pid)
+    mntns = links.get(_MNT)
+    if mntns is not None:
+        state.mount_readers.setdefault(mntns, []).append(pid)
     if isinstance(tasks, int):
         state.failed(_error(tasks, f"{state.proc}/{pid}/task"))
     else:
@@ -170,7 +172,20 @@ def _take(state: Scan, sources: frozenset[str], pid: int, status_text: bytes, ra
     if isinstance(fds, int):
         state.failed(_error(fds, f"{state.proc}/{pid}/fd"))
     else:
-        _add_fds(state, sources, pid, links.get(NsType.NET), fds)
+        _add_fds(state, sources, pid, links.get(_NET), fds)
+
+
+def _add_process(state: Scan, pid: int, links: dict[str, int], zombie: bool) -> None:
+    """The process source: a process holds the namespaces it is in. An exited, unreaped process is
+    in nothing any more, yet still pins its user and pid namespaces (lsns counts it as a
+    process): a holder of its own kind."""
+    holder = Holder(_ZOMBIE if zombie else _PROCESS, pid)  # (one for all of them)
+    for nstype in NS_TYPES:
+        inode = links.get(nstype)
+        if inode is not None:
+            ns = state.add(nstype, inode, holder)
+            if not zombie:
+                ns.processes.append(pid)
 
 
 def _add_tasks(state: Scan, pid: int, process_links: dict[str, int], tasks: list[tuple[int, tuple[int, ...]]]) -> None:

@@ -70,7 +70,9 @@ class Scan:
         self.user_maps: UserMaps = {}
 
     def add(self, nstype: str, inode: int, holder: Holder, fd: int | None = None) -> Found:
-        ns = self.ensure(nstype, inode, fd)
+        ns = self.found.get(inode)
+        if ns is None or ns.type != nstype or fd is not None:  # (else ensure would return it as it is)
+            ns = self.ensure(nstype, inode, fd)
         ns.holders.append(holder)
         return ns
 
