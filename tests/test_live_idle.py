@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
 from namespacefs.discover import discover, incremental
 from namespacefs.model import Snapshot
 from namespacefs.service.events import Event
@@ -140,3 +142,26 @@ def test_updates_for_events_never_wait_for_a_whole_naming_pass(tmp_path: Any, mo
         live.stop()
         for h in (first, *made):
             h.kill()
+
+
+def test_a_watcher_at_rest_is_drained_up_to_now_though_it_wakes_once_a_second() -> None:
+    """The proc connector's thread sleeps up to WAKE (a second) when nothing happens; asked while
+    it sleeps with nothing queued, it is drained up to the moment it is asked (the model's as-of
+    time does not lag at rest)."""
+    from namespacefs.service import watchers
+
+    assert watchers.WAKE >= 1.0
+    touched: list[int] = []
+    w = watchers.ProcConnector(touched.extend, lambda reason: None)
+    if w.error:
+        pytest.skip(w.error)
+    w.start()
+    try:
+        time.sleep(0.3)
+        lags = []
+        for _ in range(15):
+            time.sleep(0.13)
+            lags.append(time.time() - w.drained_at)
+        assert max(lags) < 0.1, lags
+    finally:
+        w.stop()

@@ -6,6 +6,7 @@ namespace's holders counted while real processes come, unshare and go."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ import pytest
 
 from namespacefs.discover import discover, holdings, incremental
 from namespacefs.model import Holder, Namespace, Snapshot
+from namespacefs.service.events import events_between
+from namespacefs.service.naming import Naming
+from namespacefs.service.scanning import core_name
 from test_service import Holder as Held
 
 PADDING = 3000
@@ -41,7 +45,7 @@ class Counted:
         self.whole = 0
         real_holders, real_build = holdings.holders_of, Snapshot._indexes
 
-        def holders_of(ns: Namespace) -> tuple[set[int], set[int]]:
+        def holders_of(ns: Namespace) -> tuple[holdings.Parts, holdings.Parts]:
             self.looked += 1
             return real_holders(ns)
 
@@ -134,3 +138,66 @@ def holders() -> Iterator[Any]:
     yield make
     for h in made:
         h.kill()
+
+
+def _crowded(snap: Snapshot, extra: int) -> Snapshot:
+    """The host's snapshot with `extra` more processes (pids no process has) in this process's pid,
+    user and time namespaces: what a host of thousands of processes looks like to an update."""
+    me, fake = os.getpid(), max(snap.processes) + 1_000_000
+    table = dict(snap.namespaces)
+    for nstype in ("pid", "user", "time"):
+        ns = snap.namespace_of(me, nstype)
+        assert ns is not None
+        table[ns.inode] = ns._replace(holders=ns.holders + tuple(Holder("process", pid=fake + i) for i in range(extra)),
+                                      processes=ns.processes + tuple(fake + i for i in range(extra)))
+    return snap.replace(namespaces=table)
+
+
+def _looks(monkeypatch: pytest.MonkeyPatch, extra: int) -> dict[str, int]:
+    """How many times an update's code asked a holder for its kind or pid (what walking the holders
+    of a namespace costs), for one namespace made and for its end: the re-read, the naming and the
+    events, on a host crowded with `extra` processes."""
+    naming = Naming(core_name, 0.25)
+    model = incremental.refresh(naming.named(_crowded(discover(), extra), True, None, None), {1})
+    seen = {"n": 0}
+
+    def counted(index: int) -> property:
+        def get(h: Holder) -> Any:
+            seen["n"] += 1
+            return tuple.__getitem__(h, index)
+        return property(get)
+
+    out: dict[str, int] = {}
+    proc = subprocess.Popen(["unshare", "--uts", "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.3)  # (it has exec'd sleep in its new uts namespace)
+        with monkeypatch.context() as m:
+            for field in ("kind", "pid"):
+                m.setattr(Holder, field, counted(Holder._fields.index(field)))
+            for phase in ("made", "ended"):
+                if phase == "ended":
+                    proc.kill()
+                    proc.wait()
+                seen["n"] = 0
+                raw = incremental.refresh(model, {proc.pid})
+                new = naming.named(raw, False, model, model)
+                events = events_between(model, new, time.time())
+                out[phase], model = seen["n"], new
+                if phase == "made":
+                    assert any(e.kind == "created" and e.type == "uts" for e in events)
+                else:  # (its uts namespace may outlive it a moment: another daemon on the host has it open)
+                    assert proc.pid not in new.processes and any(e.kind == "left" for e in events)
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
+
+
+def test_an_update_costs_what_changed_not_the_processes_in_the_namespaces_it_touches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that makes a uts namespace and then ends is in the host's pid, user and time
+    namespaces with every other process: the update for it looks at its own holders only, as many
+    with 4,000 processes in them as with 1,000 (it rebuilt their holder lists: O(processes))."""
+    few, many = _looks(monkeypatch, 1000), _looks(monkeypatch, 4000)
+    for phase in ("made", "ended"):
+        assert many[phase] < 300 and many[phase] <= few[phase] + 50, (few, many)

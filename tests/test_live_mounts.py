@@ -90,3 +90,41 @@ def test_the_poll_watches_a_bounded_number_of_mount_namespaces(quiet_daemon: Dae
     assert poll["watched"] <= poll["limit"]
     mounts = sum(1 for ns in quiet_daemon.http.get("/api/namespaces?type=mnt").json() if ns["processes"])
     assert poll["watched"] + poll["unwatched"] >= min(mounts, poll["limit"]) - 5  # (others' come and go)
+
+
+def test_a_bind_mount_goes_with_the_mount_namespace_it_was_made_in(tmp_path: Path) -> None:
+    """A net namespace held only by a bind mount in a private mount namespace: when the last
+    process of that mount namespace ends, the mount namespace is gone and its table can no longer
+    be read; the bind mount goes with it, and so does the net namespace (it was kept forever, as
+    held by a mount table no one could re-read)."""
+    from namespacefs.discover import discover, incremental
+
+    target = tmp_path / "netns"
+    target.touch()
+    net = Holder("--net")
+    mounter = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                f"mount --bind /proc/{net.pid}/ns/net {target} && exec sleep 600"], start_new_session=True)
+    try:
+        inode, _ident = net.ns("net")
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{mounter.pid}/exe").resolve().name.startswith("sleep"):
+            assert time.monotonic() < deadline and mounter.poll() is None, "the bind mount was not made"
+            time.sleep(0.02)
+        model = incremental.refresh(discover(), {mounter.pid}, mounts=True)
+        held = model.get(inode)
+        assert held is not None and any(h.kind == "bindmount" for h in held.holders), held
+        net.kill()
+        model = incremental.refresh(model, {net.pid})
+        held = model.get(inode)
+        assert held is not None and [h.kind for h in held.holders] == ["bindmount"], held
+        mounter.kill()
+        mounter.wait()
+        deadline = time.monotonic() + 20
+        while (held := model.get(inode)) is not None:  # (the kernel frees a net namespace a little later)
+            assert time.monotonic() < deadline, f"still in the model: {held}"
+            model = incremental.refresh(model, {mounter.pid}, recheck=True)
+            time.sleep(0.1)
+    finally:
+        net.kill()
+        mounter.kill()
+        mounter.wait()

@@ -87,6 +87,7 @@ class Call(NamedTuple):
     syscall: str  # "unshare", "setns", "clone", "clone3"
     pid: int  # the caller's process (tgid)
     tid: int
+    ret: int = 0  # what it returned: for a clone, the new task's id (in the caller's pid namespace)
 
 
 class Unavailable(OSError):
@@ -145,6 +146,9 @@ class _Ring:
             yield kind, self._read(tail + HEADER.size, size - HEADER.size)
             tail += size
         U64.pack_into(self.map, MMAP_DATA_TAIL, head)
+
+    def pending(self) -> bool:
+        return bool(U64.unpack_from(self.map, MMAP_DATA_HEAD)[0] != U64.unpack_from(self.map, MMAP_DATA_TAIL)[0])
 
     def _read(self, position: int, length: int) -> bytes:
         start = position % self.size
@@ -209,8 +213,21 @@ class Tracer:
 
     def poll_calls(self, timeout: float | None) -> list[Call]:
         """The successful calls since the last time, waiting up to `timeout` seconds for one."""
+        self.wait(timeout)
+        return self.calls()
+
+    def wait(self, timeout: float | None) -> None:
+        """Wait up to `timeout` seconds for a call to be recorded."""
         with contextlib.suppress(InterruptedError):
             self.poller.poll(None if timeout is None else int(timeout * 1000))
+
+    def pending(self) -> bool:
+        """A record is in a ring that calls() has not read (what another thread may ask while this
+        one waits: it reads the rings' heads and tails only, and consumes nothing)."""
+        return any(ring.pending() for ring in self.rings)
+
+    def calls(self) -> list[Call]:
+        """The successful calls recorded since the last time (without waiting)."""
         self.read_at = time.time()  # every call before this is in the rings read now
         calls: list[Call] = []
         for ring in self.rings:
@@ -235,7 +252,7 @@ class Tracer:
         name = self.names.get(ident)
         if name is None or ret < 0 or (ret == 0 and name.startswith("clone")):
             return None  # failed (no filter in the kernel), or the child's side of a clone
-        return Call(name, pid, tid)
+        return Call(name, pid, tid, ret)
 
     def close(self) -> None:
         for ring in self.rings:

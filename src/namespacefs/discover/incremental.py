@@ -30,8 +30,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, freeze, hierarchy, mounts, processes, read_user_maps
-from namespacefs.discover.holdings import KERNEL_HELD, PER_PROCESS, Holdings
+from namespacefs.discover import SOURCES, freeze, hierarchy, holdings, mounts, processes, read_user_maps
+from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
@@ -42,6 +42,7 @@ KINDS_OF: dict[str, frozenset[str]] = {
     "socket": frozenset({"socket"}),
 }
 assert frozenset().union(*KINDS_OF.values()) == PER_PROCESS
+PROCESS = "process"  # (the holder kind of a process in a namespace: what `processes` lists)
 #: How often suspects found through a reused inode are read again within one refresh.
 MAX_ROUNDS = 3
 
@@ -59,12 +60,19 @@ def renamed(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None = None) 
     """`new` is `old` with other names only (a naming pass; `inodes`: the entries it renamed, if
     known): the next refresh of `new` reuses the index of `old` instead of building one, and
     changes() knows what the refresh behind `old` and this renaming changed together."""
-    if _last and _last[0].snap is old and new.namespaces.keys() == old.namespaces.keys():
+    if _last and _last[0].snap is old and _same_keys(old, new, inodes):
         _last[0].snap = new
     if inodes is None:
         _changes.clear()
     else:
         _link(old, new, inodes)
+
+
+def _same_keys(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None) -> bool:
+    """`new`, which is `old` with the entries `inodes` (None: any) renamed, has the same inodes."""
+    if inodes is None:
+        return new.namespaces.keys() == old.namespaces.keys()
+    return len(new.namespaces) == len(old.namespaces) and all(i in old.namespaces for i in inodes)
 
 
 def kids(snap: Snapshot, inode: int) -> list[Namespace] | None:
@@ -187,7 +195,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     changed |= merge.visited
     _last.clear()  # (moved on in place: an error half-way must leave no index behind)
     if chosen >= KINDS_OF.keys():
-        index.advance(new, merge.visited, touched, remounted, fresh)
+        index.advance(new, merge.visited, touched, remounted | merge.unmounted, fresh)
     else:  # (some per-process sources were not read: what the touched processes hold is not all known)
         index = Holdings(new)
     _last.append(index)
@@ -199,7 +207,7 @@ def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mappin
     same = all(old.get(pid) == p for pid, p in read.items()) and all(pid in read for pid in touched if pid in old)
     if same:
         return old
-    procs = dict(old)
+    procs = holdings.copied(old)
     for pid in touched:
         procs.pop(pid, None)
     for pid, p in read.items():
@@ -209,53 +217,80 @@ def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mappin
 
 
 class _Merge:
-    """The old namespace table, with what the touched processes held taken out and what was read
-    put in."""
+    """The old namespace table, with what the touched processes (and re-read mount tables) gave
+    each namespace before replaced by what the read found they give it now: per namespace, just
+    the holders that differ are taken out or put in (the index knows who gave what), so a namespace
+    thousands of others hold costs what the touched processes changed in it."""
 
     def __init__(self, old: Snapshot, index: Holdings, touched: frozenset[int], chosen: frozenset[str],
                  remounted: set[int], recheck: bool) -> None:
         self.old, self.index = old, index
-        self.table: dict[int, Namespace] = dict(old.namespaces)
+        self.table: dict[int, Namespace] = holdings.copied(old.namespaces)
         self.changed = False
         self.suspects: set[int] = set()
-        self.fresh: set[int] = set()  # inodes whose entry now comes from this read
+        self.fresh: set[int] = set()  # inodes the read found (alive when it read them)
         self.kids: dict[int, set[int]] = {}  # owner/parent inode -> fresh namespaces naming it
         self.todo: set[int] = set()  # inodes to check for being held at the end
         self.dropped: set[int] = set()  # inodes removed as dead
-        self.visited: set[int] = set()  # every inode whose entry may have changed
-        kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF))
-        affected = index.affected(touched, remounted, recheck)
-        for inode in affected:
-            ns = self.table[inode]
-            holders = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS and h != KERNEL_HELD
-                            and not (h.kind in kinds and h.pid in touched)
-                            and not (h.kind == "bindmount" and h.mntns in remounted))
-            procs = tuple(p for p in ns.processes if p not in touched)
-            if holders != ns.holders or procs != ns.processes:
-                self.table[inode] = ns._replace(holders=holders, processes=procs)
-            self.todo.add(inode)
+        self.visited: set[int] = set()  # every inode whose entry changed
+        self.remounted = remounted
+        self.unmounted: set[int] = set()  # mount namespaces gone, whose bind mounts went with them
+        kinds = frozenset().union(*(KINDS_OF[s] for s in chosen if s in KINDS_OF)) | {BINDMOUNT}
+        gave = index.affected(touched, remounted, recheck)
+        if kinds < PER_PROCESS | {BINDMOUNT}:  # (holders of the sources not read stay as they are)
+            gave = {inode: [h for h in part if h.kind in kinds] for inode, part in gave.items()}
+        self.gave = gave  # inode -> what the touched processes and tables gave it before
 
     def add_fresh(self, fresh: Mapping[int, Namespace]) -> None:
+        """Put in what the read found: namespaces new to the table (or on a reused inode: the one
+        that had it is dead) as read; the others merged."""
+        self.fresh = set(fresh)
+        merged: list[int] = []
         for inode, ns in fresh.items():
-            prev = self.table.get(inode)
-            direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
-            if prev is not None and prev.type == ns.type and prev.id == ns.id:
-                kept = tuple(h for h in prev.holders if h != KERNEL_HELD) if direct else prev.holders
-                merged = prev._replace(
-                    holders=_union(kept, direct), processes=tuple(sorted({*prev.processes, *ns.processes})),
-                    uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
-                    setgroups=ns.setgroups or prev.setgroups, mounts=ns.mounts if ns.mounts is not None else prev.mounts)
-            else:
-                if prev is not None:  # the inode was reused: the namespace that had it is dead
-                    self._dead(prev)
-                merged = ns._replace(holders=direct)
-            if merged != self.table.get(inode):
-                self.table[inode] = merged
-            self.fresh.add(inode)
-            self.todo.add(inode)
             for ref in (ns.owner, ns.parent):
                 if ref is not None:
                     self.kids.setdefault(ref, set()).add(inode)
+            prev = self.table.get(inode)
+            if prev is not None and prev.type == ns.type and prev.id == ns.id:
+                merged.append(inode)
+                continue
+            if prev is not None:  # the inode was reused: the namespace that had it is dead
+                self._dead(prev)
+                if prev.type == "mnt" and inode not in self.remounted:
+                    self.todo.update(self._unmount(inode))
+            self.table[inode] = ns._replace(holders=direct(ns.holders))
+            self.todo.add(inode)
+        merged.extend(i for i in self.gave if i not in self.fresh)
+        for inode in merged:
+            prev = self.table.get(inode)
+            if prev is not None:  # (else dropped as dead just now)
+                self._merge(inode, prev, fresh.get(inode))
+
+    def _merge(self, inode: int, prev: Namespace, ns: Namespace | None) -> None:
+        """One namespace of the table that the read found again (`ns`) or that a touched process
+        or table gave something before: what they gave replaced by what they give now."""
+        gave = self.gave.get(inode, [])
+        gives = direct(ns.holders) if ns is not None else ()
+        if prev.holders and prev.holders[0].kind in DIRECT_KINDS and prev.holders != (KERNEL_HELD,):
+            holders = swapped(prev.holders, gave, gives)
+        else:  # held through others, or by the kernel only: held as read now, or settled again
+            holders = gives if gives or inode in self.gave else prev.holders
+            self.todo.add(inode)
+        was = {h.pid for h in gave if h.kind == PROCESS and h.pid is not None}
+        now = ns.processes if ns is not None else ()
+        procs = prev.processes if was == set(now) else resorted(prev.processes, was, now)
+        entry = prev
+        if holders is not prev.holders or procs is not prev.processes:
+            entry = entry._replace(holders=holders, processes=procs)
+        if ns is not None and ((ns.uid_map and ns.uid_map != prev.uid_map) or (ns.gid_map and ns.gid_map != prev.gid_map)
+                               or (ns.setgroups and ns.setgroups != prev.setgroups)
+                               or (ns.mounts is not None and ns.mounts != prev.mounts)):
+            entry = entry._replace(uid_map=ns.uid_map or prev.uid_map, gid_map=ns.gid_map or prev.gid_map,
+                                   setgroups=ns.setgroups or prev.setgroups,
+                                   mounts=ns.mounts if ns.mounts is not None else prev.mounts)
+        if entry is not prev:
+            self.table[inode] = entry
+            self.todo.add(inode)
 
     def _dead(self, ns: Namespace) -> None:
         """`ns` (of the old snapshot) is dead, and so is everything it owns or is parent of: drop
@@ -296,40 +331,46 @@ class _Merge:
         """Every namespace to check: kept with its direct holders, else with `owner`/`parent`
         holders from the namespaces that name it, else dropped (and its owner and parent checked).
         Where nothing changed after all, the old object stays (front ends cache per object)."""
+        for inode in self.dropped:
+            if self.old.namespaces[inode].type == "mnt" and inode not in self.table:
+                self.todo.update(self._unmount(inode))
         todo, seen = list(self.todo), set(self.todo)
         while todo:
             inode = todo.pop()
             ns = self.table.get(inode)
             if ns is None:
                 continue
-            direct = tuple(h for h in ns.holders if h.kind in DIRECT_KINDS)
-            holders = direct or _indirect(inode, self._children(inode)) or _kernel_held(ns)
+            holders = direct(ns.holders) or indirect(inode, self._children(inode)) or _kernel_held(ns)
             if not holders:
                 del self.table[inode]
-                refs = [r for r in (ns.owner, ns.parent) if r is not None]
-                todo.extend(refs)
-                seen.update(refs)
+                again = [r for r in (ns.owner, ns.parent) if r is not None]
+                if ns.type == "mnt":
+                    again += self._unmount(inode)
+                todo.extend(again)
+                seen.update(again)
             elif holders != ns.holders:
                 self.table[inode] = ns._replace(holders=holders)
-        self.changed = False
-        self.visited = seen | self.dropped | self.fresh
-        for inode in self.visited:
+        self.visited = set()
+        for inode in seen | self.dropped | self.fresh:
             now, prev = self.table.get(inode), self.old.namespaces.get(inode)
             if now is not None and prev is not None and now is not prev and now == prev:
                 self.table[inode] = now = prev
-            self.changed = self.changed or now is not prev
+            if now is not prev:
+                self.visited.add(inode)
+        self.changed = bool(self.visited)
 
 
-def _indirect(inode: int, kids: list[Namespace]) -> tuple[Holder, ...]:
-    """The `owner` and `parent` holders a namespace gets from those that name it (a user
-    namespace's owner is its parent: counted once), as discovery gives them."""
-    out = []
-    for k in sorted(kids, key=lambda n: n.inode):
-        if k.owner == inode and k.owner != k.parent:
-            out.append(Holder("owner", via=k.inode))
-        if k.parent == inode:
-            out.append(Holder("parent", via=k.inode))
-    return tuple(out)
+    def _unmount(self, mntns: int) -> list[int]:
+        """A mount namespace that is gone takes its bind mounts with it (nothing can read its table
+        any more): they are taken out of the namespaces they held; those, to check again."""
+        self.unmounted.add(mntns)
+        out = []
+        for target, part in self.index.by_mntns.get(mntns, {}).items():
+            ns = self.table.get(target)
+            if ns is not None and (holders := swapped(ns.holders, list(part), ())) is not ns.holders:
+                self.table[target] = ns._replace(holders=holders)
+                out.append(target)
+        return out
 
 
 #: (inode, id) -> when a namespace was first kept as KERNEL_HELD (time.monotonic()).
@@ -355,8 +396,3 @@ def _kernel_held(ns: Namespace) -> tuple[Holder, ...]:
         return ()
     # (None, where the kernel cannot be asked: dropped, as a scan would not show it either)
     return (KERNEL_HELD,) if kernel.ns_alive(ns.id, ns.type, ns.inode) is True else ()
-
-
-def _union(old: tuple[Holder, ...], new: tuple[Holder, ...]) -> tuple[Holder, ...]:
-    have = set(old) if len(old) > 8 else old  # (a namespace many processes are in has thousands)
-    return old + tuple(h for h in new if h not in have)

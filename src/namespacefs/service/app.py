@@ -62,8 +62,11 @@ def visible(snap: Snapshot, reader: access.Reader | None) -> Snapshot:
         processes={p: proc for p, proc in snap.processes.items() if access.may_see(reader, p, snap)})
 
 
-def namespace_details(ns: Namespace, live: Live, reader: access.Reader | None = None) -> dict[str, Any]:
-    snap = visible(live.current(), reader)
+def namespace_details(ns: Namespace, live: Live, reader: access.Reader | None = None,
+                      current: Snapshot | None = None) -> dict[str, Any]:
+    """One namespace with its children, what it owns and its processes, in the model `current`
+    (the live model's now, if not given) as `reader` may see it."""
+    snap = visible(current if current is not None else live.current(), reader)
     d = ns.to_dict()
     # (from the live model's own index where it has one: a snapshot's is built whole, per model)
     kids = incremental.kids(snap, ns.inode) if ns.type in HIERARCHICAL else []
@@ -242,12 +245,16 @@ def _model_routes(app: FastAPI, live: Live) -> None:
                   type: str | None = Query(None, description="namespace type")) -> Response:
         if type is not None and type not in NS_TYPES:
             raise HTTPException(400, f"unknown namespace type '{type}' (one of {', '.join(NS_TYPES)})")
-        reader = reader_of(request)
+        reader, snap = reader_of(request), live.current()
         try:  # (a path selector is never looked up on the filesystem: files=False)
-            ns = targets.resolve(visible(live.current(), reader), spec, type, files=False)
+            ns = targets.resolve(visible(snap, reader), spec, type, files=False)
         except targets.NotFound as e:
             raise HTTPException(404, str(e)) from None
-        return _json(namespace_details(ns, live, reader))  # (the tests check it fits its model)
+        if reader is not None:
+            return _json(namespace_details(ns, live, reader, snap))
+        # (made once per model: asked again at rest, it is the same bytes; the tests check it fits its model)
+        body = live.served.answer(snap, ("namespace", ns.inode), lambda: _json_bytes(namespace_details(ns, live, None, snap)))
+        return Response(body, media_type="application/json")
 
 
 def _listing_route(app: FastAPI, listings: Listings) -> None:

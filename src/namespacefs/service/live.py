@@ -131,7 +131,7 @@ class Live(Reading):
         self._commit(self.naming.named(first, True, None, None), "initial", first)
         now = time.monotonic()
         self.sweeper.start(now)
-        self._names_at = now + self.rename_every
+        self._names_at = now + self.naming.periodic(self.rename_every)
         for w in (self.netlink_watch, self.trace_watch, self.mount_watch):
             w.start()
         self.mount_watch.follow(self.current())
@@ -146,7 +146,10 @@ class Live(Reading):
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
-        for w in (w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None):
+        watchers = [w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None]
+        for w in watchers:  # (all at once: each takes up to WAKE to see it)
+            w.ask_stop()
+        for w in watchers:
             w.stop()
 
     def touch(self, pids: Iterable[int]) -> None:
@@ -157,11 +160,11 @@ class Live(Reading):
             self.mount_watch.let_go(pids)
         with self._cond:
             self._pending.update(pids)
-            if self._due is None:
+            if self._due is None:  # (else the updater waits for that already: no need to wake it)
                 self._due = now + self.debounce
                 if self._waiting_since is None:  # what is touched now happened after the last drain
                     self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
-            self._cond.notify_all()
+                self._cond.notify_all()
 
     def remount(self, pids: Iterable[int]) -> None:
         """The mount tables of these processes' mount namespaces changed: re-read them soon."""
@@ -301,7 +304,7 @@ class Live(Reading):
         rename = (full is not None or self._later(min(self._names_at, self.naming.due), now) <= now
                   or self._db_stamp() != self._names_stamp)
         if rename:
-            self._names_at = now + self.rename_every
+            self._names_at = now + self.naming.periodic(self.rename_every)
         if full is not None:
             pids |= self._touched_since_full | self._pending
             self._pending, self._due = set(), None

@@ -39,6 +39,7 @@ class MountTables(Watcher):
         self._lock = threading.Lock()
         self._open: dict[int, tuple[int, int]] = {}  # mount namespace inode -> (fd, pid)
         self._by_fd: dict[int, tuple[int, int]] = {}  # fd -> (inode, pid)
+        self._pid_of: dict[int, int] = {}  # pid -> the mount namespace watched through it
         self._wanted: Snapshot | None = None
         self._synced: Snapshot | None = None  # the model last synced with
         self._epoll: select.epoll | None = None
@@ -69,9 +70,10 @@ class MountTables(Watcher):
         """These processes changed (an event): a watched table opened through one that is no longer
         in that mount namespace is closed now, so it holds nothing the update is about to read."""
         with self._lock:
-            gone = [(inode, fd) for inode, (fd, pid) in self._open.items() if pid in pids and not _in(pid, inode)]
-            for inode, fd in gone:
-                self._close(inode, fd)
+            watched = [(pid, self._pid_of[pid]) for pid in pids if pid in self._pid_of]  # (the few touched)
+            for pid, inode in watched:
+                if not _in(pid, inode):
+                    self._close(inode, self._open[inode][0])
 
     def _run(self) -> None:
         assert self._epoll is not None
@@ -146,10 +148,13 @@ class MountTables(Watcher):
             self._epoll.register(fd, select.EPOLLPRI)
             self._open[inode] = (fd, pid)
             self._by_fd[fd] = (inode, pid)
+            self._pid_of[pid] = inode
 
     def _close(self, inode: int, fd: int) -> None:
-        del self._open[inode]
+        _fd, pid = self._open.pop(inode)
         del self._by_fd[fd]
+        if self._pid_of.get(pid) == inode:
+            del self._pid_of[pid]
         os.close(fd)  # (epoll forgets a closed fd)
 
     def close(self) -> None:

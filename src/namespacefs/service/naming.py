@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from namespacefs.discover import incremental
+from namespacefs.discover import holdings, incremental
 from namespacefs.model import Namespace, Snapshot, netns_names
 
 Namer = Callable[[Snapshot], Snapshot]
@@ -27,13 +27,17 @@ STALE_AFTER = 5.0
 #: pass over just them gave (what can differ: a default lengthened against a sibling's, a container
 #: an engine names only once the others of its namespaces are seen), and a whole pass follows.
 WHOLE_EVERY = 5.0
+#: The share of one core whole passes may take under churn (~60 us of CPU per namespace: at 5,000
+#: namespaces one per ~15 s), and the periodic pass at rest (for engine renames: one per
+#: `rename_every` seconds, or per ~150 s at that size). `bounds()` says what they come to.
+WHOLE_SHARE, REST_SHARE = 0.02, 0.002
 
 
 class Naming:
     def __init__(self, name: Namer | None, duty: float) -> None:
         self.name_func, self.duty = name, duty
         self.spent = 0.0  # seconds the last call spent naming
-        self.whole = 0.0  # seconds the last whole pass took
+        self.whole = 0.0  # CPU seconds the last whole pass took
         self.named_at = 0.0  # when it ended (time.monotonic())
         self.due = math.inf  # when a whole pass is wanted (after provisional names)
         self.stale = False  # processes changed since the last whole pass (see above)
@@ -57,7 +61,7 @@ class Naming:
         changed = _changed(base, raw)
         unnamed = [ns for i in changed if (ns := raw.namespaces.get(i)) is not None and ns.name is None]
         came_or_went = any((i in raw.namespaces) != (i in base.namespaces) for i in changed)
-        gap = max(WHOLE_EVERY, self.whole * (1 / self.duty - 1))
+        gap = self.gap
         if not came_or_went and not unnamed and not _netns_changed(raw, base, changed):
             if raw.processes is not base.processes and not self.stale:
                 self.stale = True
@@ -66,6 +70,16 @@ class Naming:
         self.due = min(self.due, max(self.named_at + gap, time.monotonic()))
         self.provisional = True
         return self._provisional(raw, unnamed) if unnamed else raw
+
+    @property
+    def gap(self) -> float:
+        """Seconds from one whole pass to the next at least, under churn (WHOLE_EVERY, WHOLE_SHARE)."""
+        return max(WHOLE_EVERY, self.whole / WHOLE_SHARE, self.whole * (1 / self.duty - 1))
+
+    def periodic(self, every: float) -> float:
+        """Seconds between periodic whole passes at rest: `every`, or more where a pass costs more
+        than REST_SHARE of a core at that pace."""
+        return max(every, self.whole / REST_SHARE)
 
     def _provisional(self, raw: Snapshot, unnamed: list[Namespace]) -> Snapshot:
         """The naming pass over the unnamed namespaces, their owners and parents and the processes
@@ -86,17 +100,21 @@ class Naming:
                           processes={p: raw.processes[p] for p in pids if p in raw.processes}, sources=())
         named = self.name_func(sub)
         self.spent = time.monotonic() - clock
-        return _renamed(raw, raw.with_namespaces(named.namespaces[ns.inode] for ns in unnamed),
+        return _renamed(raw, _with(raw, (named.namespaces[ns.inode] for ns in unnamed)),
                         frozenset(ns.inode for ns in unnamed))
 
     def _whole(self, raw: Snapshot, current: Snapshot | None) -> Snapshot:
         assert self.name_func is not None
-        clock = time.monotonic()
+        clock, cpu = time.monotonic(), time.thread_time()
         named = self.name_func(raw)
-        self.spent = self.whole = time.monotonic() - clock
+        self.spent, self.whole = time.monotonic() - clock, time.thread_time() - cpu
         self.named_at, self.due, self.stale, self.provisional = time.monotonic(), math.inf, False, False
         self.passes += 1
-        return _renamed(raw, _same_objects(named, current))
+        result = _same_objects(named, current)
+        before, after = raw.namespaces, result.namespaces
+        # (what differs, by identity: the events, the next naming and the mount watch look at those only)
+        differ = frozenset(i for i, ns in after.items() if before.get(i) is not ns) | (before.keys() - after.keys())
+        return _renamed(raw, result, differ)
 
 
 def _changed(base: Snapshot, raw: Snapshot) -> frozenset[int]:
@@ -133,7 +151,14 @@ def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
     if (len(same) == len(new.namespaces) == len(old.namespaces) and new.processes is old.processes
             and new.taken_at == old.taken_at):
         return old  # a pass that changed nothing: no new model (no events, nothing served anew)
-    return new.with_namespaces(same) if same else new
+    return _with(new, same) if same else new
+
+
+def _with(snap: Snapshot, namespaces: Iterable[Namespace]) -> Snapshot:
+    """snap.with_namespaces(namespaces), its table copied by dict.copy() (holdings.copied)."""
+    table = holdings.copied(snap.namespaces)
+    table.update((ns.inode, ns) for ns in namespaces)
+    return snap.replace(namespaces=table)
 
 
 def names_path(given: str | None) -> str:

@@ -22,6 +22,7 @@ class Served:
         self._json: tuple[bytes, bytes] | None = None  # the JSON before and after the value of taken_at
         self._pieces: dict[int, tuple[object, str]] = {}  # id(namespace or process) -> (it, its JSON)
         self._derived: dict[str, tuple[Snapshot, Any]] = {}
+        self._answers: tuple[Snapshot | None, dict[object, bytes]] = (None, {})
 
     def snapshot_json(self, snap: Snapshot, taken_at: float | None = None) -> bytes:
         """Snapshot.to_dict() as JSON: namespaces and processes are immutable and a partial update
@@ -64,3 +65,24 @@ class Served:
         value = compute(snap)
         self._derived[what] = (snap, value)
         return value
+
+    def answer(self, snap: Snapshot, key: object, make: Callable[[], bytes]) -> bytes:
+        """make(): an answer about `snap` (one namespace's details), made once per snapshot and key
+        (ANSWERS of them at most: a client that walks every namespace does not keep them all)."""
+        with self._lock:
+            held, answers = self._answers
+            if held is not snap:
+                answers = {}
+                self._answers = (snap, answers)
+            hit = answers.get(key)
+        if hit is None:
+            hit = make()
+            with self._lock:
+                if len(answers) >= ANSWERS:
+                    answers.clear()
+                answers[key] = hit
+        return hit
+
+
+#: Answers about one snapshot kept at most (Served.answer).
+ANSWERS = 256

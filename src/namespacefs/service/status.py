@@ -20,6 +20,8 @@ def mechanisms(live: Live) -> dict[str, dict[str, object]]:
         "mountinfo_poll": live.mount_watch.status() if live.mount_watch else {"running": False, "error": "not started"},
         "sweep": live.sweeper.status(),
         "full_scan": {"running": True, "interval": live.interval},
+        "naming": {"whole_cpu": live.naming.whole, "whole_passes": live.naming.passes,
+                   "whole_every_under_churn": live.naming.gap, "every_at_rest": live.naming.periodic(live.rename_every)},
     }
 
 

@@ -117,6 +117,7 @@ def unread_mounts(old: Snapshot, new: Snapshot) -> set[int]:
     (an update for process events reads no mount tables): re-read with its table, the new
     namespace's bind mounts and mount count are in the model at once, as a scan has them."""
     changed = incremental.changes(old, new)
-    came = (changed - old.namespaces.keys()) if changed is not None else new.namespaces.keys() - old.namespaces.keys()
+    came = ({i for i in changed if i not in old.namespaces} if changed is not None
+            else new.namespaces.keys() - old.namespaces.keys())  # (a set less a dict's keys walks all the keys)
     fresh = (new.namespaces[inode] for inode in came if inode in new.namespaces)
     return {ns.processes[0] for ns in fresh if ns.type == "mnt" and ns.mounts is None and ns.processes}

@@ -23,9 +23,13 @@ log = logging.getLogger("namespacefs.service")
 
 Touch = Callable[[Iterable[int]], None]
 Rescan = Callable[[str], None]
-#: Seconds a watcher sleeps at most: how stale drained_at (and so the model's as-of time) gets on a
-#: host where nothing happens.
-WAKE = 0.2
+#: Seconds a watcher sleeps at most (how long its thread takes to stop). While it sleeps with
+#: nothing left to read, its drained_at is the time it is asked (`Watcher.drained_at`), so the
+#: model's as-of time does not lag on a host where nothing happens.
+WAKE = 1.0
+#: Datagrams (one event each) the proc connector's thread reads before it hands their pids over, at
+#: most (all there are when fewer are queued).
+BATCH = 64
 _PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
@@ -46,9 +50,41 @@ class Watcher:
         self.error: str | None = None  # why it does not run, if it does not
         self.counts: Counter[str] = Counter()  # what it saw, by kind
         self.overruns = 0
-        self.drained_at = time.time()  # every event before this was handed to touch()
+        self._drained = time.time()  # every event before this was handed to touch()
+        self._waiting: object | None = None  # a new token each time the thread waits, having drained all
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def drained_at(self) -> float:
+        """The time up to which every event was handed to touch(): when the thread last found
+        nothing more to read; or, while it waits with nothing read since (the same wait before and
+        after the check) and nothing is pending, now."""
+        token = self._waiting
+        if token is None:
+            return self._drained
+        asked = time.time()
+        return asked if not self.pending() and self._waiting is token else self._drained
+
+    @drained_at.setter
+    def drained_at(self, when: float) -> None:
+        self._drained = when
+
+    def pending(self) -> bool:
+        """Something is queued that the thread has not read (True where that cannot be asked)."""
+        return True
+
+    def _wait(self, wait: Callable[[], object]) -> None:
+        """wait() for events, having handed over everything up to drained_at."""
+        self._waiting = object()
+        try:
+            wait()
+        finally:
+            self._waiting = None
+
+    def ask_stop(self) -> None:
+        """Tell the thread to end (within WAKE); stop() waits for it."""
+        self._stop.set()
 
     @property
     def running(self) -> bool:
@@ -101,13 +137,22 @@ class ProcConnector(Watcher):
 
     def _run(self) -> None:
         assert self.sock is not None
+        sock = self.sock
+        pids: list[int] = []  # (handed over once per drain, or per BATCH datagrams: one wake-up of the updater)
+        read = 0
         while not self._stop.is_set():
+            if pids and read >= BATCH:
+                self.touch(pids)
+                pids, read = [], 0
             try:
                 asked = time.time()
-                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:  # nothing queued: every event before `asked` was handled
+                if pids:
+                    self.touch(pids)
+                    pids, read = [], 0
                 self.drained_at = asked
-                select.select([self.sock], [], [], WAKE)
+                self._wait(lambda: select.select([sock], [], [], WAKE))
                 continue
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
@@ -117,15 +162,22 @@ class ProcConnector(Watcher):
                     self.error = f"proc connector failed ({e})"
                     log.error("%s; relying on the sweep and full rescans", self.error)
                 return
-            pids = []
+            read += 1
             for what, pid, tgid in kernel.parse_proc_events(data):
                 name = _PROC_EVENTS.get(what)
                 if name is None or pid != tgid:
                     continue
                 self.counts[name] += 1
                 pids.append(pid)
-            if pids:
-                self.touch(pids)
+
+    def pending(self) -> bool:
+        sock = self.sock
+        if sock is None:
+            return True
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):  # (closed as the daemon stops)
+            return True
 
     def close(self) -> None:
         if self.sock is not None:
@@ -133,8 +185,8 @@ class ProcConnector(Watcher):
 
 
 class Tracepoints(Watcher):
-    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read;
-    a clone's child comes from the proc connector)."""
+    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read,
+    or for a clone that made a process, that process: `_changed`)."""
 
     name = "tracepoints"
 
@@ -148,16 +200,23 @@ class Tracepoints(Watcher):
         if self.error:
             log.warning("%s", self.error)
 
+    def pending(self) -> bool:
+        try:
+            return self.tracer is None or self.tracer.pending()
+        except (OSError, ValueError):  # (closed as the daemon stops)
+            return True
+
     @property
     def mounted_tracefs(self) -> str | None:
         return self.tracer.mounted if self.tracer is not None else None
 
     def _run(self) -> None:
         assert self.tracer is not None
-        me, lost = os.getpid(), 0
+        tracer, me, lost = self.tracer, os.getpid(), 0
         while not self._stop.is_set():
             try:
-                calls = self.tracer.poll_calls(WAKE)
+                self._wait(lambda: tracer.wait(WAKE))
+                calls = tracer.calls()
             except OSError as e:
                 self.error = f"syscall tracepoints failed ({e})"
                 log.error("%s; relying on the sweep and full rescans", self.error)
@@ -166,7 +225,7 @@ class Tracepoints(Watcher):
                 lost = self.tracer.lost
                 self._overrun("tracepoint")
             self.counts.update(c.syscall for c in calls)
-            pids = {c.pid for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
+            pids = {_changed(c) for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
             if pids:
                 self.touch(pids)
             self.drained_at = self.tracer.read_at
@@ -174,6 +233,26 @@ class Tracepoints(Watcher):
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
+
+
+def _changed(call: tracing.Call) -> int:
+    """The process to re-read for a call: its caller (unshare, setns: its namespaces changed; a
+    clone that made a thread: a thread may have namespaces of its own, which the caller's re-read
+    finds among its tasks), but for a clone that made a process, that process (the caller did not
+    change; the proc connector names the child too, and without it this is how it is seen). A
+    clone's return value is the child's id in the caller's pid namespace: where that is not ours,
+    the caller."""
+    if not call.syscall.startswith("clone") or call.ret <= 0:
+        return call.pid
+    try:
+        if os.readlink(f"/proc/{call.pid}/ns/pid") != _OUR_PID_NS or os.path.exists(f"/proc/{call.pid}/task/{call.ret}"):
+            return call.pid
+    except OSError:  # the caller is gone: what it made is read through its own events
+        return call.pid
+    return call.ret
+
+
+_OUR_PID_NS = os.readlink("/proc/self/ns/pid")
 
 
 class Watched:
