@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import pickle
-import shutil
 import signal
 import sqlite3
 import stat
@@ -511,15 +510,11 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path, ram: Path) -> None:
-    for dirs in (400, 800):  # (a run that ends before the signal lands, once in a while: again, twice as big)
-        root, journal = ram / f"tree{dirs}", tmp_path / f"j{dirs}.db"
-        make_tree(root, dirs, 200, 1000)
-        procs: list[subprocess.Popen[bytes]] = []
-        done, total = kill_mid_run(root, journal, "--map", "1000:2000:10000", sig=signal.SIGINT, result=procs)
-        if done < total or procs[0].returncode != 0:
-            break
-        shutil.rmtree(root)
-    assert 0 < done < total  # (and not a run that ignored Ctrl-C: that one ends with status 0, twice)
+    root, journal = ram / "tree", tmp_path / "j.db"
+    make_tree(root, 400, 200, 1000)
+    procs: list[subprocess.Popen[bytes]] = []
+    done, total = kill_mid_run(root, journal, "--map", "1000:2000:10000", sig=signal.SIGINT, result=procs)
+    assert 0 < done < total
     (proc,) = procs
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
