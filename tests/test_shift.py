@@ -429,9 +429,12 @@ def kill_mid_run(root: Path, journal: Path, *extra: str, sig: int = signal.SIGKI
                  result: list[subprocess.Popen[bytes]] | None = None) -> tuple[int, int]:
     """Start a --chown shift, send its process group sig (SIGKILL: it and its workers die) once
     some but not all chunks are recorded as done; return (done, total) as the journal says after."""
+    # (SIGINT as a terminal's Ctrl-C finds it: a suite started in the background by a shell without
+    # job control inherits it ignored, and Python then installs no KeyboardInterrupt for it)
     proc = subprocess.Popen([sys.executable, "-m", "namespacefs", "shift", "--chown", str(root), "--journal", str(journal),
                              "--jobs", "1", "--no-progress", *extra], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
