@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from namespacefs.discover import discover, holdings, incremental
-from namespacefs.model import Holder, Namespace, Snapshot
+from namespacefs.model import Holder, Namespace, Snapshot, _members_moved, diff
 from namespacefs.service.events import events_between
 from namespacefs.service.naming import Naming
 from namespacefs.service.scanning import core_name
@@ -201,3 +203,51 @@ def test_an_update_costs_what_changed_not_the_processes_in_the_namespaces_it_tou
     few, many = _looks(monkeypatch, 1000), _looks(monkeypatch, 4000)
     for phase in ("made", "ended"):
         assert many[phase] < 300 and many[phase] <= few[phase] + 50, (few, many)
+
+
+def test_who_joined_and_left_is_found_from_the_processes_a_refresh_read_as_a_whole_comparison_finds_it(
+        holders: Any) -> None:
+    """The events of an update look up only the processes its refreshes read again (incremental.moved)
+    in the namespaces thousands are in; through real unshares and exits they are exactly what
+    comparing every member finds."""
+    model = incremental.refresh(_padded(discover()), {1})
+    first, steps, hinted = model, 0, 0
+
+    def step(pid: int, **how: bool) -> Snapshot:
+        nonlocal steps, hinted
+        new = incremental.refresh(model, {pid}, **how)
+        moved = incremental.moved(model, new)
+        assert moved is not None and pid in moved
+        assert diff(model, new, moved=moved) == diff(model, new)
+        members = ({(p, ns.key) for ns in model for p in ns.processes}
+                   ^ {(p, ns.key) for ns in new for p in ns.processes})
+        assert {p for p, _key in members} <= moved
+        steps += 1
+        hinted += any(len(moved) * 16 < 2 * len(ns.processes) for ns in new if ns.processes)
+        return new
+
+    made: list[Held] = []
+    for args in (("--uts",), ("--user", "--map-root-user", "--uts"), ("--net", "--ipc")):
+        made.append(holders(*args))
+        model = step(made[-1].pid)
+    for h in made:
+        h.kill()
+        model = step(h.pid, recheck=True)
+    assert steps == hinted == 6, "the host's namespaces were not big enough for the lookup by process"
+    assert incremental.moved(first, model) is None  # (more links than the chain keeps: not known)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(st.integers(1, 400), max_size=120), st.sets(st.integers(1, 400), max_size=6),
+       st.sets(st.integers(1, 400), max_size=6))
+def test_members_moved_by_the_candidates_equals_the_whole_comparison(base: set[int], came: set[int],
+                                                                     went: set[int]) -> None:
+    was = tuple(sorted(base - came))
+    now = tuple(sorted((base | came) - (went - came)))
+    truth = (sorted(set(now) - set(was)), sorted(set(was) - set(now)))
+    assert _members_moved(was, now, None) == truth
+    assert _members_moved(was, now, sorted(came | went)) == truth
+    # a hint that misses a process that moved: the counts tell, and the whole comparison decides
+    missed = sorted((came | went) - {next(iter(came - set(was)), -1)})
+    if len(truth[0]) + len(truth[1]) == 1:
+        assert _members_moved(was, now, missed) == truth

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
@@ -303,7 +304,10 @@ def netns_names(ns: Namespace) -> list[str]:
     return sorted(name for name in found if "/" not in name) if found else []
 
 
-def diff(old: Snapshot, new: Snapshot) -> Diff:
+def diff(old: Snapshot, new: Snapshot, moved: Collection[int] | None = None) -> Diff:
+    """What changed from `old` to `new`. `moved`, where known, holds every process that may be in
+    other namespaces in `new` than in `old` (the ones a partial re-read read again): who joined and
+    left a namespace thousands are in is then looked up for those alone."""
     before = {ns.key: ns for ns in old}
     after = {ns.key: ns for ns in new}
     appeared = tuple(ns for k, ns in after.items() if k not in before)
@@ -311,6 +315,7 @@ def diff(old: Snapshot, new: Snapshot) -> Diff:
     changed = []
     joined: list[tuple[int, Namespace]] = []
     left: list[tuple[int, Namespace]] = []
+    candidates = sorted(moved) if moved is not None else None
     for k, ns in after.items():
         prev = before.get(k)
         if prev is None:
@@ -319,12 +324,32 @@ def diff(old: Snapshot, new: Snapshot) -> Diff:
         if prev.holders != ns.holders or prev.name != ns.name:
             changed.append((prev, ns))
         if prev.processes != ns.processes:
-            was, now = set(prev.processes), set(ns.processes)
-            joined.extend((pid, ns) for pid in sorted(now - was))
-            left.extend((pid, ns) for pid in sorted(was - now))
+            came, went = _members_moved(prev.processes, ns.processes, candidates)
+            joined.extend((pid, ns) for pid in came)
+            left.extend((pid, ns) for pid in went)
     for ns in vanished:
         left.extend((pid, ns) for pid in ns.processes)
     return Diff(appeared, vanished, tuple(changed), tuple(joined), tuple(left))
+
+
+def _members_moved(was: tuple[int, ...], now: tuple[int, ...],
+                   candidates: list[int] | None) -> tuple[list[int], list[int]]:
+    """(pids in `now` not in `was`, pids in `was` not in `now`), each sorted. Both are sorted
+    (Namespace.processes); where the only pids that can differ are `candidates` (sorted), each is
+    looked up by bisection instead of hashing thousands. The counts must add up, else the whole
+    comparison decides (a hint that missed a pid must not lose an event)."""
+    if candidates is not None and len(candidates) * 16 < len(was) + len(now):
+        came = [pid for pid in candidates if _has(now, pid) and not _has(was, pid)]
+        went = [pid for pid in candidates if _has(was, pid) and not _has(now, pid)]
+        if len(was) + len(came) - len(went) == len(now):
+            return came, went
+    before, after = set(was), set(now)
+    return sorted(after - before), sorted(before - after)
+
+
+def _has(pids: tuple[int, ...], pid: int) -> bool:
+    at = bisect_left(pids, pid)
+    return at < len(pids) and pids[at] == pid
 
 
 # --- the inverse of to_dict (issue 7: snapshots served by the daemon) ----------------------------

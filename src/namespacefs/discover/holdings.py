@@ -93,13 +93,27 @@ def _without(items: tuple[Holder, ...], gone: set[Holder]) -> tuple[Holder, ...]
     item), more by a filter."""
     if len(gone) <= FEW:
         with contextlib.suppress(ValueError):  # (one missing: the filter, which needs none)
-            cuts = sorted(items.index(h) for h in gone)
+            cuts = sorted(_position(items, h) for h in gone)
             return tuple(chain.from_iterable(items[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(items)], strict=True)))
     return tuple(filterfalse(gone.__contains__, items))
 
 
+def _position(items: tuple[Holder, ...], holder: Holder) -> int:
+    """Where `holder` is in `items` (ValueError if it is not), the newest RECENT first: what a
+    re-read adds goes at the end (`swapped`), and under churn what goes is mostly what came a
+    little before (a process forked a second ago exits), so the search of a namespace thousands
+    are in mostly ends among the last few hundred holders."""
+    tail = max(0, len(items) - RECENT)
+    try:
+        return items.index(holder, tail)
+    except ValueError:
+        return items.index(holder, 0, tail)
+
+
 #: Holders taken out of a namespace by position at most (`_without`).
 FEW = 4
+#: The holders at the end of a namespace's list searched first (`_position`).
+RECENT = 256
 
 
 def resorted(procs: tuple[int, ...], was: set[int], now: tuple[int, ...]) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ directory) and, optionally, a loopback TCP port that requires a bearer token."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -157,6 +158,8 @@ def _socket_dir(path: str) -> str:
 
 #: The most a token file may hold: a token is one line of 43 characters.
 MAX_TOKEN_BYTES = 4096
+#: Allocations between collections of the youngest generation in the daemon (serve(): why).
+GC_YOUNG = 20_000
 
 
 def load_token(path: str) -> str:
@@ -320,9 +323,14 @@ def serve(opts: Options) -> None:
         tcp_sock = tcp_listener(*opts.tcp)
     unix_sock = unix_listener(opts.socket_path)
     first = _bound(unix_sock)
-    # the full scan runs in a thread of this process: hand the GIL over more often than every 5 ms,
-    # so requests are not queued behind it
+    # an update (or a sweep slice) holds the GIL for a few ms: hand it over more often than every
+    # 5 ms, so requests are not queued behind one
     sys.setswitchinterval(0.001)
+    # each update makes a new model: copies of its tables, thousands of entries each, that live
+    # until the next. At the default threshold (700 allocations) the youngest generation is
+    # collected several times per update, each time walking the copies still alive; the model
+    # makes no cycles worth finding sooner (measured at 5,000 namespaces: ~5% of an update)
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     period, budget = sweep_settings(opts.sweep)
     live = Live(interval=opts.interval, debounce=opts.debounce, settle=opts.settle, netlink=opts.netlink,
                 rcvbuf=opts.rcvbuf, sweep=period, sweep_budget=budget, trace=opts.trace)

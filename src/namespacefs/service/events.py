@@ -91,7 +91,7 @@ def own_helpers(snap: Snapshot, me: int | None = None) -> set[int]:
 def events_between(old: Snapshot, new: Snapshot, now: float) -> list[Event]:
     """The lifecycle events that turn `old` into `new` (keyed on the 64-bit id where there is one).
     Our own helper processes (own_helpers) are in no event."""
-    d = diff(*_changed(old, new))
+    d = diff(*_changed(old, new), moved=incremental.moved(old, new))
     me = os.getpid()
 
     def ours(pid: int) -> bool:  # (own_helpers, asked of the processes in an event only)
