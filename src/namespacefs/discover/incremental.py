@@ -30,8 +30,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from namespacefs import kernel
-from namespacefs.discover import SOURCES, freeze, hierarchy, holdings, mounts, processes, read_user_maps
+from namespacefs.discover import SOURCES, freeze, hierarchy, holdings, links, mounts, processes, read_user_maps
 from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
+from namespacefs.discover.links import changes as changes
+from namespacefs.discover.links import moved as moved
 from namespacefs.discover.state import Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
@@ -63,9 +65,9 @@ def renamed(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None = None) 
     if _last and _last[0].snap is old and _same_keys(old, new, inodes):
         _last[0].snap = new
     if inodes is None:
-        _changes.clear()
+        links.forget()
     else:
-        _link(old, new, inodes)
+        links.link(old, new, inodes)
 
 
 def _same_keys(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None) -> bool:
@@ -114,50 +116,8 @@ def refresh(old: Snapshot, pids: Iterable[int], sources: Iterable[str] = SOURCES
     index = _index(new)
     new = new.replace(taken_at=time.time(), duration=time.perf_counter() - clock, errors=total, errors_by_pid=by_pid)
     index.snap = new  # (the same namespaces: the next refresh starts from `new`, most likely)
-    _link(old, new, frozenset(changed), frozenset(reread))
+    links.link(old, new, frozenset(changed), frozenset(reread))
     return new
-
-
-#: (old, new, inodes, pids): the last refreshes (and renamings), each with the inodes whose entries
-#: it may have changed and the processes it read again (no other process is in other namespaces in
-#: `new` than in `old`); a chain, each starting from the one before it.
-_changes: list[tuple[Snapshot, Snapshot, frozenset[int], frozenset[int]]] = []
-
-
-def _link(old: Snapshot, new: Snapshot, inodes: frozenset[int], pids: frozenset[int] = frozenset()) -> None:
-    if not (_changes and _changes[-1][1] is old):
-        _changes.clear()
-    _changes.append((old, new, inodes, pids))
-    del _changes[:-4]
-
-
-def changes(old: Snapshot, new: Snapshot) -> frozenset[int] | None:
-    """The inodes whose entries may differ between `old` and `new` where `new` is what the last
-    refreshes made of `old` (every other entry is the same object in both); None if it is not."""
-    both = _chain(old, new)
-    return both[0] if both is not None else None
-
-
-def moved(old: Snapshot, new: Snapshot) -> frozenset[int] | None:
-    """The processes that may be in other namespaces in `new` than in `old` (read again, come or
-    gone), where `new` is what the last refreshes made of `old`; None if it is not."""
-    both = _chain(old, new)
-    return both[1] if both is not None else None
-
-
-def _chain(old: Snapshot, new: Snapshot) -> tuple[frozenset[int], frozenset[int]] | None:
-    """(inodes, pids) of the links from `old` to `new` together."""
-    inodes: frozenset[int] = frozenset()
-    pids: frozenset[int] = frozenset()
-    links = list(_changes)  # (a copy: other threads ask while the updater adds)
-    for i in range(len(links) - 1, -1, -1):
-        start, end, these, read = links[i]
-        if i == len(links) - 1 and end is not new:
-            return None
-        inodes, pids = inodes | these, pids | read
-        if start is old:
-            return inodes, pids
-    return None
 
 
 #: what one read meets by chance (a process gone, an inode reused while it read): not something the
