@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "namespacefs"
 #: and any lower layer. Kept in step with the table in docs/architecture.md.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("syntax", "kinds", "kernel", "_walk", "_tree", "_digest"),  # no I/O policy: numbers, names, the model's words, syscalls
-    ("procfs", "model", "forking", "ownership"),          # pure parsers, plain data, the one fork
+    ("procfs", "model", "tables", "forking", "ownership"),  # pure parsers, plain data, the one fork
     ("handles", "inside", "tracing"),                     # race-checked handles; running code inside namespaces; tracepoints
     ("discover",),                                        # reading the host: one snapshot
     ("details", "access", "accounting"),                  # reading more about one namespace

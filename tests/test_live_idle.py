@@ -6,6 +6,8 @@ so are its re-reads of our processes."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -144,10 +146,29 @@ def test_updates_for_events_never_wait_for_a_whole_naming_pass(tmp_path: Any, mo
             h.kill()
 
 
-def test_a_watcher_at_rest_is_drained_up_to_now_though_it_wakes_once_a_second() -> None:
-    """The proc connector's thread sleeps up to WAKE (a second) when nothing happens; asked while
-    it sleeps with nothing queued, it is drained up to the moment it is asked (the model's as-of
-    time does not lag at rest)."""
+def _listening(watchers: list[Any]) -> tuple[Any, Any, threading.Event]:
+    """A Listener over `watchers`, waited on and drained by a thread of its own as the updater
+    does while nothing is pending; (listener, thread, stop)."""
+    from namespacefs.service.watchers import Listener
+
+    listener, stop = Listener(watchers), threading.Event()
+    for w in watchers:
+        w.start()
+
+    def loop() -> None:
+        while not stop.is_set():
+            listener.wait(10.0, events=True)
+            listener.drain()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return listener, thread, stop
+
+
+def test_a_watcher_at_rest_is_drained_up_to_now_though_it_is_waited_on_for_a_second() -> None:
+    """The updater waits up to WAKE (a second) on the watchers when nothing happens; asked
+    meanwhile with nothing queued, a watcher is drained up to the moment it is asked (the model's
+    as-of time does not lag at rest)."""
     from namespacefs.service import watchers
 
     assert watchers.WAKE >= 1.0
@@ -155,7 +176,7 @@ def test_a_watcher_at_rest_is_drained_up_to_now_though_it_wakes_once_a_second() 
     w = watchers.ProcConnector(touched.extend, lambda reason: None)
     if w.error:
         pytest.skip(w.error)
-    w.start()
+    listener, thread, stop = _listening([w])
     try:
         time.sleep(0.3)
         lags = []
@@ -164,4 +185,32 @@ def test_a_watcher_at_rest_is_drained_up_to_now_though_it_wakes_once_a_second() 
             lags.append(time.time() - w.drained_at)
         assert max(lags) < 0.1, lags
     finally:
+        stop.set()
+        listener.ring()
+        thread.join(5)
+        listener.close()
         w.stop()
+
+
+def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each() -> None:
+    """Forks and exits during the debounce of a live model are not each a wake-up of its updater:
+    the first wakes it, the rest are read when the update takes them, all in that one update."""
+    live = Live(scan=discover, refresh=incremental.refresh, name=None, debounce=0.5, interval=3600)
+    if not live.want_netlink:
+        pytest.skip("no proc connector")
+    live.start()
+    try:
+        if not live.netlink:
+            pytest.skip(live.netlink_error or "no proc connector")
+        time.sleep(1.0)  # (the first updates of a new model, and what the host does, settle)
+        wakes, updates = live.listener.wakes, live.scans["process"]
+        procs = [subprocess.Popen(["true"]) for _ in range(20)]
+        for p in procs:
+            p.wait()
+        pids = {p.pid for p in procs}
+        assert live.wait_scan(live.generation, 5)
+        seen = live.listener.wakes - wakes
+        assert all(pid in live._touched_since_full for pid in pids), "an event was not read"
+        assert seen <= 3 and live.scans["process"] - updates <= 3, (seen, live.scans)
+    finally:
+        live.stop()

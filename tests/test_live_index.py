@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from immutables import Map
 
+from namespacefs import tables
 from namespacefs.discover import discover, holdings, incremental
 from namespacefs.model import Holder, Namespace, Snapshot, _members_moved, diff
 from namespacefs.service.events import events_between
@@ -251,3 +253,34 @@ def test_members_moved_by_the_candidates_equals_the_whole_comparison(base: set[i
     missed = sorted((came | went) - {next(iter(came - set(was)), -1)})
     if len(truth[0]) + len(truth[1]) == 1:
         assert _members_moved(was, now, missed) == truth
+
+
+def test_a_refresh_makes_a_new_version_of_the_tables_and_leaves_the_old_snapshot_as_it_was(holders: Any) -> None:
+    """The tables of a live model are persistent maps: an update makes a new version (the old
+    snapshot, which readers may still hold, keeps every entry it had) and the new one has exactly
+    what a copy changed the same way would have."""
+    first = discover()
+    before = dict(first.namespaces), dict(first.processes)
+    made = holders("--uts", "--ipc")
+    model = incremental.refresh(first, {made.pid})
+    assert isinstance(model.namespaces, Map) and isinstance(model.processes, Map)
+    assert (dict(first.namespaces), dict(first.processes)) == before, "the old snapshot changed"
+    assert made.pid in model.processes and made.pid not in first.processes
+    made.kill()
+    gone = incremental.refresh(model, {made.pid})
+    assert made.pid in model.processes and made.pid not in gone.processes
+    assert tables.same_keys(gone.namespaces, first.namespaces) == (set(dict(gone.namespaces)) == set(first.namespaces))
+    assert tables.missing(model.namespaces, gone.namespaces) == set(dict(model.namespaces)) - set(dict(gone.namespaces))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 60), st.integers()), st.dictionaries(st.integers(0, 60), st.integers()),
+       st.booleans(), st.booleans())
+def test_same_keys_and_missing_say_of_maps_what_dict_key_views_say(a: dict[int, int], b: dict[int, int],
+                                                                   a_map: bool, b_map: bool) -> None:
+    left, right = (Map(a) if a_map else a), (Map(b) if b_map else b)
+    assert tables.same_keys(left, right) == (a.keys() == b.keys())
+    assert tables.missing(left, right) == set(a.keys() - b.keys())
+    edit = tables.editable(left)
+    edit[61] = 0
+    assert 61 not in left and dict(edit.finish()) == {**a, 61: 0}

@@ -20,11 +20,9 @@ import contextlib
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from itertools import chain, filterfalse
-from typing import TypeVar
 
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Snapshot
 
-T = TypeVar("T")
 #: Holder kinds a process gives (and takes away when it goes): what `by_pid` indexes.
 PER_PROCESS = frozenset({"process", "zombie", "task", "pid_for_children", "time_for_children", "fd", "socket"})
 #: What a namespace is held by when no re-read process holds it while the kernel says it is alive.
@@ -33,12 +31,6 @@ BINDMOUNT = "bindmount"
 
 #: key (pid or mount namespace) -> inode -> the holders that key gives that namespace
 Parts = dict[int, dict[int, tuple[Holder, ...]]]
-
-
-def copied(table: Mapping[int, T]) -> dict[int, T]:
-    """A copy of a model's table to change: dict.copy() where it is a dict (copied whole in C even
-    with the holes deletions leave, where dict() re-inserts entry by entry: ~5x at 5,000)."""
-    return table.copy() if isinstance(table, dict) else dict(table)
 
 
 def direct(holders: tuple[Holder, ...]) -> tuple[Holder, ...]:

@@ -29,8 +29,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from namespacefs import kernel
-from namespacefs.discover import SOURCES, freeze, hierarchy, holdings, links, mounts, processes, read_user_maps
+from namespacefs import kernel, tables
+from namespacefs.discover import SOURCES, freeze, hierarchy, links, mounts, processes, read_user_maps
 from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
 from namespacefs.discover.links import changes as changes
 from namespacefs.discover.links import moved as moved
@@ -73,7 +73,7 @@ def renamed(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None = None) 
 def _same_keys(old: Snapshot, new: Snapshot, inodes: frozenset[int] | None) -> bool:
     """`new`, which is `old` with the entries `inodes` (None: any) renamed, has the same inodes."""
     if inodes is None:
-        return new.namespaces.keys() == old.namespaces.keys()
+        return tables.same_keys(new.namespaces, old.namespaces)
     return len(new.namespaces) == len(old.namespaces) and all(i in old.namespaces for i in inodes)
 
 
@@ -166,7 +166,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     procs = _processes(old.processes, touched, state.processes)
     if procs is old.processes and not merge.changed:
         return old, frozenset(merge.suspects)
-    new = old.replace(namespaces=merge.table, processes=procs)
+    new = old.replace(namespaces=merge.table.finish(), processes=procs)
     changed |= merge.visited
     _last.clear()  # (moved on in place: an error half-way must leave no index behind)
     if chosen >= KINDS_OF.keys():
@@ -182,13 +182,13 @@ def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mappin
     same = all(old.get(pid) == p for pid, p in read.items()) and all(pid in read for pid in touched if pid in old)
     if same:
         return old
-    procs = holdings.copied(old)
+    procs = tables.editable(old)
     for pid in touched:
         procs.pop(pid, None)
     for pid, p in read.items():
         prev = old.get(pid)
         procs[pid] = prev if prev is not None and prev == p else p
-    return procs
+    return procs.finish()
 
 
 class _Merge:
@@ -200,7 +200,7 @@ class _Merge:
     def __init__(self, old: Snapshot, index: Holdings, touched: frozenset[int], chosen: frozenset[str],
                  remounted: set[int], recheck: bool) -> None:
         self.old, self.index = old, index
-        self.table: dict[int, Namespace] = holdings.copied(old.namespaces)
+        self.table = tables.editable(old.namespaces)
         self.changed = False
         self.suspects: set[int] = set()
         self.fresh: set[int] = set()  # inodes the read found (alive when it read them)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Response
 
+from namespacefs import tables
 from namespacefs.cli import rendering  # (the one arrow from the service to the command line: docs/architecture.md)
 from namespacefs.kernel import NS_TYPES
 from namespacefs.model import Snapshot
@@ -133,7 +134,7 @@ class Listings:
         if args.task is not None or args.namespace or time.monotonic() - found.made > self.REUSE:
             return False
         before, now = found.snap.namespaces, snap.namespaces
-        return before.keys() == now.keys() and all(
+        return tables.same_keys(before, now) and all(
             ns is before[inode] or (ns.name == before[inode].name and ns.path == before[inode].path)
             for inode, ns in now.items())
 

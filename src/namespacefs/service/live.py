@@ -2,7 +2,9 @@
 
 - Watchers (service.watchers) name the processes that changed: the proc connector (fork, exec,
   exit) and the syscall tracepoints (unshare, setns, clone, clone3). The updater re-reads just
-  those (discover.incremental.refresh) `debounce` after the first of a burst. Without tracepoints a
+  those (discover.incremental.refresh) `debounce` after the first of a burst. It reads the
+  watchers itself (one epoll, watchers.Listener): the first event of a burst wakes it, the rest
+  is read all at once when the update takes them. Without tracepoints a
   process is read once more `settle` later (a fork followed by unshare() shows up then).
 - The sweep re-reads every process, with its mount namespace's bind mounts, in slices, once per
   `sweep` seconds: what changes silently (an fd passed or closed, a socket, a bind mount, a thread's
@@ -36,7 +38,7 @@ from namespacefs.service.reading import Reading
 from namespacefs.service.scanning import core_name, scan_in_child
 from namespacefs.service.served import Served
 from namespacefs.service.sweep import Sweep, unread_mounts
-from namespacefs.service.watchers import ProcConnector, Tracepoints, name_thread
+from namespacefs.service.watchers import Listener, ProcConnector, Tracepoints, name_thread
 
 log = logging.getLogger("namespacefs.service")
 
@@ -88,6 +90,7 @@ class Live(Reading):
         self.full_taken_at = 0.0  # when the full scan behind the model started
         self.last_update = (0.0, 0.0)  # (seconds the last update took, of which naming)
         self.mount_watch: MountTables | None = None
+        self.listener: Listener | None = None
         self._remount: set[int] = set()  # pids whose mount namespace's table changed (mount_watch)
         self._lock = threading.Lock()  # the snapshot
         self._cond = threading.Condition()  # everything below
@@ -106,8 +109,10 @@ class Live(Reading):
         self._last_events = 0.0  # time.monotonic() of the last update for events
         self._recheck_at: float | None = None  # when to ask the kernel again about kernel-held namespaces
         self._stop = threading.Event()
+        self._full_bell = threading.Event()  # rings the full-scan thread: a scan is wanted now, or stop
         self._threads: list[threading.Thread] = []
         self._generation = 0
+        self._updater_id: int | None = None  # the updater's thread (threading.get_ident())
         self._whole: Snapshot | None = None  # the model, named by a whole pass (not provisionally)
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -117,6 +122,7 @@ class Live(Reading):
         self.netlink_watch = ProcConnector(self.touch, self.rescan, self.want_netlink, self.rcvbuf)
         self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace)
         self.mount_watch = MountTables(self.remount, self.rescan, self.want_netlink)
+        self.listener = Listener([self.netlink_watch, self.trace_watch])
         clock = time.monotonic()
         for attempt in range(3):  # a scan can trip over a process dying mid-read; try again
             try:
@@ -142,15 +148,24 @@ class Live(Reading):
 
     def stop(self) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._full_bell.set()
+        self._wake()
+        if self.mount_watch is not None:
+            self.mount_watch.ask_stop()  # (now: its thread takes up to WAKE to see it)
         for t in self._threads:
             t.join(timeout=5)
-        watchers = [w for w in (self.netlink_watch, self.trace_watch, self.mount_watch) if w is not None]
-        for w in watchers:  # (all at once: each takes up to WAKE to see it)
-            w.ask_stop()
-        for w in watchers:
-            w.stop()
+        for w in (self.netlink_watch, self.trace_watch, self.mount_watch):
+            if w is not None:
+                w.stop()
+        if self.listener is not None:
+            self.listener.close()
+
+    def _wake(self) -> None:
+        """Wake the updater (and whoever waits for the model): something for it, from another thread."""
+        with self._cond:
+            self._cond.notify_all()
+        if self.listener is not None and threading.get_ident() != self._updater_id:
+            self.listener.ring()
 
     def touch(self, pids: Iterable[int]) -> None:
         """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
@@ -160,11 +175,12 @@ class Live(Reading):
             self.mount_watch.let_go(pids)
         with self._cond:
             self._pending.update(pids)
-            if self._due is None:  # (else the updater waits for that already: no need to wake it)
-                self._due = now + self.debounce
-                if self._waiting_since is None:  # what is touched now happened after the last drain
-                    self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
-                self._cond.notify_all()
+            if self._due is not None:  # (the updater waits for that already: no need to wake it)
+                return
+            self._due = now + self.debounce
+            if self._waiting_since is None:  # what is touched now happened after the last drain
+                self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
+        self._wake()
 
     def remount(self, pids: Iterable[int]) -> None:
         """The mount tables of these processes' mount namespaces changed: re-read them soon."""
@@ -177,7 +193,7 @@ class Live(Reading):
         """A full scan as soon as possible."""
         with self._cond:
             self._full_wanted = reason
-            self._cond.notify_all()
+        self._full_bell.set()
 
     def wait_scan(self, generation: int, timeout: float) -> bool:
         """Block until an update newer than `generation` was committed."""
@@ -199,15 +215,15 @@ class Live(Reading):
         last_end = time.monotonic()
         while not self._stop.is_set():
             with self._cond:
-                while not self._stop.is_set():
-                    wait = last_end + max(self.interval, self.last_full_duration) - time.monotonic()
-                    if self._full_wanted or wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                if self._stop.is_set():
-                    return
-                reason, self._full_wanted = self._full_wanted or "full", None
-                self._touched_since_full = set()
+                wait = last_end + max(self.interval, self.last_full_duration) - time.monotonic()
+                due = bool(self._full_wanted) or wait <= 0
+                if due:
+                    reason, self._full_wanted = self._full_wanted or "full", None
+                    self._touched_since_full = set()
+            if not due:  # (a bell of its own: every update notifies _cond, and would wake it for nothing)
+                self._full_bell.wait(wait)
+                self._full_bell.clear()
+                continue
             clock = time.monotonic()
             snap = self._guarded(self.scan_func, "full scan")
             last_end = time.monotonic()
@@ -215,7 +231,7 @@ class Live(Reading):
             if snap is not None:
                 with self._cond:
                     self._full_result = (snap, reason)
-                    self._cond.notify_all()
+                self._wake()
 
     def _guarded(self, work: Callable[[], T], what: str) -> T | None:
         """work(), or None after a failure (logged and counted; the model stays as it was)."""
@@ -231,6 +247,7 @@ class Live(Reading):
 
     def _update(self) -> None:
         name_thread("nsfs-updater")
+        self._updater_id = threading.get_ident()
         while not self._stop.is_set():
             job = self._next_job()
             if job is None:
@@ -270,19 +287,28 @@ class Live(Reading):
         return self.naming.named(raw, full is not None or job.rename, base, self.snapshot), job.kind, full
 
     def _next_job(self) -> Job | None:
-        """Wait until something is due; take it."""
-        with self._cond:
-            while not self._stop.is_set():
+        """Wait until something is due; take it. Events are read here: while none waits, the wait
+        ends at the first; while some wait for their update, the watchers are not read until it
+        is taken, and then everything queued goes into it."""
+        listener = self.listener
+        while not self._stop.is_set():
+            with self._cond:
                 now = time.monotonic()
-                if self._full_result is not None:
-                    break
-                due = min(self._events_due(), self._other_due(now))
-                if due <= now:
-                    break
-                self._cond.wait(due - now)
-            if self._stop.is_set():
-                return None
-            return self._take_job(time.monotonic())
+                due = now if self._full_result is not None else min(self._events_due(), self._other_due(now))
+                waiting = self._due is not None
+            if due <= now:
+                if listener is not None:
+                    listener.drain()
+                with self._cond:
+                    return self._take_job(time.monotonic())
+            if listener is None:
+                with self._cond:
+                    self._cond.wait(due - now)
+                continue
+            listener.wait(due - now, events=not waiting)
+            if not waiting:
+                listener.drain()
+        return None
 
     def _take_job(self, now: float) -> Job:
         """Events first: processes touched are re-read in a job of their own (no sweep slice, no

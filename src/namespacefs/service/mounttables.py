@@ -8,11 +8,14 @@ At most `limit` mount namespaces are watched, those with the most processes firs
 (`unwatched` in /api/status) are left to the sweep. An open mountinfo holds its mount namespace,
 so a watched one is let go as soon as the process it was opened through is touched by an event and
 is no longer in it (before that update reads the host), and at each new model.
+
+The tables have a thread of their own (the one watcher that has): a table's POLLPRI is an edge the
+kernel clears when the file is polled (mounts_poll), which an epoll nested in the updater's would
+take and then not report. Mount changes are rare; it wakes for those, and once per WAKE.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -21,7 +24,7 @@ import time
 
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
-from namespacefs.service.watchers import WAKE, Rescan, Touch, Watcher
+from namespacefs.service.watchers import WAKE, Rescan, Touch, Watcher, name_thread
 
 log = logging.getLogger("namespacefs.service")
 
@@ -40,17 +43,15 @@ class MountTables(Watcher):
         self._open: dict[int, tuple[int, int]] = {}  # mount namespace inode -> (fd, pid)
         self._by_fd: dict[int, tuple[int, int]] = {}  # fd -> (inode, pid)
         self._pid_of: dict[int, int] = {}  # pid -> the mount namespace watched through it
-        self._wanted: Snapshot | None = None
         self._synced: Snapshot | None = None  # the model last synced with
         self._epoll: select.epoll | None = None
-        self._wake = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if not enabled:
             self.error = "mount tables not polled (disabled)"
             return
         try:
             self._epoll = select.epoll()
-            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self._epoll.register(self._wake, select.EPOLLIN)
         except OSError as e:
             self.error = f"mount tables cannot be polled ({e.strerror or e})"
             log.warning("%s", self.error)
@@ -59,12 +60,27 @@ class MountTables(Watcher):
     def watched(self) -> int:
         return len(self._open)
 
+    def start(self) -> None:
+        super().start()
+        if self.error is None:
+            self._thread = threading.Thread(target=self._run, name="nsfs-mountinfo", daemon=True)
+            self._thread.start()
+
+    def ask_stop(self) -> None:
+        """Tell the thread to end (within WAKE); stop() waits for it."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.close()
+
     def follow(self, snap: Snapshot) -> None:
-        """The model changed: watch its mount namespaces (done in the watcher's thread)."""
-        self._wanted = snap
-        if self._wake >= 0:
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self._wake, 1)
+        """The model changed: watch its mount namespaces (in the updater's thread, which commits it;
+        the tables' thread only waits on them)."""
+        if self._epoll is not None and self._moved(snap):
+            self._sync(snap)
 
     def let_go(self, pids: set[int]) -> None:
         """These processes changed (an event): a watched table opened through one that is no longer
@@ -77,6 +93,7 @@ class MountTables(Watcher):
 
     def _run(self) -> None:
         assert self._epoll is not None
+        name_thread("nsfs-mountinfo")
         while not self._stop.is_set():
             try:
                 ready = self._epoll.poll(WAKE)
@@ -85,10 +102,6 @@ class MountTables(Watcher):
             asked = time.time()
             pids = set()
             for fd, _mask in ready:
-                if fd == self._wake:
-                    with contextlib.suppress(OSError):
-                        os.eventfd_read(self._wake)
-                    continue
                 with self._lock:
                     found = self._by_fd.get(fd)
                 if found is not None:
@@ -97,9 +110,6 @@ class MountTables(Watcher):
             if pids:
                 self.touch(pids)
             self.drained_at = asked
-            wanted, self._wanted = self._wanted, None
-            if wanted is not None and self._moved(wanted):
-                self._sync(wanted)
 
     def _moved(self, snap: Snapshot) -> bool:
         """Must the watched tables be chosen again for this model? Not when the mount namespaces
@@ -163,9 +173,6 @@ class MountTables(Watcher):
                 self._close(inode, fd)
         if self._epoll is not None:
             self._epoll.close()
-        if self._wake >= 0:
-            os.close(self._wake)
-            self._wake = -1
 
     def status(self) -> dict[str, object]:
         return {"running": self.running, "error": self.error, "watched": self.watched, "limit": self.limit,

@@ -17,7 +17,8 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from namespacefs.discover import holdings, incremental
+from namespacefs import tables
+from namespacefs.discover import incremental
 from namespacefs.model import Namespace, Snapshot, netns_names
 
 Namer = Callable[[Snapshot], Snapshot]
@@ -113,7 +114,7 @@ class Naming:
         result = _same_objects(named, current)
         before, after = raw.namespaces, result.namespaces
         # (what differs, by identity: the events, the next naming and the mount watch look at those only)
-        differ = frozenset(i for i, ns in after.items() if before.get(i) is not ns) | (before.keys() - after.keys())
+        differ = frozenset({i for i, ns in after.items() if before.get(i) is not ns} | tables.missing(before, after))
         return _renamed(raw, result, differ)
 
 
@@ -124,7 +125,7 @@ def _changed(base: Snapshot, raw: Snapshot) -> frozenset[int]:
     if known is not None:
         return known
     before, after = base.namespaces, raw.namespaces
-    return frozenset({i for i, ns in after.items() if before.get(i) is not ns} | (before.keys() - after.keys()))
+    return frozenset({i for i, ns in after.items() if before.get(i) is not ns} | tables.missing(before, after))
 
 
 def _netns_changed(raw: Snapshot, base: Snapshot, changed: frozenset[int]) -> bool:
@@ -155,10 +156,11 @@ def _same_objects(new: Snapshot, old: Snapshot | None) -> Snapshot:
 
 
 def _with(snap: Snapshot, namespaces: Iterable[Namespace]) -> Snapshot:
-    """snap.with_namespaces(namespaces), its table copied by dict.copy() (holdings.copied)."""
-    table = holdings.copied(snap.namespaces)
-    table.update((ns.inode, ns) for ns in namespaces)
-    return snap.replace(namespaces=table)
+    """snap.with_namespaces(namespaces), a new version of its table (namespacefs.tables)."""
+    table = tables.editable(snap.namespaces)
+    for ns in namespaces:
+        table[ns.inode] = ns
+    return snap.replace(namespaces=table.finish())
 
 
 def names_path(given: str | None) -> str:

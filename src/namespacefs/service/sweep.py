@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Collection
 
+from namespacefs import tables
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 
@@ -118,6 +119,6 @@ def unread_mounts(old: Snapshot, new: Snapshot) -> set[int]:
     namespace's bind mounts and mount count are in the model at once, as a scan has them."""
     changed = incremental.changes(old, new)
     came = ({i for i in changed if i not in old.namespaces} if changed is not None
-            else new.namespaces.keys() - old.namespaces.keys())  # (a set less a dict's keys walks all the keys)
+            else tables.missing(new.namespaces, old.namespaces))
     fresh = (new.namespaces[inode] for inode in came if inode in new.namespaces)
     return {ns.processes[0] for ns in fresh if ns.type == "mnt" and ns.mounts is None and ns.processes}

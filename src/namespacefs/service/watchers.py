@@ -1,14 +1,16 @@
-"""What tells the live model that something changed: the kernel's proc connector (fork, exec, exit)
-and the syscall tracepoints (unshare, setns, clone; namespacefs.tracing). Each runs in a thread of
-its own and hands pids to `touch`; an overrun (events the kernel dropped) asks for a full rescan.
-Where a mechanism is missing, `error` says why, and the model relies on the sweep and the full
-rescans for that part alone."""
+"""What tells the live model that something changed: the kernel's proc connector (fork, exec, exit),
+the syscall tracepoints (unshare, setns, clone; namespacefs.tracing) and the mount tables
+(service.mounttables). None has a thread of its own: the updater reads them all (`Listener`, one
+epoll) and hands their pids to `touch`; an overrun (events the kernel dropped) asks for a full
+rescan. Where a mechanism is missing, `error` says why, and the model relies on the sweep and the
+full rescans for that part alone."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import socket
@@ -23,13 +25,12 @@ log = logging.getLogger("namespacefs.service")
 
 Touch = Callable[[Iterable[int]], None]
 Rescan = Callable[[str], None]
-#: Seconds a watcher sleeps at most (how long its thread takes to stop). While it sleeps with
-#: nothing left to read, its drained_at is the time it is asked (`Watcher.drained_at`), so the
-#: model's as-of time does not lag on a host where nothing happens.
+#: Seconds the updater waits at most with nothing due (how long it may take to see a stop that
+#: rang no bell).
 WAKE = 1.0
-#: Datagrams (one event each) the proc connector's thread reads before it hands their pids over, at
-#: most (all there are when fewer are queued).
-BATCH = 64
+#: Datagrams (one event each) the proc connector is read for at most in one drain (a fork storm
+#: must not keep the updater reading: what is left is read at the next).
+BATCH = 4096
 _PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
@@ -41,7 +42,8 @@ def name_thread(name: str) -> None:
 
 
 class Watcher:
-    """A source of pids to re-read, in a thread."""
+    """A source of pids to re-read: fds to wait on (`fds`) and what is queued on them, handed to
+    `touch` (`drain`), read by the updater's thread (`Listener`)."""
 
     name = "watcher"
 
@@ -50,16 +52,15 @@ class Watcher:
         self.error: str | None = None  # why it does not run, if it does not
         self.counts: Counter[str] = Counter()  # what it saw, by kind
         self.overruns = 0
+        self.started = False
         self._drained = time.time()  # every event before this was handed to touch()
-        self._waiting: object | None = None  # a new token each time the thread waits, having drained all
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._waiting: object | None = None  # a new token each time the updater waits, all drained
 
     @property
     def drained_at(self) -> float:
-        """The time up to which every event was handed to touch(): when the thread last found
-        nothing more to read; or, while it waits with nothing read since (the same wait before and
-        after the check) and nothing is pending, now."""
+        """The time up to which every event was handed to touch(): when a drain last found nothing
+        more to read; or, while the updater waits on it with nothing read since (the same wait
+        before and after the check) and nothing is pending, now."""
         token = self._waiting
         if token is None:
             return self._drained
@@ -71,34 +72,24 @@ class Watcher:
         self._drained = when
 
     def pending(self) -> bool:
-        """Something is queued that the thread has not read (True where that cannot be asked)."""
+        """Something is queued that no drain has read (True where that cannot be asked)."""
         return True
 
-    def _wait(self, wait: Callable[[], object]) -> None:
-        """wait() for events, having handed over everything up to drained_at."""
-        self._waiting = object()
-        try:
-            wait()
-        finally:
-            self._waiting = None
+    def fds(self) -> list[int]:
+        """What to wait on for events (readable: something to drain)."""
+        return []
 
-    def ask_stop(self) -> None:
-        """Tell the thread to end (within WAKE); stop() waits for it."""
-        self._stop.set()
+    def drain(self) -> None:
+        """Hand everything queued to touch() (then set drained_at: touch() reads the time before)."""
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self.error is None
+        return self.started and self.error is None
 
     def start(self) -> None:
-        if self.error is None:
-            self._thread = threading.Thread(target=self._named_run, name=f"nsfs-{self.name}", daemon=True)
-            self._thread.start()
+        self.started = True
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         self.close()
 
     def _overrun(self, what: str) -> None:
@@ -107,15 +98,70 @@ class Watcher:
             log.warning("%s overrun (%d so far): events were lost; rescanning", what, self.overruns)
         self.rescan("overrun")
 
-    def _named_run(self) -> None:
-        name_thread(f"nsfs-{self.name}")
-        self._run()
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
     def close(self) -> None:
         pass
+
+
+class Listener:
+    """Every watcher, read by the updater's own thread: one epoll over their fds, and a bell (an
+    eventfd) that other threads ring to wake it. While events already touched wait for their
+    update (`debounce`), the watchers' fds are not waited on (the kernel queues what comes), and
+    everything queued is drained just before the update takes the touched processes: one wake-up
+    per update instead of a thread's wake-up, and a hand-over of the GIL, per event."""
+
+    def __init__(self, watchers: Iterable[Watcher]) -> None:
+        self.watchers = [w for w in watchers if w.error is None]
+        self.wakes = 0  # waits that ended with a watcher readable
+        self._bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._all, self._bell_only = select.epoll(), select.epoll()
+        for poller in (self._all, self._bell_only):
+            poller.register(self._bell, select.EPOLLIN)
+        self._fds: dict[int, Watcher] = {}
+        for w in self.watchers:
+            for fd in w.fds():
+                self._all.register(fd, select.EPOLLIN)
+                self._fds[fd] = w
+
+    def ring(self) -> None:
+        """Wake the thread that waits (from another thread)."""
+        with contextlib.suppress(OSError, ValueError):
+            os.eventfd_write(self._bell, 1)
+
+    def wait(self, timeout: float, events: bool) -> None:
+        """Until the bell rings, `timeout` seconds pass, or (with `events`) a watcher has something
+        to read; meanwhile, with `events`, each watcher is drained up to the moment it is asked."""
+        timeout = min(max(timeout, 0.0), WAKE) if math.isfinite(timeout) else WAKE
+        if not events:
+            self._bell_only.poll(timeout)
+        else:
+            for w in self.watchers:
+                w._waiting = object()
+            try:
+                ready = self._all.poll(timeout)
+            finally:
+                for w in self.watchers:
+                    w._waiting = None
+            self.wakes += any(fd != self._bell for fd, _mask in ready)
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._bell)
+
+    def drain(self) -> None:
+        """Every watcher that runs hands what is queued to its touch(); one that fails stops being
+        waited on (its error says why)."""
+        for w in self.watchers:
+            if w.running:
+                w.drain()
+                if w.error is not None:
+                    for fd in [fd for fd, owner in self._fds.items() if owner is w]:
+                        with contextlib.suppress(OSError):
+                            self._all.unregister(fd)
+                        del self._fds[fd]
+
+    def close(self) -> None:
+        for poller in (self._all, self._bell_only):
+            poller.close()
+        with contextlib.suppress(OSError):
+            os.close(self._bell)
 
 
 class ProcConnector(Watcher):
@@ -135,40 +181,38 @@ class ProcConnector(Watcher):
             self.error = f"proc connector unavailable ({e.strerror or e})"
             log.warning("%s", self.error)
 
-    def _run(self) -> None:
+    def fds(self) -> list[int]:
+        return [self.sock.fileno()] if self.sock is not None else []
+
+    def drain(self) -> None:
         assert self.sock is not None
-        sock = self.sock
-        pids: list[int] = []  # (handed over once per drain, or per BATCH datagrams: one wake-up of the updater)
-        read = 0
-        while not self._stop.is_set():
-            if pids and read >= BATCH:
-                self.touch(pids)
-                pids, read = [], 0
+        pids: list[int] = []
+        for _ in range(BATCH):
             try:
                 asked = time.time()
-                data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:  # nothing queued: every event before `asked` was handled
-                if pids:
-                    self.touch(pids)
-                    pids, read = [], 0
+                self._hand_over(pids)
                 self.drained_at = asked
-                self._wait(lambda: select.select([sock], [], [], WAKE))
-                continue
+                return
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
                     self._overrun("netlink")
                     continue
-                if not self._stop.is_set():
-                    self.error = f"proc connector failed ({e})"
-                    log.error("%s; relying on the sweep and full rescans", self.error)
-                return
-            read += 1
+                self.error = f"proc connector failed ({e})"
+                log.error("%s; relying on the sweep and full rescans", self.error)
+                break
             for what, pid, tgid in kernel.parse_proc_events(data):
                 name = _PROC_EVENTS.get(what)
                 if name is None or pid != tgid:
                     continue
                 self.counts[name] += 1
                 pids.append(pid)
+        self._hand_over(pids)
+
+    def _hand_over(self, pids: list[int]) -> None:
+        if pids:
+            self.touch(pids)
 
     def pending(self) -> bool:
         sock = self.sock
@@ -193,6 +237,7 @@ class Tracepoints(Watcher):
     def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True) -> None:
         super().__init__(touch, rescan)
         self.tracer: tracing.Tracer | None = None
+        self._me, self._lost = os.getpid(), 0
         if not enabled:
             self.error = "syscall tracepoints not used (disabled)"
             return
@@ -210,25 +255,26 @@ class Tracepoints(Watcher):
     def mounted_tracefs(self) -> str | None:
         return self.tracer.mounted if self.tracer is not None else None
 
-    def _run(self) -> None:
+    def fds(self) -> list[int]:
+        return [ring.fd for ring in self.tracer.rings] if self.tracer is not None else []
+
+    def drain(self) -> None:
         assert self.tracer is not None
-        tracer, me, lost = self.tracer, os.getpid(), 0
-        while not self._stop.is_set():
-            try:
-                self._wait(lambda: tracer.wait(WAKE))
-                calls = tracer.calls()
-            except OSError as e:
-                self.error = f"syscall tracepoints failed ({e})"
-                log.error("%s; relying on the sweep and full rescans", self.error)
-                return
-            if self.tracer.lost > lost:
-                lost = self.tracer.lost
-                self._overrun("tracepoint")
-            self.counts.update(c.syscall for c in calls)
-            pids = {_changed(c) for c in calls if c.pid != me}  # our own threads and scan children are forks of ours
-            if pids:
-                self.touch(pids)
-            self.drained_at = self.tracer.read_at
+        tracer = self.tracer
+        try:
+            calls = tracer.calls()
+        except OSError as e:
+            self.error = f"syscall tracepoints failed ({e})"
+            log.error("%s; relying on the sweep and full rescans", self.error)
+            return
+        if tracer.lost > self._lost:
+            self._lost = tracer.lost
+            self._overrun("tracepoint")
+        self.counts.update(c.syscall for c in calls)
+        pids = {_changed(c) for c in calls if c.pid != self._me}  # our own threads and scan children are forks of ours
+        if pids:
+            self.touch(pids)
+        self.drained_at = tracer.read_at
 
     def close(self) -> None:
         if self.tracer is not None:
