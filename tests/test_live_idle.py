@@ -6,6 +6,7 @@ so are its re-reads of our processes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -214,3 +215,46 @@ def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each
         assert seen <= 3 and live.scans["process"] - updates <= 3, (seen, live.scans)
     finally:
         live.stop()
+
+
+def test_a_watcher_that_fails_while_drained_is_set_aside_and_the_others_are_still_read() -> None:
+    """The updater reads every watcher itself: one that raises (a bug, a record it cannot parse)
+    gets an error and is no longer waited on; the updater and the other watchers go on."""
+    from namespacefs.service.watchers import Listener, Watcher
+
+    class Broken(Watcher):
+        name = "broken"
+
+        def __init__(self) -> None:
+            super().__init__(lambda pids: None, lambda reason: None)
+            self.fd = os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # (readable at once)
+
+        def fds(self) -> list[int]:
+            return [self.fd]
+
+        def drain(self) -> None:
+            raise ValueError("a record it cannot parse")
+
+    class Counting(Watcher):
+        name = "counting"
+        drains = 0
+
+        def drain(self) -> None:
+            self.drains += 1
+
+    broken, counting = Broken(), Counting(lambda pids: None, lambda reason: None)
+    listener = Listener([broken, counting])
+    try:
+        for w in (broken, counting):
+            w.start()
+        listener.wait(0.5, events=True)
+        listener.drain()
+        assert broken.error is not None and "cannot parse" in broken.error and not broken.running
+        started = time.monotonic()
+        listener.wait(0.3, events=True)  # (its fd, still readable, is no longer waited on)
+        assert time.monotonic() - started >= 0.25
+        listener.drain()
+        assert counting.drains == 2 and counting.running
+    finally:
+        listener.close()
+        os.close(broken.fd)

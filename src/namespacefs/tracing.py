@@ -69,7 +69,8 @@ TRACEPOINTS: Final[dict[str, str]] = {
     "sys_exit_unshare": "ret == 0", "sys_exit_setns": "ret == 0",
     "sys_exit_clone": "ret > 0", "sys_exit_clone3": "ret > 0",
 }
-PAGES: Final = 16  # data pages per CPU (64 KiB: ~1,400 records before the kernel drops any)
+PAGES: Final = 32  # data pages per CPU (128 KiB: ~2,800 records before the kernel drops any; the
+# daemon's updater reads them between its updates, so a long one, a full scan's, must fit)
 
 
 class _Attr(ctypes.Structure):

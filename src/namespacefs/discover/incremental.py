@@ -126,11 +126,11 @@ RACES = frozenset({"vanished", "changed"})
 
 
 def _errors(old: Snapshot, reread: set[int],
-            read: Mapping[int, Counter[str]]) -> tuple[dict[str, int], dict[int, Mapping[str, int]]]:
+            read: Mapping[int, Counter[str]]) -> tuple[dict[str, int], Mapping[int, Mapping[str, int]]]:
     """The model's errors after a re-read of `reread`: what those processes had is replaced by
     what this read found of them (races left out); every other count stays as it was."""
     total = Counter(old.errors)
-    by_pid = dict(old.errors_by_pid)
+    by_pid = tables.editable(old.errors_by_pid)
     for pid in reread:
         total.subtract(by_pid.pop(pid, {}))
     for pid in reread & read.keys():
@@ -138,7 +138,7 @@ def _errors(old: Snapshot, reread: set[int],
         if kept:
             by_pid[pid] = kept
             total.update(kept)
-    return {reason: n for reason, n in total.items() if n > 0}, by_pid
+    return {reason: n for reason, n in total.items() if n > 0}, by_pid.finish()
 
 
 def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str], proc: str, remount: bool,

@@ -8,8 +8,7 @@ import os
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from namespacefs.discover import incremental
 from namespacefs.model import Namespace, Snapshot, diff
@@ -21,8 +20,10 @@ KINDS: Final[tuple[str, ...]] = ("created", "renamed", "joined", "left", "destro
 LIFECYCLE: Final[tuple[str, ...]] = ("created", "renamed", "destroyed")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One change (a tuple: an update makes one per namespace a process joins or leaves, and a frozen
+    dataclass costs several times more to make)."""
+
     kind: str  # one of KINDS
     time: float  # when the change was seen (seconds since the epoch)
     type: str
@@ -170,4 +171,4 @@ class Bus:
 
 
 def _numbered(e: Event, seq: int) -> Event:
-    return Event(e.kind, e.time, e.type, e.inode, e.id, e.name, e.pid, e.comm, e.command, e.old_name, seq)
+    return Event._make((*e[:-1], seq))

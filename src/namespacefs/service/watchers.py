@@ -147,10 +147,14 @@ class Listener:
 
     def drain(self) -> None:
         """Every watcher that runs hands what is queued to its touch(); one that fails stops being
-        waited on (its error says why)."""
+        waited on (its error says why; a bug in one must not stop the updater that reads them)."""
         for w in self.watchers:
             if w.running:
-                w.drain()
+                try:
+                    w.drain()
+                except Exception as e:
+                    w.error = f"{w.name} failed ({e!r})"
+                    log.exception("%s; relying on the sweep and full rescans", w.error)
                 if w.error is not None:
                     for fd in [fd for fd, owner in self._fds.items() if owner is w]:
                         with contextlib.suppress(OSError):
