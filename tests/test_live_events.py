@@ -165,6 +165,61 @@ def test_unshare_and_setns_without_fork_reach_nsfs_watch_through_the_daemon(quie
         kill_group(watch)
 
 
+#: A process that, long after its fork, makes a thread with a uts namespace of its own by clone()
+#: (CLONE_THREAD | CLONE_NEWUTS: no unshare, no setns, no new process); it prints that namespace's inode.
+_THREAD_C = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+static int thread(void *arg) {
+    char path[64], line[32];
+    struct stat st;
+    (void)arg;
+    snprintf(path, sizeof path, "/proc/self/task/%ld/ns/uts", (long)syscall(SYS_gettid));
+    if (stat(path, &st) == 0) {
+        int n = snprintf(line, sizeof line, "%lu\n", (unsigned long)st.st_ino);
+        if (write(1, line, n) != n) return 1;
+    }
+    for (;;) pause();
+}
+int main(void) {
+    char *stack = malloc(1 << 16);
+    sleep(2);  /* long after the fork: no process event is near */
+    if (!stack || clone(thread, stack + (1 << 16), CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
+                        | CLONE_SYSVSEM | CLONE_NEWUTS, NULL) < 0) { perror("clone"); return 1; }
+    for (;;) pause();
+}
+"""
+
+
+def test_a_thread_made_with_a_namespace_of_its_own_reaches_the_daemon_at_once(quiet_daemon: Daemon,
+                                                                              tmp_path: Path) -> None:
+    """clone(CLONE_THREAD | CLONE_NEWUTS) makes no process and calls neither unshare nor setns: the
+    proc connector's event for the new thread has its process re-read, and the thread's namespace
+    is in the model within the bound (the sweep and the full scan are 600 s away)."""
+    (tmp_path / "thread.c").write_text(_THREAD_C)
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(tmp_path / "thread"), str(tmp_path / "thread.c")],
+                   check=True, capture_output=True, text=True)
+    assert quiet_daemon.status()["netlink"], quiet_daemon.status()["mechanisms"]["proc_connector"]
+    child = subprocess.Popen([str(tmp_path / "thread")], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout is not None
+        inode = int(child.stdout.readline())
+        made = time.monotonic()
+        while (ns := quiet_daemon.http.get(f"/api/namespaces/{inode}")).status_code != 200:
+            assert time.monotonic() - made < BOUND, "the thread's namespace was not seen"
+            time.sleep(0.05)
+        holders = ns.json()["holders"]
+        assert any(h["kind"] == "task" and h["pid"] == child.pid for h in holders), holders
+    finally:
+        kill_group(child)
+
+
 def test_unshare_and_setns_without_fork_reach_nsfs_watch_without_a_daemon(tmp_path: Path) -> None:
     watch = _watch(["--no-daemon", "--socket", str(tmp_path / "none.sock"), *QUIET])
     try:

@@ -166,7 +166,7 @@ class Tracer:
     """The four syscall tracepoints on every CPU. poll_calls() waits for and returns what was
     called; `lost` counts records the kernel dropped (a full ring buffer: an overrun)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clones: bool = True) -> None:
         self.mounted: str | None = None  # the tracefs we mounted (and unmount on close)
         self.fds: list[int] = []
         self.rings: list[_Ring] = []
@@ -176,7 +176,7 @@ class Tracer:
         self.poller = select.poll()
         try:
             root = self._tracefs()
-            ids = {tracepoint_id(root, name): name for name in TRACEPOINTS}
+            ids = {tracepoint_id(root, name): name for name in TRACEPOINTS if clones or "clone" not in name}
             for cpu in online_cpus():
                 self._open_cpu(cpu, ids)
         except OSError:
@@ -267,12 +267,13 @@ class Tracer:
             self.mounted = None
 
 
-def open_tracer() -> tuple[Tracer | None, str | None]:
-    """A Tracer, or None and why not (not root, no tracefs, a kernel without syscall tracepoints)."""
+def open_tracer(clones: bool = True) -> tuple[Tracer | None, str | None]:
+    """A Tracer (of clone() and clone3() too, with `clones`), or None and why not (not root, no
+    tracefs, a kernel without syscall tracepoints)."""
     if os.geteuid() != 0:
         return None, "syscall tracepoints need root"
     try:
-        return Tracer(), None
+        return Tracer(clones), None
     except OSError as e:
         reason = e.strerror or str(e)
         if isinstance(e, FileNotFoundError):

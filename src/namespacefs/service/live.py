@@ -120,7 +120,7 @@ class Live(Reading):
     def start(self) -> None:
         """Open the watchers, take the first snapshot (no events for it) and start the threads."""
         self.netlink_watch = ProcConnector(self.touch, self.rescan, self.want_netlink, self.rcvbuf)
-        self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace)
+        self.trace_watch = Tracepoints(self.touch, self.rescan, self.want_trace, clones=self.netlink_watch.error is not None)
         self.mount_watch = MountTables(self.remount, self.rescan, self.want_netlink)
         self.listener = Listener([self.netlink_watch, self.trace_watch])
         clock = time.monotonic()

@@ -17,7 +17,7 @@ a separate `_info` series to join on, so a rename does not split a series.
     nsfs_snapshot_timestamp_seconds              when the current snapshot was taken
     nsfs_updates_total{kind}                     model updates: initial/full/overrun scans, process/settle re-reads
     nsfs_scan_errors_total
-    nsfs_proc_events_total{event}                fork/exec/exit events read from the proc connector
+    nsfs_proc_events_total{event}                fork/exec/exit (and thread: a new thread) events read from the proc connector
     nsfs_netlink_overruns_total                  times the kernel dropped events (each one forces a rescan)
     nsfs_children_cpu_seconds_total              CPU of the daemon's reaped children (the full-scan child)
     nsfs_traced_calls_total{syscall}             successful unshare/setns/clone/clone3 read from the tracepoints

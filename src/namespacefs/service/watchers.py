@@ -169,7 +169,9 @@ class Listener:
 
 
 class ProcConnector(Watcher):
-    """fork, exec and exit of every process (threads are left to the sweep)."""
+    """fork, exec and exit of every process, and each new thread (its process is re-read: a thread
+    made with CLONE_NEW* flags has namespaces of its own; the kernel sends the event once the new
+    task has them). A thread's exit is left to the sweep."""
 
     name = "netlink"
 
@@ -208,10 +210,10 @@ class ProcConnector(Watcher):
                 break
             for what, pid, tgid in kernel.parse_proc_events(data):
                 name = _PROC_EVENTS.get(what)
-                if name is None or pid != tgid:
+                if name is None or (pid != tgid and name != "fork"):
                     continue
-                self.counts[name] += 1
-                pids.append(pid)
+                self.counts[name if pid == tgid else "thread"] += 1
+                pids.append(tgid)
         self._hand_over(pids)
 
     def _hand_over(self, pids: list[int]) -> None:
@@ -233,19 +235,20 @@ class ProcConnector(Watcher):
 
 
 class Tracepoints(Watcher):
-    """Successful unshare(), setns(), clone() and clone3() of every process (the caller is re-read,
-    or for a clone that made a process, that process: `_changed`)."""
+    """Successful unshare() and setns() of every process, and clone() and clone3() where asked
+    (`clones`: there is no proc connector, which names every new process and thread itself): the
+    caller is re-read, or for a clone that made a process, that process (`_changed`)."""
 
     name = "tracepoints"
 
-    def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True) -> None:
+    def __init__(self, touch: Touch, rescan: Rescan, enabled: bool = True, clones: bool = True) -> None:
         super().__init__(touch, rescan)
         self.tracer: tracing.Tracer | None = None
         self._me, self._lost = os.getpid(), 0
         if not enabled:
             self.error = "syscall tracepoints not used (disabled)"
             return
-        self.tracer, self.error = tracing.open_tracer()
+        self.tracer, self.error = tracing.open_tracer(clones)
         if self.error:
             log.warning("%s", self.error)
 
