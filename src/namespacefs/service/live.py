@@ -1,11 +1,10 @@
 """The live model: the current snapshot, kept up to date from events, at little cost at rest.
 
 - Watchers (service.watchers) name the processes that changed: the proc connector (fork, exec,
-  exit) and the syscall tracepoints (unshare, setns, clone, clone3). The updater re-reads just
-  those (discover.incremental.refresh) `debounce` after the first of a burst. It reads the
-  watchers itself (one epoll, watchers.Listener): the first event of a burst wakes it, the rest
-  is read all at once when the update takes them. Without tracepoints a
-  process is read once more `settle` later (a fork followed by unshare() shows up then).
+  exit, new threads) and the syscall tracepoints (unshare, setns). The updater reads them itself
+  (watchers.Listener) and re-reads just those processes (discover.incremental.refresh) `debounce`
+  after the first event of a burst. Without tracepoints a process is read once more `settle`
+  later (a fork followed by unshare() shows up then).
 - The sweep re-reads every process, with its mount namespace's bind mounts, in slices, once per
   `sweep` seconds: what changes silently (an fd passed or closed, a socket, a bind mount, a thread's
   setns) is in the model within that bound.
@@ -169,18 +168,24 @@ class Live(Reading):
 
     def touch(self, pids: Iterable[int]) -> None:
         """These processes changed (fork, exec, exit, unshare, setns): read them again soon."""
-        now = time.monotonic()
         pids = set(pids)
         if self.mount_watch is not None:
             self.mount_watch.let_go(pids)
         with self._cond:
             self._pending.update(pids)
-            if self._due is not None:  # (the updater waits for that already: no need to wake it)
-                return
-            self._due = now + self.debounce
-            if self._waiting_since is None:  # what is touched now happened after the last drain
+        if self._queued():  # (else the updater waits for that already: no need to wake it)
+            self._wake()
+
+    def _queued(self) -> bool:
+        """Events wait (touched, or still queued on a watcher): their update is due `debounce` from
+        now, unless one is due already (True: due now)."""
+        with self._cond:
+            if self._due is not None:
+                return False
+            self._due = time.monotonic() + self.debounce
+            if self._waiting_since is None:  # what waits now happened after the last drain
                 self._waiting_since = min((w.drained_at for w in self._watchers()), default=time.time())
-        self._wake()
+            return True
 
     def remount(self, pids: Iterable[int]) -> None:
         """The mount tables of these processes' mount namespaces changed: re-read them soon."""
@@ -194,21 +199,6 @@ class Live(Reading):
         with self._cond:
             self._full_wanted = reason
         self._full_bell.set()
-
-    def wait_scan(self, generation: int, timeout: float) -> bool:
-        """Block until an update newer than `generation` was committed."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self._generation <= generation:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    @property
-    def generation(self) -> int:
-        return self._generation
 
     def _full_scans(self) -> None:
         name_thread("nsfs-fullscan")
@@ -288,8 +278,8 @@ class Live(Reading):
 
     def _next_job(self) -> Job | None:
         """Wait until something is due; take it. Events are read here: while none waits, the wait
-        ends at the first; while some wait for their update, the watchers are not read until it
-        is taken, and then everything queued goes into it."""
+        ends at the first event queued on a watcher, which makes their update due (`_queued`);
+        the watchers are read only when it is taken, and everything queued goes into it."""
         listener = self.listener
         while not self._stop.is_set():
             with self._cond:
@@ -300,17 +290,17 @@ class Live(Reading):
                 if listener is not None:
                     listener.drain()
                 with self._cond:
-                    return self._take_job(time.monotonic())
-            if listener is None:
+                    job = self._take_job(time.monotonic())
+                if job is not None:
+                    return job
+            elif listener is None:
                 with self._cond:
                     self._cond.wait(due - now)
-                continue
-            listener.wait(due - now, events=not waiting)
-            if not waiting:
-                listener.drain()
+            elif listener.wait(due - now, events=not waiting) and not waiting:
+                self._queued()
         return None
 
-    def _take_job(self, now: float) -> Job:
+    def _take_job(self, now: float) -> Job | None:
         """Events first: processes touched are re-read in a job of their own (no sweep slice, no
         whole naming pass in front of them); the rest when no event waits."""
         if self._full_result is None and self._events_due() <= now and self._other_due(now) > now - HELD:
@@ -338,7 +328,10 @@ class Live(Reading):
         self._touched_since_full |= pids
         return Job(kind or "names", frozenset(pids), full[0] if full is not None else None, mounts, swept, rename, recheck)
 
-    def _event_job(self, now: float) -> Job:
+    def _event_job(self, now: float) -> Job | None:
+        if not self._pending:  # (what was queued was nothing to re-read: a thread's exit, say)
+            self._due = self._waiting_since = None
+            return None
         pids, self._pending, self._due = self._pending, set(), None
         mounts, self._remount = bool(self._remount & pids), self._remount - pids
         if self.settle and not self.tracing:

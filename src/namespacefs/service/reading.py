@@ -5,6 +5,7 @@ service.live."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,23 @@ class Reading(Watched):
     _waiting_since: float | None
     _lock: threading.Lock
     _cond: threading.Condition
+
+    _generation: int
+
+    def wait_scan(self, generation: int, timeout: float) -> bool:
+        """Block until an update newer than `generation` was committed."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._generation <= generation:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def current(self) -> Snapshot:
         snap = self.snapshot

@@ -127,10 +127,12 @@ class Listener:
         with contextlib.suppress(OSError, ValueError):
             os.eventfd_write(self._bell, 1)
 
-    def wait(self, timeout: float, events: bool) -> None:
+    def wait(self, timeout: float, events: bool) -> bool:
         """Until the bell rings, `timeout` seconds pass, or (with `events`) a watcher has something
-        to read; meanwhile, with `events`, each watcher is drained up to the moment it is asked."""
+        to read (True); meanwhile, with `events`, each watcher is drained up to the moment it is
+        asked."""
         timeout = min(max(timeout, 0.0), WAKE) if math.isfinite(timeout) else WAKE
+        readable = False
         if not events:
             self._bell_only.poll(timeout)
         else:
@@ -141,9 +143,11 @@ class Listener:
             finally:
                 for w in self.watchers:
                     w._waiting = None
-            self.wakes += any(fd != self._bell for fd, _mask in ready)
+            readable = any(fd != self._bell for fd, _mask in ready)
+            self.wakes += readable
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._bell)
+        return readable
 
     def drain(self) -> None:
         """Every watcher that runs hands what is queued to its touch(); one that fails stops being
