@@ -149,10 +149,12 @@ def _per_thread(before: dict[str, float], after: dict[str, float], seconds: floa
             if v > before.get(name, 0.0)}
 
 
-def run_rate(sock: str, rate: float, seconds: float, how: str, d: Daemon | None = None) -> dict[str, Any]:
+def run_rate(q: queue.Queue[tuple[float, Event]], rate: float, seconds: float, how: str,
+             d: Daemon | None = None) -> dict[str, Any]:
     """`rate` namespaces a second for `seconds`, each living 1.2 s; how: "exec" (unshare then exec)
-    or "old" (unshare by a process forked 2 s before, no exec: only the tracepoints see it)."""
-    q = collector(sock)
+    or "old" (unshare by a process forked 2 s before, no exec: only the tracepoints see it). `q`:
+    the events of the one stream every run of a shape reads (collector), so the daemon serves one
+    client as each run starts (a stream per run would leave the earlier ones subscribed)."""
     made: dict[int, float] = {}
     children: list[tuple[int, float, int]] = []
     killed: dict[int, float] = {}
@@ -275,8 +277,9 @@ def measure_shape(base: Path, shape: str, n: int, idle: float, seconds: float) -
             out["ls"] = timed(lambda: _cli(d.socket, "ls"), 10)
             out["ls_api"] = timed(lambda: _get(d.http, "/api/ls?json=1"), 30)
             out["sweep"] = d.status()["mechanisms"]["sweep"]
-            out["runs"] = [run_rate(d.socket, 10, seconds, "exec"), run_rate(d.socket, 100, seconds, "exec", d),
-                           run_rate(d.socket, 10, seconds, "old")]
+            q = collector(d.socket)
+            out["runs"] = [run_rate(q, 10, seconds, "exec"), run_rate(q, 100, seconds, "exec", d),
+                           run_rate(q, 10, seconds, "old")]
             out["status"] = d.status()
             print(shape, {k: v for k, v in out.items() if k != "status"}, flush=True)
             return out

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from immutables import Map
 
 from namespacefs import tables
-from namespacefs.discover import discover, holdings, incremental
+from namespacefs.discover import discover, holdings, incremental, processes
 from namespacefs.model import Holder, Namespace, Snapshot, _members_moved, diff
 from namespacefs.service.events import events_between
 from namespacefs.service.naming import Naming
@@ -284,3 +284,31 @@ def test_same_keys_and_missing_say_of_maps_what_dict_key_views_say(a: dict[int, 
     edit = tables.editable(left)
     edit[61] = 0
     assert 61 not in left and dict(edit.finish()) == {**a, 61: 0}
+
+
+def test_id_maps_are_read_until_both_are_written_and_then_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user namespace's maps are written once (setgroups only before gid_map): a re-read reads
+    them while one is missing, and takes them from the model once both are written."""
+    proc = subprocess.Popen(["unshare", "--user", "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.3)  # (it has exec'd sleep in its user namespace, no map written yet)
+        model = incremental.refresh(discover(), {proc.pid})
+        user = model.namespaces[model.processes[proc.pid].namespaces["user"]]
+        assert not user.uid_map and not user.gid_map
+        for name, line in (("uid_map", "0 200000 1"), ("gid_map", "0 200000 1")):
+            with open(f"/proc/{proc.pid}/{name}", "w") as f:
+                f.write(line)
+        model = incremental.refresh(model, {proc.pid})
+        user = model.namespaces[user.inode]
+        assert (user.uid_map, user.gid_map) == (((0, 200000, 1),), ((0, 200000, 1),)), user
+        read: list[str] = []
+        real = processes.read_at
+        monkeypatch.setattr(processes, "read_at", lambda name, *a: (read.append(name), real(name, *a))[1])
+        again = incremental.refresh(model, {proc.pid})
+        assert not [n for n in read if n.endswith(("uid_map", "gid_map", "setgroups"))], read
+        assert again.namespaces.get(user.inode, user)[9:12] == user[9:12]
+        fresh = discover().namespaces[user.inode]
+        assert (fresh.uid_map, fresh.gid_map, fresh.setgroups) == (user.uid_map, user.gid_map, user.setgroups)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -152,6 +152,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         if remount:
             mounts.scan(state)
         hierarchy.resolve(state)
+        _fixed_maps(state, old)
         read_user_maps(state)
     finally:
         state.close_fds()
@@ -175,6 +176,17 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         index = Holdings(new)
     _last.append(index)
     return new, frozenset(merge.suspects)
+
+
+def _fixed_maps(state: Scan, old: Snapshot) -> None:
+    """The id maps of the user namespaces read again that the model has with both maps written: a
+    map is written once, and setgroups only before gid_map, so those are theirs for life (the same
+    namespace: the same inode and id); only the others are read (three files each)."""
+    for inode, found in state.found.items():
+        prev = old.namespaces.get(inode)
+        if found.type == "user" and prev is not None and prev.id is not None and prev.id == found.id \
+                and prev.uid_map and prev.gid_map and prev.setgroups is not None:
+            state.user_maps[inode] = (prev.uid_map, prev.gid_map, prev.setgroups)
 
 
 def _processes(old: Mapping[int, Process], touched: frozenset[int], read: Mapping[int, Process]) -> Mapping[int, Process]:
