@@ -17,7 +17,7 @@ PACKAGE = ROOT / "src" / "namespacefs"
 #: The layers, lowest first; a part may import its own layer's modules only where SIBLINGS allows,
 #: and any lower layer. Kept in step with the table in docs/architecture.md.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("syntax", "kinds", "kernel", "_walk", "_tree", "_digest"),  # no I/O policy: numbers, names, the model's words, syscalls
+    ("syntax", "kinds", "kernel", "_walk", "_tree", "_digest", "_events"),  # no I/O policy: numbers, names, syscalls
     ("procfs", "model", "tables", "forking", "ownership"),  # pure parsers, plain data, the one fork
     ("handles", "inside", "tracing"),                     # race-checked handles; running code inside namespaces; tracepoints
     ("discover",),                                        # reading the host: one snapshot

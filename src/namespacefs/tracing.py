@@ -2,12 +2,14 @@
 buffer and tracefs.
 
 unshare() and setns() make no proc-connector event, yet they change what a process is in. The
-kernel's syscall tracepoints (`syscalls:sys_exit_unshare`, `sys_exit_setns`, `sys_exit_clone`,
-`sys_exit_clone3`; CONFIG_FTRACE_SYSCALLS) report every successful call system-wide: one perf event
+kernel's syscall tracepoints (`syscalls:sys_exit_unshare`, `sys_exit_setns`, and where asked
+`sys_exit_clone`, `sys_exit_clone3`; CONFIG_FTRACE_SYSCALLS) report every successful call
+system-wide: one perf event
 per tracepoint and CPU (pid -1), all of one CPU writing into one ring buffer (mmap), a filter in
 the kernel (`ret == 0`, `ret > 0` for clone) so only calls that changed something are copied out.
 Each record carries the caller's pid and tid (PERF_SAMPLE_TID) and the raw tracepoint data, whose
-first field (`common_type`) says which tracepoint it was.
+first field (`common_type`) says which tracepoint it was. The records are parsed in C
+(namespacefs._events.perf_records).
 
 Tracepoint ids are read from tracefs (`events/syscalls/NAME/id`). When tracefs is not mounted
 anywhere, it is mounted at /sys/kernel/tracing for as long as a Tracer is open and unmounted when
@@ -17,7 +19,7 @@ Sources:
   include/uapi/linux/perf_event.h   struct perf_event_attr, PERF_TYPE_TRACEPOINT, PERF_SAMPLE_*,
                                     PERF_FLAG_FD_CLOEXEC, PERF_EVENT_IOC_*, struct
                                     perf_event_mmap_page (data_head/data_tail/data_offset/data_size),
-                                    struct perf_event_header, PERF_RECORD_SAMPLE, PERF_RECORD_LOST
+                                    (the records themselves: _events.c)
   arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h   perf_event_open
   Documentation/trace/events.rst    the filter syntax of PERF_EVENT_IOC_SET_FILTER
 """
@@ -33,10 +35,9 @@ import os
 import select
 import struct
 import time
-from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-from namespacefs import kernel, procfs
+from namespacefs import _events, kernel, procfs
 
 #: perf_event_open(2): 298 on x86_64 (syscall_64.tbl), 241 on aarch64 (asm-generic/unistd.h);
 #: elsewhere kernel.syscall says the architecture is not supported.
@@ -47,8 +48,6 @@ PERF_SAMPLE_RAW: Final = 1 << 10
 PERF_FLAG_FD_CLOEXEC: Final = 1 << 3
 PERF_ATTR_SIZE_VER7: Final = 128
 ATTR_DISABLED: Final = 1 << 0  # the first bit of the flags word
-PERF_RECORD_LOST: Final = 2
-PERF_RECORD_SAMPLE: Final = 9
 #: ioctls on a perf event fd ('$' = 0x24)
 PERF_EVENT_IOC_ENABLE: Final = (0x24 << 8) | 0
 PERF_EVENT_IOC_SET_OUTPUT: Final = (0x24 << 8) | 5
@@ -58,9 +57,6 @@ MMAP_DATA_HEAD: Final = 1024
 MMAP_DATA_TAIL: Final = 1032
 MMAP_DATA_OFFSET: Final = 1040
 MMAP_DATA_SIZE: Final = 1048
-HEADER: Final = struct.Struct("=IHH")  # perf_event_header: type, misc, size
-TIDS: Final = struct.Struct("=II")  # PERF_SAMPLE_TID: pid (the tgid), tid
-U32: Final = struct.Struct("=I")
 U64: Final = struct.Struct("=Q")
 
 TRACEFS: Final = "/sys/kernel/tracing"
@@ -136,27 +132,8 @@ class _Ring:
         self.offset = U64.unpack_from(self.map, MMAP_DATA_OFFSET)[0] or page
         self.size = U64.unpack_from(self.map, MMAP_DATA_SIZE)[0] or PAGES * page
 
-    def records(self) -> Iterator[tuple[int, bytes]]:
-        """(type, body) of every record written since the last call; frees their space."""
-        head = U64.unpack_from(self.map, MMAP_DATA_HEAD)[0]
-        tail = U64.unpack_from(self.map, MMAP_DATA_TAIL)[0]
-        while tail + HEADER.size <= head:
-            kind, _misc, size = HEADER.unpack(self._read(tail, HEADER.size))
-            if size < HEADER.size:
-                break  # a corrupt header: drop the rest
-            yield kind, self._read(tail + HEADER.size, size - HEADER.size)
-            tail += size
-        U64.pack_into(self.map, MMAP_DATA_TAIL, head)
-
     def pending(self) -> bool:
         return bool(U64.unpack_from(self.map, MMAP_DATA_HEAD)[0] != U64.unpack_from(self.map, MMAP_DATA_TAIL)[0])
-
-    def _read(self, position: int, length: int) -> bytes:
-        start = position % self.size
-        first = self.map[self.offset + start:self.offset + min(start + length, self.size)]
-        if len(first) == length:
-            return first
-        return first + self.map[self.offset:self.offset + length - len(first)]  # wrapped around
 
     def close(self) -> None:
         self.map.close()
@@ -228,32 +205,19 @@ class Tracer:
         return any(ring.pending() for ring in self.rings)
 
     def calls(self) -> list[Call]:
-        """The successful calls recorded since the last time (without waiting)."""
+        """The successful calls recorded since the last time (without waiting): each ring's
+        records parsed in C (namespacefs._events), their space freed."""
         self.read_at = time.time()  # every call before this is in the rings read now
         calls: list[Call] = []
+        names = self.names
         for ring in self.rings:
-            for kind, body in ring.records():
-                if kind == PERF_RECORD_SAMPLE:
-                    call = self._call(body)
-                    if call is not None:
-                        calls.append(call)
-                elif kind == PERF_RECORD_LOST and len(body) >= 16:
-                    self.lost += U64.unpack_from(body, 8)[0]
-        return calls
-
-    def _call(self, body: bytes) -> Call | None:
-        """A sample: pid, tid, then the raw tracepoint record (u32 size; common_type first, the
-        syscall's return value `ret` at offset 16 of the sys_exit_* format)."""
-        if len(body) < TIDS.size + U32.size + 24:
-            return None
-        pid, tid = TIDS.unpack_from(body)
-        raw = TIDS.size + U32.size
-        ident = struct.unpack_from("=H", body, raw)[0]
-        ret = struct.unpack_from("=q", body, raw + 16)[0]
-        name = self.names.get(ident)
-        if name is None or ret < 0 or (ret == 0 and name.startswith("clone")):
-            return None  # failed (no filter in the kernel), or the child's side of a clone
-        return Call(name, pid, tid, ret)
+            samples, lost = _events.perf_records(ring.map, ring.offset, ring.size)
+            self.lost += lost
+            for pid, tid, ident, ret in samples:
+                name = names.get(ident)
+                if name is not None and ret >= 0 and not (ret == 0 and name.startswith("clone")):
+                    calls.append(Call(name, pid, tid, ret))  # (else failed, no filter in the kernel;
+        return calls  # or the child's side of a clone)
 
     def close(self) -> None:
         for ring in self.rings:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 # --- the proc connector (issue 7: the live service) --------------------------------------------
 # include/uapi/linux/netlink.h (struct nlmsghdr), include/uapi/linux/connector.h (struct cn_msg,
-# CN_IDX_PROC, CN_VAL_PROC), include/uapi/linux/cn_proc.h (enum proc_cn_mcast_op, struct proc_event).
+# CN_IDX_PROC, CN_VAL_PROC), include/uapi/linux/cn_proc.h (enum proc_cn_mcast_op). The events
+# themselves (struct proc_event) are read and parsed in C: namespacefs._events.proc_events.
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
@@ -28,14 +29,8 @@ NLMSG_OVERRUN: Final = 4
 PROC_CN_MCAST_LISTEN: Final = 1
 PROC_CN_MCAST_IGNORE: Final = 2
 SO_RCVBUFFORCE: Final = 33
-#: enum what in struct proc_event
-PROC_EVENT_FORK: Final = 0x00000001
-PROC_EVENT_EXEC: Final = 0x00000002
-PROC_EVENT_EXIT: Final = 0x80000000
 NLMSGHDR: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 CN_MSG: Final = struct.Struct("=IIIIHH")  # id.idx, id.val, seq, ack, len, flags
-PROC_EVENT_HEAD: Final = struct.Struct("=IIQ")  # what, cpu, timestamp_ns (aligned(8): offset 8)
-PROC_EVENT_IDS: Final = struct.Struct("=IIII")  # fork: parent pid/tgid, child pid/tgid; exec/exit: pid, tgid, ...
 
 
 def proc_connector_open(rcvbuf: int = 8 << 20) -> socket.socket:
@@ -68,21 +63,6 @@ def netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
             return
         yield kind, seq, data[offset:offset + length]
         offset += (length + 3) & ~3
-
-
-def parse_proc_events(data: bytes) -> list[tuple[int, int, int]]:
-    """(what, pid, tgid) for each proc event in one netlink datagram; for fork, the child's pid/tgid."""
-    out = []
-    body = NLMSGHDR.size
-    for kind, _seq, message in netlink_messages(data):
-        if kind == NLMSG_DONE and body + CN_MSG.size + 16 + PROC_EVENT_IDS.size <= len(message):
-            idx, val, *_ = CN_MSG.unpack_from(message, body)
-            if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
-                event = body + CN_MSG.size
-                what, _cpu, _ts = PROC_EVENT_HEAD.unpack_from(message, event)
-                a, b, c, d = PROC_EVENT_IDS.unpack_from(message, event + 16)
-                out.append((what, c, d) if what == PROC_EVENT_FORK else (what, a, b))
-    return out
 
 
 # --- rtnetlink RTM_GETNSID: the id our net namespace's netlink uses for another one ---------------

@@ -8,7 +8,6 @@ full rescans for that part alone."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from namespacefs import kernel, tracing
+from namespacefs import _events, kernel, tracing
 
 log = logging.getLogger("namespacefs.service")
 
@@ -31,7 +30,6 @@ WAKE = 1.0
 #: Datagrams (one event each) the proc connector is read for at most in one drain (a fork storm
 #: must not keep the updater reading: what is left is read at the next).
 BATCH = 4096
-_PROC_EVENTS = {kernel.PROC_EVENT_FORK: "fork", kernel.PROC_EVENT_EXEC: "exec", kernel.PROC_EVENT_EXIT: "exit"}
 
 
 def name_thread(name: str) -> None:
@@ -195,34 +193,23 @@ class ProcConnector(Watcher):
         return [self.sock.fileno()] if self.sock is not None else []
 
     def drain(self) -> None:
+        """What is queued, read and parsed in C (namespacefs._events: a fork storm costs its
+        syscalls, not Python objects per event)."""
         assert self.sock is not None
-        pids: list[int] = []
-        for _ in range(BATCH):
-            try:
-                asked = time.time()
-                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except BlockingIOError:  # nothing queued: every event before `asked` was handled
-                self._hand_over(pids)
-                self.drained_at = asked
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:  # the kernel dropped events: we no longer know what changed
-                    self._overrun("netlink")
-                    continue
-                self.error = f"proc connector failed ({e})"
-                log.error("%s; relying on the sweep and full rescans", self.error)
-                break
-            for what, pid, tgid in kernel.parse_proc_events(data):
-                name = _PROC_EVENTS.get(what)
-                if name is None or (pid != tgid and name != "fork"):
-                    continue
-                self.counts[name if pid == tgid else "thread"] += 1
-                pids.append(tgid)
-        self._hand_over(pids)
-
-    def _hand_over(self, pids: list[int]) -> None:
+        asked = time.time()
+        pids, counts, overruns, err, drained = _events.proc_events(self.sock.fileno(), BATCH)
+        for name, n in zip(("fork", "exec", "exit", "thread"), counts, strict=True):
+            if n:
+                self.counts[name] += n
         if pids:
             self.touch(pids)
+        if overruns:  # the kernel dropped events: we no longer know what changed
+            self._overrun("netlink")
+        if err:
+            self.error = f"proc connector failed ({os.strerror(err)})"
+            log.error("%s; relying on the sweep and full rescans", self.error)
+        elif drained:  # nothing more queued: every event before `asked` was handled
+            self.drained_at = asked
 
     def pending(self) -> bool:
         sock = self.sock

@@ -1,0 +1,6 @@
+"""Types of the live model's compiled event readers (_events.c), for the type checker."""
+
+from mmap import mmap
+
+def proc_events(fd: int, limit: int, /) -> tuple[list[int], tuple[int, int, int, int], int, int, bool]: ...
+def perf_records(ring: mmap | bytearray, data_offset: int, data_size: int, /) -> tuple[list[tuple[int, int, int, int]], int]: ...
