@@ -76,7 +76,7 @@ class Daemon:
         return sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
 
     def threads(self) -> dict[str, float]:
-        """CPU seconds by thread name (the daemon names its threads: nsfs-updater, nsfs-netlink, ...;
+        """CPU seconds by thread name (the daemon names its threads: nsfs-updater, nsfs-mountinfo, ...;
         the HTTP server is `python`), summed over the threads of each name."""
         out: dict[str, float] = {}
         for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
