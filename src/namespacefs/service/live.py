@@ -302,9 +302,10 @@ class Live(Reading):
 
     def _take_job(self, now: float) -> Job | None:
         """Events first: processes touched are re-read in a job of their own (no sweep slice, no
-        whole naming pass in front of them); the rest when no event waits."""
-        if self._full_result is None and self._events_due() <= now and self._other_due(now) > now - HELD:
-            return self._event_job(now)  # (unless the rest has waited HELD: churn must not starve it)
+        whole naming pass in front of them); the rest when no event is due (churn does not starve
+        it: after each update for events, the duty's pace leaves a gap)."""
+        if self._full_result is None and self._events_due() <= now:
+            return self._event_job(now)
         full, self._full_result = self._full_result, None
         pids: set[int] = set()
         kind, mounts, swept = "", False, False

@@ -25,9 +25,10 @@ from namespacefs import tables
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 
-#: CPU seconds one slice may cost, with a budget: about what an update for events costs at most, so
-#: a slice holds events up no longer than one (a re-read's fixed cost is well under a millisecond).
-SLICE_COST = 0.02
+#: CPU seconds one slice may cost, with a budget: a few updates for events, so a slice holds the
+#: events that come while it runs up by a small part of their 20 ms (a re-read's fixed cost is well
+#: under a millisecond; how long a round takes is the budget's, whatever the slices' size).
+SLICE_COST = 0.005
 #: `nsfs serve` without --sweep: a round at most this often, within this share of one core.
 DEFAULT_PERIOD, DEFAULT_BUDGET = 30.0, 0.005
 
