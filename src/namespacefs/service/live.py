@@ -52,6 +52,9 @@ def _refresh(snap: Snapshot, pids: set[int], mounts: bool = False, recheck: bool
 RECHECK = 0.3  # s: namespaces kept while the kernel had them are asked again (a user namespace dies late)
 QUIET = 0.05  # s without events before a sweep slice or a whole naming pass runs (it would hold them up)
 HELD = 0.5  # s such a job waits at most for a pause in the events
+#: s a whole naming pass waits at most (~30-60 ms at 5,000 namespaces in the daemon: it would hold up
+#: the events of churn that leaves no pause; new namespaces have their names from the pass over them)
+NAMES_HELD = 30.0
 
 
 class Job(NamedTuple):
@@ -318,7 +321,7 @@ class Live(Reading):
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
             self._recheck_at, kind = None, kind or "recheck"
-        rename = (full is not None or self._later(min(self._names_at, self.naming.due), now) <= now
+        rename = (full is not None or self._later(min(self._names_at, self.naming.due), now, NAMES_HELD) <= now
                   or self._db_stamp() != self._names_stamp)
         if rename:
             self._names_at = now + self.naming.periodic(self.rename_every)
@@ -351,15 +354,15 @@ class Live(Reading):
         if self._full_result is not None:
             return now
         dues = (self._settling[0][0] if self._settling else math.inf, self._later(self.sweeper.due, now),
-                self._later(min(self._names_at, self.naming.due), now),
+                self._later(min(self._names_at, self.naming.due), now, NAMES_HELD),
                 self._recheck_at if self._recheck_at is not None else math.inf)
         return max(min(dues), self._not_before)
 
-    def _later(self, due: float, now: float) -> float:
+    def _later(self, due: float, now: float, held: float = HELD) -> float:
         """`due`, put off until QUIET seconds after the last update for events (a sweep slice or a
-        whole naming pass would hold the next events up), but by HELD seconds at most (churn
+        whole naming pass would hold the next events up), but by `held` seconds at most (churn
         without end must not stop them)."""
-        return due if now - due >= HELD else max(due, self._last_events + QUIET)
+        return due if now - due >= held else max(due, self._last_events + QUIET)
 
     def _commit(self, new: Snapshot, kind: str, scanned: Snapshot | None = None) -> None:
         """Make `new` the model and publish what changed. `scanned` is the full scan behind it, if
