@@ -258,3 +258,19 @@ def test_a_watcher_that_fails_while_drained_is_set_aside_and_the_others_are_stil
     finally:
         listener.close()
         os.close(broken.fd)
+
+
+def test_a_sweep_slice_is_a_job_of_its_own_so_what_it_costs_is_its_own() -> None:
+    """The sweep is paced by what its slices cost (CPU of their job): a whole naming pass due at the
+    same moment goes into the next job, not into the slice's (a 50 ms pass once made the sweep
+    wait 9 s per process)."""
+    live = Live(scan=discover, refresh=incremental.refresh, name=core_name, netlink=False, sweep=30.0, interval=3600)
+    first = discover()
+    live._commit(first, "initial", first)
+    now = time.monotonic()
+    live.sweeper.due = live.naming.due = now - 1.0
+    with live._cond:
+        slice_job = live._take_job(now)
+        names_job = live._take_job(now)
+    assert slice_job is not None and slice_job.swept and not slice_job.rename, slice_job
+    assert names_job is not None and names_job.rename and not names_job.swept, names_job

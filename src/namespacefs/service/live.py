@@ -315,14 +315,15 @@ class Live(Reading):
         while self._settling and self._settling[0][0] <= now:
             pids |= self._settling.pop(0)[1]
             kind = kind or "settle"
-        if self._later(self.sweeper.due, now) <= now:
+        if full is None and self._later(self.sweeper.due, now) <= now:  # (a job of its own: what it costs paces the sweep)
             pids |= self.sweeper.slice(self.current().processes.keys())
             kind, mounts, swept = kind or "sweep", True, True
         recheck = self._recheck_at is not None and self._recheck_at <= now
         if recheck:
             self._recheck_at, kind = None, kind or "recheck"
-        rename = (full is not None or self._later(min(self._names_at, self.naming.due), now, NAMES_HELD) <= now
-                  or self._db_stamp() != self._names_stamp)
+        names_due = (self._later(min(self._names_at, self.naming.due), now, NAMES_HELD) <= now
+                     or self._db_stamp() != self._names_stamp)
+        rename = full is not None or (names_due and not swept)  # (a whole pass in a slice's job: its cost the slice's)
         if rename:
             self._names_at = now + self.naming.periodic(self.rename_every)
         if full is not None:
