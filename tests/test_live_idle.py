@@ -274,3 +274,22 @@ def test_a_sweep_slice_is_a_job_of_its_own_so_what_it_costs_is_its_own() -> None
         names_job = live._take_job(now)
     assert slice_job is not None and slice_job.swept and not slice_job.rename, slice_job
     assert names_job is not None and names_job.rename and not names_job.swept, names_job
+
+
+def test_the_sweep_grows_its_slices_back_after_one_that_cost_much_more() -> None:
+    """A slice's job has a fixed cost besides its processes' (~2-3 ms at 5,000 namespaces): sized in
+    proportion to what the last one cost, a slice made small by one costly job (it had events or a
+    collection in it) would stay one process long; it grows back to about SLICE_COST."""
+    from namespacefs.service.sweep import SLICE_COST, Sweep
+
+    sweep = Sweep(30.0, 0.005)
+    known = list(range(1, 1001))
+    sweep.start(time.monotonic())
+    sizes = []
+    for i in range(40):
+        taken = sweep.slice(known)
+        n = len([pid for pid in taken if pid in set(known)])
+        sweep.done(0.2 if i == 0 else 0.0027 + 0.0003 * n)  # (fixed cost, then per process)
+        sizes.append(n)
+    assert sizes[1] == 1, sizes  # (the costly first slice made the next one a single process)
+    assert abs(0.0027 + 0.0003 * sizes[-1] - SLICE_COST) < 0.001, sizes

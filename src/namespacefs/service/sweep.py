@@ -25,10 +25,10 @@ from namespacefs import tables
 from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 
-#: CPU seconds one slice may cost, with a budget: a few updates for events (a slice's job has a
-#: fixed cost of ~2-3 ms at 5,000 namespaces, its mount tables and naming check included: with
-#: much smaller slices that would be most of it, and a round would take many times longer).
-SLICE_COST = 0.02
+#: CPU seconds one slice may cost, with a budget: a few updates for events, so a slice holds the
+#: events that come while it runs up by a small part of their 20 ms (a slice's job has a fixed cost
+#: of its own, ~2-3 ms at 5,000 namespaces: about half of one; how long a round takes is the budget's).
+SLICE_COST = 0.005
 #: `nsfs serve` without --sweep: a round at most this often, within this share of one core.
 DEFAULT_PERIOD, DEFAULT_BUDGET = 30.0, 0.005
 
@@ -100,8 +100,13 @@ class Sweep:
         self.cost = cost
         if self.budget is not None and self._taken:
             # the size that costs about SLICE_COST, and the wait that keeps its cost within the
-            # budget (but no sooner than the period asks)
+            # budget (but no sooner than the period asks). A slice's job has a fixed cost too, so
+            # the scaled size is too small while it dominates: a slice that cost less than
+            # SLICE_COST grows by one at least (else one of one process that cost half of it
+            # stays one forever)
             scaled = int(self._taken * SLICE_COST / max(cost, 1e-4))
+            if cost < SLICE_COST:
+                scaled = max(scaled, self._taken + 1)
             self._size = max(1, min(scaled, 2 * self._taken, self._known or 1))
             self.wait = max(self.shortest, cost / self.budget,
                             (self.period or 0) * self._taken / max(self._known, 1))
