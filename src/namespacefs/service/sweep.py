@@ -26,9 +26,10 @@ from namespacefs.discover import incremental
 from namespacefs.model import Snapshot
 
 #: CPU seconds one slice may cost, with a budget: a few updates for events, so a slice holds the
-#: events that come while it runs up by a small part of their 20 ms (a slice's job has a fixed cost
-#: of its own, ~2-3 ms at 5,000 namespaces: about half of one; how long a round takes is the budget's).
-SLICE_COST = 0.005
+#: events that come while it runs up by half their 20 ms at most. A slice's job has a fixed cost
+#: of its own (1-3 ms at 5,000 namespaces; more right after a whole naming pass): with much smaller
+#: slices that would be most of their cost, and a round would take many times longer.
+SLICE_COST = 0.01
 #: `nsfs serve` without --sweep: a round at most this often, within this share of one core.
 DEFAULT_PERIOD, DEFAULT_BUDGET = 30.0, 0.005
 
