@@ -1,9 +1,10 @@
-"""What tells the live model that something changed: the kernel's proc connector (fork, exec, exit),
-the syscall tracepoints (unshare, setns, clone; namespacefs.tracing) and the mount tables
-(service.mounttables). None has a thread of its own: the updater reads them all (`Listener`, one
-epoll) and hands their pids to `touch`; an overrun (events the kernel dropped) asks for a full
-rescan. Where a mechanism is missing, `error` says why, and the model relies on the sweep and the
-full rescans for that part alone."""
+"""What tells the live model that something changed: the kernel's proc connector (fork, exec, exit,
+new threads), the syscall tracepoints (unshare, setns; clone and clone3 where there is no proc
+connector; namespacefs.tracing) and the mount tables (service.mounttables). The first two have no
+thread of their own: the updater reads them (`Listener`, one epoll) and hands their pids to
+`touch`; the mount tables keep one (see there why). An overrun (events the kernel dropped) asks
+for a full rescan. Where a mechanism is missing, `error` says why, and the model relies on the
+sweep and the full rescans for that part alone."""
 
 from __future__ import annotations
 
