@@ -140,8 +140,9 @@ class _Ring:
 
 
 class Tracer:
-    """The four syscall tracepoints on every CPU. poll_calls() waits for and returns what was
-    called; `lost` counts records the kernel dropped (a full ring buffer: an overrun)."""
+    """The syscall tracepoints on every CPU (unshare, setns; with `clones`, clone and clone3 too).
+    poll_calls() waits for and returns what was called; `lost` counts records the kernel dropped
+    (a full ring buffer: an overrun)."""
 
     def __init__(self, clones: bool = True) -> None:
         self.mounted: str | None = None  # the tracefs we mounted (and unmount on close)
