@@ -32,7 +32,6 @@ import errno
 import fcntl
 import mmap
 import os
-import select
 import struct
 import time
 from typing import Final, NamedTuple
@@ -141,8 +140,9 @@ class _Ring:
 
 class Tracer:
     """The syscall tracepoints on every CPU (unshare, setns; with `clones`, clone and clone3 too).
-    poll_calls() waits for and returns what was called; `lost` counts records the kernel dropped
-    (a full ring buffer: an overrun)."""
+    Each ring's fd is readable once something was recorded in it (what the daemon's Listener waits
+    on); calls() returns what was called; `lost` counts records the kernel dropped (a full ring
+    buffer: an overrun)."""
 
     def __init__(self, clones: bool = True) -> None:
         self.mounted: str | None = None  # the tracefs we mounted (and unmount on close)
@@ -151,7 +151,6 @@ class Tracer:
         self.names: dict[int, str] = {}  # tracepoint id -> syscall name
         self.lost = 0
         self.read_at = time.time()
-        self.poller = select.poll()
         try:
             root = self._tracefs()
             ids = {tracepoint_id(root, name): name for name in TRACEPOINTS if clones or "clone" not in name}
@@ -185,20 +184,9 @@ class Tracer:
             if leader < 0:
                 leader = fd
                 self.rings.append(_Ring(fd))
-                self.poller.register(fd, select.POLLIN)
             else:
                 fcntl.ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, leader)
             fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-
-    def poll_calls(self, timeout: float | None) -> list[Call]:
-        """The successful calls since the last time, waiting up to `timeout` seconds for one."""
-        self.wait(timeout)
-        return self.calls()
-
-    def wait(self, timeout: float | None) -> None:
-        """Wait up to `timeout` seconds for a call to be recorded."""
-        with contextlib.suppress(InterruptedError):
-            self.poller.poll(None if timeout is None else int(timeout * 1000))
 
     def pending(self) -> bool:
         """A record is in a ring that calls() has not read (what another thread may ask while this
