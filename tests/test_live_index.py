@@ -6,6 +6,7 @@ namespace's holders counted while real processes come, unshare and go."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import time
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from immutables import Map
 
-from namespacefs import tables
+from namespacefs import core, kernel, tables
 from namespacefs.discover import discover, holdings, incremental, processes
 from namespacefs.model import Holder, Namespace, Snapshot, _members_moved, diff
 from namespacefs.service.events import events_between
@@ -312,3 +313,59 @@ def test_id_maps_are_read_until_both_are_written_and_then_kept(monkeypatch: pyte
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_refresh_opens_no_initial_namespace_again_and_is_given_no_other_inode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initial namespaces never die (kernel.INIT_NS_INODES), so what a refresh read of them is
+    given to every later walk: a process in the host's namespaces costs no opens of them. Any other
+    inode may be reused once its namespace dies, and the walk is given none."""
+    own = {link: os.stat(f"/proc/self/ns/{link}").st_ino for link in kernel.NS_TYPES}
+    initial = {link: inode for link, inode in own.items() if inode < 0xF000_0000}  # (0xF0000000 up: allocated)
+    assert initial, "the tests run in the host's namespaces"
+    assert all(kernel.INIT_NS_INODES.get(inode) == link for link, inode in initial.items()), initial
+    proc = subprocess.Popen(["unshare", "--uts", "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        model = incremental.refresh(discover(), {proc.pid})
+        given: list[set[int]] = []
+        real = processes._walk.walk
+
+        def walk(*args: Any) -> Any:
+            given.append(set(args[5]))  # (known: what the walk will not open)
+            return real(*args)
+
+        monkeypatch.setattr(processes._walk, "walk", walk)
+        model = incremental.refresh(model, {proc.pid, 1})
+        monkeypatch.undo()
+        fresh = discover()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert given and set(initial.values()) <= given[0], (initial, given)
+    assert all(inode in kernel.INIT_NS_INODES for inode in given[0]), given[0]
+    for inode in initial.values():
+        a, b = model.namespaces[inode], fresh.namespaces[inode]
+        assert (a.type, a.id, a.owner, a.parent, a.owner_uid, a.level) == (b.type, b.id, b.owner, b.parent, b.owner_uid, b.level)
+
+
+def test_a_scan_a_naming_pass_a_refresh_and_a_container_tree_leave_no_reference_cycle() -> None:
+    """What they make is freed when the last reference goes: a cycle (a nested function that calls
+    itself, a ctypes type made per call) would leave each scan's objects to the garbage collector,
+    whose passes over them the daemon pays at every update under churn."""
+    proc = subprocess.Popen(["unshare", "--uts", "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        core.container_tree(incremental.refresh(core_name(discover()), {proc.pid, 1}))  # (imports, caches)
+        gc.collect()
+        gc.disable()
+        try:
+            snap = incremental.refresh(core_name(discover()), {proc.pid, 1})
+            core.container_tree(snap)
+            del snap
+            left = gc.collect()
+        finally:
+            gc.enable()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert left == 0, f"{left} objects were in reference cycles"

@@ -8,8 +8,7 @@ stays in the old pid namespace, its pid_for_children is the new one) belongs to 
 container: one sandbox is one container. Engine modules recognise who runs each container and give
 it the engine's name; pods (Podman, Kubernetes) are nodes holding their members (`/shop/web`,
 `/default/shop-7d9/nginx`). Others get a default (their hostname where they have their own uts
-namespace, else `COMM-PID`). Renames stored in the names database win (namespacefs.names.containers:
-the core loads them and passes them in).
+namespace, else `COMM-PID`). Renames stored in the names database win (names.containers, loaded by core).
 
     tree = find(snapshot)
     for c in tree: print(c.path, c.engine, c.init)
@@ -18,6 +17,7 @@ the core loads them and passes them in).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -92,24 +92,25 @@ class _Layout:
 
 def _build(layout: _Layout, world: engines.World, found: Mapping[Combo, tuple[Candidate, Identity | None]],
            naming: _Naming) -> ContainerTree:
-    inits, members, host = layout.inits, layout.members, layout.host
+    return ContainerTree(_container(layout, found, naming, layout.host, "/", None, "", "host", ""))
 
-    def build(combo: Combo, path: str, ident: Identity | None, name: str, origin: str, given: str) -> Container:
-        entries = []
-        for child in sorted(layout.kids.get(combo, []), key=lambda c: inits[c]):
-            cand, child_ident = found[child]
-            entries.append(_Entry(child, inits[child], child_ident, *naming.name(child, combo, cand, child_ident)))
-        children = _place(entries, path, combo, build, naming)
-        engine, engine_id, labels = ("host", None, {}) if combo == host else (
-            (ident.engine, ident.engine_id, dict(ident.labels)) if ident else ("unknown", None, {}))
-        return Container(
-            path=path, name="" if combo == host else name, engine=engine, engine_id=engine_id,
-            init=inits[combo], pids=tuple(members[combo]), namespaces=dict(zip(NS_TYPES, combo, strict=True)),
-            children=children, labels=labels, key=naming.key(engine, engine_id, combo),
-            name_from="host" if combo == host else origin, given=given,
-        )
 
-    return ContainerTree(build(host, "/", None, "", "host", ""))
+def _container(layout: _Layout, found: Mapping[Combo, tuple[Candidate, Identity | None]], naming: _Naming,
+               combo: Combo, path: str, ident: Identity | None, name: str, origin: str, given: str) -> Container:
+    """One container and those nested in it (not a closure: one that calls itself is a cycle)."""
+    entries = []
+    for child in sorted(layout.kids.get(combo, []), key=lambda c: layout.inits[c]):
+        cand, child_ident = found[child]
+        entries.append(_Entry(child, layout.inits[child], child_ident, *naming.name(child, combo, cand, child_ident)))
+    children = _place(entries, path, combo, partial(_container, layout, found, naming), naming)
+    engine, engine_id, labels = ("host", None, {}) if combo == layout.host else (
+        (ident.engine, ident.engine_id, dict(ident.labels)) if ident else ("unknown", None, {}))
+    return Container(
+        path=path, name="" if combo == layout.host else name, engine=engine, engine_id=engine_id,
+        init=layout.inits[combo], pids=tuple(layout.members[combo]), namespaces=dict(zip(NS_TYPES, combo, strict=True)),
+        children=children, labels=labels, key=naming.key(engine, engine_id, combo),
+        name_from="host" if combo == layout.host else origin, given=given,
+    )
 
 
 def _combos(procs: Mapping[int, Process]) -> tuple[dict[int, Combo], Combo | None]:

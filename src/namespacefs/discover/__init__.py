@@ -106,15 +106,6 @@ def freeze(state: Scan) -> dict[int, Namespace]:
     found = state.found
     indirect = _indirect_holders(found)
     levels: dict[int, int] = {}
-
-    def level(inode: int | None) -> int:
-        if inode is None or inode not in found:
-            return -1
-        if inode not in levels:
-            levels[inode] = 0  # guards against a cycle in a corrupt answer
-            levels[inode] = level(found[inode].parent) + 1
-        return levels[inode]
-
     namespaces = {}
     user_maps, no_maps, hierarchical = state.user_maps, (None, None, None), kernel.HIERARCHICAL
     for inode, ns in found.items():
@@ -123,8 +114,20 @@ def freeze(state: Scan) -> dict[int, Namespace]:
         namespaces[inode] = Namespace(
             ns.type, inode, ns.id, ns.dev, ns.owner, ns.parent, tuple(ns.holders or indirect.get(inode, ())),
             tuple(sorted(ns.processes)), ns.owner_uid, uid_map, gid_map, setgroups,
-            level(inode) if ns.type in hierarchical else 0, ns.mounts)
+            _level(inode, found, levels) if ns.type in hierarchical else 0, ns.mounts)
     return namespaces
+
+
+def _level(inode: int | None, found: dict[int, Found], levels: dict[int, int]) -> int:
+    """The depth of a pid or user namespace in its tree (0: the root seen), worked out once each.
+    (Not a closure: a nested function that calls itself is a reference cycle, and each scan's
+    namespaces would wait in it for the garbage collector.)"""
+    if inode is None or inode not in found:
+        return -1
+    if inode not in levels:
+        levels[inode] = 0  # guards against a cycle in a corrupt answer
+        levels[inode] = _level(found[inode].parent, found, levels) + 1
+    return levels[inode]
 
 
 def _indirect_holders(found: dict[int, Found]) -> dict[int, list[Holder]]:

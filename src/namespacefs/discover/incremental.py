@@ -34,7 +34,7 @@ from namespacefs.discover import SOURCES, freeze, hierarchy, links, mounts, proc
 from namespacefs.discover.holdings import BINDMOUNT, KERNEL_HELD, PER_PROCESS, Holdings, direct, indirect, resorted, swapped
 from namespacefs.discover.links import changes as changes
 from namespacefs.discover.links import moved as moved
-from namespacefs.discover.state import Scan
+from namespacefs.discover.state import Info, Scan
 from namespacefs.model import DIRECT_KINDS, Holder, Namespace, Process, Snapshot
 
 #: The holder kinds each per-process source gives (and takes away when its process goes).
@@ -147,6 +147,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
     the index is moved on to the new snapshot, and the inodes whose entries may differ are added to
     `changed`."""
     state = Scan(proc=proc)
+    state.known.update(_initial)  # (the walk opens only what it does not know)
     try:
         processes.scan(state, chosen & set(KINDS_OF), sorted(touched))
         if remount:
@@ -156,6 +157,7 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         read_user_maps(state)
     finally:
         state.close_fds()
+    _keep_initial(state)
     for pid, counts in state.errors_by_pid.items():
         errors.setdefault(pid, Counter()).update(counts)
     remounted = state.mounts_read if remount else set()
@@ -176,6 +178,19 @@ def _refresh_once(old: Snapshot, touched: frozenset[int], chosen: frozenset[str]
         index = Holdings(new)
     _last.append(index)
     return new, frozenset(merge.suspects)
+
+
+#: What the walk read of the initial namespaces (kernel.INIT_NS_INODES), for every later refresh:
+#: they never die, so their inodes are never reused (no other inode can be trusted from one read to
+#: the next), and a refresh of a process in the host's namespaces opens none of them (~10 us each).
+_initial: dict[int, Info] = {}
+
+
+def _keep_initial(state: Scan) -> None:
+    for inode, nstype in kernel.INIT_NS_INODES.items():
+        info = state.known.get(inode)
+        if inode not in _initial and info is not None and info[0] == kernel.CLONE_FLAGS[nstype] and info[2] is not None:
+            _initial[inode] = info
 
 
 def _fixed_maps(state: Scan, old: Snapshot) -> None:

@@ -61,6 +61,14 @@ NS_TYPES: Final[tuple[str, ...]] = tuple(CLONE_FLAGS)
 TYPE_OF_FLAG: Final[dict[int, str]] = {flag: name for name, flag in CLONE_FLAGS.items()}
 #: Types that form a tree through NS_GET_PARENT.
 HIERARCHICAL: Final[frozenset[str]] = frozenset({"pid", "user"})
+#: The initial namespaces' inodes (uapi/linux/nsfs.h, enum init_ns_ino; ipc..time fixed since Linux
+#: 3.8, net and mnt since 6.18), each with its type. They live from boot to shutdown, so such an inode
+#: always names the same namespace; every other inode is allocated from 0xF0000000 up and given
+#: again once its namespace dies.
+INIT_NS_INODES: Final[dict[int, str]] = {
+    0xEFFFFFFF: "ipc", 0xEFFFFFFE: "uts", 0xEFFFFFFD: "user", 0xEFFFFFFC: "pid",
+    0xEFFFFFFB: "cgroup", 0xEFFFFFFA: "time", 0xEFFFFFF9: "net", 0xEFFFFFF8: "mnt",
+}
 #: Links in /proc/PID/ns besides the eight: the namespaces a process's children will get.
 FOR_CHILDREN_LINKS: Final[dict[str, str]] = {"pid_for_children": "pid", "time_for_children": "time"}
 
@@ -285,10 +293,14 @@ class _NsIdReq(ctypes.Structure):
     ]
 
 
+#: One listns() batch of ids (a type made once: each `c_uint64 * N` is a new type, a reference cycle).
+_IdBatch = ctypes.c_uint64 * 1024
+
+
 def listns() -> list[int] | None:
     """Every namespace id the kernel lists for us, or None where listns() does not exist."""
     ids: list[int] = []
-    batch = (ctypes.c_uint64 * 1024)()
+    batch = _IdBatch()
     last = 0
     while True:
         req = _NsIdReq(ctypes.sizeof(_NsIdReq), 0, last, 0, 0, 0)

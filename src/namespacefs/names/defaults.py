@@ -218,27 +218,30 @@ def paths(snapshot: Snapshot, names: Mapping[int, tuple[str, str]]) -> dict[int,
     it."""
     out: dict[int, str] = {}
     table = snapshot.namespaces
-
-    def path(inode: int, depth: int) -> str:
-        if inode not in out:
-            ns = table[inode]
-            up = ns.owner if ns.owner is not None and ns.owner in table and depth <= 64 else None
-            out[inode] = path_of(ns, names[inode][0], path(up, depth + 1) if up is not None else None)
-        return out[inode]
-
     prefix: dict[int | None, str | None] = {}
     for inode, ns in table.items():
         if inode in out:
             continue
         owner = ns.owner
         if owner is None or ns.type == NsType.USER:
-            path(inode, 0)
+            _path(inode, 0, table, names, out)
             continue
         if owner not in prefix:
-            prefix[owner] = path(owner, 1).rstrip("/") + "/" if owner in table else None
+            prefix[owner] = _path(owner, 1, table, names, out).rstrip("/") + "/" if owner in table else None
         start = prefix[owner]
         out[inode] = start + names[inode][0] if start is not None else path_of(ns, names[inode][0], None)
     return out
+
+
+def _path(inode: int, depth: int, table: Mapping[int, Namespace], names: Mapping[int, tuple[str, str]],
+          out: dict[int, str]) -> str:
+    """One namespace's path (path_of), its owners' first, into `out`. (Not a closure: a nested
+    function that calls itself is a reference cycle, left for the garbage collector each pass.)"""
+    if inode not in out:
+        ns = table[inode]
+        up = ns.owner if ns.owner is not None and ns.owner in table and depth <= 64 else None
+        out[inode] = path_of(ns, names[inode][0], _path(up, depth + 1, table, names, out) if up is not None else None)
+    return out[inode]
 
 
 def parent_path(ns: Namespace, snapshot: Snapshot) -> str | None:
