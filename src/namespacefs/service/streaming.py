@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 
+import orjson
 from fastapi import FastAPI, Request
 
 from namespacefs.service.events import Event
@@ -27,7 +27,7 @@ def end_streams(app: FastAPI) -> None:
 
 def _sse(batch: list[Event], sent: int, kinds: frozenset[str] | None, types: frozenset[str] | None) -> str:
     """The server-sent events of a batch the client has not had and asked for."""
-    return "".join(f"id: {e.seq}\ndata: {json.dumps(e.to_dict())}\n\n" for e in batch if e.seq > sent
+    return "".join(f"id: {e.seq}\ndata: {orjson.dumps(e.to_dict()).decode()}\n\n" for e in batch if e.seq > sent
                    and (kinds is None or e.kind in kinds) and (types is None or e.type in types))
 
 
@@ -70,7 +70,8 @@ async def stream_events(request: Request, streams: Streams, live: Live, kinds: f
         quiet = 0.0
         while True:
             try:
-                batch = await asyncio.wait_for(queue.get(), 1.0)
+                async with asyncio.timeout(1.0):  # (a timer, where wait_for makes a task per batch)
+                    batch = await queue.get()
             except TimeoutError:
                 # uvicorn drops writes to a closed connection silently: ask whether the client left
                 if await request.is_disconnected():
