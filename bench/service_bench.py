@@ -13,7 +13,7 @@ For each synthetic host shape (bench/synthetic.py: "sets", N processes in N/10 n
 - `nsfs ls --json` and `nsfs ls` end to end (process start included) with the daemon running (they
   print what the daemon rendered: GET /api/ls), and GET /api/ls?json=1 itself (warm);
 - event latency: namespace made -> `created` received by an SSE client, at 10 and 100 per second
-  (unshare then exec), and for unshare() and setns() by processes that forked long before (no
+  (unshare then exec; at 100/s also with Poisson arrivals), and for unshare() and setns() by processes that forked long before (no
   process event: the syscall tracepoints); `destroyed` after SIGKILL;
 Once, on a host of its own: a netlink overrun (tiny receive buffer, a fork storm) and a client
 that disconnects mid-stream.
@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -150,11 +152,13 @@ def _per_thread(before: dict[str, float], after: dict[str, float], seconds: floa
 
 
 def run_rate(q: queue.Queue[tuple[float, Event]], rate: float, seconds: float, how: str,
-             d: Daemon | None = None) -> dict[str, Any]:
+             d: Daemon | None = None, arrivals: str = "even") -> dict[str, Any]:
     """`rate` namespaces a second for `seconds`, each living 1.2 s; how: "exec" (unshare then exec)
     or "old" (unshare by a process forked 2 s before, no exec: only the tracepoints see it). `q`:
     the events of the one stream every run of a shape reads (collector), so the daemon serves one
-    client as each run starts (a stream per run would leave the earlier ones subscribed)."""
+    client as each run starts (a stream per run would leave the earlier ones subscribed).
+    arrivals: "even" (one each 1/rate s: what a daemon's cadence can fall into step with, for
+    better or worse) or "poisson" (random gaps of that mean, seeded: how independent processes come)."""
     made: dict[int, float] = {}
     children: list[tuple[int, float, int]] = []
     killed: dict[int, float] = {}
@@ -162,9 +166,12 @@ def run_rate(q: queue.Queue[tuple[float, Event]], rate: float, seconds: float, h
     time.sleep(2 if pool else 0)
     cpu0, t0 = (d.cpu(), time.monotonic()) if d else (0.0, time.monotonic())
     threads0 = d.threads() if d else {}
+    count = int(rate * seconds)
+    gaps = random.Random(15).expovariate if arrivals == "poisson" else lambda rate: 1 / rate
+    offsets = list(itertools.accumulate((gaps(rate) for _ in range(count - 1)), initial=0.0))
     start = time.monotonic()
-    for i in range(int(rate * seconds)):
-        target = start + i / rate
+    for i in range(count):
+        target = start + offsets[i]
         time.sleep(max(0.0, target - time.monotonic()))
         if pool:
             pid, go, r = pool.pop(0)
@@ -189,7 +196,8 @@ def run_rate(q: queue.Queue[tuple[float, Event]], rate: float, seconds: float, h
     created, destroyed = _drain(q, made)
     lat = sorted(created[i] - made[i] for i in created)
     dlat = sorted(destroyed[i] - killed[i] for i in destroyed if i in killed)
-    return {"rate": rate, "n": len(made), "how": how, "both": sum(1 for i in made if i in created and i in destroyed),
+    return {"rate": rate, "n": len(made), "how": how, "arrivals": arrivals,
+            "both": sum(1 for i in made if i in created and i in destroyed),
             "p50": pct(lat, 50), "p95": pct(lat, 95), "max": lat[-1] if lat else None,
             "d50": pct(dlat, 50), "d95": pct(dlat, 95), "cpu": cpu, "threads": threads}
 
@@ -279,7 +287,7 @@ def measure_shape(base: Path, shape: str, n: int, idle: float, seconds: float) -
             out["sweep"] = d.status()["mechanisms"]["sweep"]
             q = collector(d.socket)
             out["runs"] = [run_rate(q, 10, seconds, "exec"), run_rate(q, 100, seconds, "exec", d),
-                           run_rate(q, 10, seconds, "old")]
+                           run_rate(q, 100, seconds, "exec", d, "poisson"), run_rate(q, 10, seconds, "old")]
             out["status"] = d.status()
             print(shape, {k: v for k, v in out.items() if k != "status"}, flush=True)
             return out

@@ -39,14 +39,14 @@ def write(path: str, r: dict[str, Any], args: argparse.Namespace) -> None:
         "Daemon defaults (events; mount tables polled; sweep every 30 s within 0.5% of a core; full scan every 300 s). "
         "CPU: the daemon and its reaped children (the full-scan child), in % of one core. Times client-side, p50 / p95 "
         "in ms; `nsfs ls` end to end (process start included), printed by the daemon (GET /api/ls).", "",
-        "| shape | N | namespaces | processes | idle CPU | CPU at 100/s | RSS | GET /api/snapshot | one namespace "
-        "| `nsfs ls --json` | `nsfs ls` | GET /api/ls?json=1 |",
+        "| shape | N | namespaces | processes | idle CPU | CPU at 100/s (even / Poisson) | RSS | GET /api/snapshot "
+        "| one namespace | `nsfs ls --json` | `nsfs ls` | GET /api/ls?json=1 |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for s in r["shapes"]:
-        busy = next((run["cpu"] for run in s["runs"] if run["cpu"] is not None), None)
+        busy = " / ".join(f"{100 * run['cpu']:.1f}%" for run in s["runs"] if run["cpu"] is not None) or "-"
         lines.append(f"| {s['shape']} | {s['n']} | {s['namespaces']} | {s['processes']} | {100 * s['idle_cpu']:.2f}% "
-                     f"({args.idle:g} s) | {'-' if busy is None else f'{100 * busy:.1f}%'} | {s['rss']:.0f} MB | "
+                     f"({args.idle:g} s) | {busy} | {s['rss']:.0f} MB | "
                      f"{_p(s['snapshot'])} | {_p(s['one'])} | {_p(s['ls_json'])} | {_p(s['ls'])} | "
                      f"{_p(s['ls_api']) if 'ls_api' in s else '-'} |")
     lines += [
@@ -61,7 +61,8 @@ def write(path: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     ]
     for s in r["shapes"]:
         for run in s["runs"]:
-            lines.append(f"| {s['shape']} | {run['rate']:g} | {HOW[run['how']]} | {run['n']} | {ms(run['p50'])} / "
+            how = HOW[run["how"]] + (", Poisson arrivals" if run.get("arrivals") == "poisson" else "")
+            lines.append(f"| {s['shape']} | {run['rate']:g} | {how} | {run['n']} | {ms(run['p50'])} / "
                          f"{ms(run['p95'])} / {ms(run['max'])} | {ms(run['d50'])} / {ms(run['d95'])} | "
                          f"{run['both']}/{run['n']} |")
     rob = r["robustness"]
@@ -76,5 +77,8 @@ def write(path: str, r: dict[str, Any], args: argparse.Namespace) -> None:
         "```", str(r["shapes"][-1]["status"].get("mechanisms")), str(r["shapes"][-1]["status"].get("last_update")), "```",
         "",
     ]
-    Path(path).write_text("\n".join(lines))
     print("\n".join(lines))
+    # the notes added by hand below the tables stay (they explain earlier runs; git has the tables)
+    old = Path(path).read_text() if Path(path).exists() else ""
+    at = old.find("\n## Notes")
+    Path(path).write_text("\n".join(lines) + (old[at:] if at >= 0 else ""))

@@ -217,6 +217,33 @@ def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each
         live.stop()
 
 
+def test_under_churn_each_update_takes_what_came_since_the_last_without_a_wake_up_for_it() -> None:
+    """While events keep coming, the update after one for events is due `debounce` after it and
+    takes what came meanwhile: the updater is not woken at the first event of each batch (the
+    wake-up cost as much as a small update, and fell into step with periodic churn)."""
+    live = Live(scan=discover, refresh=incremental.refresh, name=None, debounce=0.2, interval=3600)
+    if not live.want_netlink:
+        pytest.skip("no proc connector")
+    live.start()
+    try:
+        if not live.netlink:
+            pytest.skip(live.netlink_error or "no proc connector")
+        time.sleep(1.0)  # (the first updates of a new model, and what the host does, settle)
+        wakes, updates = live.listener.wakes, live.scans["process"]
+        pids = set()
+        for _ in range(40):  # (2 s: ten debounces, four processes each)
+            proc = subprocess.Popen(["true"])
+            proc.wait()
+            pids.add(proc.pid)
+            time.sleep(0.05)
+        time.sleep(0.6)  # (the last of them taken: three debounces)
+        seen, made = live.listener.wakes - wakes, live.scans["process"] - updates
+        assert pids <= live._touched_since_full, "an event was not read"
+        assert seen <= 3 and made <= 14, (seen, made)
+    finally:
+        live.stop()
+
+
 def test_a_watcher_that_fails_while_drained_is_set_aside_and_the_others_are_still_read() -> None:
     """The updater reads every watcher itself: one that raises (a bug, a record it cannot parse)
     gets an error and is no longer waited on; the updater and the other watchers go on."""

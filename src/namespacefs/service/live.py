@@ -3,7 +3,8 @@
 - Watchers (service.watchers) name the processes that changed: the proc connector (fork, exec,
   exit, new threads) and the syscall tracepoints (unshare, setns). The updater reads them itself
   (watchers.Listener) and re-reads just those processes (discover.incremental.refresh) `debounce`
-  after the first event of a burst. Without tracepoints a process is read once more `settle`
+  after the first event of a burst, and under churn `debounce` after each update (what came
+  meanwhile, with no wake-up for it). Without tracepoints a process is read once more `settle`
   later (a fork followed by unshare() shows up then).
 - The sweep re-reads every process, with its mount namespace's bind mounts, in slices, once per
   `sweep` seconds: what changes silently (an fd passed or closed, a socket, a bind mount, a thread's
@@ -262,6 +263,8 @@ class Live(Reading):
                 with self._cond:
                     if job.kind == "process" and self._due is None:
                         self._waiting_since = None
+            if job.kind == "process":
+                self._queued()  # (under churn the next events come before `debounce`: taken then, no wake-up each)
 
     def _apply(self, job: Job) -> tuple[Snapshot, str, Snapshot | None]:
         """(the new model, the kind of update, the full scan behind it if any)."""
