@@ -3,6 +3,7 @@ Every database lives under tmp_path; every process is killed by its own process 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -595,3 +596,40 @@ def test_path_of_is_the_one_rule_for_name_paths() -> None:
     assert names.path_of(net, "web", "/tenant") == "/tenant/web"
     assert names.path_of(net, "web", "/") == "/web"
     assert names.path_of(top, "user-top", None) == "/"
+
+
+def test_a_kept_database_is_read_again_only_after_a_commit_and_never_past_a_new_or_untrusted_file(
+        spawn: Spawn, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon names every update: its lookup connection stays open (store.kept_rows) and the
+    rows are read again only when another connection committed (PRAGMA data_version). A rename by
+    another process is seen at the next pass; a database made anew at the path is the one read; a
+    database that may no longer be trusted is refused although a connection to it is open."""
+    _, pid = start(spawn, "--uts")
+    run_nsfs("rename", "--db", db, f"{pid}:uts", "first")
+    store, selects = names.store, []
+    real_rows = store.rows
+    monkeypatch.setattr(store, "rows", lambda conn, boot: (selects.append(boot), real_rows(conn, boot))[1])
+
+    def named() -> set[str]:
+        return {r.name for r in store.kept_rows(db)[1]}
+
+    try:
+        assert named() == {"first"} and store.kept_rows(db)[2], "a database we may write is kept"
+        for _ in range(5):
+            assert named() == {"first"}
+        assert len(selects) == 1, "the rows were read again though nothing was committed"
+        run_nsfs("rename", "--db", db, f"{pid}:uts", "second")  # (another process, another connection)
+        assert named() == {"second"} and len(selects) == 2
+        for suffix in ("", "-wal", "-shm"):  # the database removed, and another made at its path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db + suffix)
+        run_nsfs("rename", "--db", db, f"{pid}:uts", "third")
+        assert named() == {"third"}
+        os.chmod(db, 0o666)  # writable by anyone: anyone could have planted what it says now
+        with pytest.raises(names.NamingError, match="refusing"):
+            store.kept_rows(db)
+        os.chmod(db, 0o644)
+        os.unlink(db)
+        assert store.kept_rows(db) == (None, [], False)
+    finally:
+        store.forget_kept()

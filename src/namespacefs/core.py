@@ -59,12 +59,13 @@ def engine_names(snap: Snapshot) -> dict[int, str]:
         return {}
 
 
-def name(snap: Snapshot, db: str | None = None, strict: bool = False) -> Snapshot:
+def name(snap: Snapshot, db: str | None = None, strict: bool = False, keep: bool = False) -> Snapshot:
     """The one naming pass: containers recognised, then names and name paths applied. Every part that
-    names a snapshot (the CLI, the FUSE server, the daemon) calls this and nothing else."""
+    names a snapshot (the CLI, the FUSE server, the daemon) calls this and nothing else. keep: the
+    names database stays open for this thread's next pass (names.assigned; the daemon's)."""
     from namespacefs import names
 
-    return names.apply(snap, db, strict=strict, engine=engine_names(snap))
+    return names.apply(snap, db, strict=strict, engine=engine_names(snap), keep=keep)
 
 
 def container_tree(snap: Snapshot, db: str | None = None, hostnames: bool = True) -> ContainerTree:

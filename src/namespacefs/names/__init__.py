@@ -45,6 +45,8 @@ from namespacefs.names.store import (
     StoredName,
     conn_path,
     db_path,
+    forget_kept,
+    kept_rows,
     open_db,
     open_for_reading,
     retire,
@@ -87,19 +89,20 @@ class Assigned:
 
 
 def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True,
-             engine: Mapping[int, str] | None = None) -> Assigned:
+             engine: Mapping[int, str] | None = None, keep: bool = False) -> Assigned:
     """Compute every name (one read of the database). engine: inode -> the container engine's name
     of its container (what core.engine_names found; the world names beside ip netns). With
     strict=False a database that cannot be read is reported through the log and only default and
-    world names are used."""
+    world names are used. keep: the database stays open for this thread's next call, and is read
+    again only after a commit (store.kept_rows: the daemon names every update). A snapshot without
+    sources (a partial view: the daemon's pass over new namespaces) does not maintain the database."""
     stored: list[StoredName] = []
     earlier: list[StoredName] = []  # renames from earlier boots, to be moved to the history
-    conn = None
+    conn, kept = None, False
     try:
-        conn = open_for_reading(db)
-        if conn is not None:
-            for r in rows(conn, None):
-                (stored if r.boot_id == snapshot.boot_id else earlier).append(r)
+        conn, found, kept = kept_rows(db) if keep else _read_once(db)
+        for r in found:
+            (stored if r.boot_id == snapshot.boot_id else earlier).append(r)
     except NamingError as e:
         if strict:
             raise
@@ -107,18 +110,28 @@ def assigned(snapshot: Snapshot, db: str | None = None, strict: bool = True,
     try:
         names = assign(snapshot, stored, engine)
         result = Assigned(names, paths(snapshot, names))
-        if conn is not None:
-            _maintain(conn, snapshot, stored, earlier, names)
+        if conn is not None and snapshot.sources and _maintain(conn, snapshot, stored, earlier, names) and kept:
+            forget_kept()  # (its own commits do not change the data_version it reads)
         return result
     finally:
-        if conn is not None:
+        if conn is not None and not kept:
             conn.close()
 
 
+def _read_once(db: str | None) -> tuple[sqlite3.Connection | None, list[StoredName], bool]:
+    conn = open_for_reading(db)
+    try:
+        return conn, rows(conn, None) if conn is not None else [], False
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+
+
 def apply(snapshot: Snapshot, db: str | None = None, strict: bool = True,
-          engine: Mapping[int, str] | None = None) -> Snapshot:
-    """The snapshot with Namespace.name and Namespace.path filled in (engine: see assigned)."""
-    got = assigned(snapshot, db, strict, engine)
+          engine: Mapping[int, str] | None = None, keep: bool = False) -> Snapshot:
+    """The snapshot with Namespace.name and Namespace.path filled in (engine, keep: see assigned)."""
+    got = assigned(snapshot, db, strict, engine, keep)
     names, paths_ = got.names, got.paths
     named = {inode: ns if ns.name == names[inode][0] and ns.path == paths_[inode] else ns.named(names[inode][0], paths_[inode])
              for inode, ns in snapshot.namespaces.items()}  # (a namespace already so named is kept as it is)
@@ -151,17 +164,17 @@ def _dead(snapshot: Snapshot, stored: list[StoredName]) -> list[StoredName]:
 
 
 def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[StoredName], earlier: list[StoredName],
-              names: Mapping[int, tuple[str, str]]) -> None:
+              names: Mapping[int, tuple[str, str]]) -> bool:
     """Best effort, and rare: move renames of dead namespaces (and of earlier boots) to the history;
     refresh last_seen of live ones at most once a minute. Skipped silently if the database is busy
-    or read-only (the next snapshot will do it)."""
+    or read-only (the next snapshot will do it). True if it wrote."""
     now = snapshot.taken_at or time.time()
     try:
         dead = _dead(snapshot, stored)
         live_keys = {ns_key(ns) for ns in snapshot if names.get(ns.inode, ("", ""))[1] == RENAME}
         stale = [r.key for r in stored if r.key in live_keys and r.last_seen < now - REFRESH_EVERY]
         if not (dead or earlier or stale):
-            return
+            return False
         conn.execute("PRAGMA busy_timeout = 200")
         with transaction(conn):
             if dead:
@@ -170,8 +183,10 @@ def _maintain(conn: sqlite3.Connection, snapshot: Snapshot, stored: list[StoredN
                 retire(conn, earlier, now, "reboot")
             conn.executemany("UPDATE names SET last_seen = ? WHERE boot_id = ? AND key = ?",
                              [(now, snapshot.boot_id, k) for k in stale])
+        return True
     except (NamingError, sqlite3.Error) as e:
         _log("debug", "names maintenance skipped: %s", e)
+        return False
 
 
 def _check_alive(ns: Namespace) -> None:

@@ -22,10 +22,11 @@ def fresh_snapshot() -> Snapshot:
 
 def core_name(snap: Snapshot) -> Snapshot:
     """core.name: containers recognised, names and name paths applied (a names database that
-    cannot be read gives default names, and says so in the log)."""
+    cannot be read gives default names, and says so in the log); the database is kept open for
+    the next pass of the same thread, and read again only after a commit."""
     from namespacefs import core
 
-    return core.name(snap, None, False)
+    return core.name(snap, None, False, keep=True)
 
 
 _SCAN_CHILD = ("import pickle, sys\n"
