@@ -5,7 +5,7 @@
 
 For each synthetic host shape (bench/synthetic.py: "sets", N processes in N/10 namespace sets; and
 "dense", every process in its own uts/ipc/net/mnt/cgroup namespaces) it starts a real `nsfs serve`
-(temp socket, own process group, its defaults) and measures:
+(temp socket, own process group, its defaults; a names database with one rename) and measures:
 - its CPU (its own and its reaped children's: utime+stime+cutime+cstime of /proc/PID/stat) over
   `--idle` seconds with nothing of ours changing, and during 100 namespace creations per second;
   its RSS;
@@ -270,6 +270,11 @@ def measure_shape(base: Path, shape: str, n: int, idle: float, seconds: float) -
             pids = set(host.pids)
             while not pids <= {p["pid"] for p in d.http.get("/api/snapshot").json()["processes"]}:
                 time.sleep(0.5)
+            # a names database with a rename in it, as on any host where someone renamed a namespace
+            subprocess.run([sys.executable, "-m", "namespacefs", "rename", "--db", str(base / "names.db"),
+                            f"{os.getpid()}:uts", "bench-host"], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "NSFS_NO_DAEMON": "1"})
+            time.sleep(1.0)  # (the daemon names its model again: the database changed)
             st = d.status()
             out: dict[str, Any] = {"shape": shape, "n": n, "namespaces": st["namespaces"], "processes": st["processes"]}
             cpu0, t0, threads0 = d.cpu(), time.monotonic(), d.threads()
