@@ -6,11 +6,12 @@ so are its re-reads of our processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -193,10 +194,10 @@ def test_a_watcher_at_rest_is_drained_up_to_now_though_it_is_waited_on_for_a_sec
         w.stop()
 
 
-def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each() -> None:
-    """Forks and exits during the debounce of a live model are not each a wake-up of its updater:
-    the first wakes it, the rest are read when the update takes them, all in that one update."""
-    live = Live(scan=discover, refresh=incremental.refresh, name=None, debounce=0.5, interval=3600)
+@contextlib.contextmanager
+def _settled_live(debounce: float) -> Iterator[Any]:
+    """A live model of this host with the proc connector, unnamed, its first updates done."""
+    live = Live(scan=discover, refresh=incremental.refresh, name=None, debounce=debounce, interval=3600)
     if not live.want_netlink:
         pytest.skip("no proc connector")
     live.start()
@@ -204,6 +205,15 @@ def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each
         if not live.netlink:
             pytest.skip(live.netlink_error or "no proc connector")
         time.sleep(1.0)  # (the first updates of a new model, and what the host does, settle)
+        yield live
+    finally:
+        live.stop()
+
+
+def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each() -> None:
+    """Forks and exits during the debounce of a live model are not each a wake-up of its updater:
+    the first wakes it, the rest are read when the update takes them, all in that one update."""
+    with _settled_live(debounce=0.5) as live:
         wakes, updates = live.listener.wakes, live.scans["process"]
         procs = [subprocess.Popen(["true"]) for _ in range(20)]
         for p in procs:
@@ -213,22 +223,13 @@ def test_events_that_wait_for_their_update_are_read_with_it_not_one_wake_up_each
         seen = live.listener.wakes - wakes
         assert all(pid in live._touched_since_full for pid in pids), "an event was not read"
         assert seen <= 3 and live.scans["process"] - updates <= 3, (seen, live.scans)
-    finally:
-        live.stop()
 
 
 def test_under_churn_each_update_takes_what_came_since_the_last_without_a_wake_up_for_it() -> None:
     """While events keep coming, the update after one for events is due `debounce` after it and
     takes what came meanwhile: the updater is not woken at the first event of each batch (the
     wake-up cost as much as a small update, and fell into step with periodic churn)."""
-    live = Live(scan=discover, refresh=incremental.refresh, name=None, debounce=0.2, interval=3600)
-    if not live.want_netlink:
-        pytest.skip("no proc connector")
-    live.start()
-    try:
-        if not live.netlink:
-            pytest.skip(live.netlink_error or "no proc connector")
-        time.sleep(1.0)  # (the first updates of a new model, and what the host does, settle)
+    with _settled_live(debounce=0.2) as live:
         wakes, updates = live.listener.wakes, live.scans["process"]
         pids = set()
         for _ in range(40):  # (2 s: ten debounces, four processes each)
@@ -240,8 +241,6 @@ def test_under_churn_each_update_takes_what_came_since_the_last_without_a_wake_u
         seen, made = live.listener.wakes - wakes, live.scans["process"] - updates
         assert pids <= live._touched_since_full, "an event was not read"
         assert seen <= 3 and made <= 14, (seen, made)
-    finally:
-        live.stop()
 
 
 def test_a_watcher_that_fails_while_drained_is_set_aside_and_the_others_are_still_read() -> None:
