@@ -225,7 +225,8 @@ def kept_rows(path: str | None = None) -> tuple[sqlite3.Connection | None, list[
         key = (full, st.st_dev, st.st_ino)
     except OSError:
         key = None
-    keep = key is not None and os.access(full, os.W_OK)  # (read-only, maybe immutable: read once, not kept)
+    # (as open_for_reading decides: one it opens read-only, maybe immutable, is read once, not kept)
+    keep = key is not None and os.access(full, os.W_OK) and os.access(os.path.dirname(full), os.W_OK)
     held = getattr(_kept, "held", None)
     if held is not None and (held[0] != key or not keep or not _trusted(full)):
         forget_kept()  # (_trusted raises for a file that may no longer be trusted: closed first, then raised)
